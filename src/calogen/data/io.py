@@ -1,0 +1,414 @@
+"""Reading and writing shower point clouds.
+
+Two on-disk layouts are understood:
+
+* ``showerdata`` — the HDF5 format of the `showerdata` package (variable-length points,
+  ``energies [N,1]``, ``directions [N,3]``); this is the format calogen writes.
+* ``legacy`` — the CaloClouds training layout: ``events [N, 4, max_points]`` float32 with
+  channels (x, y, z, e) and zero padding at the FRONT, ``energy [N, 1]`` in GeV and
+  optionally ``n_points [N]``.
+
+In memory every shower set is a :class:`showerdata.Showers` with 4 channels
+``(x [mm], y [mm], layer, e [GeV])`` padded at the end. Large files are read in chunks
+(:meth:`ShowerFile.iter_chunks`); nothing here loads a whole file unless asked to.
+Outputs are written to a temporary name in the target folder and renamed on success, so an
+interrupted write never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import h5py
+import numpy as np
+import showerdata
+from numpy.typing import NDArray
+
+from calogen.errors import CalogenError, UsageError
+
+Format = Literal["showerdata", "legacy"]
+
+#: Number of point channels: x [mm], y [mm], layer index, energy [GeV].
+N_CHANNELS = 4
+
+
+def _open_h5(path: str | os.PathLike[str]) -> h5py.File:
+    """Open an HDF5 file for reading, turning every failure into one clear line."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{path}: no such file")
+    if path.is_dir():
+        raise UsageError(f"{path}: is a directory, expected an HDF5 shower file")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"{path}: file is not readable (permission denied)")
+    if path.stat().st_size == 0:
+        raise UsageError(f"{path}: file is empty")
+    if not h5py.is_hdf5(path):
+        raise UsageError(f"{path}: not an HDF5 file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:  # truncated or corrupt HDF5
+        raise UsageError(f"{path}: cannot open HDF5 file (corrupt or truncated?): {exc}") from None
+
+
+def detect_format(h5: h5py.File) -> Format:
+    """Return the layout of an open HDF5 file or raise :class:`UsageError`."""
+    keys = set(h5.keys())
+    if {"showers", "energies", "shape"} <= keys:
+        return "showerdata"
+    if {"events", "energy"} <= keys:
+        events = h5["events"]
+        if not isinstance(events, h5py.Dataset) or events.ndim != 3 or events.shape[1] != 4:
+            shape = getattr(events, "shape", None)
+            raise UsageError(
+                f"{h5.filename}: legacy 'events' must have shape [N, 4, max_points], got {shape}"
+            )
+        return "legacy"
+    shown = ", ".join(sorted(keys)[:8]) or "nothing"
+    raise UsageError(
+        f"{h5.filename}: not a shower file (expected showerdata 'showers'/'energies' or legacy "
+        f"'events'/'energy' datasets; found {shown})"
+    )
+
+
+def _legacy_to_points(events: NDArray[np.float32], n_points: NDArray[np.int64]) -> NDArray:
+    """Convert front-padded ``[n, 4, M]`` events into end-padded ``[n, max(n_points), 4]``."""
+    n, _, m = events.shape
+    width = int(n_points.max()) if n else 0
+    points = np.zeros((n, width, N_CHANNELS), dtype=np.float32)
+    if n == 0 or width == 0:
+        return points
+    # index of the j-th real point of shower i inside the front-padded array
+    cols = (m - n_points)[:, None] + np.arange(width)[None, :]
+    valid = np.arange(width)[None, :] < n_points[:, None]
+    cols = np.where(valid, cols, m - 1)
+    for channel in range(N_CHANNELS):
+        gathered = np.take_along_axis(events[:, channel, :], cols, axis=1)
+        points[:, :, channel] = np.where(valid, gathered, 0.0)
+    return points
+
+
+@dataclass
+class FileSummary:
+    """What a shower file holds (for ``calogen info``)."""
+
+    path: str
+    format: Format
+    n_showers: int
+    energy_min_gev: float
+    energy_max_gev: float
+    energy_mean_gev: float
+    points_min: int
+    points_mean: float
+    points_max: int
+    max_points_stored: int
+    attrs: dict[str, str]
+
+    def lines(self) -> list[str]:
+        out = [
+            f"file:        {self.path}",
+            f"format:      {self.format}",
+            f"showers:     {self.n_showers}",
+        ]
+        if self.n_showers:
+            out += [
+                f"energy:      {self.energy_min_gev:.3f} - {self.energy_max_gev:.3f} GeV "
+                f"(mean {self.energy_mean_gev:.3f} GeV)",
+                f"points:      {self.points_min} - {self.points_max} per shower "
+                f"(mean {self.points_mean:.1f}; stored width {self.max_points_stored})",
+            ]
+        for key, value in self.attrs.items():
+            out.append(f"attr {key}: {value}")
+        return out
+
+
+class ShowerFile:
+    """Chunked reader for shower files of either layout.
+
+    >>> with ShowerFile("showers.h5") as f:
+    ...     for chunk in f.iter_chunks(1000):
+    ...         ...  # chunk is a showerdata.Showers
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._h5 = _open_h5(self.path)
+        try:
+            self.format: Format = detect_format(self._h5)
+            self._validate_layout()
+        except Exception:
+            self._h5.close()
+            raise
+
+    # -- layout ---------------------------------------------------------------------------
+    def _validate_layout(self) -> None:
+        h5 = self._h5
+        energy_key = "energies" if self.format == "showerdata" else "energy"
+        energy = h5[energy_key]
+        if not isinstance(energy, h5py.Dataset) or energy.ndim not in (1, 2):
+            raise UsageError(f"{self.path}: '{energy_key}' must be an [N, 1] dataset")
+        if self.format == "legacy":
+            n_events = h5["events"].shape[0]
+            if energy.shape[0] != n_events:
+                raise UsageError(
+                    f"{self.path}: {n_events} events but {energy.shape[0]} incident energies"
+                )
+        else:
+            if h5["showers"].shape[0] != energy.shape[0]:
+                raise UsageError(f"{self.path}: number of showers and energies differ")
+            shape = h5["shape"][...]
+            if shape.shape != (3,) or int(shape[2]) not in (4, 5):
+                raise UsageError(f"{self.path}: invalid showerdata 'shape' dataset {shape}")
+
+    def __enter__(self) -> ShowerFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._h5.close()
+
+    def __len__(self) -> int:
+        key = "energies" if self.format == "showerdata" else "energy"
+        return int(self._h5[key].shape[0])
+
+    @property
+    def attrs(self) -> dict[str, str]:
+        return {str(k): str(v) for k, v in self._h5.attrs.items()}
+
+    @property
+    def max_points(self) -> int:
+        """Width of the stored point arrays."""
+        if self.format == "showerdata":
+            return int(self._h5["shape"][1])
+        return int(self._h5["events"].shape[2])
+
+    # -- cheap per-shower columns -----------------------------------------------------------
+    def incident_energies(self, start: int = 0, stop: int | None = None) -> NDArray[np.float32]:
+        """Incident energies in GeV, shape ``[n]``."""
+        key = "energies" if self.format == "showerdata" else "energy"
+        return np.asarray(self._h5[key][start:stop], dtype=np.float32).reshape(-1)
+
+    def num_points(self, start: int = 0, stop: int | None = None) -> NDArray[np.int64]:
+        """Number of points per shower, shape ``[n]`` (reads the events only if not stored)."""
+        if self.format == "showerdata":
+            return np.asarray(self._h5["num_points"][start:stop], dtype=np.int64)
+        if "n_points" in self._h5:
+            return np.asarray(self._h5["n_points"][start:stop], dtype=np.int64)
+        events = self._h5["events"]
+        stop = len(self) if stop is None else stop
+        counts = [
+            np.count_nonzero(events[i : min(i + 256, stop), 3, :], axis=1)
+            for i in range(start, stop, 256)
+        ]
+        return np.concatenate(counts).astype(np.int64) if counts else np.zeros(0, np.int64)
+
+    # -- showers ---------------------------------------------------------------------------
+    def read(self, start: int = 0, stop: int | None = None) -> showerdata.Showers:
+        """Showers ``start:stop`` as :class:`showerdata.Showers` (4 channels)."""
+        n = len(self)
+        stop = n if stop is None else min(stop, n)
+        start = max(0, min(start, stop))
+        try:
+            if self.format == "showerdata":
+                showers = showerdata.load(self.path, start=start, stop=stop)
+                if showers.points.shape[2] != N_CHANNELS:
+                    showers = showerdata.Showers(
+                        points=showers.points[:, :, :N_CHANNELS],
+                        energies=showers.energies,
+                        pdg=showers.pdg,
+                        directions=showers.directions,
+                        shower_ids=showers.shower_ids,
+                    )
+                return showers
+            events = np.asarray(self._h5["events"][start:stop], dtype=np.float32)
+            counts = self.num_points(start, stop)
+            points = _legacy_to_points(events, counts)
+            energies = self.incident_energies(start, stop).reshape(-1, 1)
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise UsageError(f"{self.path}: cannot read showers {start}:{stop}: {exc}") from None
+        return showerdata.Showers(
+            points=points,
+            energies=energies,
+            pdg=22,
+            shower_ids=np.arange(start, stop, dtype=np.int32),
+            num_points=counts.astype(np.int32),
+        )
+
+    def iter_chunks(
+        self, chunk_size: int = 1000, start: int = 0, stop: int | None = None
+    ) -> Iterator[showerdata.Showers]:
+        """Yield consecutive chunks of at most ``chunk_size`` showers."""
+        if chunk_size <= 0:
+            raise UsageError(f"chunk size must be positive, got {chunk_size}")
+        stop = len(self) if stop is None else min(stop, len(self))
+        for first in range(start, stop, chunk_size):
+            yield self.read(first, min(first + chunk_size, stop))
+
+    def summary(self) -> FileSummary:
+        n = len(self)
+        energies = self.incident_energies()
+        counts = self.num_points()
+        return FileSummary(
+            path=str(self.path),
+            format=self.format,
+            n_showers=n,
+            energy_min_gev=float(energies.min()) if n else float("nan"),
+            energy_max_gev=float(energies.max()) if n else float("nan"),
+            energy_mean_gev=float(energies.mean()) if n else float("nan"),
+            points_min=int(counts.min()) if n else 0,
+            points_mean=float(counts.mean()) if n else 0.0,
+            points_max=int(counts.max()) if n else 0,
+            max_points_stored=self.max_points,
+            attrs=self.attrs,
+        )
+
+
+def read_showers(
+    path: str | os.PathLike[str], start: int = 0, stop: int | None = None
+) -> showerdata.Showers:
+    """Read showers ``start:stop`` from a file of either layout."""
+    with ShowerFile(path) as f:
+        return f.read(start, stop)
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+# ---------------------------------------------------------------------------------------------
+
+
+def validate_showers(showers: showerdata.Showers, what: str = "showers") -> None:
+    """Raise :class:`CalogenError` if showers hold NaN/inf or non-positive incident energies."""
+    if showers.points.shape[-1] != N_CHANNELS:
+        raise CalogenError(f"{what}: expected {N_CHANNELS} point channels (x, y, layer, e)")
+    if not np.all(np.isfinite(showers.energies)) or np.any(showers.energies <= 0):
+        raise CalogenError(f"{what}: incident energies must be finite and positive")
+    if not np.all(np.isfinite(showers.points)):
+        raise CalogenError(f"{what}: points contain NaN or inf")
+
+
+def _temporary_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.partial")
+
+
+def check_output_path(path: str | os.PathLike[str], overwrite: bool) -> Path:
+    """Check that ``path`` may be written; return it as a :class:`Path`."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise UsageError(f"{path}: file exists (use --overwrite to replace it)")
+    if path.is_dir():
+        raise UsageError(f"{path}: is a directory")
+    if not path.parent.exists():
+        raise UsageError(f"{path.parent}: output folder does not exist")
+    return path
+
+
+class ShowerWriter:
+    """Stream showers into a showerdata file; the file appears only when complete.
+
+    Use as a context manager: on an exception (or Ctrl-C) the temporary file is removed and
+    no output file is created.
+
+    Args:
+        path: output file.
+        n_showers: total number of showers that will be written.
+        max_points: largest number of points of any shower (an upper bound is fine).
+        overwrite: replace an existing file.
+        attrs: string attributes stored on the file (generator, model, seed, ...).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        n_showers: int,
+        max_points: int,
+        *,
+        overwrite: bool = False,
+        attrs: dict[str, str | int | float] | None = None,
+    ) -> None:
+        self.path = check_output_path(path, overwrite)
+        if n_showers < 0:
+            raise UsageError(f"number of showers must be >= 0, got {n_showers}")
+        self.n_showers = n_showers
+        self.max_points = max(1, int(max_points))
+        self.attrs = dict(attrs or {})
+        self._tmp = _temporary_name(self.path)
+        self._written = 0
+        self._file: showerdata.ShowerDataFile | None = None
+
+    def __enter__(self) -> ShowerWriter:
+        self._file = showerdata.ShowerDataFile(
+            self._tmp, mode="w", shape=(self.n_showers, self.max_points, N_CHANNELS)
+        )
+        for key, value in self.attrs.items():
+            self._file.attrs[key] = value
+        return self
+
+    def write(self, showers: showerdata.Showers) -> None:
+        """Append a chunk of showers."""
+        if self._file is None:
+            raise RuntimeError("ShowerWriter used outside 'with'")
+        validate_showers(showers)
+        n = len(showers)
+        if self._written + n > self.n_showers:
+            raise CalogenError(f"{self.path}: more showers written than the {self.n_showers} declared")
+        if showers.points.shape[1] > self.max_points:
+            raise CalogenError(
+                f"{self.path}: shower with {showers.points.shape[1]} points exceeds the declared "
+                f"maximum of {self.max_points}"
+            )
+        if n:
+            self._file[self._written : self._written + n] = showers
+        self._written += n
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if self._file is not None:
+            self._file.close()
+        if exc_type is None and self._written != self.n_showers:
+            self._tmp.unlink(missing_ok=True)
+            raise CalogenError(
+                f"{self.path}: only {self._written} of {self.n_showers} showers were written"
+            )
+        if exc_type is not None:
+            self._tmp.unlink(missing_ok=True)
+            return
+        os.replace(self._tmp, self.path)
+
+
+def write_showers(
+    path: str | os.PathLike[str],
+    showers: showerdata.Showers,
+    *,
+    overwrite: bool = False,
+    attrs: dict[str, str | int | float] | None = None,
+) -> Path:
+    """Write showers to a showerdata HDF5 file atomically; return the path."""
+    width = int(showers.points.shape[1]) if len(showers) else 1
+    with ShowerWriter(path, len(showers), width, overwrite=overwrite, attrs=attrs) as writer:
+        writer.write(showers)
+    return writer.path
+
+
+def make_showers(
+    points: NDArray[np.float32],
+    num_points: NDArray[np.integer],
+    energies: NDArray[np.floating],
+    directions: NDArray[np.floating] | None = None,
+    pdg: int = 22,
+) -> showerdata.Showers:
+    """Build :class:`showerdata.Showers` from end-padded ``points [N, M, 4]``."""
+    energies = np.asarray(energies, dtype=np.float32).reshape(-1, 1)
+    return showerdata.Showers(
+        points=np.asarray(points, dtype=np.float32),
+        energies=energies,
+        pdg=pdg,
+        directions=None if directions is None else np.asarray(directions, np.float32),
+        num_points=np.asarray(num_points, dtype=np.int32),
+    )

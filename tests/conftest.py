@@ -1,0 +1,40 @@
+"""Shared test fixtures.
+
+Tests that need the full Geant4 files use ``shared_data`` and skip when ``../shared/data``
+is absent (a clone on another machine). The core suite runs on ``tests/data`` fixtures and on
+showers made on the fly. ``CALOGEN_FULL_TESTS=1`` runs the slow end-to-end tests at full size;
+by default (and in CI) they run at a reduced size.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CALOGEN_SHARED_DATA", REPO.parent / "shared" / "data"))
+FIXTURES = Path(__file__).resolve().parent / "data"
+
+torch.set_num_threads(1)
+
+
+def full_size() -> bool:
+    """Whether slow tests should run at full size (``CALOGEN_FULL_TESTS=1``)."""
+    return os.environ.get("CALOGEN_FULL_TESTS", "0") == "1"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Folder of the shared Geant4 files; skips the test when it is absent."""
+    if not (SHARED_DATA / "g4_photons_10-90GeV_train.h5").exists():
+        pytest.skip(f"shared Geant4 data not found in {SHARED_DATA} (only on the project machines)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def fixtures() -> Path:
+    """Folder of the small committed Geant4 subset (tests/data)."""
+    return FIXTURES
