@@ -341,6 +341,7 @@ class ShowerWriter:
         self.attrs = dict(attrs or {})
         self._tmp = _temporary_name(self.path)
         self._written = 0
+        self._widest = 1
         self._file: showerdata.ShowerDataFile | None = None
 
     def __enter__(self) -> ShowerWriter:
@@ -358,7 +359,9 @@ class ShowerWriter:
         validate_showers(showers)
         n = len(showers)
         if self._written + n > self.n_showers:
-            raise CalogenError(f"{self.path}: more showers written than the {self.n_showers} declared")
+            raise CalogenError(
+                f"{self.path}: more showers written than the {self.n_showers} declared"
+            )
         if showers.points.shape[1] > self.max_points:
             raise CalogenError(
                 f"{self.path}: shower with {showers.points.shape[1]} points exceeds the declared "
@@ -366,10 +369,14 @@ class ShowerWriter:
             )
         if n:
             self._file[self._written : self._written + n] = showers
+            self._widest = max(self._widest, int(showers._num_points.max()))
         self._written += n
 
     def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
         if self._file is not None:
+            if exc_type is None:
+                # record the real widest shower so readers do not pad to the declared bound
+                self._file.file["shape"][1] = self._widest
             self._file.close()
         if exc_type is None and self._written != self.n_showers:
             self._tmp.unlink(missing_ok=True)

@@ -33,7 +33,7 @@ class PackedPoints:
 
 def pack(showers: showerdata.Showers) -> PackedPoints:
     """Pack end-padded showers into one point array (drops padding)."""
-    counts = np.asarray(showers._num_points, dtype=np.int64)  # noqa: SLF001 - no public getter
+    counts = np.asarray(showers._num_points, dtype=np.int64)
     width = showers.points.shape[1]
     valid = np.arange(width)[None, :] < counts[:, None]
     points = showers.points[valid].astype(np.float32, copy=False)

@@ -1,0 +1,205 @@
+"""Sub-commands that make and inspect shower files: ``info``, ``simulate``, ``generate``, ``cluster``."""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+from typing import Any
+
+import numpy as np
+
+from calogen.cli import finite_float, positive_float, positive_int
+from calogen.errors import UsageError
+
+ENERGY_HELP = (
+    "incident energy in GeV: one value fixes it, two values (MIN MAX) draw it uniformly "
+    "in that range"
+)
+
+
+def register(subparsers: Any) -> None:
+    info = subparsers.add_parser(
+        "info",
+        help="print what a shower file holds",
+        description="Print the number of showers, the incident-energy range (GeV), the points "
+        "per shower and the layout (showerdata or legacy CaloClouds) of shower files.",
+    )
+    info.add_argument("files", nargs="+", metavar="FILE", help="HDF5 shower file(s)")
+    info.set_defaults(func=run_info)
+
+    simulate = subparsers.add_parser(
+        "simulate",
+        help="simulate showers with a reference (non-learned) simulator such as GFlash",
+        description="Simulate photon showers with the GFlash parameterisation tuned to the "
+        "project's Geant4 data and write them as point clouds (x, y in mm relative to the "
+        "impact point, layer index, energy in GeV).",
+    )
+    simulate.add_argument("simulator", choices=["gflash"], help="reference simulator")
+    _add_sampling_arguments(simulate)
+    simulate.set_defaults(func=run_simulate)
+
+    generate = subparsers.add_parser(
+        "generate",
+        help="generate showers with a trained model (the shipped default if --model is absent)",
+        description="Generate calibrated photon showers as point clouds (x, y in mm relative "
+        "to the impact point, layer index, energy in GeV) with a trained model. Without "
+        "--model the default model shipped with calogen is used.",
+    )
+    generate.add_argument(
+        "--model", metavar="DIR", default=None, help="trained model folder (default: shipped model)"
+    )
+    _add_sampling_arguments(generate)
+    generate.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse energies outside the model's training range instead of warning",
+    )
+    generate.add_argument(
+        "--shards", type=positive_int, default=1, help="split the job into K shards (batch farms)"
+    )
+    generate.add_argument(
+        "--shard-index", type=int, default=0, help="which shard (0..K-1) this process makes"
+    )
+    generate.set_defaults(func=run_generate)
+
+    cluster = subparsers.add_parser(
+        "cluster",
+        help="cluster raw Geant4 steps onto the sub-cell grid (CaloClouds pre-clustering)",
+        description="Sum raw Geant4 steps per layer on a grid GRANULARITY times finer than the "
+        "5.0883 mm cell, keep |x|, |y| < HALF_WIDTH mm, and write the clustered point clouds.",
+    )
+    cluster.add_argument("input", metavar="STEPS.h5", help="raw steps (showerdata or legacy)")
+    cluster.add_argument("-o", "--output", required=True, metavar="OUT.h5")
+    cluster.add_argument(
+        "--granularity", type=positive_int, default=6, help="sub-cells per cell side"
+    )
+    cluster.add_argument(
+        "--half-width", type=positive_float, default=200.0, help="bounding box half width, mm"
+    )
+    cluster.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    cluster.set_defaults(func=run_cluster)
+
+
+def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--energy", type=positive_float, nargs="+", required=True, metavar="GEV", help=ENERGY_HELP
+    )
+    parser.add_argument(
+        "--num", "-n", type=positive_int, required=True, help="number of showers to make"
+    )
+    parser.add_argument(
+        "--direction",
+        type=finite_float,
+        nargs=3,
+        metavar=("DX", "DY", "DZ"),
+        default=None,
+        help="incident direction as a unit vector (only for models that support it)",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT.h5", help="output file")
+    parser.add_argument(
+        "--chunk-size", type=positive_int, default=1000, help="showers generated per chunk"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from calogen.data.io import ShowerFile
+
+    for i, path in enumerate(args.files):
+        with ShowerFile(path) as f:
+            if i:
+                print()
+            print("\n".join(f.summary().lines()))
+    return 0
+
+
+def _seed(args: argparse.Namespace) -> int:
+    return int(args.seed) if args.seed is not None else secrets.randbits(31)
+
+
+def _directions(args: argparse.Namespace, num: int) -> np.ndarray | None:
+    if args.direction is None:
+        return None
+    from calogen.generator import check_directions
+
+    return check_directions(np.asarray(args.direction, dtype=np.float64), num)
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    from calogen.generation import draw_energies, generate_to_file
+    from calogen.reference.gflash import GFlash
+
+    seed = _seed(args)
+    energies = draw_energies(args.energy, args.num, seed)
+    generator = GFlash()
+    path = generate_to_file(
+        generator,
+        energies,
+        args.output,
+        seed=seed,
+        directions=_directions(args, args.num),
+        chunk_size=args.chunk_size,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    print(f"wrote {args.num} {generator.name} showers to {path} (seed {seed})")
+    return 0
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    import sys
+
+    from calogen.generation import check_energy_range, draw_energies, generate_to_file, shard_slice
+    from calogen.models.registry import load_generator
+
+    if not 0 <= args.shard_index < args.shards:
+        raise UsageError(f"--shard-index must be in 0..{args.shards - 1}, got {args.shard_index}")
+    seed = _seed(args)
+    energies = draw_energies(args.energy, args.num, seed)
+    generator = load_generator(args.model)
+    directions = _directions(args, args.num)
+    if directions is not None and not generator.supports_direction:
+        raise UsageError(f"model '{generator.name}' does not support --direction")
+    warning = check_energy_range(generator, energies, strict=args.strict)
+    if warning:
+        print(f"calogen: warning: {warning} (use --strict to refuse)", file=sys.stderr)
+    part = shard_slice(args.num, args.chunk_size, args.shards, args.shard_index)
+    path = generate_to_file(
+        generator,
+        energies[part],
+        args.output,
+        seed=seed,
+        first_chunk=part.start // args.chunk_size,
+        directions=None if directions is None else directions[part],
+        chunk_size=args.chunk_size,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        attrs={"shards": args.shards, "shard_index": args.shard_index, "base_seed": seed},
+    )
+    print(f"wrote {part.stop - part.start} {generator.name} showers to {path} (seed {seed})")
+    return 0
+
+
+def run_cluster(args: argparse.Namespace) -> int:
+    from calogen.data.clustering import cluster_steps
+    from calogen.data.io import ShowerFile, check_output_path, write_showers
+
+    check_output_path(args.output, args.overwrite)
+    with ShowerFile(args.input) as f:
+        steps = f.read()
+    result = cluster_steps(steps, granularity=args.granularity, half_width_mm=args.half_width)
+    write_showers(
+        args.output,
+        result.showers,
+        overwrite=args.overwrite,
+        attrs={"content": f"clustered steps, granularity {args.granularity}"},
+    )
+    n_out = int(result.showers._num_points.sum())
+    print(
+        f"clustered {result.input_points} steps into {n_out} points "
+        f"(factor {result.input_points / max(n_out, 1):.1f}); dropped {result.dropped_points} "
+        f"steps ({result.dropped_energy_gev * 1000:.3f} MeV) outside |x|,|y| < {args.half_width} mm"
+    )
+    return 0

@@ -1,0 +1,153 @@
+"""Normalisation of point features to [-1, 1] for the networks, and its inverse.
+
+Per point ``(x [mm], y [mm], layer, e [GeV])``:
+
+* x, y: divided by the bounding-box half width (200 mm) → [-1, 1];
+* layer: the integer layer index is smeared uniformly within the layer
+  (``layer + u``, ``u ~ U[0, 1)``) and mapped linearly from [0, n_layers] to [-1, 1];
+  the inverse takes the floor, which recovers the integer layer exactly;
+* e: ``log`` (default) maps ``ln e`` linearly from ``[ln e_min, ln e_max]`` to [-1, 1]
+  (point energies span four decades), ``linear`` maps ``e`` from ``[0, e_max]``.
+
+Without smearing (``smear=False``) the layer is placed at the layer centre
+(``layer + 0.5``); then :meth:`Normalisation.inverse` is the exact inverse of
+:meth:`Normalisation.forward` up to float rounding.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from calogen.errors import UsageError
+
+ArrayT = NDArray[np.floating] | torch.Tensor
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """Affine/log maps of the 4 point features to [-1, 1] (see module docstring).
+
+    Attributes:
+        half_width_mm: bounding box half width for x and y.
+        n_layers: number of layers.
+        energy_scale: ``"log"`` or ``"linear"``.
+        e_min_gev: smallest point energy (log scale lower edge).
+        e_max_gev: largest point energy.
+    """
+
+    half_width_mm: float = 200.0
+    n_layers: int = 30
+    energy_scale: Literal["log", "linear"] = "log"
+    e_min_gev: float = 1e-6
+    e_max_gev: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.energy_scale not in ("log", "linear"):
+            raise UsageError(f"energy_scale must be 'log' or 'linear', got {self.energy_scale!r}")
+        if not (0 < self.e_min_gev < self.e_max_gev) or not math.isfinite(self.e_max_gev):
+            raise UsageError(
+                f"invalid energy range for normalisation: {self.e_min_gev} - {self.e_max_gev} GeV"
+            )
+
+    # -- maps --------------------------------------------------------------------------------
+    def forward(
+        self,
+        points: ArrayT,
+        rng: np.random.Generator | torch.Generator | None = None,
+        smear: bool = True,
+    ) -> ArrayT:
+        """Map points ``[..., 4]`` (x mm, y mm, layer, e GeV) to normalised ``[..., 4]``.
+
+        Works on numpy arrays and torch tensors. ``rng`` drives the depth smearing (a numpy
+        Generator for arrays, a torch Generator for tensors).
+        """
+        is_torch = isinstance(points, torch.Tensor)
+        out = points.clone() if is_torch else np.array(points, dtype=np.float32, copy=True)
+        layer = points[..., 2]
+        if smear:
+            if is_torch:
+                u = torch.rand(layer.shape, generator=rng, dtype=points.dtype, device=points.device)
+            else:
+                gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng()
+                u = gen.random(layer.shape, dtype=np.float32)
+        else:
+            u = 0.5
+        out[..., 0] = points[..., 0] / self.half_width_mm
+        out[..., 1] = points[..., 1] / self.half_width_mm
+        out[..., 2] = (layer + u) / self.n_layers * 2.0 - 1.0
+        energy = points[..., 3]
+        if self.energy_scale == "log":
+            lo, hi = math.log(self.e_min_gev), math.log(self.e_max_gev)
+            floor = self.e_min_gev
+            clipped = energy.clamp_min(floor) if is_torch else np.maximum(energy, floor)
+            logs = clipped.log() if is_torch else np.log(clipped)
+            out[..., 3] = (logs - lo) / (hi - lo) * 2.0 - 1.0
+        else:
+            out[..., 3] = energy / self.e_max_gev * 2.0 - 1.0
+        return out
+
+    def inverse(self, normalised: ArrayT, clip_layers: bool = True) -> ArrayT:
+        """Map normalised points back to (x mm, y mm, integer layer, e GeV)."""
+        is_torch = isinstance(normalised, torch.Tensor)
+        out = normalised.clone() if is_torch else np.array(normalised, dtype=np.float32, copy=True)
+        out[..., 0] = normalised[..., 0] * self.half_width_mm
+        out[..., 1] = normalised[..., 1] * self.half_width_mm
+        depth = (normalised[..., 2] + 1.0) / 2.0 * self.n_layers
+        layer = depth.floor() if is_torch else np.floor(depth)
+        if clip_layers:
+            layer = (
+                layer.clamp(0, self.n_layers - 1)
+                if is_torch
+                else np.clip(layer, 0, self.n_layers - 1)
+            )
+        out[..., 2] = layer
+        scaled = (normalised[..., 3] + 1.0) / 2.0
+        if self.energy_scale == "log":
+            lo, hi = math.log(self.e_min_gev), math.log(self.e_max_gev)
+            logs = scaled * (hi - lo) + lo
+            out[..., 3] = logs.exp() if is_torch else np.exp(logs)
+        else:
+            out[..., 3] = scaled * self.e_max_gev
+        return out
+
+    # -- persistence -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Normalisation:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+    @classmethod
+    def fit(
+        cls,
+        path: str | os.PathLike[str],
+        max_showers: int = 2000,
+        energy_scale: Literal["log", "linear"] = "log",
+        half_width_mm: float = 200.0,
+        n_layers: int = 30,
+    ) -> Normalisation:
+        """Energy range from the first ``max_showers`` showers of a file (with 10 % margins)."""
+        from calogen.data.io import ShowerFile
+        from calogen.data.packed import pack
+
+        with ShowerFile(path) as f:
+            energies = pack(f.read(0, max_showers)).points[:, 3]
+        energies = energies[energies > 0]
+        if energies.size == 0:
+            raise UsageError(f"{path}: no points with positive energy to fit the normalisation")
+        return cls(
+            half_width_mm=half_width_mm,
+            n_layers=n_layers,
+            energy_scale=energy_scale,
+            e_min_gev=float(energies.min()) * 0.9,
+            e_max_gev=float(energies.max()) * 1.1,
+        )

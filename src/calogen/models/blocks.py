@@ -1,0 +1,262 @@
+"""Network building blocks shared by the point-cloud models.
+
+* :class:`ConcatSquashLinear` — a linear layer on the point features whose output is gated
+  and shifted by the (shower-level) context (Grathwohl et al., FFJORD).
+* :class:`PointWiseNet` — a stack of ConcatSquash layers applied to every point
+  independently (CaloClouds / CaloClouds II denoiser). Permutation equivariant; knows nothing
+  about diffusion: the caller puts its time features into the context.
+* :class:`EPiCEncoder` — equivariant point-cloud (EPiC) layers with mean/sum pooling that
+  encode a whole shower into the mean and log-variance of a latent vector.
+
+Point layouts accepted everywhere:
+
+* padded: ``x [B, P, D]`` with context ``[B, C]`` (one per shower, broadcast to its points)
+  or ``[B, P, C]`` (one per point);
+* packed: ``x [P, D]`` with per-point context ``[P, C]``, or with per-shower context
+  ``[S, C]`` plus ``index [P]`` (shower of every point). The packed form with ``index`` is the
+  fastest: the context projections are computed once per shower, then gathered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+def _expand_context(values: Tensor, x: Tensor, context: Tensor, index: Tensor | None) -> Tensor:
+    """Bring per-shower context projections ``values`` to the layout of ``x``."""
+    if index is not None:
+        return values.index_select(0, index)
+    if x.dim() == 3 and context.dim() == 2:
+        return values.unsqueeze(1)
+    return values
+
+
+class ConcatSquashLinear(nn.Module):
+    """``y = Linear(x) * sigmoid(A c + a) + B c``: a linear layer modulated by a context ``c``.
+
+    Args:
+        dim_in: input point features.
+        dim_out: output point features.
+        dim_context: context features.
+    """
+
+    def __init__(self, dim_in: int, dim_out: int, dim_context: int) -> None:
+        super().__init__()
+        self.layer = nn.Linear(dim_in, dim_out)
+        self.hyper_gate = nn.Linear(dim_context, dim_out)
+        self.hyper_bias = nn.Linear(dim_context, dim_out, bias=False)
+
+    def forward(self, x: Tensor, context: Tensor, index: Tensor | None = None) -> Tensor:
+        """Apply the layer.
+
+        Args:
+            x: ``[B, P, dim_in]`` or ``[P, dim_in]``.
+            context: ``[B, C]``, ``[B, P, C]``, ``[P, C]`` or (with ``index``) ``[S, C]``.
+            index: optional ``[P]`` long tensor, shower index of each packed point.
+        """
+        gate = torch.sigmoid(self.hyper_gate(context))
+        bias = self.hyper_bias(context)
+        gate = _expand_context(gate, x, context, index)
+        bias = _expand_context(bias, x, context, index)
+        return self.layer(x) * gate + bias
+
+
+class PointWiseNet(nn.Module):
+    """ConcatSquash network applied to each point independently (``point_dim → … → point_dim``).
+
+    With the default widths ``(128, 256, 512, 256, 128)`` this is the CaloClouds PointWise
+    Net: 4→128→256→512→256→128→4, LeakyReLU between layers, no activation after the last
+    layer, and (``residual=True``) the input added to the output.
+
+    Args:
+        point_dim: features per point (4: x, y, z, e).
+        context_dim: context features per shower (or per point).
+        widths: hidden widths.
+        residual: add the input to the output.
+        negative_slope: LeakyReLU slope.
+    """
+
+    def __init__(
+        self,
+        point_dim: int = 4,
+        context_dim: int = 1,
+        widths: Sequence[int] = (128, 256, 512, 256, 128),
+        residual: bool = True,
+        negative_slope: float = 0.01,
+    ) -> None:
+        super().__init__()
+        self.point_dim = int(point_dim)
+        self.context_dim = int(context_dim)
+        self.widths = tuple(int(w) for w in widths)
+        self.residual = bool(residual)
+        dims = (self.point_dim, *self.widths, self.point_dim)
+        self.layers = nn.ModuleList(
+            ConcatSquashLinear(a, b, self.context_dim) for a, b in zip(dims[:-1], dims[1:])
+        )
+        self.act = nn.LeakyReLU(negative_slope)
+
+    def forward(self, x: Tensor, context: Tensor, index: Tensor | None = None) -> Tensor:
+        """Map points ``x`` to an output of the same shape.
+
+        Args:
+            x: ``[B, P, point_dim]`` (padded) or ``[P, point_dim]`` (packed).
+            context: ``[B, context_dim]`` (broadcast over points), ``[B, P, context_dim]``,
+                ``[P, context_dim]`` (packed, per point) or ``[S, context_dim]`` with ``index``.
+            index: ``[P]`` shower index of each packed point (only with per-shower context).
+        """
+        if x.shape[-1] != self.point_dim:
+            raise ValueError(f"expected {self.point_dim} point features, got {x.shape[-1]}")
+        if context.shape[-1] != self.context_dim:
+            raise ValueError(
+                f"expected {self.context_dim} context features, got {context.shape[-1]}"
+            )
+        out = x
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            out = layer(out, context, index)
+            if i < last:
+                out = self.act(out)
+        return x + out if self.residual else out
+
+
+# ---------------------------------------------------------------------------------------------
+# EPiC encoder
+# ---------------------------------------------------------------------------------------------
+
+
+def segment_mean_sum(
+    values: Tensor, index: Tensor, n_segments: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-segment mean and sum of packed ``values [P, F]``; also returns the counts ``[S]``."""
+    sums = values.new_zeros(n_segments, values.shape[-1]).index_add_(0, index, values)
+    counts = torch.bincount(index, minlength=n_segments).to(values.dtype).clamp_min(1.0)
+    return sums / counts[:, None], sums, counts
+
+
+class EPiCLayer(nn.Module):
+    """One equivariant point-cloud layer: a global update from pooled point features, then a
+    local (per-point) update conditioned on the new global vector. Both residual."""
+
+    def __init__(
+        self, local_dim: int, global_dim: int, cond_dim: int, hidden: int, sum_scale: float
+    ) -> None:
+        super().__init__()
+        self.sum_scale = float(sum_scale)
+        self.global_mlp = nn.Sequential(
+            nn.Linear(2 * local_dim + global_dim + cond_dim, hidden),
+            nn.LeakyReLU(0.01),
+            nn.Linear(hidden, global_dim),
+        )
+        self.local_in = nn.Linear(local_dim, hidden)
+        self.local_ctx = nn.Linear(global_dim + cond_dim, hidden, bias=False)
+        self.local_out = nn.Linear(hidden, local_dim)
+        self.act = nn.LeakyReLU(0.01)
+
+    def forward(
+        self, local: Tensor, glob: Tensor, cond: Tensor, index: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        mean, total, _ = segment_mean_sum(local, index, glob.shape[0])
+        glob = glob + self.global_mlp(torch.cat([mean, total * self.sum_scale, glob, cond], -1))
+        ctx = self.local_ctx(torch.cat([glob, cond], -1)).index_select(0, index)
+        hidden = self.act(self.local_in(local) + ctx)
+        local = local + self.local_out(hidden)
+        return self.act(local), glob
+
+
+class EPiCEncoder(nn.Module):
+    """EPiC encoder: point cloud + conditions → ``(mu, logvar)`` of a latent vector.
+
+    Args:
+        point_dim: features per point.
+        cond_dim: shower conditions (CaloClouds: normalised E and N).
+        latent_dim: size of the latent vector (paper: 256).
+        hidden: width of the per-point features and MLPs (paper: 128).
+        global_dim: width of the global (per-shower) vector.
+        n_layers: number of EPiC layers (paper: 3).
+        sum_scale: factor on the sum pooling (sums over thousands of points are large).
+    """
+
+    def __init__(
+        self,
+        point_dim: int = 4,
+        cond_dim: int = 2,
+        latent_dim: int = 256,
+        hidden: int = 128,
+        global_dim: int = 16,
+        n_layers: int = 3,
+        sum_scale: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        self.point_dim = point_dim
+        self.cond_dim = cond_dim
+        self.latent_dim = latent_dim
+        self.sum_scale = float(sum_scale)
+        self.local_embed = nn.Sequential(nn.Linear(point_dim, hidden), nn.LeakyReLU(0.01))
+        self.global_embed = nn.Sequential(
+            nn.Linear(2 * hidden + cond_dim, hidden),
+            nn.LeakyReLU(0.01),
+            nn.Linear(hidden, global_dim),
+        )
+        self.layers = nn.ModuleList(
+            EPiCLayer(hidden, global_dim, cond_dim, hidden, sum_scale) for _ in range(n_layers)
+        )
+        self.head = nn.Sequential(
+            nn.Linear(2 * hidden + global_dim + cond_dim, hidden),
+            nn.LeakyReLU(0.01),
+            nn.Linear(hidden, 2 * latent_dim),
+        )
+
+    def forward(
+        self,
+        x: Tensor,
+        cond: Tensor,
+        index: Tensor | None = None,
+        mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Encode showers.
+
+        Args:
+            x: packed ``[P, point_dim]`` (with ``index``) or padded ``[B, P, point_dim]``
+                (with optional ``mask [B, P]``, True for real points).
+            cond: ``[S, cond_dim]`` per-shower conditions.
+            index: ``[P]`` shower index of each packed point.
+            mask: ``[B, P]`` bool for padded input.
+
+        Returns:
+            ``(mu, logvar)``, each ``[S, latent_dim]``.
+        """
+        n_showers = cond.shape[0]
+        if x.dim() == 3:
+            if mask is None:
+                mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+            index = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(mask)[mask]
+            x = x[mask]
+        elif index is None:
+            raise ValueError("packed input needs the per-point shower index")
+        local = self.local_embed(x)
+        mean, total, _ = segment_mean_sum(local, index, n_showers)
+        glob = self.global_embed(torch.cat([mean, total * self.sum_scale, cond], -1))
+        for layer in self.layers:
+            local, glob = layer(local, glob, cond, index)
+        mean, total, _ = segment_mean_sum(local, index, n_showers)
+        out = self.head(torch.cat([mean, total * self.sum_scale, glob, cond], -1))
+        mu, logvar = out.chunk(2, dim=-1)
+        return mu, logvar
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+__all__ = [
+    "ConcatSquashLinear",
+    "EPiCEncoder",
+    "EPiCLayer",
+    "PointWiseNet",
+    "count_parameters",
+    "segment_mean_sum",
+]

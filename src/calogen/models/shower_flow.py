@@ -1,0 +1,327 @@
+"""Shower Flow: a conditional normalizing flow (zuko) for per-shower quantities given E.
+
+CaloClouds (2305.04847, section 3.3) uses it to draw, for a requested incident energy E,
+the visible energy and the number of points in each of the 30 layers (N = their sum);
+CaloClouds II (2309.05704) extends the feature set by the number of points, the centre of
+gravity and the energy per layer. Both sets are available here:
+
+* ``"caloclouds"``: ``e_vis`` (GeV), ``n_per_layer`` (30);
+* ``"caloclouds2"``: ``n_points``, ``e_vis`` (GeV), ``cog_x``, ``cog_y`` (mm), ``cog_z``
+  (layer units, energy weighted mean of the layer index), ``n_per_layer`` (30),
+  ``e_per_layer`` (30, GeV).
+
+Preprocessing (inside the module, fitted on data by :meth:`ShowerFlow.fit_preprocessing`
+and stored as buffers, hence in the weights file):
+
+* counts: uniform dequantisation ``n + u``, ``u ~ U[0, 1)``, then ``log1p``; sampling inverts
+  with ``expm1`` and ``floor`` so counts are non-negative integers;
+* energies: ``log1p(e / 1 MeV)`` (zeros allowed);
+* centre of gravity: unchanged;
+* then every column is standardised with the data mean and standard deviation.
+
+The condition is ``ln(E / GeV)``, standardised with the training mean and std.
+
+The flow is a stack of ``blocks`` blocks, each of ``affine_per_block`` affine and
+``spline_per_block`` rational-quadratic spline coupling transforms (zuko
+``MaskedAutoregressiveTransform`` with ``passes=2``), with a fixed random feature order per
+transform (drawn from ``seed`` at construction; stored in the weights). Paper: 10 blocks of
+6 affine + 1 spline couplings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from typing import Any, Literal
+
+import numpy as np
+import showerdata
+import torch
+import zuko
+from numpy.typing import NDArray
+from torch import Tensor, nn
+from zuko.transforms import MonotonicAffineTransform, MonotonicRQSTransform
+
+from calogen.data.packed import pack
+from calogen.errors import UsageError
+
+N_LAYERS = 30
+FeatureSet = Literal["caloclouds", "caloclouds2"]
+
+#: name → (width, kind); kind is "count", "energy", or "real".
+_FEATURES: dict[str, tuple[int, str]] = {
+    "n_points": (1, "count"),
+    "e_vis": (1, "energy"),
+    "cog_x": (1, "real"),
+    "cog_y": (1, "real"),
+    "cog_z": (1, "real"),
+    "n_per_layer": (N_LAYERS, "count"),
+    "e_per_layer": (N_LAYERS, "energy"),
+}
+
+FEATURE_SETS: dict[str, tuple[str, ...]] = {
+    "caloclouds": ("e_vis", "n_per_layer"),
+    "caloclouds2": ("n_points", "e_vis", "cog_x", "cog_y", "cog_z", "n_per_layer", "e_per_layer"),
+}
+
+#: Energy unit inside ``log1p(e / unit)``: 1 MeV in GeV.
+_ENERGY_UNIT_GEV = 1e-3
+
+
+def shower_features(showers: showerdata.Showers, n_layers: int = N_LAYERS) -> dict[str, NDArray]:
+    """Per-shower features of point clouds (all of :data:`FEATURE_SETS`' names).
+
+    Returns a dict of numpy arrays: ``n_points [N]`` int64, ``e_vis [N]`` GeV (sum of point
+    energies), ``cog_x``, ``cog_y`` ``[N]`` mm and ``cog_z`` ``[N]`` (layer index), energy
+    weighted, ``n_per_layer [N, n_layers]`` int64, ``e_per_layer [N, n_layers]`` GeV, and
+    ``energy [N]`` the incident energy in GeV.
+    """
+    packed = pack(showers)
+    n = packed.n_showers
+    pts = packed.points.astype(np.float64)
+    layer = np.clip(np.rint(pts[:, 2]), 0, n_layers - 1).astype(np.int64)
+    key = packed.shower * n_layers + layer
+    e = pts[:, 3]
+    n_per_layer = np.bincount(key, minlength=n * n_layers).reshape(n, n_layers)
+    e_per_layer = np.bincount(key, weights=e, minlength=n * n_layers).reshape(n, n_layers)
+    e_vis = e_per_layer.sum(1)
+    safe = np.where(e_vis > 0, e_vis, 1.0)
+
+    def cog(values: NDArray) -> NDArray:
+        return np.bincount(packed.shower, weights=values * e, minlength=n) / safe
+
+    return {
+        "n_points": packed.counts.astype(np.int64),
+        "e_vis": e_vis,
+        "cog_x": cog(pts[:, 0]),
+        "cog_y": cog(pts[:, 1]),
+        "cog_z": cog(pts[:, 2]),
+        "n_per_layer": n_per_layer.astype(np.int64),
+        "e_per_layer": e_per_layer,
+        "energy": showers.energies.reshape(-1).astype(np.float64),
+    }
+
+
+@dataclass
+class ShowerFlowConfig:
+    """Hyperparameters of :class:`ShowerFlow` (JSON-serialisable)."""
+
+    feature_set: str = "caloclouds"
+    blocks: int = 10
+    affine_per_block: int = 6
+    spline_per_block: int = 1
+    hidden: Sequence[int] = field(default_factory=lambda: (128, 128))
+    bins: int = 8
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["hidden"] = list(self.hidden)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ShowerFlowConfig:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        if "hidden" in known:
+            known["hidden"] = tuple(int(h) for h in known["hidden"])
+        return cls(**known)
+
+
+class ShowerFlow(nn.Module):
+    """Conditional flow ``p(features | E)`` with its own preprocessing (see module docstring).
+
+    Typical use::
+
+        flow = ShowerFlow(ShowerFlowConfig(feature_set="caloclouds"))
+        feats = shower_features(showers)
+        flow.fit(feats, feats["energy"], iterations=2000)
+        out = flow.sample(np.array([10.0, 50.0]), generator=torch.Generator().manual_seed(0))
+        out["n_per_layer"]  # [2, 30] int64, >= 0
+    """
+
+    def __init__(self, config: ShowerFlowConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or ShowerFlowConfig()
+        if self.config.feature_set not in FEATURE_SETS:
+            raise UsageError(
+                f"unknown shower-flow feature set '{self.config.feature_set}' "
+                f"(choose from {', '.join(FEATURE_SETS)})"
+            )
+        self.names = FEATURE_SETS[self.config.feature_set]
+        self.widths = [_FEATURES[name][0] for name in self.names]
+        self.kinds = [_FEATURES[name][1] for name in self.names]
+        self.dim = int(sum(self.widths))
+        self.register_buffer("mean", torch.zeros(self.dim))
+        self.register_buffer("std", torch.ones(self.dim))
+        self.register_buffer("cond_stats", torch.tensor([0.0, 1.0]))
+        self.flow = self._build()
+
+    # -- construction ----------------------------------------------------------------------
+    def _build(self) -> zuko.flows.Flow:
+        cfg = self.config
+        gen = torch.Generator().manual_seed(int(cfg.seed))
+        spline = partial(MonotonicRQSTransform, bound=5.0)
+        transforms = []
+        kinds = [("affine", MonotonicAffineTransform, ((), ()))] * cfg.affine_per_block + [
+            ("spline", spline, ((cfg.bins,), (cfg.bins,), (cfg.bins - 1,)))
+        ] * cfg.spline_per_block
+        for _ in range(cfg.blocks):
+            for _name, univariate, shapes in kinds:
+                order = torch.randperm(self.dim, generator=gen)
+                transforms.append(
+                    zuko.flows.MaskedAutoregressiveTransform(
+                        self.dim,
+                        1,
+                        passes=2,
+                        order=order,
+                        univariate=univariate,
+                        shapes=shapes,
+                        hidden_features=tuple(cfg.hidden),
+                        activation=nn.LeakyReLU,
+                    )
+                )
+        base = zuko.flows.UnconditionalDistribution(
+            zuko.distributions.DiagNormal,
+            torch.zeros(self.dim),
+            torch.ones(self.dim),
+            buffer=True,
+        )
+        return zuko.flows.Flow(transforms, base)
+
+    # -- preprocessing ---------------------------------------------------------------------
+    def _stack(self, features: dict[str, Any]) -> NDArray[np.float64]:
+        cols = []
+        for name, width in zip(self.names, self.widths):
+            if name not in features:
+                raise UsageError(f"shower flow: feature '{name}' missing")
+            cols.append(np.asarray(features[name], dtype=np.float64).reshape(-1, width))
+        return np.concatenate(cols, axis=1)
+
+    def _transform(self, raw: NDArray[np.float64], rng: np.random.Generator | None) -> NDArray:
+        out = raw.copy()
+        start = 0
+        for width, kind in zip(self.widths, self.kinds):
+            block = out[:, start : start + width]
+            if kind == "count":
+                noise = rng.random(block.shape) if rng is not None else 0.5
+                block[:] = np.log1p(np.maximum(block, 0.0) + noise)
+            elif kind == "energy":
+                block[:] = np.log1p(np.maximum(block, 0.0) / _ENERGY_UNIT_GEV)
+            start += width
+        return out
+
+    def _untransform(self, pre: NDArray[np.float64]) -> dict[str, NDArray]:
+        out: dict[str, NDArray] = {}
+        start = 0
+        for name, width, kind in zip(self.names, self.widths, self.kinds):
+            block = pre[:, start : start + width]
+            if kind == "count":
+                values = np.floor(np.expm1(np.clip(block, 0.0, 20.0)))
+                values = np.maximum(values, 0).astype(np.int64)
+            elif kind == "energy":
+                values = np.expm1(np.clip(block, 0.0, 30.0)) * _ENERGY_UNIT_GEV
+            else:
+                values = block.copy()
+            out[name] = values[:, 0] if width == 1 else values
+            start += width
+        return out
+
+    def fit_preprocessing(self, features: dict[str, Any], energies: NDArray) -> None:
+        """Set the standardisation of features and condition from data."""
+        pre = self._transform(self._stack(features), None)
+        std = pre.std(0)
+        self.mean.copy_(torch.as_tensor(pre.mean(0), dtype=torch.float32))
+        self.std.copy_(torch.as_tensor(np.where(std > 1e-6, std, 1.0), dtype=torch.float32))
+        log_e = np.log(np.asarray(energies, np.float64).reshape(-1))
+        self.cond_stats.copy_(torch.tensor([log_e.mean(), max(log_e.std(), 1e-6)]))
+
+    def condition(self, energies: NDArray | Tensor) -> Tensor:
+        """Network condition ``[N, 1]`` from incident energies in GeV."""
+        e = torch.as_tensor(np.asarray(energies, np.float64).reshape(-1, 1), dtype=torch.float32)
+        return (e.log() - self.cond_stats[0]) / self.cond_stats[1]
+
+    def preprocess(
+        self, features: dict[str, Any], energies: NDArray, rng: np.random.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        """``(x [N, dim], c [N, 1])`` network inputs; ``rng`` draws the dequantisation noise."""
+        pre = self._transform(self._stack(features), rng)
+        x = (torch.as_tensor(pre, dtype=torch.float32) - self.mean) / self.std
+        return x, self.condition(energies)
+
+    # -- likelihood and sampling -----------------------------------------------------------
+    def nll(self, x: Tensor, c: Tensor) -> Tensor:
+        """Mean negative log-likelihood per feature of preprocessed ``x`` given ``c``."""
+        return -self.flow(c).log_prob(x).mean() / self.dim
+
+    @torch.no_grad()
+    def sample(
+        self, energies: NDArray | Sequence[float], generator: torch.Generator | None = None
+    ) -> dict[str, NDArray]:
+        """Draw features for incident energies (GeV).
+
+        Returns a dict of numpy arrays named as in the feature set (counts are non-negative
+        int64, energies in GeV and non-negative), plus ``n_points`` (for ``"caloclouds"`` the sum
+        of ``n_per_layer``; for ``"caloclouds2"`` the flow's own prediction, see
+        ``n_points_sum`` for the sum over layers).
+        """
+        c = self.condition(np.asarray(energies))
+        z = torch.randn((c.shape[0], self.dim), generator=generator)
+        x = self.flow(c).transform.inv(z)
+        pre = (x * self.std + self.mean).double().numpy()
+        out = self._untransform(pre)
+        if "n_per_layer" in out:
+            total = out["n_per_layer"].sum(1)
+            if "n_points" in out:
+                out["n_points_sum"] = total
+            else:
+                out["n_points"] = total
+        return out
+
+    # -- stand-alone training -------------------------------------------------------------
+    def fit(
+        self,
+        features: dict[str, Any],
+        energies: NDArray,
+        *,
+        iterations: int = 2000,
+        batch_size: int = 256,
+        lr: float = 1e-3,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> list[float]:
+        """Fit preprocessing and train the flow with Adam; return the loss per iteration."""
+        self.fit_preprocessing(features, energies)
+        raw = self._stack(features)
+        energies = np.asarray(energies, np.float64).reshape(-1)
+        rng = np.random.default_rng(seed)
+        opt = torch.optim.Adam(self.flow.parameters(), lr=lr)
+        losses = []
+        iterator = range(iterations)
+        if progress:
+            from tqdm import tqdm
+
+            iterator = tqdm(iterator, desc="shower flow")
+        for it in iterator:
+            idx = rng.integers(0, raw.shape[0], size=min(batch_size, raw.shape[0]))
+            x, c = self.preprocess(_subset(features, self.names, idx), energies[idx], rng)
+            for group in opt.param_groups:
+                group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * it / max(iterations, 1)))
+            loss = self.nll(x, c)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+        return losses
+
+
+def _subset(features: dict[str, Any], names: Sequence[str], idx: NDArray) -> dict[str, NDArray]:
+    return {name: np.asarray(features[name])[idx] for name in names}
+
+
+__all__ = [
+    "FEATURE_SETS",
+    "ShowerFlow",
+    "ShowerFlowConfig",
+    "shower_features",
+]
