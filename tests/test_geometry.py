@@ -37,12 +37,12 @@ def test_ild_gaps_drop_energy_and_staggering_shifts_cells() -> None:
     ild = ild_ecal()
     wafer = 18 * CELL_SIZE_MM
     # a point in the 1 mm gap after the first wafer along x (layer 0 stagger 2.474 mm)
-    x_gap = ild.stagger_x_mm[0] + wafer + 0.5
+    x_gap = ild.grid_origin_mm[0] + ild.stagger_x_mm[0] + wafer + 0.5
     showers = _showers([[x_gap, 10.0, 0, 1e-3], [x_gap + 1.0, 10.0, 0, 1e-3]])
     hits = project(showers, ild)
     assert len(hits) == 1
     # y: 3 mm tower gap
-    showers = _showers([[10.0, wafer + 1.5, 0, 1e-3]])
+    showers = _showers([[10.0, ild.grid_origin_mm[1] + wafer + 1.5, 0, 1e-3]])
     assert len(project(showers, ild)) == 0
     # stagger: the same point falls in different cells in layers of different slabs
     pt = 2.0

@@ -52,6 +52,9 @@ class Calorimeter:
         gap_x_mm: dead gap between wafers along x.
         gap_y_mm: dead gap between wafers (towers) along y.
         stagger_x_mm: x offset of the cell grid for each layer, ``[n_layers]``.
+        grid_origin_mm: detector-frame position of the corner of wafer (0, 0) before
+            staggering; the ILD preset puts the frame origin at a wafer centre, away from
+            the gaps, as the papers chose their impact point.
     """
 
     name: str
@@ -63,6 +66,7 @@ class Calorimeter:
     gap_x_mm: float = 0.0
     gap_y_mm: float = 0.0
     stagger_x_mm: tuple[float, ...] = field(default=(0.0,) * N_LAYERS)
+    grid_origin_mm: tuple[float, float] = (0.0, 0.0)
 
     @property
     def n_layers(self) -> int:
@@ -97,9 +101,11 @@ class Calorimeter:
         self, x_mm: NDArray[np.floating], y_mm: NDArray[np.floating], layer: NDArray[np.integer]
     ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_]]:
         """Cell indices ``(ix, iy)`` of detector-frame positions and a live-area mask."""
-        stagger = np.asarray(self.stagger_x_mm, dtype=np.float64)[layer]
+        stagger = np.asarray(self.stagger_x_mm, dtype=np.float64)[layer] + self.grid_origin_mm[0]
         ix, live_x = self._axis_cells(np.asarray(x_mm, np.float64) - stagger, self.gap_x_mm)
-        iy, live_y = self._axis_cells(np.asarray(y_mm, np.float64), self.gap_y_mm)
+        iy, live_y = self._axis_cells(
+            np.asarray(y_mm, np.float64) - self.grid_origin_mm[1], self.gap_y_mm
+        )
         return ix, iy, live_x & live_y
 
     def cell_centre(
@@ -117,7 +123,8 @@ class Calorimeter:
             return wafer_index * (self.wafer_cells * size + gap) + (local + 0.5) * size
 
         stagger = np.asarray(self.stagger_x_mm, dtype=np.float64)[np.asarray(layer)]
-        return centre(ix, self.gap_x_mm) + stagger, centre(iy, self.gap_y_mm)
+        x0, y0 = self.grid_origin_mm
+        return centre(ix, self.gap_x_mm) + stagger + x0, centre(iy, self.gap_y_mm) + y0
 
 
 def slab() -> Calorimeter:
@@ -129,12 +136,14 @@ def ild_ecal() -> Calorimeter:
     """An ILD-like ECAL: 18 x 18-cell wafers, 1 mm gaps in x, 3 mm in y, staggered slabs."""
     slab_offsets = (2.474, 0.174, 2.974)  # mm, cycled over the 15 slabs
     stagger = tuple(slab_offsets[(layer // 2) % len(slab_offsets)] for layer in range(N_LAYERS))
+    half_wafer = 18 * CELL_SIZE_MM / 2
     return Calorimeter(
         name="ild",
         wafer_cells=18,
         gap_x_mm=1.0,
         gap_y_mm=3.0,
         stagger_x_mm=stagger,
+        grid_origin_mm=(-half_wafer, -half_wafer),
     )
 
 
@@ -214,38 +223,41 @@ def project(
     threshold = calorimeter.threshold_mev if threshold_mev is None else float(threshold_mev)
     packed = pack(showers)
     n_showers = len(showers)
+    if n_showers >= 1 << 24:
+        raise ValueError("project at most 16.7 million showers per call (chunk the input)")
     points = packed.points
     layer = np.clip(np.rint(points[:, 2]), 0, calorimeter.n_layers - 1).astype(np.int64)
-    x = points[:, 0].astype(np.float64) + impact_mm[0]
-    y = points[:, 1].astype(np.float64) + impact_mm[1]
-    ix, iy, live = calorimeter.cell_index(x, y, layer)
-    keep = live & (points[:, 3] > 0)
-    shower = packed.shower[keep].astype(np.int64)
-    layer, ix, iy = layer[keep], ix[keep], iy[keep]
-    energy = points[keep, 3].astype(np.float64)
-
-    key = (
-        (shower << 38)
-        | (layer << 32)
-        | ((ix + _IX_OFFSET) & 0xFFFF) << 16
-        | ((iy + _IX_OFFSET) & 0xFFFF)
+    ix, iy, live = calorimeter.cell_index(
+        points[:, 0].astype(np.float64) + impact_mm[0],
+        points[:, 1].astype(np.float64) + impact_mm[1],
+        layer,
     )
-    order = np.argsort(key, kind="quicksort")
+    # one int64 key per point: shower (24 bits) | layer (6) | ix (16) | iy (16)
+    key = packed.shower << 38
+    key |= layer << 32
+    key |= (np.clip(ix, -_IX_OFFSET, _IX_OFFSET - 1) + _IX_OFFSET) << 16
+    key |= np.clip(iy, -_IX_OFFSET, _IX_OFFSET - 1) + _IX_OFFSET
+    energy = points[:, 3]
+    keep = live & (energy > 0)
+    if not keep.all():
+        key, energy = key[keep], energy[keep]
+    order = np.argsort(key)
     key = key[order]
     if key.size:
         starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
-        cell_energy_mev = np.add.reduceat(energy[order], starts) * 1000.0
+        cell_energy_mev = np.add.reduceat(energy[order].astype(np.float64), starts) * 1000.0
     else:
         starts = np.zeros(0, dtype=np.int64)
         cell_energy_mev = np.zeros(0)
-    first = order[starts]
     above = cell_energy_mev >= threshold
-    first = first[above]
-    hit_layer = layer[first]
-    hit_ix, hit_iy = ix[first], iy[first]
+    cell_key = key[starts[above]]
+    hit_shower = cell_key >> 38
+    hit_layer = (cell_key >> 32) & 0x3F
+    hit_ix = ((cell_key >> 16) & 0xFFFF) - _IX_OFFSET
+    hit_iy = (cell_key & 0xFFFF) - _IX_OFFSET
     cx, cy = calorimeter.cell_centre(hit_ix, hit_iy, hit_layer)
     return CellHits(
-        shower=shower[first],
+        shower=hit_shower,
         layer=hit_layer,
         ix=hit_ix,
         iy=hit_iy,

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import showerdata
+from numpy.typing import NDArray
 
 from calogen.data.packed import PackedPoints, pack, unpack
-from calogen.geometry import CELL_SIZE_MM
+from calogen.geometry import CELL_SIZE_MM, Calorimeter, project
 
 
 @dataclass
@@ -94,4 +95,75 @@ def cluster_steps(
         dropped_points=int(dropped.sum()),
         dropped_energy_gev=float(pts[dropped, 3].sum()),
         input_points=int(positive.sum()),
+    )
+
+
+@dataclass
+class ClosureResult:
+    """Cell-by-cell comparison of raw steps and their clusters, summed over all showers.
+
+    ``steps_mev`` and ``clusters_mev`` are the summed cell energies (no threshold) of the
+    cells listed in ``layer, ix, iy``; ``relative`` is ``|clusters - steps| / steps``.
+    """
+
+    layer: NDArray[np.int64]
+    ix: NDArray[np.int64]
+    iy: NDArray[np.int64]
+    steps_mev: NDArray[np.float64]
+    clusters_mev: NDArray[np.float64]
+
+    @property
+    def relative(self) -> NDArray[np.float64]:
+        return np.abs(self.clusters_mev - self.steps_mev) / np.maximum(self.steps_mev, 1e-12)
+
+    def core_cells(self, energy_fraction: float = 0.9) -> NDArray[np.bool_]:
+        """Mask of the highest-energy cells that together hold ``energy_fraction`` of the energy."""
+        order = np.argsort(-self.steps_mev)
+        cumulative = np.cumsum(self.steps_mev[order]) / self.steps_mev.sum()
+        mask = np.zeros(self.steps_mev.size, dtype=bool)
+        mask[order[: int(np.searchsorted(cumulative, energy_fraction)) + 1]] = True
+        return mask
+
+    def summary(self, energy_fraction: float = 0.9) -> dict[str, float]:
+        core = self.core_cells(energy_fraction)
+        rel = self.relative[core]
+        weights = self.steps_mev / self.steps_mev.sum()
+        return {
+            "cells": float(self.steps_mev.size),
+            "core_cells": float(core.sum()),
+            "core_median_relative": float(np.median(rel)),
+            "core_fraction_below_2pc": float((rel < 0.02).mean()),
+            "core_fraction_below_10pc": float((rel < 0.10).mean()),
+            "energy_weighted_mean_relative": float((weights * self.relative).sum()),
+            "total_ratio": float(self.clusters_mev.sum() / self.steps_mev.sum()),
+        }
+
+
+def clustering_closure(
+    steps: showerdata.Showers,
+    calorimeter: Calorimeter,
+    impact_mm: tuple[float, float] = (0.0, 0.0),
+    granularity: int = 6,
+) -> ClosureResult:
+    """Closure test of the CaloClouds paper's appendix A.
+
+    Clusters the raw steps, projects steps and clusters into the same cells (no threshold)
+    and sums each cell over all showers, as in the paper's overlay of many showers.
+    """
+    clusters = cluster_steps(steps, granularity=granularity).showers
+    tables = []
+    for showers in (steps, clusters):
+        hits = project(showers, calorimeter, impact_mm, threshold_mev=0.0)
+        key = (hits.layer << 40) | ((hits.ix + (1 << 19)) << 20) | (hits.iy + (1 << 19))
+        tables.append((key, hits.energy_mev.astype(np.float64)))
+    keys = np.union1d(tables[0][0], tables[1][0])
+    sums = []
+    for key, energy in tables:
+        sums.append(np.bincount(np.searchsorted(keys, key), weights=energy, minlength=keys.size))
+    return ClosureResult(
+        layer=keys >> 40,
+        ix=((keys >> 20) & 0xFFFFF) - (1 << 19),
+        iy=(keys & 0xFFFFF) - (1 << 19),
+        steps_mev=sums[0],
+        clusters_mev=sums[1],
     )

@@ -311,7 +311,7 @@ class ShowerFlow(nn.Module):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         return losses
 
 

@@ -1,0 +1,331 @@
+"""Post-diffusion calibration and occupancy correction (CaloClouds, 2305.04847 section 3.3).
+
+All functions work on packed points (see :mod:`calogen.data.packed`): ``points [P, 4]``
+``(x mm, y mm, layer, e GeV)`` and ``shower [P]`` (shower index of every point, sorted or
+not), vectorised over all showers (no Python loop over showers).
+
+Calibration steps, in the paper's order (:func:`calibrate` runs them all):
+
+1. :func:`clip_negative_energies` — negative point energies → 0;
+2. :func:`rescale_energy` — scale each shower's energies so their sum equals a target
+   (CaloClouds: the Shower Flow's visible energy), or :func:`rescale_layer_energies` —
+   each layer's energy to its own target (CaloClouds II);
+3. :func:`assign_layers` — sort each shower's points by depth and give the first ``N_0``
+   points layer 0, the next ``N_1`` layer 1, … (per-layer counts from the Shower Flow);
+4. :func:`shift_cog` — shift x and y so the energy-weighted centre of gravity of each
+   shower equals a target (the training data's mean, or a per-shower prediction).
+
+:class:`OccupancyCorrection` implements ``c_N(N) = p_gen(p_data(N)) / N`` from two cubic fits:
+``p_data`` maps the number of points of Geant4 showers to their number of cell hits
+(occupancy), ``p_gen`` maps the occupancy of generated showers to their number of points.
+Multiplying the requested points (and points per layer) by ``c_N`` makes generated showers
+reach the Geant4 occupancy. It is stored as JSON next to the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from calogen.errors import CalogenError, UsageError
+
+N_LAYERS = 30
+
+
+def _segment_sum(values: NDArray, shower: NDArray, n_showers: int) -> NDArray[np.float64]:
+    return np.bincount(shower, weights=values, minlength=n_showers)
+
+
+def clip_negative_energies(points: NDArray[np.floating]) -> NDArray[np.floating]:
+    """Set negative point energies (channel 3) to zero, in place; returns ``points``."""
+    np.maximum(points[:, 3], 0.0, out=points[:, 3])
+    return points
+
+
+def rescale_energy(
+    points: NDArray[np.floating],
+    shower: NDArray[np.integer],
+    target: NDArray[np.floating],
+) -> NDArray[np.floating]:
+    """Scale point energies so each shower's total equals ``target [S]`` (GeV), in place.
+
+    Showers whose points carry no energy get the target shared equally among their points.
+    """
+    target = np.asarray(target, dtype=np.float64).reshape(-1)
+    n = target.shape[0]
+    energy = points[:, 3].astype(np.float64)
+    total = _segment_sum(energy, shower, n)
+    counts = np.bincount(shower, minlength=n)
+    empty = total <= 0
+    factor = np.where(empty, 0.0, target / np.where(empty, 1.0, total))
+    new = energy * factor[shower]
+    if np.any(empty):
+        share = np.where(counts > 0, target / np.maximum(counts, 1), 0.0)
+        new = np.where(empty[shower], share[shower], new)
+    points[:, 3] = new
+    return points
+
+
+def rescale_layer_energies(
+    points: NDArray[np.floating],
+    shower: NDArray[np.integer],
+    target: NDArray[np.floating],
+) -> NDArray[np.floating]:
+    """Scale energies so each (shower, layer) total equals ``target [S, L]`` (GeV), in place.
+
+    The layer of a point is ``rint(points[:, 2])``; layers with points but zero energy get the
+    target shared equally; targets of layers without points cannot be met and are dropped.
+    """
+    target = np.asarray(target, dtype=np.float64)
+    n, n_layers = target.shape
+    layer = np.clip(np.rint(points[:, 2]), 0, n_layers - 1).astype(np.int64)
+    key = shower.astype(np.int64) * n_layers + layer
+    energy = points[:, 3].astype(np.float64)
+    total = _segment_sum(energy, key, n * n_layers)
+    counts = np.bincount(key, minlength=n * n_layers)
+    flat_target = target.reshape(-1)
+    empty = total <= 0
+    factor = np.where(empty, 0.0, flat_target / np.where(empty, 1.0, total))
+    share = np.where(counts > 0, flat_target / np.maximum(counts, 1), 0.0)
+    points[:, 3] = np.where(empty[key], share[key], energy * factor[key])
+    return points
+
+
+def assign_layers(
+    points: NDArray[np.floating],
+    shower: NDArray[np.integer],
+    counts_per_layer: NDArray[np.integer],
+    depth: NDArray[np.floating] | None = None,
+) -> NDArray[np.floating]:
+    """Depth-sorted layer assignment, in place.
+
+    Within each shower the points are ordered by ``depth`` (default: ``points[:, 2]``); the
+    first ``counts_per_layer[s, 0]`` get layer 0, the next ``counts_per_layer[s, 1]`` layer 1,
+    and so on. Each shower's counts must add up to its number of points.
+
+    Args:
+        points: ``[P, 4]``; channel 2 is overwritten with integer layer indices.
+        shower: ``[P]`` shower index.
+        counts_per_layer: ``[S, L]`` non-negative integers.
+        depth: ``[P]`` continuous depth used for sorting (e.g. the normalised z before
+            flooring); ties are broken by the original point order.
+    """
+    counts_per_layer = np.asarray(counts_per_layer, dtype=np.int64)
+    n, n_layers = counts_per_layer.shape
+    shower = np.asarray(shower, dtype=np.int64)
+    points_per_shower = np.bincount(shower, minlength=n)
+    if np.any(counts_per_layer < 0):
+        raise CalogenError("assign_layers: negative points per layer")
+    if not np.array_equal(counts_per_layer.sum(1), points_per_shower):
+        raise CalogenError("assign_layers: points per layer do not add up to the points per shower")
+    depth = points[:, 2] if depth is None else np.asarray(depth)
+    order = np.lexsort((depth, shower))  # by shower, then depth
+    # global position of every sorted point and the global upper edge of every (shower, layer)
+    offsets = np.concatenate(([0], np.cumsum(points_per_shower)))[:-1]
+    edges = (offsets[:, None] + np.cumsum(counts_per_layer, axis=1)).reshape(-1)
+    position = np.arange(order.shape[0])
+    slot = np.searchsorted(edges, position, side="right")
+    layer = slot - shower[order] * n_layers
+    points[order, 2] = layer.astype(points.dtype)
+    return points
+
+
+def shift_cog(
+    points: NDArray[np.floating],
+    shower: NDArray[np.integer],
+    target_xy: NDArray[np.floating],
+    n_showers: int | None = None,
+) -> NDArray[np.floating]:
+    """Shift x and y of each shower so its energy-weighted centre of gravity is ``target_xy``.
+
+    Args:
+        target_xy: ``[2]`` (same for all showers) or ``[S, 2]`` in mm.
+        n_showers: number of showers (needed with a ``[2]`` target when trailing showers are
+            empty).
+    """
+    target_xy = np.asarray(target_xy, dtype=np.float64)
+    if n_showers is None:
+        n_showers = target_xy.shape[0] if target_xy.ndim == 2 else int(shower.max(initial=-1)) + 1
+    target = np.broadcast_to(target_xy, (n_showers, 2))
+    e = points[:, 3].astype(np.float64)
+    total = _segment_sum(e, shower, n_showers)
+    safe = np.where(total > 0, total, 1.0)
+    for axis in (0, 1):
+        cog = _segment_sum(points[:, axis] * e, shower, n_showers) / safe
+        shift = np.where(total > 0, target[:, axis] - cog, 0.0)
+        points[:, axis] = points[:, axis] + shift[shower]
+    return points
+
+
+def calibrate(
+    points: NDArray[np.floating],
+    shower: NDArray[np.integer],
+    *,
+    n_showers: int,
+    energy_total: NDArray[np.floating] | None = None,
+    energy_per_layer: NDArray[np.floating] | None = None,
+    counts_per_layer: NDArray[np.integer] | None = None,
+    depth: NDArray[np.floating] | None = None,
+    cog_xy: NDArray[np.floating] | None = None,
+) -> NDArray[np.floating]:
+    """Run the calibration steps that have targets, in place (see module docstring).
+
+    Order: clip negative energies; layer assignment (if ``counts_per_layer``); per-layer
+    energy rescaling (if ``energy_per_layer``, needs layers assigned) else total energy
+    (if ``energy_total``); centre-of-gravity shift (if ``cog_xy``).
+    """
+    clip_negative_energies(points)
+    if counts_per_layer is not None:
+        assign_layers(points, shower, counts_per_layer, depth)
+    if energy_per_layer is not None:
+        rescale_layer_energies(points, shower, energy_per_layer)
+    elif energy_total is not None:
+        rescale_energy(points, shower, energy_total)
+    if cog_xy is not None:
+        shift_cog(points, shower, cog_xy, n_showers)
+    return points
+
+
+# ---------------------------------------------------------------------------------------------
+# occupancy correction
+# ---------------------------------------------------------------------------------------------
+
+
+def distribute_counts(counts_per_layer: NDArray[np.integer], totals: NDArray) -> NDArray[np.int64]:
+    """Rescale per-layer counts ``[S, L]`` to new totals ``[S]`` keeping proportions.
+
+    Uses largest-remainder rounding, so each row sums exactly to ``round(totals)``.
+    """
+    counts = np.asarray(counts_per_layer, dtype=np.float64)
+    totals = np.maximum(np.rint(np.asarray(totals, dtype=np.float64)), 0).astype(np.int64)
+    current = counts.sum(1)
+    safe = np.where(current > 0, current, 1.0)
+    ideal = counts * (totals / safe)[:, None]
+    base = np.floor(ideal).astype(np.int64)
+    missing = totals - base.sum(1)
+    remainder = ideal - base
+    # rank the remainders within each row (largest first) and add one to the top `missing`
+    rank = np.argsort(np.argsort(-remainder, axis=1, kind="stable"), axis=1, kind="stable")
+    base += rank < missing[:, None]
+    # rows that had no points: put everything in the first layer
+    empty = current <= 0
+    if np.any(empty):
+        base[empty] = 0
+        base[empty, 0] = totals[empty]
+    return base
+
+
+@dataclass
+class OccupancyCorrection:
+    """``c_N(N) = p_gen(p_data(N)) / N`` from two cubic polynomial fits.
+
+    Attributes:
+        p_data: coefficients (highest power first, ``numpy.polyval`` order) of the fit of
+            Geant4 occupancy (cell hits) as a function of the number of points.
+        p_gen: coefficients of the fit of the generated number of points as a function of the
+            generated occupancy.
+        n_range: range of numbers of points seen in the fit; N is clipped to it before
+            evaluating (cubics extrapolate badly).
+        factor_range: clip of ``c_N``.
+    """
+
+    p_data: list[float] = field(default_factory=lambda: [0.0, 0.0, 1.0, 0.0])
+    p_gen: list[float] = field(default_factory=lambda: [0.0, 0.0, 1.0, 0.0])
+    n_range: tuple[float, float] = (1.0, 1e9)
+    factor_range: tuple[float, float] = (0.5, 2.0)
+
+    @classmethod
+    def identity(cls) -> OccupancyCorrection:
+        """No correction (``c_N = 1``)."""
+        return cls()
+
+    @classmethod
+    def fit(
+        cls,
+        n_data: NDArray,
+        occupancy_data: NDArray,
+        n_gen: NDArray,
+        occupancy_gen: NDArray,
+        degree: int = 3,
+    ) -> OccupancyCorrection:
+        """Fit from per-shower (points, hits) of Geant4 and of generated showers."""
+        n_data = np.asarray(n_data, np.float64)
+        n_gen = np.asarray(n_gen, np.float64)
+        if n_data.size < degree + 1 or n_gen.size < degree + 1:
+            raise UsageError(f"occupancy fit needs at least {degree + 1} showers of each kind")
+        p_data = np.polyfit(n_data, np.asarray(occupancy_data, np.float64), degree)
+        p_gen = np.polyfit(np.asarray(occupancy_gen, np.float64), n_gen, degree)
+        lo = float(min(n_data.min(), n_gen.min()))
+        hi = float(max(n_data.max(), n_gen.max()))
+        return cls(p_data=p_data.tolist(), p_gen=p_gen.tolist(), n_range=(lo, hi))
+
+    def factor(self, n_points: NDArray) -> NDArray[np.float64]:
+        """``c_N`` for numbers of points ``N``."""
+        n = np.clip(np.asarray(n_points, np.float64), *self.n_range)
+        n = np.maximum(n, 1.0)
+        corrected = np.polyval(self.p_gen, np.polyval(self.p_data, n))
+        return np.clip(corrected / n, *self.factor_range)
+
+    def apply(self, counts_per_layer: NDArray[np.integer]) -> NDArray[np.int64]:
+        """Calibrated points per layer ``c_N(N) · N_i`` (integers, total ``round(c_N · N)``)."""
+        counts = np.asarray(counts_per_layer, dtype=np.int64)
+        total = counts.sum(1)
+        return distribute_counts(counts, total * self.factor(total))
+
+    # -- persistence -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "occupancy_correction",
+            "p_data": [float(v) for v in self.p_data],
+            "p_gen": [float(v) for v in self.p_gen],
+            "n_range": [float(v) for v in self.n_range],
+            "factor_range": [float(v) for v in self.factor_range],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> OccupancyCorrection:
+        try:
+            return cls(
+                p_data=[float(v) for v in data["p_data"]],
+                p_gen=[float(v) for v in data["p_gen"]],
+                n_range=tuple(float(v) for v in data["n_range"]),  # type: ignore[arg-type]
+                factor_range=tuple(float(v) for v in data.get("factor_range", (0.5, 2.0))),  # type: ignore[arg-type]
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UsageError(f"invalid occupancy correction: {exc}") from None
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.partial")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> OccupancyCorrection:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise UsageError(f"{path}: no such file") from None
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{path}: not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+
+__all__ = [
+    "OccupancyCorrection",
+    "assign_layers",
+    "calibrate",
+    "clip_negative_energies",
+    "distribute_counts",
+    "rescale_energy",
+    "rescale_layer_energies",
+    "shift_cog",
+]

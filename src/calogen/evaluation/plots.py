@@ -1,0 +1,483 @@
+"""Comparison plots of shower observables (matplotlib Agg backend, mplhep ROOT style).
+
+Every plot draws the reference (grey, filled) and all candidates (coloured lines) in the same
+axes, with a ratio panel candidate / reference underneath (bands: statistical uncertainty of
+the ratio). Figures are written as PNG and PDF, atomically (temporary name, then rename).
+
+Plots (function -> file stem):
+
+* :func:`plot_cell_energy` -> ``cell_energy``: cells per shower vs cell energy (log bins, MeV),
+  the region below 0.1 MeV (half a MIP) shaded;
+* :func:`plot_radial_profile` -> ``radial_profile``: mean energy per shower vs distance of the
+  cell centre to the shower axis (mm);
+* :func:`plot_longitudinal_profile` -> ``longitudinal_profile``: mean energy per layer;
+* :func:`plot_cog` -> ``cog``: centre of gravity x, y (mm) and z (layer);
+* :func:`plot_energy_and_hits` -> ``visible_energy_hits``: visible energy and number of hits at
+  10, 50, 90 GeV (or in the windows 10-20, 45-55, 80-90 GeV for continuous energies);
+* :func:`plot_event_display` -> ``event_display``: 3-D points of one shower per sample;
+* :func:`plot_layer_map` -> ``layer_map``: cell energies of one layer of that shower with its
+  points overlaid and the dead gaps of the geometry drawn (like figure 9 of CaloClouds).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import mplhep  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.collections import PatchCollection  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+from numpy.typing import NDArray  # noqa: E402
+
+from calogen.evaluation.observables import SampleObservables, ShowerFeatures  # noqa: E402
+from calogen.geometry import THRESHOLD_MEV, Calorimeter  # noqa: E402
+
+REFERENCE_COLOR = "0.55"
+COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink")
+FORMATS = ("png", "pdf")
+#: Energies (GeV) at which visible energy and number of hits are compared.
+FIXED_ENERGIES_GEV = (10.0, 50.0, 90.0)
+#: Energy windows used instead when the reference has a continuous energy spectrum.
+ENERGY_WINDOWS_GEV = ((10.0, 20.0), (45.0, 55.0), (80.0, 90.0))
+
+
+def _style():  # noqa: ANN202 - a context manager
+    return plt.style.context(mplhep.style.ROOT)
+
+
+def color(index: int) -> str:
+    """Colour of candidate ``index`` (0-based)."""
+    return COLORS[index % len(COLORS)]
+
+
+def save_figure(fig: plt.Figure, out_dir: str | os.PathLike[str], stem: str) -> list[Path]:
+    """Save ``fig`` as ``out_dir/stem.png`` and ``.pdf`` atomically; close it; return the paths."""
+    out_dir = Path(out_dir)
+    paths = []
+    try:
+        for fmt in FORMATS:
+            path = out_dir / f"{stem}.{fmt}"
+            tmp = out_dir / f".{stem}.{fmt}.{os.getpid()}.partial"
+            try:
+                fig.savefig(tmp, format=fmt, dpi=110 if fmt == "png" else None)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+            paths.append(path)
+    finally:
+        plt.close(fig)
+    return paths
+
+
+def _ratio_axes(ncols: int = 1, width: float = 7.0, height: float = 6.5):  # noqa: ANN202
+    fig, axes = plt.subplots(
+        2,
+        ncols,
+        figsize=(width * ncols, height),
+        sharex="col",
+        gridspec_kw={"height_ratios": [3, 1], "hspace": 0.06},
+        squeeze=False,
+    )
+    return fig, axes
+
+
+def _draw(
+    ax: plt.Axes,
+    rax: plt.Axes,
+    edges: NDArray[np.floating],
+    values: Sequence[NDArray[np.floating]],
+    errors: Sequence[NDArray[np.floating]],
+    labels: Sequence[str],
+    *,
+    ratio_range: tuple[float, float] = (0.5, 1.5),
+    legend: bool = True,
+) -> None:
+    """Reference (index 0, filled) and candidates (lines) plus the ratio panel."""
+    ref, ref_err = np.asarray(values[0], float), np.asarray(errors[0], float)
+    ax.stairs(ref, edges, fill=True, color=REFERENCE_COLOR, alpha=0.55, label=labels[0])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ref_rel = np.where(ref > 0, ref_err / ref, np.nan)
+        rax.stairs(1 + ref_rel, edges, baseline=1 - ref_rel, fill=True, color=REFERENCE_COLOR,
+                   alpha=0.4)
+        for i, (val, err, label) in enumerate(zip(values[1:], errors[1:], labels[1:], strict=True)):
+            val, err = np.asarray(val, float), np.asarray(err, float)
+            c = color(i)
+            ax.stairs(val, edges, color=c, lw=1.8, label=label)
+            ratio = np.where(ref > 0, val / ref, np.nan)
+            ratio_err = np.where(val > 0, ratio * err / val, np.nan)
+            rax.stairs(ratio, edges, color=c, lw=1.5)
+            rax.stairs(ratio + ratio_err, edges, baseline=ratio - ratio_err, fill=True, color=c,
+                       alpha=0.2)
+    rax.axhline(1.0, color="k", lw=0.8, ls="--")
+    rax.set_ylim(*ratio_range)
+    rax.set_ylabel("ratio", fontsize=14)
+    if legend:
+        ax.legend(fontsize=12, frameon=False)
+
+
+def _hist(
+    values: NDArray[np.floating], edges: NDArray[np.floating]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Unit-area density histogram and its Poisson uncertainty."""
+    values = np.asarray(values, float)
+    values = values[np.isfinite(values)]
+    counts, _ = np.histogram(values, bins=edges)
+    widths = np.diff(edges)
+    norm = max(counts.sum(), 1) * widths
+    return counts / norm, np.sqrt(counts) / norm
+
+
+def _edges(values: Sequence[NDArray[np.floating]], bins: int = 50, q: float = 0.002) -> NDArray:
+    """Common bin edges covering the central ``1 - 2q`` of the reference (first) sample."""
+    ref = np.asarray(values[0], float)
+    ref = ref[np.isfinite(ref)]
+    if ref.size == 0:
+        return np.linspace(0.0, 1.0, bins + 1)
+    lo, hi = np.quantile(ref, [q, 1 - q])
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    pad = 0.1 * (hi - lo)
+    return np.linspace(lo - pad, hi + pad, bins + 1)
+
+
+def _labels(samples: Sequence[SampleObservables]) -> list[str]:
+    return [s.label for s in samples]
+
+
+# ---------------------------------------------------------------------------------------------
+# distributions
+# ---------------------------------------------------------------------------------------------
+
+
+def plot_cell_energy(
+    samples: Sequence[SampleObservables],
+    out_dir: str | os.PathLike[str],
+    threshold_mev: float = THRESHOLD_MEV,
+) -> list[Path]:
+    """Cell-energy spectrum: cells per shower per log bin vs cell energy (MeV)."""
+    edges = samples[0].cell_edges_mev
+    values = [s.cell_counts / max(s.n_showers, 1) for s in samples]
+    errors = [np.sqrt(s.cell_counts) / max(s.n_showers, 1) for s in samples]
+    occupied = np.flatnonzero(np.sum([s.cell_counts for s in samples], axis=0))
+    with _style():
+        fig, axes = _ratio_axes()
+        ax, rax = axes[0, 0], axes[1, 0]
+        _draw(ax, rax, edges, values, errors, _labels(samples))
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        if occupied.size:
+            lo = min(edges[occupied[0]], threshold_mev / 10)
+            ax.set_xlim(lo, edges[occupied[-1] + 1] * 1.5)
+        ax.axvspan(1e-6, threshold_mev, color="0.85", zorder=0)
+        rax.axvspan(1e-6, threshold_mev, color="0.85", zorder=0)
+        ax.set_ylabel("cells per shower")
+        rax.set_xlabel("cell energy [MeV]")
+        ax.text(0.03, 0.04, f"< {threshold_mev:g} MeV (half a MIP)", transform=ax.transAxes,
+                fontsize=11, color="0.35")
+        return save_figure(fig, out_dir, "cell_energy")
+
+
+def _mean_sem(per_shower: NDArray[np.floating]) -> tuple[NDArray, NDArray]:
+    per_shower = np.asarray(per_shower, float)
+    n = max(len(per_shower), 1)
+    mean = per_shower.mean(axis=0) if len(per_shower) else np.zeros(per_shower.shape[1])
+    sem = per_shower.std(axis=0) / np.sqrt(n) if len(per_shower) else mean
+    return mean, sem
+
+
+def plot_radial_profile(
+    samples: Sequence[SampleObservables], out_dir: str | os.PathLike[str]
+) -> list[Path]:
+    """Mean energy per shower (MeV) vs distance of the cell centre to the shower axis (mm)."""
+    edges = samples[0].features.radial_profile_edges_mm
+    stats = [_mean_sem(s.features.radial_profile_mev) for s in samples]
+    with _style():
+        fig, axes = _ratio_axes()
+        ax, rax = axes[0, 0], axes[1, 0]
+        _draw(ax, rax, edges, [m for m, _ in stats], [e for _, e in stats], _labels(samples))
+        ax.set_yscale("log")
+        nonzero = np.flatnonzero(stats[0][0] > 0)
+        ax.set_xlim(0, edges[nonzero[-1] + 1] if nonzero.size else edges[-1])
+        ax.set_ylabel("mean energy per shower [MeV]")
+        rax.set_xlabel("radius (cell centre to shower axis) [mm]")
+        return save_figure(fig, out_dir, "radial_profile")
+
+
+def plot_longitudinal_profile(
+    samples: Sequence[SampleObservables], out_dir: str | os.PathLike[str]
+) -> list[Path]:
+    """Mean energy per shower (MeV) in each layer."""
+    n_layers = samples[0].features.energy_per_layer_mev.shape[1]
+    edges = np.arange(n_layers + 1) - 0.5
+    stats = [_mean_sem(s.features.energy_per_layer_mev) for s in samples]
+    with _style():
+        fig, axes = _ratio_axes()
+        ax, rax = axes[0, 0], axes[1, 0]
+        _draw(ax, rax, edges, [m for m, _ in stats], [e for _, e in stats], _labels(samples))
+        ax.set_yscale("log")
+        ax.set_xlim(edges[0], edges[-1])
+        ax.set_ylabel("mean energy per shower [MeV]")
+        rax.set_xlabel("layer")
+        return save_figure(fig, out_dir, "longitudinal_profile")
+
+
+def plot_cog(samples: Sequence[SampleObservables], out_dir: str | os.PathLike[str]) -> list[Path]:
+    """Centre of gravity x, y (mm) and z (energy-weighted layer index), unit-area densities."""
+    columns = [
+        ("cog_x_mm", "CoG x [mm]"),
+        ("cog_y_mm", "CoG y [mm]"),
+        ("cog_z_layer", "CoG z [layer]"),
+    ]
+    with _style():
+        fig, axes = _ratio_axes(ncols=3, width=6.0)
+        for col, (name, xlabel) in enumerate(columns):
+            data = [getattr(s.features, name) for s in samples]
+            edges = _edges(data)
+            hists = [_hist(d, edges) for d in data]
+            _draw(axes[0, col], axes[1, col], edges, [h for h, _ in hists],
+                  [e for _, e in hists], _labels(samples), legend=col == 0)
+            axes[0, col].set_ylabel("normalised")
+            axes[1, col].set_xlabel(xlabel)
+            axes[0, col].set_ylim(bottom=0)
+        fig.tight_layout()
+        return save_figure(fig, out_dir, "cog")
+
+
+def energy_selections(
+    reference_energies_gev: NDArray[np.floating],
+) -> list[tuple[str, float, float]]:
+    """Incident-energy selections ``(label, low, high)`` (GeV, inclusive) for the 10/50/90 plots.
+
+    If at least 20 % of the reference showers lie within 0.5 % of 10, 50 or 90 GeV the sample
+    holds fixed energies and the selections are those points; otherwise the windows
+    10-20, 45-55 and 80-90 GeV are used. Selections without any reference shower are dropped.
+    """
+    energies = np.asarray(reference_energies_gev, float)
+    near = np.zeros(energies.shape, bool)
+    for e in FIXED_ENERGIES_GEV:
+        near |= np.abs(energies - e) <= 0.005 * e
+    if energies.size and near.mean() >= 0.2:
+        selections = [(f"{e:g} GeV", e * 0.995, e * 1.005) for e in FIXED_ENERGIES_GEV]
+    else:
+        selections = [(f"{lo:g}-{hi:g} GeV", lo, hi) for lo, hi in ENERGY_WINDOWS_GEV]
+    return [s for s in selections if np.any((energies >= s[1]) & (energies <= s[2]))]
+
+
+def _select(features: ShowerFeatures, lo: float, hi: float) -> ShowerFeatures:
+    e = features.incident_energy_gev
+    return features.select((e >= lo) & (e <= hi))
+
+
+def plot_energy_and_hits(
+    samples: Sequence[SampleObservables], out_dir: str | os.PathLike[str]
+) -> list[Path]:
+    """Visible energy (MeV) and number of hits in the incident-energy selections."""
+    selections = energy_selections(samples[0].features.incident_energy_gev)
+    quantities = [("visible_energy_mev", "visible energy [MeV]"), ("n_hits", "number of hits")]
+    with _style():
+        fig, axes = _ratio_axes(ncols=2, width=7.5)
+        for col, (name, xlabel) in enumerate(quantities):
+            ax, rax = axes[0, col], axes[1, col]
+            per_sel = [
+                [np.asarray(getattr(_select(s.features, lo, hi), name), float) for s in samples]
+                for _, lo, hi in selections
+            ]
+            ref_all = np.concatenate([p[0] for p in per_sel]) if per_sel else np.zeros(0)
+            if ref_all.size == 0:
+                ax.text(0.5, 0.5, "no showers in the energy selections", ha="center",
+                        transform=ax.transAxes)
+                continue
+            lo_q, hi_q = np.quantile(ref_all, [0.0, 1.0])
+            span = max(hi_q - lo_q, 1.0)
+            edges = np.linspace(max(lo_q - 0.15 * span, 0.0), hi_q + 0.15 * span, 90)
+            n_samples = len(samples)
+            totals = [np.zeros(len(edges) - 1) for _ in range(n_samples)]
+            errs2 = [np.zeros(len(edges) - 1) for _ in range(n_samples)]
+            for (label, _, _), data in zip(selections, per_sel, strict=True):
+                for k, values in enumerate(data):
+                    counts, _ = np.histogram(values, bins=edges)
+                    norm = max(counts.sum(), 1)
+                    totals[k] += counts / norm
+                    errs2[k] += counts / norm**2
+                if data[0].size:
+                    peak = float(np.median(data[0]))
+                    ax.annotate(label, (peak, 0), xytext=(0, 4), textcoords="offset points",
+                                ha="center", fontsize=11, color="0.3",
+                                xycoords=("data", "axes fraction"))
+            _draw(ax, rax, edges, totals, [np.sqrt(e) for e in errs2], _labels(samples),
+                  legend=col == 0)
+            ax.set_ylabel("fraction of showers (per selection)")
+            rax.set_xlabel(xlabel)
+        fig.tight_layout()
+        return save_figure(fig, out_dir, "visible_energy_hits")
+
+
+# ---------------------------------------------------------------------------------------------
+# event displays
+# ---------------------------------------------------------------------------------------------
+
+
+def plot_event_display(
+    samples: Sequence[SampleObservables], out_dir: str | os.PathLike[str]
+) -> list[Path]:
+    """3-D display of one shower per sample: points (x, layer, y), colour = log10 energy."""
+    n = len(samples)
+    with _style():
+        fig = plt.figure(figsize=(6.0 * n, 6.0))
+        for i, sample in enumerate(samples):
+            ax = fig.add_subplot(1, n, i + 1, projection="3d")
+            display = sample.display
+            if display is None:
+                ax.set_title(f"{sample.label}: no shower", fontsize=13)
+                continue
+            pts = display.points
+            if pts.shape[0]:
+                x, y, z, e = pts[:, 0], pts[:, 1], pts[:, 2], pts[:, 3] * 1000.0
+                what = "points"
+            else:  # no point cloud kept: show the cell hits
+                h = display.hits
+                x, y, z, e = h.x_mm, h.y_mm, h.layer.astype(float), h.energy_mev
+                what = "cells"
+            e = np.clip(np.asarray(e, float), 1e-4, None)
+            scatter = ax.scatter(x, z, y, c=np.log10(e), s=2 + 6 * (e / e.max()) ** 0.5,
+                                 cmap="viridis", alpha=0.7, linewidths=0)
+            ax.set_xlabel("x [mm]", fontsize=11, labelpad=6)
+            ax.set_ylabel("layer", fontsize=11, labelpad=6)
+            ax.set_zlabel("y [mm]", fontsize=11, labelpad=6)
+            ax.tick_params(labelsize=9)
+            ax.set_title(f"{sample.label}: {display.incident_energy_gev:.1f} GeV, "
+                         f"{len(x)} {what}", fontsize=13)
+            fig.colorbar(scatter, ax=ax, shrink=0.6, pad=0.1, label="log10(E / MeV)")
+        return save_figure(fig, out_dir, "event_display")
+
+
+def _gap_intervals(
+    start: float, stop: float, wafer_cells: int, cell_mm: float, gap_mm: float, offset: float
+) -> list[tuple[float, float]]:
+    """Dead intervals ``[a, b)`` of one axis in the detector frame within ``[start, stop]``."""
+    if wafer_cells <= 0 or gap_mm <= 0:
+        return []
+    wafer = wafer_cells * cell_mm
+    period = wafer + gap_mm
+    first = int(np.floor((start - offset) / period)) - 1
+    last = int(np.ceil((stop - offset) / period)) + 1
+    return [(offset + w * period + wafer, offset + (w + 1) * period) for w in range(first, last)]
+
+
+def plot_layer_map(
+    samples: Sequence[SampleObservables],
+    out_dir: str | os.PathLike[str],
+    calorimeter: Calorimeter,
+    *,
+    layer: int | None = None,
+    impact_mm: tuple[float, float] = (0.0, 0.0),
+    half_width_mm: float | None = None,
+) -> list[Path]:
+    """Cell energies of one layer of each display shower, points overlaid, gaps in black.
+
+    Args:
+        layer: the layer; default the layer with the most energy in the reference shower.
+        impact_mm: impact point in the detector frame (gaps are fixed in that frame).
+        half_width_mm: half size of the window around the impact point; default from the
+            extent of the reference hits in that layer (at least 8 cells).
+    """
+    ref_display = samples[0].display
+    if layer is None:
+        if ref_display is not None and len(ref_display.hits):
+            per_layer = np.bincount(ref_display.hits.layer,
+                                    weights=ref_display.hits.energy_mev,
+                                    minlength=calorimeter.n_layers)
+            layer = int(np.argmax(per_layer))
+        else:
+            layer = calorimeter.n_layers // 2
+    size = calorimeter.cell_size_mm
+    if half_width_mm is None:
+        half_width_mm = 8 * size
+        if ref_display is not None:
+            sel = ref_display.hits.layer == layer
+            if sel.any():
+                extent = np.max(np.abs(np.r_[ref_display.hits.x_mm[sel],
+                                             ref_display.hits.y_mm[sel]]))
+                half_width_mm = float(np.clip(extent + size, 8 * size, 40 * size))
+    energies = [
+        s.display.hits.energy_mev[s.display.hits.layer == layer]
+        for s in samples
+        if s.display is not None
+    ]
+    all_e = np.concatenate(energies) if energies else np.zeros(0)
+    all_e = all_e[all_e > 0]
+    norm = LogNorm(vmin=max(all_e.min(), 1e-3), vmax=max(all_e.max(), 2e-3)) if all_e.size \
+        else LogNorm(1e-1, 1e2)
+    n = len(samples)
+    with _style():
+        fig, axes = plt.subplots(1, n, figsize=(6.2 * n, 6.0), squeeze=False)
+        mappable = None
+        for i, sample in enumerate(samples):
+            ax = axes[0, i]
+            ax.set_xlim(-half_width_mm, half_width_mm)
+            ax.set_ylim(-half_width_mm, half_width_mm)
+            ax.set_aspect("equal")
+            ax.set_xlabel("x [mm]")
+            if i == 0:
+                ax.set_ylabel("y [mm]")
+            display = sample.display
+            if display is None:
+                ax.set_title(f"{sample.label}: no shower", fontsize=13)
+                continue
+            hits = display.hits
+            sel = hits.layer == layer
+            rects = [Rectangle((x - size / 2, y - size / 2), size, size)
+                     for x, y in zip(hits.x_mm[sel], hits.y_mm[sel], strict=True)]
+            coll = PatchCollection(rects, cmap="viridis", norm=norm, edgecolor="none")
+            coll.set_array(np.asarray(hits.energy_mev[sel], float))
+            ax.add_collection(coll)
+            mappable = coll
+            # dead gaps (detector frame -> frame of the impact point)
+            stagger = calorimeter.stagger_x_mm[layer]
+            for a, b in _gap_intervals(impact_mm[0] - half_width_mm, impact_mm[0] + half_width_mm,
+                                       calorimeter.wafer_cells, size, calorimeter.gap_x_mm,
+                                       stagger):
+                ax.axvspan(a - impact_mm[0], b - impact_mm[0], color="k", zorder=3)
+            for a, b in _gap_intervals(impact_mm[1] - half_width_mm, impact_mm[1] + half_width_mm,
+                                       calorimeter.wafer_cells, size, calorimeter.gap_y_mm, 0.0):
+                ax.axhspan(a - impact_mm[1], b - impact_mm[1], color="k", zorder=3)
+            pts = display.points
+            if pts.shape[0]:
+                on_layer = np.rint(pts[:, 2]).astype(int) == layer
+                ax.scatter(pts[on_layer, 0], pts[on_layer, 1], s=1.5,
+                           color="tab:blue" if i == 0 else color(i - 1), alpha=0.6, zorder=4)
+            ax.set_title(f"{sample.label}: {display.incident_energy_gev:.1f} GeV, layer {layer}",
+                         fontsize=13)
+        if mappable is not None:
+            fig.colorbar(mappable, ax=list(axes[0]), shrink=0.85, label="cell energy [MeV]")
+        return save_figure(fig, out_dir, "layer_map")
+
+
+def make_all_plots(
+    samples: Sequence[SampleObservables],
+    out_dir: str | os.PathLike[str],
+    calorimeter: Calorimeter,
+    *,
+    threshold_mev: float = THRESHOLD_MEV,
+    impact_mm: tuple[float, float] = (0.0, 0.0),
+    layer: int | None = None,
+) -> dict[str, list[Path]]:
+    """All comparison plots; ``samples[0]`` is the reference. Returns stem -> [png, pdf]."""
+    return {
+        "cell_energy": plot_cell_energy(samples, out_dir, threshold_mev),
+        "radial_profile": plot_radial_profile(samples, out_dir),
+        "longitudinal_profile": plot_longitudinal_profile(samples, out_dir),
+        "cog": plot_cog(samples, out_dir),
+        "visible_energy_hits": plot_energy_and_hits(samples, out_dir),
+        "event_display": plot_event_display(samples, out_dir),
+        "layer_map": plot_layer_map(samples, out_dir, calorimeter, layer=layer,
+                                    impact_mm=impact_mm),
+    }

@@ -1,0 +1,628 @@
+"""Training infrastructure shared by the learned models: checkpoints, EMA, a resumable loop.
+
+No pickle anywhere: tensors (weights, optimizer moments, EMA weights, RNG states) go into
+``safetensors`` files, everything else (configuration, iteration, data normalisation,
+non-tensor optimizer state, numpy RNG states, loss history) into JSON. Loading refuses files
+that are not safetensors (e.g. ``torch.save`` zip/pickle files) with a
+:class:`~calogen.errors.CalogenError`.
+
+Layout of a training output folder ``OUT``::
+
+    OUT/model.json, OUT/model.safetensors     the usable model (updated at each checkpoint)
+    OUT/checkpoints/ckpt-00001000.safetensors  tensors of the latest complete checkpoint
+    OUT/checkpoints/ckpt-00001000.json         its JSON part (written last = commit marker)
+    OUT/train_log.json                         loss history
+
+Files are written under a temporary name and renamed, so a run killed while writing leaves
+the previous complete checkpoint in place. Older checkpoints are deleted after a newer one is
+complete (``keep`` most recent are kept).
+
+Resume exactness: a checkpoint holds the module weights, optimizer states, the global torch
+RNG state and any named RNGs of the trainer, and the iteration. Trainers should make batch
+selection and noise a function of (seed, iteration) or of a saved RNG, and learning rates a
+function of the iteration (:func:`lr_schedule`), so that a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import re
+import struct
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from calogen.errors import CalogenError, UsageError
+
+#: Default number of CPU threads for training (tests use 1).
+DEFAULT_TRAIN_THREADS = 2
+MODEL_JSON = "model.json"
+MODEL_TENSORS = "model.safetensors"
+CHECKPOINT_DIR = "checkpoints"
+FORMAT_VERSION = 1
+
+
+def set_threads(threads: int | None, default: int = DEFAULT_TRAIN_THREADS) -> int:
+    """Set ``torch.set_num_threads`` (and inter-op threads where still possible)."""
+    n = int(default if threads is None else threads)
+    if n <= 0:
+        raise UsageError(f"--threads must be > 0, got {n}")
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(n)
+    except RuntimeError:  # can only be set once, before any parallel work
+        pass
+    return n
+
+
+# ---------------------------------------------------------------------------------------------
+# safetensors files
+# ---------------------------------------------------------------------------------------------
+
+
+def check_safetensors(path: str | os.PathLike[str]) -> Path:
+    """Raise :class:`CalogenError` unless ``path`` is a readable safetensors file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CalogenError(f"{path}: no such file")
+    with path.open("rb") as f:
+        head = f.read(9)
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        raise CalogenError(
+            f"{path}: is a pickle/torch.save file; calogen only loads safetensors (refused)"
+        )
+    if len(head) < 9:
+        raise CalogenError(f"{path}: not a safetensors file (too short)")
+    (header_len,) = struct.unpack("<Q", head[:8])
+    if head[8:9] != b"{" or header_len > path.stat().st_size - 8:
+        raise CalogenError(f"{path}: not a safetensors file (refused)")
+    return path
+
+
+def _atomic_write_bytes(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_tensors(
+    path: str | os.PathLike[str], tensors: dict[str, Tensor], metadata: dict[str, str] | None = None
+) -> Path:
+    """Write tensors to a safetensors file atomically (copies; shared storage is fine)."""
+    path = Path(path)
+    flat = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    _atomic_write_bytes(path, lambda tmp: save_file(flat, str(tmp), metadata=metadata))
+    return path
+
+
+def load_tensors(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """Read a safetensors file (refusing anything else)."""
+    path = check_safetensors(path)
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types
+        raise CalogenError(f"{path}: cannot read safetensors file: {exc}") from None
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> Path:
+    """Write JSON atomically."""
+    path = Path(path)
+    text = json.dumps(data, indent=2, sort_keys=False)
+    _atomic_write_bytes(path, lambda tmp: tmp.write_text(text))
+    return path
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: not valid JSON: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# module / optimizer / RNG state <-> (tensors, JSON)
+# ---------------------------------------------------------------------------------------------
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return {"__tuple__": [_jsonable(v) for v in value]}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise CalogenError(f"cannot store {type(value).__name__} in a checkpoint JSON")
+
+
+def _from_jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"__tuple__"}:
+            return tuple(_from_jsonable(v) for v in value["__tuple__"])
+        return {k: _from_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_jsonable(v) for v in value]
+    return value
+
+
+def optimizer_state(
+    optimizer: torch.optim.Optimizer, prefix: str
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Split an optimizer's state dict into tensors (``prefix.state.i.key``) and JSON."""
+    sd = optimizer.state_dict()
+    tensors: dict[str, Tensor] = {}
+    state_json: dict[str, dict[str, Any]] = {}
+    for index, entry in sd["state"].items():
+        plain: dict[str, Any] = {}
+        for key, value in entry.items():
+            if isinstance(value, Tensor):
+                tensors[f"{prefix}.state.{index}.{key}"] = value
+            else:
+                plain[key] = _jsonable(value)
+        state_json[str(index)] = plain
+    meta = {"param_groups": _jsonable(sd["param_groups"]), "state": state_json}
+    return tensors, meta
+
+
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer, prefix: str, tensors: dict[str, Tensor], meta: dict[str, Any]
+) -> None:
+    """Inverse of :func:`optimizer_state`."""
+    state: dict[int, dict[str, Any]] = {
+        int(i): dict(_from_jsonable(v)) for i, v in meta.get("state", {}).items()
+    }
+    pattern = re.compile(rf"^{re.escape(prefix)}\.state\.(\d+)\.(.+)$")
+    for name, value in tensors.items():
+        match = pattern.match(name)
+        if match:
+            state.setdefault(int(match.group(1)), {})[match.group(2)] = value
+    groups = _from_jsonable(meta["param_groups"])
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (ValueError, KeyError) as exc:
+        raise CalogenError(f"checkpoint optimizer '{prefix}' does not fit the model: {exc}") from None
+
+
+RNG = torch.Generator | np.random.Generator
+
+
+def rng_state(generators: dict[str, RNG]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Global torch RNG + named generators → (tensors, JSON)."""
+    tensors = {"rng.torch_global": torch.get_rng_state()}
+    meta: dict[str, Any] = {}
+    for name, gen in generators.items():
+        if isinstance(gen, torch.Generator):
+            tensors[f"rng.{name}"] = gen.get_state()
+        elif isinstance(gen, np.random.Generator):
+            meta[name] = _jsonable(gen.bit_generator.state)
+        else:
+            raise CalogenError(f"unsupported RNG type {type(gen).__name__}")
+    return tensors, meta
+
+
+def load_rng_state(
+    generators: dict[str, RNG], tensors: dict[str, Tensor], meta: dict[str, Any]
+) -> None:
+    if "rng.torch_global" in tensors:
+        torch.set_rng_state(tensors["rng.torch_global"])
+    for name, gen in generators.items():
+        if isinstance(gen, torch.Generator):
+            if f"rng.{name}" not in tensors:
+                raise CalogenError(f"checkpoint lacks the state of RNG '{name}'")
+            gen.set_state(tensors[f"rng.{name}"])
+        else:
+            if name not in meta:
+                raise CalogenError(f"checkpoint lacks the state of RNG '{name}'")
+            gen.bit_generator.state = _from_jsonable(meta[name])
+
+
+def module_tensors(modules: dict[str, nn.Module]) -> dict[str, Tensor]:
+    """``{name.param: tensor}`` of several modules' state dicts."""
+    return {f"{name}.{k}": v for name, m in modules.items() for k, v in m.state_dict().items()}
+
+
+def load_module_tensors(
+    modules: dict[str, nn.Module], tensors: dict[str, Tensor], what: str = "checkpoint"
+) -> None:
+    """Load ``{name.param: tensor}`` into modules; mismatches → :class:`UsageError`."""
+    for name, module in modules.items():
+        prefix = f"{name}."
+        sd = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            module.load_state_dict(sd, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0:2]
+            raise UsageError(
+                f"{what}: weights of '{name}' do not fit the configured network "
+                f"({' '.join(s.strip() for s in first)})"
+            ) from None
+
+
+class EMA(nn.Module):
+    """Exponential moving average of a module's parameters (``shadow``; buffers copied)."""
+
+    def __init__(self, module: nn.Module, decay: float = 0.999) -> None:
+        super().__init__()
+        self.decay = float(decay)
+        self.shadow = copy.deepcopy(module).requires_grad_(False).eval()
+
+    @torch.no_grad()
+    def update(self, module: nn.Module, decay: float | None = None) -> None:
+        d = self.decay if decay is None else float(decay)
+        for ema_p, p in zip(self.shadow.parameters(), module.parameters()):
+            ema_p.lerp_(p.detach(), 1.0 - d)
+        for ema_b, b in zip(self.shadow.buffers(), module.buffers()):
+            ema_b.copy_(b)
+
+
+def lr_schedule(
+    iteration: int, total: int, lr_start: float, lr_end: float, kind: str = "cosine",
+    warmup: int = 0,
+) -> float:
+    """Learning rate at ``iteration`` (a pure function, so resumed runs match exactly).
+
+    ``kind``: ``"constant"``, ``"linear"``, ``"cosine"`` or ``"exponential"`` from
+    ``lr_start`` to ``lr_end`` over ``total`` iterations, after a linear warm-up.
+    """
+    if warmup and iteration < warmup:
+        return lr_start * (iteration + 1) / warmup
+    frac = min(max((iteration - warmup) / max(total - warmup, 1), 0.0), 1.0)
+    if kind == "constant":
+        return lr_start
+    if kind == "linear":
+        return lr_start + (lr_end - lr_start) * frac
+    if kind == "cosine":
+        return lr_end + 0.5 * (lr_start - lr_end) * (1 + math.cos(math.pi * frac))
+    if kind == "exponential":
+        return lr_start * (lr_end / lr_start) ** frac
+    raise UsageError(f"unknown learning-rate schedule '{kind}'")
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checkpoint(
+    directory: str | os.PathLike[str],
+    iteration: int,
+    *,
+    modules: dict[str, nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer] | None = None,
+    generators: dict[str, RNG] | None = None,
+    extra_tensors: dict[str, Tensor] | None = None,
+    extra_json: dict[str, Any] | None = None,
+    keep: int = 1,
+) -> Path:
+    """Write ``ckpt-<iteration>.safetensors`` + ``.json`` into ``directory``; return the JSON.
+
+    The JSON (written last, atomically) names the tensor file and its SHA-256; older
+    checkpoints beyond the ``keep`` most recent are deleted afterwards.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = module_tensors(modules)
+    optim_meta: dict[str, Any] = {}
+    for name, opt in (optimizers or {}).items():
+        t, meta = optimizer_state(opt, f"optim.{name}")
+        tensors.update(t)
+        optim_meta[name] = meta
+    rng_tensors, rng_meta = rng_state(generators or {})
+    tensors.update(rng_tensors)
+    for key, value in (extra_tensors or {}).items():
+        tensors[f"extra.{key}"] = value
+    stem = f"ckpt-{iteration:08d}"
+    tensor_path = save_tensors(directory / f"{stem}.safetensors", tensors)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "iteration": int(iteration),
+        "tensors": tensor_path.name,
+        "sha256": _sha256(tensor_path),
+        "optimizers": optim_meta,
+        "rng": rng_meta,
+        "extra": _jsonable(extra_json or {}),
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    json_path = write_json(directory / f"{stem}.json", meta)
+    for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".safetensors").unlink(missing_ok=True)
+    return json_path
+
+
+def list_checkpoints(directory: str | os.PathLike[str]) -> list[Path]:
+    """Checkpoint JSON files in ``directory``, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(directory.glob("ckpt-*.json"))
+
+
+def latest_checkpoint(directory: str | os.PathLike[str]) -> Path | None:
+    """Newest complete checkpoint (JSON whose tensor file exists with the recorded hash)."""
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            meta = json.loads(path.read_text())
+            tensors = path.with_name(meta["tensors"])
+            if tensors.is_file() and _sha256(tensors) == meta["sha256"]:
+                return path
+        except (OSError, ValueError, KeyError):
+            continue
+    return None
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    modules: dict[str, nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer] | None = None,
+    generators: dict[str, RNG] | None = None,
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """Restore a checkpoint (JSON path) in place; return ``(json, extra_tensors)``."""
+    path = Path(path)
+    meta = read_json(path)
+    if not isinstance(meta, dict) or "tensors" not in meta:
+        raise UsageError(f"{path}: not a calogen checkpoint")
+    tensors = load_tensors(path.with_name(meta["tensors"]))
+    load_module_tensors(modules, tensors, what=str(path))
+    for name, opt in (optimizers or {}).items():
+        if name not in meta.get("optimizers", {}):
+            raise CalogenError(f"{path}: checkpoint lacks optimizer '{name}'")
+        load_optimizer_state(opt, f"optim.{name}", tensors, meta["optimizers"][name])
+    load_rng_state(generators or {}, tensors, meta.get("rng", {}))
+    extra = {k[len("extra.") :]: v for k, v in tensors.items() if k.startswith("extra.")}
+    meta["extra"] = _from_jsonable(meta.get("extra", {}))
+    return meta, extra
+
+
+# ---------------------------------------------------------------------------------------------
+# model folders
+# ---------------------------------------------------------------------------------------------
+
+
+def save_model(
+    model_dir: str | os.PathLike[str],
+    *,
+    model_type: str,
+    modules: dict[str, nn.Module],
+    config: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model.safetensors`` (weights) and ``model.json`` (type, config, extras)."""
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    save_tensors(model_dir / MODEL_TENSORS, module_tensors(modules))
+    info = {
+        "calogen_model": model_type,
+        "format_version": FORMAT_VERSION,
+        "config": _jsonable(config),
+        **{k: _jsonable(v) for k, v in (extra or {}).items()},
+    }
+    write_json(model_dir / MODEL_JSON, info)
+    return model_dir
+
+
+def read_model_info(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """``model.json`` of a model folder, with one-line errors for missing/invalid pieces."""
+    model_dir = Path(model_dir)
+    if not model_dir.exists():
+        raise UsageError(f"{model_dir}: no such model folder")
+    if not model_dir.is_dir():
+        raise UsageError(f"{model_dir}: not a folder (expected a model folder with {MODEL_JSON})")
+    if not (model_dir / MODEL_JSON).is_file():
+        raise UsageError(f"{model_dir}: no {MODEL_JSON} (not a trained model folder)")
+    info = read_json(model_dir / MODEL_JSON)
+    if not isinstance(info, dict) or "calogen_model" not in info or "config" not in info:
+        raise UsageError(f"{model_dir / MODEL_JSON}: not a calogen model description")
+    if not (model_dir / MODEL_TENSORS).is_file():
+        raise UsageError(f"{model_dir}: no {MODEL_TENSORS} (weights missing)")
+    return _from_jsonable(info)
+
+
+def load_model_tensors(
+    model_dir: str | os.PathLike[str], modules: dict[str, nn.Module]
+) -> None:
+    """Load ``model.safetensors`` into ``modules``."""
+    path = Path(model_dir) / MODEL_TENSORS
+    try:
+        tensors = load_tensors(path)
+    except CalogenError as exc:
+        raise UsageError(str(exc)) from None
+    load_module_tensors(modules, tensors, what=str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------------------------
+
+
+class Trainer(Protocol):
+    """What :func:`run_training` needs from a model's trainer."""
+
+    def modules(self) -> dict[str, nn.Module]:
+        """Everything with weights to checkpoint (including EMA copies)."""
+        ...
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]: ...
+
+    def generators(self) -> dict[str, RNG]:
+        """Named RNGs whose state must survive a resume."""
+        ...
+
+    def step(self, iteration: int) -> dict[str, float]:
+        """One optimisation step; returns scalar losses (first one shown as ``loss``)."""
+        ...
+
+    def checkpoint_json(self) -> dict[str, Any]:
+        """Config, normalisation etc. to store in every checkpoint."""
+        ...
+
+    def export(self, out: Path) -> None:
+        """Write the usable model (``model.json`` + ``model.safetensors``) into ``out``."""
+        ...
+
+
+def run_training(
+    trainer: Trainer,
+    out: str | os.PathLike[str],
+    *,
+    iterations: int,
+    checkpoint_every: int,
+    resume: bool = False,
+    progress: bool = True,
+    log_every: int = 50,
+    stop_after: int | None = None,
+    desc: str = "train",
+) -> dict[str, Any]:
+    """Run (or resume) a training loop with tqdm progress and periodic atomic checkpoints.
+
+    Args:
+        trainer: see :class:`Trainer`.
+        out: output folder (created; must not hold a previous run unless ``resume``).
+        iterations: total iterations of the run.
+        checkpoint_every: iterations between checkpoints (also one at the end).
+        resume: continue from the newest complete checkpoint in ``out/checkpoints``.
+        log_every: iterations between entries of the loss history.
+        stop_after: stop (with a checkpoint) after this iteration — simulates an interrupted
+            run in tests.
+
+    Returns:
+        ``{"iteration", "history", "seconds"}`` where history is a list of
+        ``{"iteration": i, <loss>: mean over the interval}``.
+    """
+    out = Path(out)
+    ckpt_dir = out / CHECKPOINT_DIR
+    start = 0
+    history: list[dict[str, float]] = []
+    elapsed_before = 0.0
+    if resume:
+        latest = latest_checkpoint(ckpt_dir)
+        if latest is None:
+            raise UsageError(f"{out}: no complete checkpoint to resume from")
+        meta, _ = load_checkpoint(
+            latest,
+            modules=trainer.modules(),
+            optimizers=trainer.optimizers(),
+            generators=trainer.generators(),
+        )
+        start = int(meta["iteration"])
+        history = list(meta["extra"].get("history", []))
+        elapsed_before = float(meta["extra"].get("seconds", 0.0))
+    elif list_checkpoints(ckpt_dir):
+        raise UsageError(f"{out}: holds checkpoints of an earlier run (use --resume or a new --out)")
+    out.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.perf_counter()
+
+    def save(iteration: int) -> None:
+        extra = dict(trainer.checkpoint_json())
+        extra["history"] = history
+        extra["seconds"] = elapsed_before + time.perf_counter() - t0
+        save_checkpoint(
+            ckpt_dir,
+            iteration,
+            modules=trainer.modules(),
+            optimizers=trainer.optimizers(),
+            generators=trainer.generators(),
+            extra_json=extra,
+        )
+        trainer.export(out)
+        write_json(out / "train_log.json", {"iteration": iteration, "history": history,
+                                            "seconds": extra["seconds"]})
+
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=iterations, initial=start, desc=desc, disable=not progress, dynamic_ncols=True,
+        mininterval=1.0,
+    )
+    sums: dict[str, float] = {}
+    count = 0
+    iteration = start
+    last = iterations if stop_after is None else min(iterations, stop_after)
+    try:
+        for iteration in range(start, last):
+            losses = trainer.step(iteration)
+            for key, value in losses.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+            count += 1
+            done = iteration + 1
+            if done % log_every == 0 or done == last:
+                entry = {"iteration": done, **{k: v / count for k, v in sums.items()}}
+                history.append(entry)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in entry.items() if k != "iteration"})
+                sums, count = {}, 0
+            bar.update(1)
+            if done % checkpoint_every == 0 or done == last:
+                save(done)
+    except KeyboardInterrupt:
+        bar.close()
+        raise
+    bar.close()
+    return {
+        "iteration": last,
+        "history": history,
+        "seconds": elapsed_before + time.perf_counter() - t0,
+    }
+
+
+def iterate_chunks(n: int, size: int) -> Iterable[slice]:
+    for first in range(0, n, size):
+        yield slice(first, min(first + size, n))
+
+
+__all__ = [
+    "DEFAULT_TRAIN_THREADS",
+    "EMA",
+    "MODEL_JSON",
+    "MODEL_TENSORS",
+    "Trainer",
+    "check_safetensors",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "load_model_tensors",
+    "load_tensors",
+    "lr_schedule",
+    "read_json",
+    "read_model_info",
+    "run_training",
+    "save_checkpoint",
+    "save_model",
+    "save_tensors",
+    "set_lr",
+    "set_threads",
+    "write_json",
+]
