@@ -1,0 +1,606 @@
+"""The evaluation report: read shower files, project, accumulate, compare, plot, write.
+
+:func:`evaluate` is what ``calogen evaluate`` runs:
+
+1. every file (reference first) is read in chunks (:meth:`ShowerFile.iter_chunks`), projected
+   into the chosen geometry at the impact point with the cell threshold, and accumulated
+   (:class:`~calogen.evaluation.observables.ObservableAccumulator`: all per-shower features,
+   a cell-energy histogram, exact cell-energy moments and a bounded random subsample of cell
+   energies);
+2. the per-shower features are shuffled (fixed seed) so that consecutive batches are random;
+3. for every candidate: the CaloClouds II W1 table, the classifier AUC, FPD and KPD; and the
+   same for the reference against itself (two random halves of the reference showers; cells
+   split by shower) when the reference has at least ``min_floor_showers`` showers: the floor.
+   The W1 batch size is common to all comparisons (so floor and candidates are comparable):
+   ``min(n_ref // 2, n_cand) // n_batches`` showers (capped at 50,000), and likewise for cells;
+4. figures (PNG + PDF), ``metrics.json``, ``report.md`` and ``report.html`` are written into the
+   output folder, each atomically.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from calogen import __version__
+from calogen.data.io import ShowerFile
+from calogen.errors import CalogenError, UsageError
+from calogen.evaluation import metrics as M
+from calogen.evaluation.observables import (
+    ObservableAccumulator,
+    SampleObservables,
+    ShowerFeatures,
+    longitudinal_bin_labels,
+    radial_bin_labels,
+)
+from calogen.evaluation.plots import make_all_plots
+from calogen.geometry import Calorimeter, get_calorimeter, project
+
+#: Largest W1 batch (showers), as in CaloClouds II.
+MAX_W1_BATCH = 50_000
+
+
+@dataclass
+class EvaluationConfig:
+    """Settings of :func:`evaluate` (units: mm, MeV, GeV).
+
+    Attributes:
+        geometry: calorimeter preset (``slab`` or ``ild``).
+        impact_mm: impact point (x, y) in the detector frame, mm.
+        threshold_mev: cell threshold, MeV (default: the geometry's, 0.1 MeV).
+        max_showers: read at most this many showers of each file.
+        chunk_size: showers per chunk.
+        n_batches: disjoint W1 batches.
+        k_folds: classifier folds.
+        classifier_epochs: maximum classifier epochs per fold.
+        max_cells: size of the cell-energy subsample kept per file.
+        min_floor_showers: compute the reference-vs-reference floor from this many showers on.
+        fpd_kpd: compute FPD and KPD.
+        seed: seed of shuffling, subsampling, classifier, FPD/KPD.
+        display_energy_gev: incident energy of the displayed shower.
+        layer: layer of the cell map (default: the layer of maximum energy).
+        progress: show tqdm progress bars (stderr).
+    """
+
+    geometry: str = "slab"
+    impact_mm: tuple[float, float] = (0.0, 0.0)
+    threshold_mev: float | None = None
+    max_showers: int | None = None
+    chunk_size: int = 1000
+    n_batches: int = 5
+    k_folds: int = 5
+    classifier_epochs: int = 30
+    max_cells: int = 1_000_000
+    min_floor_showers: int = 200
+    fpd_kpd: bool = True
+    seed: int = 0
+    display_energy_gev: float = 90.0
+    layer: int | None = None
+    progress: bool = True
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def default_label(path: str | os.PathLike[str], attrs: dict[str, str] | None = None) -> str:
+    """Label of a file: ``Geant4`` if its ``generator`` attribute says so, else the file stem."""
+    generator = (attrs or {}).get("generator", "")
+    if generator.lower().startswith("geant4"):
+        return "Geant4"
+    return Path(path).stem
+
+
+def collect(
+    path: str | os.PathLike[str],
+    calorimeter: Calorimeter,
+    config: EvaluationConfig,
+    label: str | None = None,
+    seed: int = 0,
+) -> SampleObservables:
+    """Read, project and accumulate the observables of one shower file."""
+    with ShowerFile(path) as f:
+        n = len(f) if config.max_showers is None else min(len(f), config.max_showers)
+        if n == 0:
+            raise UsageError(f"{path}: file holds no showers")
+        label = label or default_label(path, f.attrs)
+        acc = ObservableAccumulator(
+            label,
+            calorimeter,
+            max_cells=config.max_cells,
+            seed=seed,
+            display_energy_gev=config.display_energy_gev,
+        )
+        with tqdm(
+            total=n, desc=label[:24], unit="shower", disable=not config.progress, leave=False
+        ) as bar:
+            for chunk in f.iter_chunks(config.chunk_size, stop=n):
+                hits = project(
+                    chunk, calorimeter, impact_mm=config.impact_mm,
+                    threshold_mev=config.threshold_mev,
+                )
+                acc.add(hits, chunk)
+                bar.update(len(chunk))
+    return acc.result()
+
+
+def _shuffle(sample: SampleObservables, rng: np.random.Generator) -> SampleObservables:
+    """Random order of the showers (features and the shower index of subsampled cells)."""
+    n = sample.n_showers
+    order = rng.permutation(n)
+    inverse = np.empty(n, dtype=np.int64)
+    inverse[order] = np.arange(n)
+    return SampleObservables(
+        label=sample.label,
+        features=sample.features.select(order),
+        cell_edges_mev=sample.cell_edges_mev,
+        cell_counts=sample.cell_counts,
+        cell_sample_mev=sample.cell_sample_mev,
+        cell_sample_shower=inverse[sample.cell_sample_shower],
+        n_cells=sample.n_cells,
+        cell_moments=sample.cell_moments,
+        display=sample.display,
+    )
+
+
+def _halves(sample: SampleObservables) -> tuple[tuple[ShowerFeatures, np.ndarray], ...]:
+    """Two halves of an already shuffled sample: (features, cell energies) each."""
+    n = sample.n_showers
+    half = n // 2
+    first = sample.cell_sample_shower < half
+    second = (sample.cell_sample_shower >= half) & (sample.cell_sample_shower < 2 * half)
+    return (
+        (sample.features.select(np.arange(half)), sample.cell_sample_mev[first]),
+        (sample.features.select(np.arange(half, 2 * half)), sample.cell_sample_mev[second]),
+    )
+
+
+def _summary(sample: SampleObservables) -> dict:
+    f = sample.features
+    e = f.incident_energy_gev
+    return {
+        "label": sample.label,
+        "n_showers": sample.n_showers,
+        "n_cells": sample.n_cells,
+        "incident_energy_gev": {
+            "min": float(e.min()),
+            "max": float(e.max()),
+            "mean": float(e.mean()),
+        },
+        "mean_visible_energy_mev": float(f.visible_energy_mev.mean()),
+        "mean_n_hits": float(f.n_hits.mean()),
+        "mean_sampling_fraction": float(np.mean(f.sampling_fraction)),
+        "cell_energy_moments_mev": sample.cell_moments,
+    }
+
+
+def _compare(
+    reference: tuple[ShowerFeatures, np.ndarray],
+    candidate: tuple[ShowerFeatures, np.ndarray],
+    standardisation: M.Standardisation,
+    config: EvaluationConfig,
+    batch_size: int,
+    cell_batch_size: int,
+) -> dict:
+    """All metrics of one comparison (features and cell energies of both samples)."""
+    table = M.w1_table(
+        reference[0], candidate[0], reference[1], candidate[1],
+        standardisation=standardisation, n_batches=config.n_batches,
+        batch_size=batch_size, cell_batch_size=cell_batch_size,
+    )
+    ref_matrix, _ = reference[0].matrix()
+    cand_matrix, _ = candidate[0].matrix()
+    out: dict = {"w1": table.to_dict()}
+    try:
+        out["classifier"] = M.classifier_test(
+            ref_matrix, cand_matrix, k_folds=config.k_folds, epochs=config.classifier_epochs,
+            seed=config.seed,
+        ).to_dict()
+    except ValueError as exc:
+        out["classifier"] = {"skipped": str(exc)}
+    if config.fpd_kpd:
+        fpd_value, fpd_error = M.fpd(ref_matrix, cand_matrix, seed=config.seed + 42)
+        kpd_value, kpd_error = M.kpd(ref_matrix, cand_matrix, seed=config.seed + 42)
+        out["fpd"] = {"value": fpd_value, "error": fpd_error}
+        out["kpd"] = {"value": kpd_value, "error": kpd_error}
+    return out
+
+
+def compute_metrics(
+    reference: SampleObservables,
+    candidates: Sequence[SampleObservables],
+    config: EvaluationConfig,
+) -> dict:
+    """Metrics of every candidate against the reference, and the reference floor.
+
+    The samples must already be shuffled (see :func:`evaluate`).
+    """
+    ref_features = reference.features
+    standardisation = M.Standardisation.from_reference(
+        ref_features, cell_moments=reference.cell_moments
+    )
+    n_ref = reference.n_showers
+    floor = n_ref >= config.min_floor_showers
+    ref_pool = n_ref // 2 if floor else n_ref
+    n_min = min([ref_pool, *[c.n_showers for c in candidates]])
+    batch_size = max(1, min(MAX_W1_BATCH, n_min // config.n_batches))
+    if floor:
+        halves = _halves(reference)
+        cell_pool = min(len(halves[0][1]), len(halves[1][1]))
+    else:
+        cell_pool = len(reference.cell_sample_mev)
+    cell_min = min([cell_pool, *[len(c.cell_sample_mev) for c in candidates]])
+    cell_batch_size = max(1, cell_min // config.n_batches)
+
+    result: dict = {
+        "settings": {
+            "n_batches": config.n_batches,
+            "shower_batch_size": batch_size,
+            "cell_batch_size": cell_batch_size,
+            "w1_scale": 100,
+            "standardisation": "features standardised with the reference mean and std "
+            "(ddof 0); cell energies with the mean and std of all reference cells (linear, MeV) "
+            "and, for the extra log10 row, of log10(E/MeV)",
+            "binned_rows": "mean of the 10 per-bin W1, per-bin stds added in quadrature",
+            "classifier": {
+                "features": M.feature_names(),
+                "k_folds": config.k_folds,
+                "max_epochs": config.classifier_epochs,
+                "network": "25-32-16-1 MLP, LeakyReLU(0.2), Adam 1e-3, BCE",
+            },
+            "fpd_kpd": "after jetnet: features / max|reference|; FPD 1/N-extrapolated; KPD "
+            "polynomial kernel degree 4, median and half the 16-84 % range",
+        },
+        "reference": _summary(reference),
+        "candidates": {},
+        "floor": None,
+        "warnings": [],
+    }
+    if floor:
+        result["floor"] = _compare(
+            halves[0], halves[1], standardisation, config, batch_size, cell_batch_size
+        )
+        result["floor"]["n_showers_per_half"] = n_ref // 2
+    else:
+        result["warnings"].append(
+            f"reference has {n_ref} showers (< {config.min_floor_showers}): no floor computed"
+        )
+    ref_pair = (reference.features, reference.cell_sample_mev)
+    for cand in candidates:
+        entry = _summary(cand)
+        entry.update(
+            _compare(
+                ref_pair, (cand.features, cand.cell_sample_mev), standardisation, config,
+                batch_size, cell_batch_size,
+            )
+        )
+        result["candidates"][cand.label] = entry
+        ref_e = reference.features.incident_energy_gev
+        cand_e = cand.features.incident_energy_gev
+        if abs(cand_e.mean() - ref_e.mean()) > 0.05 * ref_e.mean():
+            result["warnings"].append(
+                f"{cand.label}: mean incident energy {cand_e.mean():.1f} GeV differs from the "
+                f"reference's {ref_e.mean():.1f} GeV by more than 5 %: the comparison mixes "
+                "energy spectra"
+            )
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# report text
+# ---------------------------------------------------------------------------------------------
+
+FIGURE_CAPTIONS = {
+    "cell_energy": "Cell-energy spectrum (cells per shower); shaded: below the 0.1 MeV "
+    "threshold (half a MIP).",
+    "radial_profile": "Radial profile: mean energy per shower vs distance of the cell centre "
+    "to the shower axis.",
+    "longitudinal_profile": "Longitudinal profile: mean energy per shower in each layer.",
+    "cog": "Centre of gravity x, y (mm) and z (layer index).",
+    "visible_energy_hits": "Visible energy and number of hits in incident-energy selections.",
+    "event_display": "3-D display of one shower per sample.",
+    "layer_map": "Cell energies of one layer of the displayed shower; dots: its points; "
+    "black: dead gaps of the geometry.",
+}
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def _pm(entry: dict | None, digits: int = 1, scale: float = 1.0) -> str:
+    if not entry:
+        return "-"
+    return f"{_fmt(entry['mean'] * scale, digits)} ± {_fmt(entry['std'] * scale, digits)}"
+
+
+def _table_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the main table (W1 rows, AUC, FPD, KPD) for md/html."""
+    columns = list(metrics["candidates"])
+    has_floor = metrics["floor"] is not None
+    header = ["metric", *columns] + (["reference floor"] if has_floor else [])
+    entries = [metrics["candidates"][c] for c in columns] + (
+        [metrics["floor"]] if has_floor else []
+    )
+    rows = []
+    for name in (*M.W1_ROWS, *M.W1_EXTRA_ROWS):
+        rows.append([f"W1×100 {name}"] + [_pm(e["w1"]["rows"][name]) for e in entries])
+    auc_row = ["classifier AUC"]
+    for e in entries:
+        c = e.get("classifier", {})
+        auc_row.append(
+            f"{c['auc_mean']:.3f} ± {c['auc_std']:.3f}" if "auc_mean" in c else "-"
+        )
+    rows.append(auc_row)
+    if all("fpd" in e for e in entries):
+        rows.append(["FPD ×10³"] + [
+            f"{e['fpd']['value'] * 1e3:.2f} ± {e['fpd']['error'] * 1e3:.2f}" for e in entries
+        ])
+        rows.append(["KPD ×10³"] + [
+            f"{e['kpd']['value'] * 1e3:.3f} ± {e['kpd']['error'] * 1e3:.3f}" for e in entries
+        ])
+    return header, rows
+
+
+def _bin_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
+    columns = list(metrics["candidates"])
+    has_floor = metrics["floor"] is not None
+    header = ["bin", *columns] + (["reference floor"] if has_floor else [])
+    entries = [metrics["candidates"][c] for c in columns] + (
+        [metrics["floor"]] if has_floor else []
+    )
+    rows = []
+    for k, label in enumerate(longitudinal_bin_labels()):
+        rows.append([f"longitudinal {label}"] + [
+            _pm(e["w1"]["per_feature"][f"longitudinal_{k}"]) for e in entries
+        ])
+    for k, label in enumerate(radial_bin_labels()):
+        rows.append([f"radial {label}"] + [
+            _pm(e["w1"]["per_feature"][f"radial_{k}"]) for e in entries
+        ])
+    return header, rows
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _samples_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
+    header = ["sample", "file", "showers", "E_inc [GeV]", "<E_vis> [MeV]", "<hits>",
+              "<E_vis/E_inc>"]
+    rows = []
+    for entry in [metrics["reference"], *metrics["candidates"].values()]:
+        e = entry["incident_energy_gev"]
+        rows.append([
+            entry["label"], entry.get("path", ""), str(entry["n_showers"]),
+            f"{e['min']:.1f}-{e['max']:.1f} (mean {e['mean']:.1f})",
+            f"{entry['mean_visible_energy_mev']:.1f}", f"{entry['mean_n_hits']:.1f}",
+            f"{entry['mean_sampling_fraction']:.4f}",
+        ])
+    return header, rows
+
+
+def _intro(metrics: dict) -> list[str]:
+    s = metrics["settings"]
+    run = metrics["run"]
+    return [
+        f"Geometry `{run['geometry']}`, impact point ({run['impact_mm'][0]:g}, "
+        f"{run['impact_mm'][1]:g}) mm, cell threshold {run['threshold_mev']:g} MeV. "
+        f"Generated {run['created']} by calogen {run['calogen_version']} "
+        f"in {run['seconds']:.0f} s.",
+        f"W1×100: 1-D Wasserstein distance of features standardised with the reference mean "
+        f"and std, over {s['n_batches']} disjoint batches of {s['shower_batch_size']} showers "
+        f"({s['cell_batch_size']} cells for the cell energy); mean ± std over batches. Binned "
+        "rows: mean of the 10 bins, stds added in quadrature. 'cell energy' standardises "
+        "linear cell energies (as CaloClouds II); 'cell energy (log10)' uses log10(E/MeV). "
+        "The reference floor compares two random halves of the reference with the same "
+        "batch size: differences below it are not significant.",
+        "Classifier: MLP on the 25 standardised per-shower features (occupancy, sampling "
+        "fraction, 10 longitudinal bins, 10 radial bins, CoG x, y, z), "
+        f"{s['classifier']['k_folds']}-fold; AUC 0.5 = indistinguishable. FPD/KPD on the "
+        "same features after jetnet.",
+    ]
+
+
+def render_markdown(metrics: dict, figures: dict[str, list[Path]]) -> str:
+    """The report as Markdown (figures referenced by relative PNG paths)."""
+    lines = ["# calogen evaluation report", ""]
+    lines += [p + "\n" for p in _intro(metrics)]
+    lines += ["## Samples", "", _md_table(*_samples_rows(metrics)), ""]
+    lines += ["## Metrics", "", _md_table(*_table_rows(metrics)), ""]
+    lines += ["### W1×100 per bin", "", _md_table(*_bin_rows(metrics)), ""]
+    if metrics["warnings"]:
+        lines += ["## Warnings", ""] + [f"- {w}" for w in metrics["warnings"]] + [""]
+    lines += ["## Figures", ""]
+    for stem, paths in figures.items():
+        png = next((p for p in paths if p.suffix == ".png"), paths[0])
+        pdf = next((p for p in paths if p.suffix == ".pdf"), None)
+        lines += [f"![{stem}]({png.name})", "", FIGURE_CAPTIONS.get(stem, stem)
+                  + (f" ([PDF]({pdf.name}))" if pdf else ""), ""]
+    return "\n".join(lines) + "\n"
+
+
+def render_html(metrics: dict, figures: dict[str, list[Path]]) -> str:
+    """The report as a self-contained HTML page (figures linked by relative paths)."""
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>calogen evaluation</title>",
+        "<style>body{font-family:sans-serif;max-width:1400px;margin:auto;padding:1em}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;"
+        "padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
+        "img{max-width:100%;border:1px solid #eee}figure{margin:1.5em 0}</style></head><body>",
+        "<h1>calogen evaluation report</h1>",
+    ]
+    parts += [f"<p>{html.escape(p).replace('`', '')}</p>" for p in _intro(metrics)]
+    parts += ["<h2>Samples</h2>", _html_table(*_samples_rows(metrics))]
+    parts += ["<h2>Metrics</h2>", _html_table(*_table_rows(metrics))]
+    parts += ["<h3>W1×100 per bin</h3>", _html_table(*_bin_rows(metrics))]
+    if metrics["warnings"]:
+        parts += ["<h2>Warnings</h2><ul>"]
+        parts += [f"<li>{html.escape(w)}</li>" for w in metrics["warnings"]] + ["</ul>"]
+    parts += ["<h2>Figures</h2>"]
+    for stem, paths in figures.items():
+        png = next((p for p in paths if p.suffix == ".png"), paths[0])
+        pdf = next((p for p in paths if p.suffix == ".pdf"), None)
+        link = f" (<a href='{html.escape(pdf.name)}'>PDF</a>)" if pdf else ""
+        parts.append(
+            f"<figure><img src='{html.escape(png.name)}' alt='{html.escape(stem)}'>"
+            f"<figcaption>{html.escape(FIGURE_CAPTIONS.get(stem, stem))}{link}</figcaption>"
+            "</figure>"
+        )
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _json_default(obj: object) -> object:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _prepare_out_dir(out_dir: str | os.PathLike[str]) -> Path:
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{out}: cannot create output folder: {exc.strerror or exc}") from None
+    if not os.access(out, os.W_OK):
+        raise UsageError(f"{out}: output folder is not writable")
+    return out
+
+
+def evaluate(
+    reference: str | os.PathLike[str],
+    candidates: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    labels: Sequence[str] | None = None,
+    reference_label: str | None = None,
+    config: EvaluationConfig | None = None,
+) -> dict:
+    """Compare candidate shower files with a reference file and write the report.
+
+    Args:
+        reference: reference (Geant4) shower file, either layout.
+        candidates: generated shower files (at least one).
+        out_dir: output folder (created if needed): ``metrics.json``, ``report.md``,
+            ``report.html`` and the figures (PNG + PDF).
+        labels: one label per candidate (default: file stems).
+        reference_label: label of the reference (default ``Geant4`` if the file says so, else
+            its stem).
+        config: settings (:class:`EvaluationConfig`).
+
+    Returns:
+        The metrics dictionary written to ``metrics.json``.
+
+    Raises:
+        UsageError: bad input (missing/foreign files, wrong label count, bad settings).
+    """
+    config = config or EvaluationConfig()
+    start = time.perf_counter()
+    if not candidates:
+        raise UsageError("give at least one --candidate file")
+    if labels is not None and len(labels) not in (0, len(candidates)):
+        raise UsageError(
+            f"{len(labels)} labels for {len(candidates)} candidate files (give one --label per "
+            "--candidate)"
+        )
+    try:
+        calorimeter = get_calorimeter(config.geometry)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    threshold = calorimeter.threshold_mev if config.threshold_mev is None else config.threshold_mev
+    if threshold < 0 or not math.isfinite(threshold):
+        raise UsageError(f"threshold must be a finite number >= 0 MeV, got {threshold}")
+    if config.n_batches < 1:
+        raise UsageError(f"number of batches must be >= 1, got {config.n_batches}")
+    if config.k_folds < 3:
+        raise UsageError(f"number of folds must be >= 3, got {config.k_folds}")
+    if config.layer is not None and not 0 <= config.layer < calorimeter.n_layers:
+        raise UsageError(f"layer must be in 0-{calorimeter.n_layers - 1}, got {config.layer}")
+    # open every file once up front so that a bad one fails before the long part
+    paths = [Path(reference), *[Path(c) for c in candidates]]
+    for path in paths:
+        with ShowerFile(path):
+            pass
+    out = _prepare_out_dir(out_dir)
+    config = EvaluationConfig(**{**asdict(config), "threshold_mev": threshold})
+
+    ref_sample = collect(paths[0], calorimeter, config, reference_label, seed=config.seed)
+    cand_samples = []
+    for i, path in enumerate(paths[1:]):
+        label = labels[i] if labels else None
+        cand_samples.append(collect(path, calorimeter, config, label, seed=config.seed + i + 1))
+    names = [ref_sample.label] + [c.label for c in cand_samples]
+    if len(set(names)) != len(names):  # make labels unique for tables and JSON keys
+        seen: dict[str, int] = {}
+        for sample in [ref_sample, *cand_samples]:
+            count = seen.get(sample.label, 0)
+            seen[sample.label] = count + 1
+            if count:
+                sample.label = f"{sample.label} ({count + 1})"
+
+    rng = np.random.default_rng(config.seed)
+    ref_shuffled = _shuffle(ref_sample, rng)
+    cand_shuffled = [_shuffle(c, rng) for c in cand_samples]
+    try:
+        result = compute_metrics(ref_shuffled, cand_shuffled, config)
+    except ValueError as exc:
+        raise CalogenError(f"cannot compute metrics: {exc}") from None
+    result["reference"]["path"] = str(paths[0])
+    for path, cand in zip(paths[1:], cand_samples, strict=True):
+        result["candidates"][cand.label]["path"] = str(path)
+
+    figures = make_all_plots(
+        [ref_sample, *cand_samples], out, calorimeter, threshold_mev=threshold,
+        impact_mm=config.impact_mm, layer=config.layer,
+    )
+    result["figures"] = {stem: [p.name for p in ps] for stem, ps in figures.items()}
+    result["run"] = {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "calogen_version": __version__,
+        "geometry": calorimeter.name,
+        "impact_mm": list(config.impact_mm),
+        "threshold_mev": threshold,
+        "config": asdict(config),
+        "seconds": time.perf_counter() - start,
+    }
+    _atomic_write_text(out / "metrics.json",
+                       json.dumps(result, indent=2, default=_json_default) + "\n")
+    _atomic_write_text(out / "report.md", render_markdown(result, figures))
+    _atomic_write_text(out / "report.html", render_html(result, figures))
+    return result
