@@ -63,8 +63,16 @@ def main() -> None:
         sel = (np.abs(grid_x - np.median(grid_x)) < 12) & (np.abs(grid_y - np.median(grid_y)) < 12)
         norm = matplotlib.colors.LogNorm() if "MeV" in title else None
         kwargs = {"vmin": 0, "vmax": 10} if "%" in title else {}
-        sc = ax.scatter(grid_x[sel], grid_y[sel], c=values[sel], marker="s", s=40, cmap=cmap,
-                        norm=norm, **kwargs)
+        sc = ax.scatter(
+            grid_x[sel],
+            grid_y[sel],
+            c=values[sel],
+            marker="s",
+            s=40,
+            cmap=cmap,
+            norm=norm,
+            **kwargs,
+        )
         fig.colorbar(sc, ax=ax)
         ax.set_title(title)
         ax.set_xlabel("cell index x")

@@ -1,0 +1,447 @@
+"""Tune the GFlash reference simulator to the shared Geant4 photon showers, or compare them.
+
+Usage::
+
+    python scripts/tune_gflash.py --compare          # current defaults vs Geant4 (+ timing)
+    python scripts/tune_gflash.py --tune             # tune from the paper's values, then compare
+    python scripts/tune_gflash.py --tune --json out.json
+
+Geant4 references: showers of ``g4_photons_10-90GeV_train.h5`` within +-2.5 GeV of 10, 50 and
+90 GeV (the 90 GeV window is 87.5-90 GeV: the file stops at 90), and the 30 showers at each
+of exactly 10, 50, 90 GeV of ``g4_photon_steps_10-50-90GeV_clustered.h5``. GFlash is run at
+the same incident energies as the Geant4 showers it is compared with.
+
+Tuning (fixed seeds, so it is reproducible; a few minutes on one core):
+
+1. longitudinal: sampling fraction (front and back), shift of ``T``, scale of ``alpha``, widths
+   of ``ln T`` and ``ln alpha`` and the sampling term, fitted to the mean visible energy per
+   layer, the mean visible energy and its spread (raw and with layers 20-29 weighted by 2) at
+   10, 50 and 90 GeV. Uses the analytic layer integrals of
+   :func:`calogen.reference.gflash.longitudinal_fractions` (no spots), so it is fast;
+2. radial: Molière-radius, core, tail and core-weight scales, fitted to the energy-weighted
+   radial distribution of the points (full simulation);
+3. spots: spot count ``a E^b`` and the log-normal width of spot energies, fitted to the mean
+   number of points and of cell hits above 0.1 MeV (slab geometry).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import minimize
+
+from calogen.data.io import ShowerFile
+from calogen.data.packed import pack
+from calogen.geometry import project, slab
+from calogen.reference.gflash import GFlash, GFlashParameters, longitudinal_fractions
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = Path(os.environ.get("CALOGEN_SHARED_DATA", REPO.parent / "shared" / "data"))
+TRAIN = "g4_photons_10-90GeV_train.h5"
+FIXED = "g4_photon_steps_10-50-90GeV_clustered.h5"
+CENTRES = (10.0, 50.0, 90.0)
+HALF_WIDTH = 2.5
+#: radial bin edges, mm (distance of points from the impact point)
+R_EDGES = np.array([0, 2, 4, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 70, 100, 150, 200, 300.0])
+#: point-energy bin edges, GeV (log)
+E_EDGES = np.logspace(-7, -1, 31)
+N_LAYERS = 30
+#: layers 20-29 have twice the tungsten; weighting them by 2 gives the calibrated energy
+LAYER_WEIGHT = np.where(np.arange(N_LAYERS) >= 20, 2.0, 1.0)
+
+
+# -----------------------------------------------------------------------------------------
+# observables
+# -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Summary:
+    """Per-shower observables of a set of showers."""
+
+    energy: np.ndarray  # [N] incident energy, GeV
+    layers: np.ndarray  # [N, 30] visible energy per layer, GeV
+    n_points: np.ndarray  # [N]
+    n_hits: np.ndarray  # [N] slab cells >= 0.1 MeV
+    radial: np.ndarray  # [N, len(R_EDGES)-1] visible energy per radial bin, GeV
+    point_e: np.ndarray  # [N, len(E_EDGES)+1] number of points per energy bin
+
+    @property
+    def evis(self) -> np.ndarray:
+        return self.layers.sum(1)
+
+    def select(self, mask: np.ndarray) -> Summary:
+        return Summary(*(getattr(self, k)[mask] for k in self.__dataclass_fields__))
+
+    @staticmethod
+    def concat(parts: list[Summary]) -> Summary:
+        return Summary(
+            *(np.concatenate([getattr(p, k) for p in parts]) for k in Summary.__dataclass_fields__)
+        )
+
+
+def summarise(showers) -> Summary:
+    """Observables of :class:`showerdata.Showers`."""
+    packed = pack(showers)
+    n = len(showers)
+    pts, s = packed.points, packed.shower
+    layer = np.clip(np.rint(pts[:, 2]).astype(np.int64), 0, N_LAYERS - 1)
+    e = pts[:, 3].astype(np.float64)
+    layers = np.bincount(s * N_LAYERS + layer, e, n * N_LAYERS).reshape(n, N_LAYERS)
+    r = np.hypot(pts[:, 0], pts[:, 1])
+    rb = np.clip(np.digitize(r, R_EDGES) - 1, 0, len(R_EDGES) - 2)
+    radial = np.bincount(s * (len(R_EDGES) - 1) + rb, e, n * (len(R_EDGES) - 1))
+    eb = np.digitize(e, E_EDGES)
+    point_e = np.bincount(s * (len(E_EDGES) + 1) + eb, None, n * (len(E_EDGES) + 1))
+    hits = project(showers, slab()).hits_per_shower()
+    return Summary(
+        energy=showers.energies.reshape(-1).astype(np.float64),
+        layers=layers,
+        n_points=packed.counts.copy(),
+        n_hits=hits,
+        radial=radial.reshape(n, -1),
+        point_e=point_e.reshape(n, -1),
+    )
+
+
+def stats(summary: Summary) -> dict[str, object]:
+    """Aggregate numbers of a (fixed-energy or narrow-window) set of showers."""
+    e = summary.energy
+    frac = summary.evis / e
+    weighted = (summary.layers * LAYER_WEIGHT).sum(1) / e
+    profile = summary.layers.mean(0) / e.mean()
+    cog = (summary.layers * np.arange(N_LAYERS)).sum(1) / np.maximum(summary.evis, 1e-30)
+    radial = summary.radial.sum(0) / summary.radial.sum()
+    point_e = summary.point_e.sum(0) / summary.point_e.sum()
+    return {
+        "n": int(e.size),
+        "evis_over_e": float(frac.mean()),
+        "evis_over_e_err": float(frac.std() / np.sqrt(e.size)),
+        "spread": float(frac.std() / frac.mean()),
+        "spread_weighted": float(weighted.std() / weighted.mean()),
+        "shower_max_layer": int(np.argmax(profile)),
+        "cog_layer": float(cog.mean()),
+        "cog_layer_std": float(cog.std()),
+        "n_points": float(summary.n_points.mean()),
+        "n_points_std": float(summary.n_points.std()),
+        "n_points_max": int(summary.n_points.max()),
+        "n_hits": float(summary.n_hits.mean()),
+        "n_hits_std": float(summary.n_hits.std()),
+        "profile": profile.tolist(),
+        "radial": radial.tolist(),
+        "point_e": point_e.tolist(),
+    }
+
+
+def geant4_reference(data: Path) -> dict[str, Summary]:
+    """Geant4 summaries: 'w10', 'w50', 'w90' (train windows) and 'f10', 'f50', 'f90' (fixed)."""
+    out: dict[str, Summary] = {}
+    with ShowerFile(data / TRAIN) as f:
+        energies = f.incident_energies()
+        keep = np.zeros(len(energies), bool)
+        for c in CENTRES:
+            keep |= np.abs(energies - c) <= HALF_WIDTH
+        parts = []
+        for start in range(0, len(energies), 1000):
+            idx = np.flatnonzero(keep[start : start + 1000])
+            if idx.size == 0:
+                continue
+            chunk = f.read(start, start + 1000)
+            parts.append(summarise(_take(chunk, idx)))
+    train = Summary.concat(parts)
+    for c in CENTRES:
+        out[f"w{c:.0f}"] = train.select(np.abs(train.energy - c) <= HALF_WIDTH)
+    with ShowerFile(data / FIXED) as f:
+        fixed = summarise(f.read())
+    for c in CENTRES:
+        out[f"f{c:.0f}"] = fixed.select(np.isclose(fixed.energy, c))
+    return out
+
+
+def _take(showers, idx: np.ndarray):
+    """Sub-set of showers by index (keeps the 4-channel layout)."""
+    from calogen.data.io import make_showers
+
+    counts = np.asarray(showers._num_points)[idx]  # noqa: SLF001
+    width = int(counts.max()) if idx.size else 0
+    return make_showers(showers.points[idx, :width], counts, showers.energies[idx, 0])
+
+
+# -----------------------------------------------------------------------------------------
+# step 1: longitudinal (analytic, fast)
+# -----------------------------------------------------------------------------------------
+
+LONG_FIELDS = (
+    "sampling_fraction",
+    "back_sampling_ratio",
+    "t_offset_x0",
+    "alpha_scale",
+    "sigma_ln_t_scale",
+    "sigma_ln_alpha_scale",
+    "sampling_term",
+)
+
+
+def analytic_stats(
+    par: GFlashParameters, energies: np.ndarray, seed: int = 7
+) -> tuple[np.ndarray, float, float, float]:
+    """Mean visible profile / E, mean E_vis/E, raw and weighted relative spread (analytic)."""
+    frac = longitudinal_fractions(energies, par, seed=seed)  # [N, 30] deposited fractions
+    sf = par.sampling_fraction * np.where(np.arange(N_LAYERS) >= 20, par.back_sampling_ratio, 1.0)
+    e = energies[:, None]
+    vis = e * frac * sf  # GeV
+    spot_energy = e / np.maximum(par.spots_per_gev * e**par.spots_exponent, 16)
+    # per-layer variance: sampling term (gamma factor) + log-normal spot energies
+    var_l = (sf**2) * e * frac * par.sampling_term**2
+    var_l += (sf**2) * spot_energy * e * frac * (np.exp(par.spot_sigma**2) - 1.0)
+    out = []
+    for w in (np.ones(N_LAYERS), LAYER_WEIGHT):
+        tot = (vis * w).sum(1) / energies
+        var = (var_l * w**2).sum(1) / energies**2
+        mean = tot.mean()
+        out.append(np.sqrt(tot.var() + var.mean()) / mean)
+    profile = vis.mean(0) / energies.mean()
+    return profile, float((vis.sum(1) / energies).mean()), out[0], out[1]
+
+
+def tune_longitudinal(
+    par: GFlashParameters, ref: dict[str, dict], ref_energies: dict[str, np.ndarray]
+) -> GFlashParameters:
+    """Fit the longitudinal parameters to the windows' profiles, means and spreads."""
+    reps = 8  # analytic showers per Geant4 shower (common random numbers via the seed)
+
+    def params_from(x: np.ndarray) -> GFlashParameters:
+        return par.replace(**dict(zip(LONG_FIELDS, (float(v) for v in x), strict=True)))
+
+    def loss(x: np.ndarray) -> float:
+        if np.any(x[[0, 1, 3, 4, 5, 6]] <= 0):
+            return 1e9
+        p = params_from(x)
+        total = 0.0
+        for key, st in ref.items():
+            energies = np.repeat(ref_energies[key], reps)
+            profile, mean, spread, spread_w = analytic_stats(p, energies)
+            g4_profile = np.asarray(st["profile"])
+            # profile: relative deviations, with a floor at 5 % of the maximum
+            scale = 0.03 * g4_profile + 0.01 * g4_profile.max()
+            total += np.mean(((profile - g4_profile) / scale) ** 2)
+            total += ((mean / st["evis_over_e"] - 1.0) / 0.003) ** 2
+            total += ((spread / st["spread"] - 1.0) / 0.05) ** 2
+            total += ((spread_w / st["spread_weighted"] - 1.0) / 0.05) ** 2
+        return total
+
+    x0 = np.array([getattr(par, k) for k in LONG_FIELDS], dtype=float)
+    res = minimize(loss, x0, method="Nelder-Mead", options={"maxiter": 1500, "xatol": 1e-4})
+    res = minimize(loss, res.x, method="Nelder-Mead", options={"maxiter": 1500, "xatol": 1e-5})
+    print(f"  longitudinal loss {loss(x0):.2f} -> {res.fun:.2f}", flush=True)
+    return params_from(res.x)
+
+
+# -----------------------------------------------------------------------------------------
+# steps 2 and 3: radial and spots (full simulation)
+# -----------------------------------------------------------------------------------------
+
+RADIAL_FIELDS = ("moliere_scale", "core_scale", "tail_scale", "core_weight_scale")
+SPOT_FIELDS = ("spots_per_gev", "spots_exponent", "spot_sigma")
+
+
+def simulate_windows(
+    par: GFlashParameters, ref_energies: dict[str, np.ndarray], n: int, seed: int = 11
+) -> dict[str, Summary]:
+    """Full GFlash simulation at the first ``n`` Geant4 energies of each window."""
+    gen = GFlash(par)
+    return {
+        key: summarise(gen.sample(e[:n], seed=seed + i))
+        for i, (key, e) in enumerate(ref_energies.items())
+    }
+
+
+def tune_radial(par: GFlashParameters, ref: dict[str, dict], ref_energies, n: int):
+    """Fit the radial scales to the energy-weighted radial distribution of points."""
+
+    def params_from(x):
+        return par.replace(**dict(zip(RADIAL_FIELDS, (float(v) for v in x), strict=True)))
+
+    def loss(x):
+        if np.any(x <= 0):
+            return 1e9
+        sims = simulate_windows(params_from(x), ref_energies, n)
+        total = 0.0
+        for key, st in ref.items():
+            g4 = np.asarray(st["radial"])[:-1]  # last bin (beyond 200 mm) is empty
+            gf = np.asarray(stats(sims[key])["radial"])[:-1]
+            total += np.mean(((gf - g4) / (0.03 * g4 + 2e-4)) ** 2)
+        return total
+
+    x0 = np.array([getattr(par, k) for k in RADIAL_FIELDS], dtype=float)
+    res = minimize(loss, x0, method="Nelder-Mead", options={"maxiter": 160, "xatol": 1e-3})
+    print(f"  radial loss {loss(x0):.2f} -> {res.fun:.2f}", flush=True)
+    return params_from(res.x)
+
+
+def tune_spots(par: GFlashParameters, ref: dict[str, dict], ref_energies, n: int):
+    """Fit the spot count and spot-energy width to the numbers of points and of cell hits."""
+
+    def params_from(x):
+        return par.replace(**dict(zip(SPOT_FIELDS, (float(v) for v in x), strict=True)))
+
+    def loss(x):
+        if x[0] <= 1 or x[1] <= 0.2 or x[2] < 0:
+            return 1e9
+        sims = simulate_windows(params_from(x), ref_energies, n)
+        total = 0.0
+        for key, st in ref.items():
+            s = stats(sims[key])
+            total += ((s["n_points"] / st["n_points"] - 1.0) / 0.01) ** 2
+            total += ((s["n_hits"] / st["n_hits"] - 1.0) / 0.01) ** 2
+        return total
+
+    x0 = np.array([getattr(par, k) for k in SPOT_FIELDS], dtype=float)
+    res = minimize(loss, x0, method="Nelder-Mead", options={"maxiter": 120, "xatol": 1e-3})
+    print(f"  spots loss {loss(x0):.2f} -> {res.fun:.2f}", flush=True)
+    return params_from(res.x)
+
+
+def tune(ref_summaries: dict[str, Summary], n_full: int) -> GFlashParameters:
+    """Tune from the paper's values (all scales 1, no shifts)."""
+    windows = {k: v for k, v in ref_summaries.items() if k.startswith("w")}
+    ref = {k: stats(v) for k, v in windows.items()}
+    ref_energies = {k: v.energy for k, v in windows.items()}
+    par = GFlashParameters(
+        sampling_fraction=0.04,
+        back_sampling_ratio=0.5,
+        t_offset_x0=0.0,
+        alpha_scale=1.0,
+        sigma_ln_t_scale=1.0,
+        sigma_ln_alpha_scale=1.0,
+        sampling_term=0.15,
+        moliere_scale=1.0,
+        core_scale=1.0,
+        tail_scale=1.0,
+        core_weight_scale=1.0,
+        spots_per_gev=100.0,
+        spots_exponent=1.0,
+        spot_sigma=1.0,
+    )
+    t = time.time()
+    print("step 1: longitudinal", flush=True)
+    par = tune_longitudinal(par, ref, ref_energies)
+    print(f"step 2: radial ({time.time() - t:.0f} s)", flush=True)
+    par = tune_radial(par, ref, ref_energies, n_full)
+    print(f"step 3: spots ({time.time() - t:.0f} s)", flush=True)
+    par = tune_spots(par, ref, ref_energies, n_full)
+    # the sampling fraction last, on the full simulation (spots leaking sideways etc.)
+    sims = simulate_windows(par, ref_energies, 10_000)
+    ratio = np.mean([ref[k]["evis_over_e"] / stats(sims[k])["evis_over_e"] for k in ref])
+    par = par.replace(sampling_fraction=par.sampling_fraction * ratio)
+    print(f"done ({time.time() - t:.0f} s)", flush=True)
+    return par
+
+
+# -----------------------------------------------------------------------------------------
+# comparison and timing
+# -----------------------------------------------------------------------------------------
+
+
+def timing(par: GFlashParameters, seed: int = 5) -> dict[str, float]:
+    """ms per shower for E uniform in 10-100 GeV: batch 1 (200 calls) and batch 1000."""
+    gen = GFlash(par)
+    rng = np.random.default_rng(seed)
+    energies = rng.uniform(10, 100, 1000)
+    gen.sample(energies[:10], seed=0)  # warm up
+    t = time.perf_counter()
+    for i in range(200):
+        gen.sample(energies[i : i + 1], seed=i)
+    single = (time.perf_counter() - t) / 200 * 1e3
+    t = time.perf_counter()
+    gen.sample(energies, seed=1)
+    batch = (time.perf_counter() - t) / 1000 * 1e3
+    return {"ms_per_shower_batch1": single, "ms_per_shower_batch1000": batch}
+
+
+def compare(par: GFlashParameters, ref_summaries: dict[str, Summary], reps: int = 1) -> dict:
+    """GFlash vs Geant4 for every reference set; GFlash run ``reps`` times per G4 energy."""
+    gen = GFlash(par)
+    rows = {}
+    for i, (key, g4) in enumerate(ref_summaries.items()):
+        energies = np.repeat(g4.energy, reps)
+        gf = summarise(gen.sample(energies, seed=100 + i))
+        rows[key] = {"geant4": stats(g4), "gflash": stats(gf)}
+    return rows
+
+
+def print_table(rows: dict) -> None:
+    cols = [
+        ("evis_over_e", "E_vis/E", "{:.5f}"),
+        ("spread", "spread", "{:.4f}"),
+        ("spread_weighted", "spread w", "{:.4f}"),
+        ("shower_max_layer", "max", "{:d}"),
+        ("cog_layer", "CoG z", "{:.2f}"),
+        ("n_points", "points", "{:.0f}"),
+        ("n_points_max", "pts max", "{:d}"),
+        ("n_hits", "hits", "{:.0f}"),
+    ]
+    print(f"{'set':5s} {'sim':7s} " + " ".join(f"{c[1]:>9s}" for c in cols))
+    for key, row in rows.items():
+        for sim in ("geant4", "gflash"):
+            vals = " ".join(f"{c[2].format(row[sim][c[0]]):>9s}" for c in cols)
+            print(f"{key:5s} {sim:7s} {vals}")
+        ratio = row["gflash"]["evis_over_e"] / row["geant4"]["evis_over_e"] - 1
+        print(f"{'':5s} {'diff':7s} E_vis {100 * ratio:+.2f} %")
+    print("radial energy fractions (bin upper edges mm: " + ", ".join(f"{x:g}" for x in R_EDGES[1:-1]) + ")")
+    for key in ("w50",):
+        if key in rows:
+            for sim in ("geant4", "gflash"):
+                r = np.asarray(rows[key][sim]["radial"])[:-1]
+                print(f"  {key} {sim:7s} " + " ".join(f"{v:.4f}" for v in r))
+    for key in ("w10", "w50", "w90"):
+        if key in rows:
+            for sim in ("geant4", "gflash"):
+                p = np.asarray(rows[key][sim]["profile"]) * 1e3
+                print(f"  {key} profile x1e3 {sim:7s} " + " ".join(f"{v:.2f}" for v in p))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="shared data folder")
+    parser.add_argument("--tune", action="store_true", help="tune from the paper's values")
+    parser.add_argument("--compare", action="store_true", help="compare defaults with Geant4")
+    parser.add_argument("--n-full", type=int, default=60, help="showers/energy in steps 2-3")
+    parser.add_argument("--reps", type=int, default=2, help="GFlash showers per G4 shower")
+    parser.add_argument("--json", type=Path, help="write parameters and comparison here")
+    args = parser.parse_args(argv)
+    if not (args.data / TRAIN).exists():
+        print(f"{args.data / TRAIN}: not found (set --data)", file=sys.stderr)
+        return 2
+    t = time.time()
+    ref = geant4_reference(args.data)
+    print(f"Geant4 reference read in {time.time() - t:.0f} s", flush=True)
+    par = GFlashParameters()
+    if args.tune:
+        par = tune(ref, args.n_full)
+        print("tuned parameters:")
+        for k, v in par.as_dict().items():
+            print(f"    {k}: {v:.6g}" if isinstance(v, float) else f"    {k}: {v}")
+    rows = compare(par, ref, args.reps)
+    print_table(rows)
+    tim = timing(par)
+    print(
+        f"timing (E uniform 10-100 GeV, 1 thread): {tim['ms_per_shower_batch1']:.2f} ms/shower "
+        f"at batch 1, {tim['ms_per_shower_batch1000']:.2f} ms/shower at batch 1000"
+    )
+    if args.json:
+        args.json.write_text(
+            json.dumps({"parameters": par.as_dict(), "comparison": rows, "timing": tim}, indent=1)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""The ``evaluate`` sub-command: compare generated showers with a reference and write a report."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from calogen.cli import finite_float, positive_int
+
+
+def _non_negative_float(text: str) -> float:
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _folds(text: str) -> int:
+    value = positive_int(text)
+    if value < 3:
+        raise argparse.ArgumentTypeError(f"must be >= 3 (test, validation, training), got {value}")
+    return value
+
+
+def register(subparsers: Any) -> None:
+    evaluate = subparsers.add_parser(
+        "evaluate",
+        help="compare generated showers with a reference (Geant4) sample: metrics, plots, report",
+        description=(
+            "Project the showers of a reference file and of one or more candidate files into "
+            "the calorimeter cells (threshold in MeV) and compare them: the CaloClouds II table "
+            "of 1-D Wasserstein distances x100 (with the reference-vs-reference floor), a "
+            "classifier test (ROC AUC), FPD and KPD, and plots of the cell-energy spectrum, "
+            "radial and longitudinal profiles, centre of gravity, visible energy and number of "
+            "hits, and event displays. Writes DIR/metrics.json, DIR/report.md, DIR/report.html "
+            "and the figures (PNG and PDF)."
+        ),
+    )
+    evaluate.add_argument(
+        "--reference", required=True, metavar="REF.h5", help="reference shower file (Geant4)"
+    )
+    evaluate.add_argument(
+        "--candidate",
+        required=True,
+        action="append",
+        metavar="GEN.h5",
+        help="generated shower file; repeat for several candidates",
+    )
+    evaluate.add_argument(
+        "--label",
+        action="append",
+        metavar="NAME",
+        default=None,
+        help="name of a candidate, one per --candidate in the same order (default: file name)",
+    )
+    evaluate.add_argument(
+        "--reference-label",
+        metavar="NAME",
+        default=None,
+        help="name of the reference (default: 'Geant4' if the file says so, else its file name)",
+    )
+    evaluate.add_argument(
+        "--geometry", choices=["slab", "ild"], default="slab", help="calorimeter (default: slab)"
+    )
+    evaluate.add_argument(
+        "--impact",
+        type=finite_float,
+        nargs=2,
+        metavar=("X", "Y"),
+        default=(0.0, 0.0),
+        help="impact point in the detector frame, mm (default: 0 0)",
+    )
+    evaluate.add_argument(
+        "--threshold",
+        type=_non_negative_float,
+        default=None,
+        metavar="MEV",
+        help="cell threshold in MeV (default: 0.1, half a MIP)",
+    )
+    evaluate.add_argument(
+        "--max-showers",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="use at most N showers of each file",
+    )
+    evaluate.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    evaluate.add_argument(
+        "--batches", type=positive_int, default=5, help="disjoint W1 batches (default: 5)"
+    )
+    evaluate.add_argument(
+        "--folds", type=_folds, default=5, help="classifier folds, >= 3 (default: 5)"
+    )
+    evaluate.add_argument(
+        "--layer", type=int, default=None, help="layer of the cell map (default: shower maximum)"
+    )
+    evaluate.add_argument(
+        "--no-fpd-kpd", action="store_true", help="skip FPD and KPD (they take a while)"
+    )
+    evaluate.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    evaluate.add_argument(
+        "--chunk-size", type=positive_int, default=1000, help="showers read per chunk"
+    )
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    evaluate.set_defaults(func=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from calogen.evaluation.report import EvaluationConfig, evaluate
+
+    config = EvaluationConfig(
+        geometry=args.geometry,
+        impact_mm=(float(args.impact[0]), float(args.impact[1])),
+        threshold_mev=args.threshold,
+        max_showers=args.max_showers,
+        chunk_size=args.chunk_size,
+        n_batches=args.batches,
+        k_folds=args.folds,
+        fpd_kpd=not args.no_fpd_kpd,
+        seed=args.seed,
+        layer=args.layer,
+        progress=not args.quiet,
+    )
+    metrics = evaluate(
+        args.reference,
+        args.candidate,
+        args.out,
+        labels=args.label,
+        reference_label=args.reference_label,
+        config=config,
+    )
+    _print_summary(metrics, args.out)
+    return 0
+
+
+def _print_summary(metrics: dict, out: str) -> None:
+    """A short table on stdout: W1 rows, AUC, per candidate and the floor."""
+    from calogen.evaluation.metrics import W1_ROWS
+
+    entries = dict(metrics["candidates"])
+    if metrics.get("floor"):
+        entries["floor"] = metrics["floor"]
+    names = list(entries)
+    width = max(12, *(len(n) for n in names))
+    print(f"{'W1 x100':<24}" + "".join(f"{n:>{width + 2}}" for n in names))
+    for row in W1_ROWS:
+        cells = []
+        for n in names:
+            r = entries[n]["w1"]["rows"][row]
+            cells.append(f"{r['mean']:.1f} ± {r['std']:.1f}")
+        print(f"{row:<24}" + "".join(f"{c:>{width + 2}}" for c in cells))
+    cells = []
+    for n in names:
+        c = entries[n].get("classifier", {})
+        cells.append(f"{c['auc_mean']:.3f}" if "auc_mean" in c else "-")
+    print(f"{'classifier AUC':<24}" + "".join(f"{c:>{width + 2}}" for c in cells))
+    print(f"report: {out}/report.html")

@@ -1,0 +1,101 @@
+"""``calogen train`` and ``calogen fit-occupancy``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from calogen.cli import positive_int
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from calogen.models.registry import MODELS
+
+    names = sorted(MODELS)
+    models_help = "; ".join(f"{n}: {MODELS[n].description}" for n in names)
+    p = subparsers.add_parser(
+        "train",
+        help="train a generative model on a shower file",
+        description=(
+            "Train a generative shower model. Progress is shown with the running loss; a "
+            "checkpoint (weights in safetensors, configuration and data normalisation in JSON) "
+            "is written to OUT periodically and at the end, and OUT always holds a usable "
+            "model (model.json + model.safetensors) for 'calogen generate --model OUT'. "
+            "A killed run continues exactly where its last checkpoint stopped with --resume. "
+            f"Models: {models_help}."
+        ),
+    )
+    p.add_argument("model", choices=names, metavar="MODEL", help=f"model to train ({', '.join(names)})")
+    p.add_argument(
+        "--config",
+        default="small",
+        help="'small' (reduced widths/iterations, < 1 h on a CPU), 'paper' (published "
+        "hyperparameters) or a YAML/JSON file with overrides and optional 'base: small|paper' "
+        "(default: small)",
+    )
+    p.add_argument("--data", required=True, metavar="FILE",
+                   help="training showers (showerdata or legacy CaloClouds HDF5; x, y in mm, "
+                   "layer index, e in GeV; incident energies in GeV)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (model + checkpoints)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in DIR from its newest complete checkpoint")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same run")
+    p.add_argument("--iterations", type=positive_int, default=None, metavar="N",
+                   help="total training iterations (default: from the config)")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="T",
+                   help="CPU threads for torch (default 2)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+    q = subparsers.add_parser(
+        "fit-occupancy",
+        help="fit a model's occupancy correction from data and generated showers",
+        description=(
+            "Fit the occupancy correction c_N(N) = p_gen(p_data(N)) / N of CaloClouds "
+            "(section 3.3): p_data is a cubic fit of the number of cell hits (>= 0.1 MeV) of "
+            "the Geant4 showers in FILE against their number of points, p_gen a cubic fit of "
+            "the generated number of points against the generated number of hits. Generated "
+            "showers use the incident energies of the data showers. The result is stored in "
+            "the model folder (model.json and occupancy.json)."
+        ),
+    )
+    q.add_argument("--model", required=True, metavar="DIR", help="trained model folder")
+    q.add_argument("--data", required=True, metavar="FILE", help="Geant4 showers (HDF5)")
+    q.add_argument("--showers", type=positive_int, default=1000, metavar="N",
+                   help="showers used from the data and generated (default 1000)")
+    q.add_argument("--seed", type=int, default=0, help="random seed for generation (default 0)")
+    q.add_argument("--geometry", default="slab", choices=("slab", "ild"),
+                   help="cell geometry for counting hits (default slab)")
+    q.add_argument("--threads", type=positive_int, default=None, metavar="T",
+                   help="CPU threads for torch (default 2)")
+    q.set_defaults(func=_fit_occupancy)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from calogen.models.registry import train_model
+
+    summary = train_model(
+        args.model,
+        config=args.config,
+        data=args.data,
+        out=args.out,
+        resume=args.resume,
+        seed=args.seed,
+        iterations=args.iterations,
+        threads=args.threads,
+        progress=not args.no_progress,
+    )
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _fit_occupancy(args: argparse.Namespace) -> int:
+    from calogen.models.registry import fit_occupancy
+    from calogen.models.training import set_threads
+
+    set_threads(args.threads)
+    summary = fit_occupancy(
+        args.model, args.data, n_showers=args.showers, seed=args.seed, geometry=args.geometry
+    )
+    print(json.dumps(summary, indent=2))
+    return 0

@@ -1,0 +1,127 @@
+"""Model names → training and loading functions.
+
+Every learned model lives in one module that provides:
+
+* ``train(*, config, data, out, resume, seed, iterations, progress) -> dict`` — train from a
+  shower file into the folder ``out`` (``config``: preset name or path to a YAML/JSON file);
+* ``load_generator(model_dir, info) -> Generator`` — build a generator from a model folder
+  (``info`` is the parsed ``model.json``);
+* optionally ``fit_occupancy(model_dir, data, *, n_showers, seed, geometry) -> dict``.
+
+A model folder holds ``model.json`` (``"calogen_model": <name>``, the config, the data
+normalisation, …) and ``model.safetensors``. :func:`load_generator` reads the JSON to find
+the model type.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from calogen.errors import UsageError
+from calogen.generator import Generator
+from calogen.models.training import read_model_info, set_threads
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """Where a model's functions live.
+
+    Attributes:
+        module: import path of the model module.
+        description: one line for ``--help``.
+        configs: preset config names.
+        train, load, fit_occupancy: function names inside ``module`` (``fit_occupancy`` may be
+            ``None`` when the model has no occupancy correction).
+    """
+
+    module: str
+    description: str
+    configs: tuple[str, ...] = ("small", "paper")
+    train: str = "train"
+    load: str = "load_generator"
+    fit_occupancy: str | None = "fit_occupancy"
+
+    def import_module(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+
+#: All trainable models by name.
+MODELS: dict[str, ModelEntry] = {
+    "caloclouds": ModelEntry(
+        module="calogen.models.caloclouds",
+        description="CaloClouds (2305.04847): DDPM PointWise Net, EPiC encoder, latent and "
+        "shower flows, post-diffusion calibration",
+    ),
+}
+
+
+def get_entry(name: str) -> ModelEntry:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UsageError(f"unknown model '{name}' (choose from {', '.join(sorted(MODELS))})") from None
+
+
+def train_model(
+    name: str,
+    *,
+    config: str,
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    resume: bool = False,
+    seed: int = 0,
+    iterations: int | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train model ``name``; returns the model's summary dict (iterations, losses, time)."""
+    entry = get_entry(name)
+    set_threads(threads)
+    train = getattr(entry.import_module(), entry.train)
+    return train(
+        config=config,
+        data=data,
+        out=out,
+        resume=resume,
+        seed=seed,
+        iterations=iterations,
+        progress=progress,
+    )
+
+
+def load_generator(model_dir: str | os.PathLike[str]) -> Generator:
+    """Build the :class:`~calogen.generator.Generator` of a trained model folder."""
+    info = read_model_info(model_dir)
+    name = info["calogen_model"]
+    if name not in MODELS:
+        raise UsageError(
+            f"{model_dir}: model type '{name}' is not known to this calogen "
+            f"(known: {', '.join(sorted(MODELS))})"
+        )
+    entry = MODELS[name]
+    return getattr(entry.import_module(), entry.load)(Path(model_dir), info)
+
+
+def fit_occupancy(
+    model_dir: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    *,
+    n_showers: int = 1000,
+    seed: int = 0,
+    geometry: str = "slab",
+) -> dict[str, Any]:
+    """Fit and store the occupancy correction of a model folder; returns a summary."""
+    info = read_model_info(model_dir)
+    entry = get_entry(info["calogen_model"])
+    if entry.fit_occupancy is None:
+        raise UsageError(f"model '{info['calogen_model']}' has no occupancy correction")
+    func = getattr(entry.import_module(), entry.fit_occupancy)
+    return func(Path(model_dir), data, n_showers=n_showers, seed=seed, geometry=geometry)
+
+
+__all__ = ["MODELS", "ModelEntry", "fit_occupancy", "get_entry", "load_generator", "train_model"]
