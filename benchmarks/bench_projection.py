@@ -15,10 +15,10 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from calogen.data.io import make_showers  # noqa: E402
-from calogen.geometry import ild_ecal, project, slab  # noqa: E402
+from calogen.data.io import make_showers
+from calogen.geometry import ild_ecal, project, slab
 
 
 def synthetic_showers(n: int, points: int, seed: int = 0):

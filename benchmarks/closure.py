@@ -13,12 +13,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from calogen.data.clustering import clustering_closure  # noqa: E402
-from calogen.data.io import read_showers  # noqa: E402
-from calogen.geometry import ild_ecal, slab  # noqa: E402
+from calogen.data.clustering import clustering_closure
+from calogen.data.io import read_showers
+from calogen.geometry import ild_ecal, slab
 
 REPO = Path(__file__).resolve().parents[1]
 
