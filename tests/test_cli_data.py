@@ -135,3 +135,19 @@ def test_help_names_units(capsys) -> None:
         run("simulate", "--help")
     text = capsys.readouterr().out
     assert "GeV" in text and "mm" in text
+
+
+def test_merge_joins_files_in_order(tmp_path: Path, fixtures: Path) -> None:
+    from calogen.data.io import read_showers, write_showers
+
+    whole = read_showers(fixtures / "g4_photons_subset.h5", 0, 9)
+    parts = []
+    for i, (a, b) in enumerate([(0, 4), (4, 5), (5, 9)]):
+        parts.append(str(write_showers(tmp_path / f"p{i}.h5", whole[a:b])))
+    out = tmp_path / "merged.h5"
+    assert run("merge", *parts, "-o", str(out), "--chunk-size", "2", "--quiet") == 0
+    merged = read_showers(out)
+    np.testing.assert_array_equal(merged.energies, whole.energies)
+    np.testing.assert_array_equal(merged.points, whole.points)
+    assert run("merge", *parts, str(tmp_path / "missing.h5"), "-o", str(tmp_path / "m2.h5")) == 2
+    assert not (tmp_path / "m2.h5").exists()

@@ -79,6 +79,19 @@ def register(subparsers: Any) -> None:
     cluster.add_argument("--overwrite", action="store_true", help="replace an existing output")
     cluster.set_defaults(func=run_cluster)
 
+    merge = subparsers.add_parser(
+        "merge",
+        help="join shower files (e.g. generation shards) into one file",
+        description="Concatenate shower files in the given order into one showerdata file, "
+        "chunk by chunk (bounded memory). The output appears only when complete.",
+    )
+    merge.add_argument("inputs", nargs="+", metavar="IN.h5", help="files to join, in order")
+    merge.add_argument("-o", "--output", required=True, metavar="OUT.h5")
+    merge.add_argument("--chunk-size", type=positive_int, default=1000)
+    merge.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    merge.add_argument("--quiet", action="store_true", help="no progress bar")
+    merge.set_defaults(func=run_merge)
+
 
 def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -202,4 +215,18 @@ def run_cluster(args: argparse.Namespace) -> int:
         f"(factor {result.input_points / max(n_out, 1):.1f}); dropped {result.dropped_points} "
         f"steps ({result.dropped_energy_gev * 1000:.3f} MeV) outside |x|,|y| < {args.half_width} mm"
     )
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from calogen.data.io import merge_files
+
+    path = merge_files(
+        args.inputs,
+        args.output,
+        overwrite=args.overwrite,
+        chunk_size=args.chunk_size,
+        progress=not args.quiet,
+    )
+    print(f"merged {len(args.inputs)} files into {path}")
     return 0

@@ -419,3 +419,40 @@ def make_showers(
         directions=None if directions is None else np.asarray(directions, np.float32),
         num_points=np.asarray(num_points, dtype=np.int32),
     )
+
+
+def merge_files(
+    inputs: list[str | os.PathLike[str]],
+    output: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    chunk_size: int = 1000,
+    progress: bool = False,
+) -> Path:
+    """Concatenate shower files (e.g. generation shards) into one showerdata file.
+
+    Reads and writes chunk by chunk, so memory stays bounded for any file size. The output
+    appears only when complete. Attributes of the first input are kept, with ``merged_from``
+    listing the inputs.
+    """
+    from tqdm.auto import tqdm
+
+    if not inputs:
+        raise UsageError("merge: no input files")
+    files = [ShowerFile(p) for p in inputs]
+    try:
+        total = sum(len(f) for f in files)
+        width = max(max(int(f.num_points().max(initial=0)), 1) for f in files)
+        attrs: dict[str, str | int | float] = dict(files[0].attrs)
+        attrs["merged_from"] = ", ".join(str(Path(p).name) for p in inputs)
+        bar = tqdm(total=total, unit="shower", disable=not progress, desc="merge")
+        with ShowerWriter(output, total, width, overwrite=overwrite, attrs=attrs) as writer:
+            for f in files:
+                for chunk in f.iter_chunks(chunk_size):
+                    writer.write(chunk)
+                    bar.update(len(chunk))
+        bar.close()
+    finally:
+        for f in files:
+            f.close()
+    return writer.path

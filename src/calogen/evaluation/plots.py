@@ -49,8 +49,20 @@ FIXED_ENERGIES_GEV = (10.0, 50.0, 90.0)
 ENERGY_WINDOWS_GEV = ((10.0, 20.0), (45.0, 55.0), (80.0, 90.0))
 
 
+#: mplhep's neutral ROOT style with font sizes suited to multi-panel figures.
+STYLE_OVERRIDES = {
+    "font.size": 14,
+    "axes.labelsize": 16,
+    "axes.titlesize": 14,
+    "xtick.labelsize": 13,
+    "ytick.labelsize": 13,
+    "legend.fontsize": 12,
+    "figure.titlesize": 16,
+}
+
+
 def _style():  # noqa: ANN202 - a context manager
-    return plt.style.context(mplhep.style.ROOT)
+    return plt.style.context([mplhep.style.ROOT, STYLE_OVERRIDES])
 
 
 def color(index: int) -> str:
@@ -67,7 +79,7 @@ def save_figure(fig: plt.Figure, out_dir: str | os.PathLike[str], stem: str) -> 
             path = out_dir / f"{stem}.{fmt}"
             tmp = out_dir / f".{stem}.{fmt}.{os.getpid()}.partial"
             try:
-                fig.savefig(tmp, format=fmt, dpi=110 if fmt == "png" else None)
+                fig.savefig(tmp, format=fmt, dpi=110 if fmt == "png" else None, bbox_inches="tight")
                 os.replace(tmp, path)
             finally:
                 tmp.unlink(missing_ok=True)
@@ -247,7 +259,7 @@ def plot_cog(samples: Sequence[SampleObservables], out_dir: str | os.PathLike[st
             axes[0, col].set_ylabel("normalised")
             axes[1, col].set_xlabel(xlabel)
             axes[0, col].set_ylim(bottom=0)
-        fig.tight_layout()
+        fig.subplots_adjust(wspace=0.3)
         return save_figure(fig, out_dir, "cog")
 
 
@@ -309,14 +321,14 @@ def plot_energy_and_hits(
                     errs2[k] += counts / norm**2
                 if data[0].size:
                     peak = float(np.median(data[0]))
-                    ax.annotate(label, (peak, 0), xytext=(0, 4), textcoords="offset points",
-                                ha="center", fontsize=11, color="0.3",
+                    ax.annotate(label, (peak, 1.0), xytext=(0, -6), textcoords="offset points",
+                                ha="center", va="top", fontsize=11, color="0.3",
                                 xycoords=("data", "axes fraction"))
             _draw(ax, rax, edges, totals, [np.sqrt(e) for e in errs2], _labels(samples),
                   legend=col == 0)
             ax.set_ylabel("fraction of showers (per selection)")
             rax.set_xlabel(xlabel)
-        fig.tight_layout()
+        fig.subplots_adjust(wspace=0.25)
         return save_figure(fig, out_dir, "visible_energy_hits")
 
 
@@ -348,14 +360,16 @@ def plot_event_display(
                 what = "cells"
             e = np.clip(np.asarray(e, float), 1e-4, None)
             scatter = ax.scatter(x, z, y, c=np.log10(e), s=2 + 6 * (e / e.max()) ** 0.5,
-                                 cmap="viridis", alpha=0.7, linewidths=0)
+                                 cmap="viridis", alpha=0.7, linewidths=0, rasterized=True)
+            ax.set_box_aspect((1.0, 1.8, 1.0))
             ax.set_xlabel("x [mm]", fontsize=11, labelpad=6)
             ax.set_ylabel("layer", fontsize=11, labelpad=6)
             ax.set_zlabel("y [mm]", fontsize=11, labelpad=6)
             ax.tick_params(labelsize=9)
             ax.set_title(f"{sample.label}: {display.incident_energy_gev:.1f} GeV, "
                          f"{len(x)} {what}", fontsize=13)
-            fig.colorbar(scatter, ax=ax, shrink=0.6, pad=0.1, label="log10(E / MeV)")
+            bar = fig.colorbar(scatter, ax=ax, shrink=0.55, pad=0.12)
+            bar.set_label("log10(E / MeV)", fontsize=12)
         return save_figure(fig, out_dir, "event_display")
 
 
@@ -403,10 +417,14 @@ def plot_layer_map(
         half_width_mm = 8 * size
         if ref_display is not None:
             sel = ref_display.hits.layer == layer
-            if sel.any():
-                extent = np.max(np.abs(np.r_[ref_display.hits.x_mm[sel],
-                                             ref_display.hits.y_mm[sel]]))
-                half_width_mm = float(np.clip(extent + size, 8 * size, 40 * size))
+            if sel.any():  # square containing 98 % of the layer energy
+                e = ref_display.hits.energy_mev[sel].astype(float)
+                r = np.maximum(np.abs(ref_display.hits.x_mm[sel]),
+                               np.abs(ref_display.hits.y_mm[sel])).astype(float)
+                order = np.argsort(r)
+                cum = np.cumsum(e[order]) / e.sum()
+                extent = r[order][min(np.searchsorted(cum, 0.98), len(r) - 1)]
+                half_width_mm = float(np.clip(extent + 2 * size, 8 * size, 30 * size))
     energies = [
         s.display.hits.energy_mev[s.display.hits.layer == layer]
         for s in samples
@@ -453,7 +471,7 @@ def plot_layer_map(
             if pts.shape[0]:
                 on_layer = np.rint(pts[:, 2]).astype(int) == layer
                 ax.scatter(pts[on_layer, 0], pts[on_layer, 1], s=1.5,
-                           color="tab:blue" if i == 0 else color(i - 1), alpha=0.6, zorder=4)
+                           color="0.1" if i == 0 else color(i - 1), alpha=0.6, zorder=4)
             ax.set_title(f"{sample.label}: {display.incident_energy_gev:.1f} GeV, layer {layer}",
                          fontsize=13)
         if mappable is not None:

@@ -1,0 +1,691 @@
+"""CaloClouds (Buhmann et al., 2305.04847): point-cloud diffusion for calorimeter showers.
+
+Pieces (paper section 3):
+
+* PointWise Net (:class:`~calogen.models.blocks.PointWiseNet`) trained as a DDPM
+  (:class:`~calogen.models.ddpm.DDPM`, T = 100, quadratic β from 1e-4 to 0.02,
+  ε-prediction); context = latent z, E/100·2−1, N/6000·2−1 and the time features;
+* EPiC encoder (:class:`~calogen.models.blocks.EPiCEncoder`) giving μ, log σ² of z, trained
+  jointly with the diffusion: ``L = w_KLD · max(KLD, m_KLD) + L_diffusion`` (eq. 3.7) with
+  the KLD summed over latent dimensions and averaged over showers;
+* Latent Flow (:class:`~calogen.models.flows.LatentFlow`) on the detached latents given
+  (E, N), with its own Adam optimiser, trained at the same time;
+* Shower Flow (:class:`~calogen.models.shower_flow.ShowerFlow`, feature set
+  ``"caloclouds"``): visible energy and points per layer given E, trained at the same time
+  with its own optimiser;
+* occupancy correction (:class:`~calogen.calibration.OccupancyCorrection`), fitted after
+  training by ``calogen fit-occupancy``;
+* post-diffusion calibration (:func:`~calogen.calibration.calibrate`): negative energies to
+  zero, total energy to the Shower Flow's, depth-sorted layer assignment from the per-layer
+  counts, centre of gravity (x, y) shifted to the training-data mean.
+
+Training works on packed points (no padding): a batch is ``batch_size`` random showers,
+of which the diffusion loss sees a random subset of at most ``points_per_shower`` points
+(the points are i.i.d. given the shower's context, so this is an unbiased estimate of the
+loss) and the encoder at most ``encoder_points`` points. All randomness of iteration ``i``
+comes from RNGs seeded with ``(seed, i)``, so a resumed run repeats an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import showerdata
+import torch
+from numpy.typing import NDArray
+from torch import Tensor, nn
+
+from calogen.calibration import OccupancyCorrection, calibrate, distribute_counts
+from calogen.data.io import ShowerFile
+from calogen.data.normalisation import Normalisation
+from calogen.data.packed import PackedPoints, pack, unpack
+from calogen.errors import CalogenError, UsageError
+from calogen.generator import as_rng, check_energies
+from calogen.models.blocks import EPiCEncoder, PointWiseNet
+from calogen.models.configs import resolve_config
+from calogen.models.ddpm import DDPM
+from calogen.models.flows import LatentFlow
+from calogen.models.shower_flow import ShowerFlow, ShowerFlowConfig, shower_features
+from calogen.models.training import (
+    MODEL_JSON,
+    latest_checkpoint,
+    load_model_tensors,
+    lr_schedule,
+    read_json,
+    read_model_info,
+    run_training,
+    save_model,
+    set_lr,
+    write_json,
+)
+
+MODEL_NAME = "caloclouds"
+N_LAYERS = 30
+
+
+@dataclass
+class CaloCloudsConfig:
+    """Hyperparameters of CaloClouds (JSON-serialisable; see :data:`PRESETS`)."""
+
+    # networks
+    widths: tuple[int, ...] = (128, 256, 512, 256, 128)
+    latent_dim: int = 256
+    encoder_hidden: int = 128
+    encoder_global: int = 16
+    encoder_layers: int = 3
+    latent_flow_transforms: int = 10
+    latent_flow_hidden: tuple[int, ...] = (128, 128)
+    latent_flow_bins: int = 8
+    shower_flow: dict[str, Any] = field(
+        default_factory=lambda: ShowerFlowConfig(
+            feature_set="caloclouds", blocks=10, affine_per_block=6, spline_per_block=1
+        ).to_dict()
+    )
+    # diffusion
+    diffusion_steps: int = 100
+    beta_1: float = 1e-4
+    beta_T: float = 0.02
+    schedule: str = "quadratic"
+    time_embedding: str = "beta"
+    time_dim: int = 3
+    # conditioning scales: E / e_scale * 2 - 1, N / n_scale * 2 - 1
+    e_scale_gev: float = 100.0
+    n_scale: float = 6000.0
+    max_points: int = 6000
+    # loss
+    kld_weight: float = 1e-3
+    kld_min: float = 1.0
+    # optimisation
+    iterations: int = 800_000
+    batch_size: int = 128
+    points_per_shower: int | None = None
+    encoder_points: int | None = None
+    lr_start: float = 1e-3
+    lr_end: float = 1e-4
+    lr_kind: str = "exponential"
+    grad_clip: float = 10.0
+    flow_lr_start: float = 1e-3
+    flow_lr_end: float = 1e-4
+    shower_flow_lr_start: float = 1e-3
+    shower_flow_lr_end: float = 1e-5
+    shower_flow_iterations: int = 100_000
+    shower_flow_batch: int = 512
+    checkpoint_every: int = 5000
+    max_showers: int | None = None
+    # generation
+    chunk_points: int = 200_000
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["widths"] = list(self.widths)
+        out["latent_flow_hidden"] = list(self.latent_flow_hidden)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CaloCloudsConfig:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise UsageError(f"unknown CaloClouds config keys: {', '.join(unknown)}")
+        for key in ("widths", "latent_flow_hidden"):
+            if key in known:
+                known[key] = tuple(int(v) for v in known[key])
+        cfg = cls(**known)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        positive = ("latent_dim", "encoder_hidden", "iterations", "batch_size", "diffusion_steps",
+                    "checkpoint_every", "max_points")
+        for key in positive:
+            if int(getattr(self, key)) <= 0:
+                raise UsageError(f"config '{key}' must be > 0")
+        if not self.widths:
+            raise UsageError("config 'widths' must not be empty")
+
+
+#: ``paper``: the published hyperparameters; ``small``: same code, trains on a CPU in < 1 h.
+PRESETS: dict[str, CaloCloudsConfig] = {
+    "paper": CaloCloudsConfig(),
+    "small": CaloCloudsConfig(
+        widths=(64, 128, 256, 128, 64),
+        latent_dim=32,
+        encoder_hidden=64,
+        encoder_global=16,
+        encoder_layers=3,
+        latent_flow_transforms=4,
+        latent_flow_hidden=(64, 64),
+        shower_flow=ShowerFlowConfig(
+            feature_set="caloclouds", blocks=4, affine_per_block=1, spline_per_block=1,
+            hidden=(128, 128),
+        ).to_dict(),
+        time_embedding="sinusoidal",
+        time_dim=9,
+        iterations=6000,
+        batch_size=16,
+        points_per_shower=256,
+        encoder_points=512,
+        lr_start=2e-3,
+        lr_end=1e-4,
+        lr_kind="cosine",
+        flow_lr_start=2e-3,
+        flow_lr_end=1e-4,
+        shower_flow_lr_start=2e-3,
+        shower_flow_lr_end=1e-5,
+        shower_flow_iterations=6000,
+        shower_flow_batch=256,
+        checkpoint_every=500,
+    ),
+}
+
+
+def get_config(spec: str | dict[str, Any] | CaloCloudsConfig) -> CaloCloudsConfig:
+    """Config from a preset name, a YAML/JSON path, a dict of overrides or a config."""
+    if isinstance(spec, CaloCloudsConfig):
+        return spec
+    return resolve_config(spec, PRESETS, CaloCloudsConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# the model
+# ---------------------------------------------------------------------------------------------
+
+
+class CaloClouds(nn.Module):
+    """All networks of CaloClouds plus what generation needs (normalisation, CoG target).
+
+    Args:
+        config: hyperparameters.
+        normalisation: point normalisation (x, y, layer, e) ↔ [-1, 1]^4.
+        cog_xy: mean centre of gravity (x, y) of the training showers, mm.
+        occupancy: occupancy correction (identity if ``None``).
+    """
+
+    def __init__(
+        self,
+        config: CaloCloudsConfig,
+        normalisation: Normalisation,
+        cog_xy: tuple[float, float] = (0.0, 0.0),
+        occupancy: OccupancyCorrection | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.normalisation = normalisation
+        self.cog_xy = (float(cog_xy[0]), float(cog_xy[1]))
+        self.occupancy = occupancy or OccupancyCorrection.identity()
+        self.ddpm = DDPM(
+            config.diffusion_steps, config.beta_1, config.beta_T, config.schedule,
+            config.time_embedding, config.time_dim,
+        )
+        context_dim = config.latent_dim + 2 + self.ddpm.time_dim
+        self.net = PointWiseNet(4, context_dim, config.widths, residual=True)
+        self.encoder = EPiCEncoder(
+            point_dim=4, cond_dim=2, latent_dim=config.latent_dim, hidden=config.encoder_hidden,
+            global_dim=config.encoder_global, n_layers=config.encoder_layers,
+        )
+        self.latent_flow = LatentFlow(
+            config.latent_dim, 2, config.latent_flow_transforms, config.latent_flow_hidden,
+            config.latent_flow_bins,
+        )
+        self.shower_flow = ShowerFlow(ShowerFlowConfig.from_dict(config.shower_flow))
+
+    def conditions(self, energies: Tensor, n_points: Tensor) -> Tensor:
+        """``[S, 2]``: ``E/e_scale·2−1`` and ``N/n_scale·2−1``."""
+        e = energies.to(torch.float32) / self.config.e_scale_gev * 2.0 - 1.0
+        n = n_points.to(torch.float32) / self.config.n_scale * 2.0 - 1.0
+        return torch.stack([e, n], -1)
+
+    def context(self, z: Tensor, cond: Tensor, t: Tensor) -> Tensor:
+        """Per-shower context ``[S, latent + 2 + time]`` for time steps ``t [S]``."""
+        return torch.cat([z, cond, self.ddpm.time_features(t)], -1)
+
+    # -- generation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self, energies: NDArray[np.floating], generator: torch.Generator
+    ) -> tuple[PackedPoints, dict[str, NDArray]]:
+        """Generate calibrated packed showers (physical units) for incident energies (GeV)."""
+        cfg = self.config
+        energies = np.asarray(energies, np.float64).reshape(-1)
+        n_showers = energies.shape[0]
+        flow_out = self.shower_flow.sample(energies, generator)
+        counts_layer = self.occupancy.apply(flow_out["n_per_layer"])
+        totals = counts_layer.sum(1)
+        clipped = np.clip(totals, 1, cfg.max_points)
+        if np.any(clipped != totals):
+            counts_layer = distribute_counts(counts_layer, clipped)
+        counts = counts_layer.sum(1).astype(np.int64)
+        e_t = torch.as_tensor(energies, dtype=torch.float32)
+        cond = self.conditions(e_t, torch.as_tensor(counts))
+        z = self.latent_flow.sample(cond, generator)
+
+        points_out = np.zeros((int(counts.sum()), 4), np.float32)
+        depth_out = np.zeros(int(counts.sum()), np.float32)
+        offsets = np.concatenate(([0], np.cumsum(counts)))
+        first = 0
+        while first < n_showers:  # chunks of showers with at most chunk_points points
+            last = first + 1
+            while last < n_showers and offsets[last + 1] - offsets[first] <= cfg.chunk_points:
+                last += 1
+            sl = slice(first, last)
+            c_counts = torch.as_tensor(counts[sl])
+            index = torch.repeat_interleave(torch.arange(last - first), c_counts)
+            z_c, cond_c = z[sl], cond[sl]
+            steps = torch.empty(last - first, dtype=torch.long)
+
+            def eps_fn(x: Tensor, t: int, z_c=z_c, cond_c=cond_c, index=index, steps=steps) -> Tensor:
+                ctx = self.context(z_c, cond_c, steps.fill_(t))
+                return self.net(x, ctx, index)
+
+            x = self.ddpm.sample(eps_fn, (int(c_counts.sum()), 4), generator)
+            p0, p1 = offsets[first], offsets[last]
+            depth_out[p0:p1] = x[:, 2].numpy()
+            points_out[p0:p1] = self.normalisation.inverse(x).numpy()
+            first = last
+
+        shower = np.repeat(np.arange(n_showers), counts)
+        calibrate(
+            points_out, shower, n_showers=n_showers, energy_total=flow_out["e_vis"],
+            counts_per_layer=counts_layer, depth=depth_out, cog_xy=np.asarray(self.cog_xy),
+        )
+        packed = PackedPoints(points=points_out, shower=shower, counts=counts)
+        return packed, {"e_vis": flow_out["e_vis"], "n_per_layer": counts_layer}
+
+    def model_info(self) -> dict[str, Any]:
+        return {
+            "normalisation": self.normalisation.to_dict(),
+            "cog_xy_mm": list(self.cog_xy),
+            "occupancy": self.occupancy.to_dict(),
+        }
+
+    def generation_modules(self) -> dict[str, nn.Module]:
+        return {
+            "net": self.net,
+            "encoder": self.encoder,
+            "latent_flow": self.latent_flow,
+            "shower_flow": self.shower_flow,
+        }
+
+
+class CaloCloudsGenerator:
+    """:class:`~calogen.generator.Generator` of a trained CaloClouds model."""
+
+    supports_direction = False
+
+    def __init__(
+        self, model: CaloClouds, energy_range_gev: tuple[float, float] = (10.0, 90.0),
+        name: str = MODEL_NAME,
+    ) -> None:
+        self.model = model.eval()
+        self.name = name
+        self.energy_range_gev = (float(energy_range_gev[0]), float(energy_range_gev[1]))
+        self.max_points = int(model.config.max_points)
+
+    def sample(
+        self,
+        energies: NDArray[np.floating],
+        directions: NDArray[np.floating] | None = None,
+        *,
+        seed: int | np.random.Generator | None = None,
+    ) -> showerdata.Showers:
+        """Showers ``(x mm, y mm, layer, e GeV)`` for incident ``energies [N]`` in GeV."""
+        if directions is not None:
+            raise UsageError("caloclouds does not support incident directions (normal incidence only)")
+        energies = check_energies(energies)
+        gen = torch.Generator().manual_seed(int(as_rng(seed).integers(0, 2**62)))
+        packed, _ = self.model.generate(energies, gen)
+        return unpack(packed, energies)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingData:
+    """Packed training showers in physical units plus per-shower features."""
+
+    points: NDArray[np.float32]  # [P, 4]
+    offsets: NDArray[np.int64]  # [S + 1]
+    energies: NDArray[np.float64]  # [S]
+    features: dict[str, NDArray]
+
+    @property
+    def n_showers(self) -> int:
+        return int(self.energies.shape[0])
+
+    @property
+    def counts(self) -> NDArray[np.int64]:
+        return np.diff(self.offsets)
+
+
+def load_training_data(path: str | os.PathLike[str], max_showers: int | None = None) -> TrainingData:
+    """Read a shower file chunk by chunk into packed arrays."""
+    chunks, counts, energies = [], [], []
+    feats: dict[str, list[NDArray]] = {}
+    with ShowerFile(path) as f:
+        stop = len(f) if max_showers is None else min(len(f), int(max_showers))
+        for chunk in f.iter_chunks(500, 0, stop):
+            packed = pack(chunk)
+            chunks.append(packed.points)
+            counts.append(packed.counts)
+            energies.append(chunk.energies.reshape(-1).astype(np.float64))
+            for key, value in shower_features(chunk).items():
+                feats.setdefault(key, []).append(value)
+    if not chunks:
+        raise UsageError(f"{path}: no showers to train on")
+    counts_all = np.concatenate(counts)
+    if np.any(counts_all == 0):
+        keep_note = int((counts_all == 0).sum())
+        raise UsageError(f"{path}: {keep_note} showers without points")
+    return TrainingData(
+        points=np.concatenate(chunks).astype(np.float32),
+        offsets=np.concatenate(([0], np.cumsum(counts_all))).astype(np.int64),
+        energies=np.concatenate(energies),
+        features={k: np.concatenate(v) for k, v in feats.items()},
+    )
+
+
+def _subsample(
+    offsets: NDArray[np.int64], showers: NDArray[np.int64], limit: int | None,
+    rng: np.random.Generator,
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Point indices (into the packed array) and batch-local shower index."""
+    idx, owner = [], []
+    for local, s in enumerate(showers):
+        lo, hi = int(offsets[s]), int(offsets[s + 1])
+        n = hi - lo
+        if limit is not None and n > limit:
+            pick = lo + np.sort(rng.choice(n, size=limit, replace=False))
+        else:
+            pick = np.arange(lo, hi)
+        idx.append(pick)
+        owner.append(np.full(pick.shape[0], local, np.int64))
+    return np.concatenate(idx), np.concatenate(owner)
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------
+
+
+class CaloCloudsTrainer:
+    """Joint training of diffusion + encoder, Latent Flow and Shower Flow (see module doc)."""
+
+    def __init__(self, model: CaloClouds, data: TrainingData, seed: int, data_path: str) -> None:
+        self.model = model
+        self.data = data
+        self.seed = int(seed)
+        self.data_path = data_path
+        cfg = model.config
+        self.opt = torch.optim.Adam(
+            list(model.net.parameters()) + list(model.encoder.parameters()), lr=cfg.lr_start
+        )
+        self.opt_flow = torch.optim.Adam(model.latent_flow.parameters(), lr=cfg.flow_lr_start)
+        self.opt_shower = torch.optim.Adam(
+            model.shower_flow.flow.parameters(), lr=cfg.shower_flow_lr_start
+        )
+
+    # Trainer protocol
+    def modules(self) -> dict[str, nn.Module]:
+        return self.model.generation_modules()
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"diffusion": self.opt, "latent_flow": self.opt_flow, "shower_flow": self.opt_shower}
+
+    def generators(self) -> dict[str, Any]:
+        return {}  # all randomness is derived from (seed, iteration)
+
+    def checkpoint_json(self) -> dict[str, Any]:
+        return {
+            "model": MODEL_NAME,
+            "config": self.model.config.to_dict(),
+            "seed": self.seed,
+            **self.model.model_info(),
+        }
+
+    def export(self, out: Path) -> None:
+        export_model(self.model, out, extra={
+            "training": {"data": self.data_path, "seed": self.seed,
+                         "n_showers": self.data.n_showers},
+            "energy_range_gev": [float(self.data.energies.min()), float(self.data.energies.max())],
+        })
+
+    def step(self, iteration: int) -> dict[str, float]:
+        model, cfg, data = self.model, self.model.config, self.data
+        model.train()
+        rng = np.random.default_rng([self.seed, iteration])
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + iteration)
+        n_batch = min(cfg.batch_size, data.n_showers)
+        showers = rng.choice(data.n_showers, size=n_batch, replace=False)
+        counts = torch.as_tensor(data.counts[showers])
+        energies = torch.as_tensor(data.energies[showers], dtype=torch.float32)
+        cond = model.conditions(energies, counts)
+
+        # encoder on (a subset of) the full showers
+        enc_idx, enc_owner = _subsample(data.offsets, showers, cfg.encoder_points, rng)
+        x_enc = torch.from_numpy(model.normalisation.forward(data.points[enc_idx], rng))
+        mu, logvar = model.encoder(x_enc, cond, torch.from_numpy(enc_owner))
+        z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen)
+        kld = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(-1).mean()
+
+        # diffusion on a random subset of points
+        idx, owner = _subsample(data.offsets, showers, cfg.points_per_shower, rng)
+        x0 = torch.from_numpy(model.normalisation.forward(data.points[idx], rng))
+        owner_t = torch.from_numpy(owner)
+        t = model.ddpm.sample_t(n_batch, gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        x_t = model.ddpm.add_noise(x0, t[owner_t], noise)
+        eps = model.net(x_t, model.context(z, cond, t), owner_t)
+        loss_diff = torch.nn.functional.mse_loss(eps, noise)
+        loss = loss_diff + cfg.kld_weight * torch.clamp(kld, min=cfg.kld_min)
+
+        set_lr(self.opt, lr_schedule(iteration, cfg.iterations, cfg.lr_start, cfg.lr_end, cfg.lr_kind))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(
+                list(model.net.parameters()) + list(model.encoder.parameters()), cfg.grad_clip
+            )
+        self.opt.step()
+
+        # latent flow on the detached latents
+        set_lr(self.opt_flow, lr_schedule(iteration, cfg.iterations, cfg.flow_lr_start,
+                                          cfg.flow_lr_end, cfg.lr_kind))
+        loss_flow = model.latent_flow.nll(z.detach(), cond)
+        self.opt_flow.zero_grad(set_to_none=True)
+        loss_flow.backward()
+        nn.utils.clip_grad_norm_(model.latent_flow.parameters(), 10.0)
+        self.opt_flow.step()
+
+        out = {"loss": float(loss_diff.detach()), "kld": float(kld.detach()),
+               "latent_nll": float(loss_flow.detach())}
+
+        # shower flow
+        if iteration < cfg.shower_flow_iterations:
+            sel = rng.integers(0, data.n_showers, size=min(cfg.shower_flow_batch, data.n_showers))
+            feats = {k: v[sel] for k, v in data.features.items()}
+            xs, cs = model.shower_flow.preprocess(feats, data.energies[sel], rng)
+            set_lr(self.opt_shower, lr_schedule(
+                iteration, cfg.shower_flow_iterations, cfg.shower_flow_lr_start,
+                cfg.shower_flow_lr_end, "cosine"))
+            loss_sf = model.shower_flow.nll(xs, cs)
+            self.opt_shower.zero_grad(set_to_none=True)
+            loss_sf.backward()
+            nn.utils.clip_grad_norm_(model.shower_flow.flow.parameters(), 10.0)
+            self.opt_shower.step()
+            out["shower_nll"] = float(loss_sf.detach())
+        return out
+
+
+def export_model(model: CaloClouds, out: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
+    """Write the model folder (``model.json`` + ``model.safetensors``)."""
+    info = model.model_info()
+    info.update(extra or {})
+    return save_model(out, model_type=MODEL_NAME, modules=model.generation_modules(),
+                      config=model.config.to_dict(), extra=info)
+
+
+def build_model(
+    config: CaloCloudsConfig, data: TrainingData, normalisation: Normalisation, seed: int
+) -> CaloClouds:
+    """A freshly initialised model (weights from ``seed``) with data-derived statistics."""
+    torch.manual_seed(seed)
+    cog = (float(np.mean(data.features["cog_x"])), float(np.mean(data.features["cog_y"])))
+    model = CaloClouds(config, normalisation, cog_xy=cog)
+    model.shower_flow.fit_preprocessing(data.features, data.energies)
+    return model
+
+
+def train(
+    *,
+    config: str | dict[str, Any] | CaloCloudsConfig,
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    resume: bool = False,
+    seed: int = 0,
+    iterations: int | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Train CaloClouds on a shower file into ``out`` (see :func:`calogen.models.registry.train_model`).
+
+    On ``resume`` the config, seed and normalisation stored in the checkpoint are used
+    (``iterations`` may still extend the run).
+    """
+    out = Path(out)
+    if resume:
+        latest = latest_checkpoint(out / "checkpoints")
+        if latest is None:
+            raise UsageError(f"{out}: no complete checkpoint to resume from")
+        stored = read_json(latest)["extra"]
+        cfg = CaloCloudsConfig.from_dict(stored["config"])
+        seed = int(stored["seed"])
+        normalisation = Normalisation.from_dict(stored["normalisation"])
+    else:
+        cfg = get_config(config)
+        normalisation = Normalisation.fit(data)
+    if iterations is not None:
+        cfg.iterations = int(iterations)
+        cfg.shower_flow_iterations = min(cfg.shower_flow_iterations, cfg.iterations)
+    t0 = time.perf_counter()
+    train_data = load_training_data(data, cfg.max_showers)
+    model = build_model(cfg, train_data, normalisation, seed)
+    trainer = CaloCloudsTrainer(model, train_data, seed, str(data))
+    result = run_training(
+        trainer, out, iterations=cfg.iterations, checkpoint_every=cfg.checkpoint_every,
+        resume=resume, progress=progress, log_every=min(50, cfg.checkpoint_every),
+        stop_after=stop_after, desc=MODEL_NAME,
+    )
+    history = result["history"]
+    return {
+        "model": MODEL_NAME,
+        "out": str(out),
+        "iterations": result["iteration"],
+        "train_seconds": round(result["seconds"], 1),
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "final": history[-1] if history else {},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# loading and occupancy
+# ---------------------------------------------------------------------------------------------
+
+
+def load_model(model_dir: str | os.PathLike[str], info: dict[str, Any] | None = None) -> CaloClouds:
+    """Rebuild a :class:`CaloClouds` from a model folder."""
+    info = read_model_info(model_dir) if info is None else info
+    if info.get("calogen_model") != MODEL_NAME:
+        raise UsageError(f"{model_dir}: not a caloclouds model ({info.get('calogen_model')})")
+    try:
+        cfg = CaloCloudsConfig.from_dict(info["config"])
+        normalisation = Normalisation.from_dict(info["normalisation"])
+        cog = tuple(info.get("cog_xy_mm", (0.0, 0.0)))
+        occupancy = (
+            OccupancyCorrection.from_dict(info["occupancy"]) if info.get("occupancy") else None
+        )
+    except KeyError as exc:
+        raise UsageError(f"{model_dir}/{MODEL_JSON}: missing entry {exc}") from None
+    model = CaloClouds(cfg, normalisation, cog_xy=cog, occupancy=occupancy)  # type: ignore[arg-type]
+    load_model_tensors(model_dir, model.generation_modules())
+    return model.eval()
+
+
+def load_generator(model_dir: str | os.PathLike[str], info: dict[str, Any] | None = None) -> CaloCloudsGenerator:
+    """Registry hook: the generator of a CaloClouds model folder."""
+    info = read_model_info(model_dir) if info is None else info
+    model = load_model(model_dir, info)
+    e_range = tuple(info.get("energy_range_gev", (10.0, 90.0)))
+    return CaloCloudsGenerator(model, energy_range_gev=e_range)  # type: ignore[arg-type]
+
+
+def fit_occupancy(
+    model_dir: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    *,
+    n_showers: int = 1000,
+    seed: int = 0,
+    geometry: str = "slab",
+) -> dict[str, Any]:
+    """Fit ``c_N`` from data and generated showers (identity correction while generating)."""
+    from calogen.geometry import get_calorimeter, project
+
+    try:
+        calorimeter = get_calorimeter(geometry)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    model_dir = Path(model_dir)
+    info = read_model_info(model_dir)
+    model = load_model(model_dir, info)
+    model.occupancy = OccupancyCorrection.identity()
+    with ShowerFile(data) as f:
+        real = f.read(0, min(n_showers, len(f)))
+    n_data = np.asarray(real._num_points, np.float64)  # noqa: SLF001
+    occ_data = project(real, calorimeter).hits_per_shower().astype(np.float64)
+    energies = real.energies.reshape(-1).astype(np.float64)
+    gen = CaloCloudsGenerator(model)
+    fake = gen.sample(energies, seed=seed)
+    n_gen = np.asarray(fake._num_points, np.float64)  # noqa: SLF001
+    occ_gen = project(fake, calorimeter).hits_per_shower().astype(np.float64)
+    corr = OccupancyCorrection.fit(n_data, occ_data, n_gen, occ_gen)
+    info["occupancy"] = corr.to_dict()
+    corr.save(model_dir / "occupancy.json")
+    write_json(model_dir / MODEL_JSON, info)
+    return {
+        "model": str(model_dir),
+        "showers": int(len(energies)),
+        "mean_hits_data": float(occ_data.mean()),
+        "mean_hits_generated_uncorrected": float(occ_gen.mean()),
+        "mean_points_data": float(n_data.mean()),
+        "mean_points_generated": float(n_gen.mean()),
+        "factor_at_mean_points": float(corr.factor([n_data.mean()])[0]),
+    }
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise CalogenError(message)
+
+
+__all__ = [
+    "PRESETS",
+    "CaloClouds",
+    "CaloCloudsConfig",
+    "CaloCloudsGenerator",
+    "CaloCloudsTrainer",
+    "build_model",
+    "export_model",
+    "fit_occupancy",
+    "get_config",
+    "load_generator",
+    "load_model",
+    "load_training_data",
+    "train",
+]
