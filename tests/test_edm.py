@@ -16,6 +16,7 @@ from calogen.models.edm import (
     edm_loss,
     edm_loss_weight,
     edm_scalings,
+    ema_warmup_decay,
     fourier_features,
     heun_evaluations,
     heun_sample,
@@ -173,22 +174,19 @@ def test_ema_update_and_warmup() -> None:
     model = nn.Linear(2, 2)
     with torch.no_grad():
         model.weight.fill_(0.0)
-    ema = EMA(model, decay=0.9, warmup=False)
+    ema = EMA(model, decay=0.9)
     with torch.no_grad():
         model.weight.fill_(1.0)
     ema.update(model)
-    assert torch.allclose(ema.module.weight, torch.full((2, 2), 0.1))
-    ema.update(model)
-    assert torch.allclose(ema.module.weight, torch.full((2, 2), 0.19))
-    assert not any(p.requires_grad for p in ema.module.parameters())
-    warm = EMA(model, decay=0.999, warmup=True)
-    assert warm.current_decay() == pytest.approx(0.1)
-    warm.num_updates = 10_000
-    assert warm.current_decay() == pytest.approx(0.999)
-    state = ema.state_dict()
-    other = EMA(nn.Linear(2, 2), decay=0.9)
-    other.load_state_dict(state, num_updates=2)
-    assert torch.equal(other.module.weight, ema.module.weight) and other.num_updates == 2
+    assert torch.allclose(ema.shadow.weight, torch.full((2, 2), 0.1))
+    ema.update(model, decay=ema_warmup_decay(100, 0.9))
+    assert torch.allclose(ema.shadow.weight, torch.full((2, 2), 0.19))
+    assert not any(p.requires_grad for p in ema.shadow.parameters())
+    assert ema_warmup_decay(0, 0.999) == pytest.approx(0.1)
+    assert ema_warmup_decay(10_000, 0.999) == pytest.approx(0.999)
+    assert ema_warmup_decay(0, 0.999, warmup=False) == 0.999
+    with pytest.raises(ValueError):
+        ema_warmup_decay(0, 1.0)
 
 
 def test_fourier_features_and_config() -> None:

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "calogen.cli.data",
     "calogen.cli.models",
     "calogen.cli.evaluate",
+    "calogen.cli.bench",
 )
 
 

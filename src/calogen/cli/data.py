@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,7 +57,12 @@ def register(subparsers: Any) -> None:
         help="refuse energies outside the model's training range instead of warning",
     )
     generate.add_argument(
-        "--shards", type=positive_int, default=1, help="split the job into K shards (batch farms)"
+        "--shards",
+        type=positive_int,
+        default=1,
+        help="split the job into K shards of whole chunks (batch farms: HTCondor/SLURM arrays); "
+        "all shards use the same --seed and their files joined in order by 'calogen merge' equal "
+        "a single run. Under torchrun each rank makes one shard, written to OUT.rankNNN.h5",
     )
     generate.add_argument(
         "--shard-index", type=int, default=0, help="which shard (0..K-1) this process makes"
@@ -167,8 +174,16 @@ def run_generate(args: argparse.Namespace) -> int:
     from calogen.generation import check_energy_range, draw_energies, generate_to_file, shard_slice
     from calogen.models.registry import load_generator
 
+    output = args.output
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and args.shards == 1:  # started by torchrun: one shard per rank
+        args.shards, args.shard_index = world, int(os.environ.get("RANK", "0"))
+        stem = Path(args.output)
+        output = str(stem.with_name(f"{stem.stem}.rank{args.shard_index:03d}{stem.suffix}"))
     if not 0 <= args.shard_index < args.shards:
         raise UsageError(f"--shard-index must be in 0..{args.shards - 1}, got {args.shard_index}")
+    if args.seed is None and args.shards > 1:
+        raise UsageError("--seed is required with shards (all shards must share it)")
     seed = _seed(args)
     energies = draw_energies(args.energy, args.num, seed)
     generator = load_generator(args.model)
@@ -182,7 +197,7 @@ def run_generate(args: argparse.Namespace) -> int:
     path = generate_to_file(
         generator,
         energies[part],
-        args.output,
+        output,
         seed=seed,
         first_chunk=part.start // args.chunk_size,
         directions=None if directions is None else directions[part],

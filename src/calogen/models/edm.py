@@ -21,18 +21,20 @@ Pieces:
   with ``σ_N = 0`` appended;
 * :func:`heun_sample` — the deterministic 2nd-order Heun sampler (algorithm 1 of the paper):
   ``N`` steps cost ``2N - 1`` network evaluations (13 steps = 25 evaluations);
-* :class:`EMA` — exponential moving average of the weights (with an optional warm-up).
+* :func:`ema_warmup_decay` — the decay schedule of the EMA of the weights (the EMA itself is
+  :class:`calogen.models.training.EMA`, re-exported here).
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
+
+from calogen.models.training import EMA
 
 #: Network callable ``net(x_in, c_noise, cond) -> tensor shaped like x_in``.
 Net = Callable[[Tensor, Tensor, object], Tensor]
@@ -224,46 +226,19 @@ def heun_sample(
     return x
 
 
-class EMA:
-    """Exponential moving average of a module's parameters (buffers are copied).
+def ema_warmup_decay(num_updates: int, decay: float, warmup: bool = True) -> float:
+    """EMA decay for update number ``num_updates`` (0-based): ``min(decay, (1+n)/(10+n))``.
 
-    ``shadow ← d·shadow + (1 − d)·params`` after each optimizer step, where
-    ``d = min(decay, (1 + n) / (10 + n))`` with ``warmup`` (``n`` = number of updates so far)
-    and ``d = decay`` without it. The averaged copy is :attr:`module` (eval mode, no grads).
+    The warm-up lets the average follow the fast early training instead of remembering the
+    random initialisation; it is a pure function of the iteration, so resumed runs match.
+    Use with :class:`calogen.models.training.EMA` (``ema.update(model, decay=...)``).
     """
-
-    def __init__(self, model: nn.Module, decay: float = 0.999, *, warmup: bool = True) -> None:
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
-        self.decay = float(decay)
-        self.warmup = bool(warmup)
-        self.num_updates = 0
-        self.module = copy.deepcopy(model).eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-
-    def current_decay(self) -> float:
-        if not self.warmup:
-            return self.decay
-        n = self.num_updates
-        return min(self.decay, (1.0 + n) / (10.0 + n))
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        d = self.current_decay()
-        for shadow, param in zip(self.module.parameters(), model.parameters(), strict=True):
-            shadow.lerp_(param.detach(), 1.0 - d)
-        for shadow, buf in zip(self.module.buffers(), model.buffers(), strict=True):
-            shadow.copy_(buf)
-        self.num_updates += 1
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return self.module.state_dict()
-
-    def load_state_dict(self, state: dict[str, Tensor], num_updates: int | None = None) -> None:
-        self.module.load_state_dict(state)
-        if num_updates is not None:
-            self.num_updates = int(num_updates)
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+    if not warmup:
+        return float(decay)
+    n = max(int(num_updates), 0)
+    return min(float(decay), (1.0 + n) / (10.0 + n))
 
 
 @torch.no_grad()
@@ -302,6 +277,7 @@ __all__ = [
     "edm_loss_weight",
     "edm_scalings",
     "ema_update_",
+    "ema_warmup_decay",
     "fourier_features",
     "heun_evaluations",
     "heun_sample",

@@ -104,7 +104,11 @@ def save_tensors(
     """Write tensors to a safetensors file atomically (copies; shared storage is fine)."""
     path = Path(path)
     flat = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-    _atomic_write_bytes(path, lambda tmp: save_file(flat, str(tmp), metadata=metadata))
+    def write(tmp: Path) -> None:
+        save_file(flat, str(tmp), metadata=metadata)
+        os.chmod(tmp, 0o644)
+
+    _atomic_write_bytes(path, write)
     return path
 
 

@@ -1,0 +1,76 @@
+"""``calogen bench``: how fast a generator makes showers on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from calogen.cli import positive_int
+from calogen.errors import UsageError
+
+
+def register(subparsers: Any) -> None:
+    bench = subparsers.add_parser(
+        "bench",
+        help="time shower generation (ms per shower, showers/s, memory, FLOP rate)",
+        description="Generate showers with incident energies uniform in 10-90 GeV and report "
+        "ms per shower (median of repeats, with min and max), showers and points per second, "
+        "peak memory, and the networks' FLOP rate against this machine's measured dense-matmul "
+        "peak on the same threads.",
+    )
+    bench.add_argument(
+        "--model",
+        default="default",
+        metavar="DIR|default|gflash",
+        help="trained model folder, 'default' (the shipped model) or 'gflash'",
+    )
+    bench.add_argument("--num", type=positive_int, default=100, help="showers per repeat")
+    bench.add_argument("--batch", type=positive_int, default=1, help="showers per sample() call")
+    bench.add_argument("--threads", type=positive_int, default=1, help="torch threads")
+    bench.add_argument("--repeats", type=positive_int, default=3, help="timed repeats")
+    bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--json", action="store_true", help="print the result as JSON")
+    bench.set_defaults(func=run_bench)
+
+
+def load_for_bench(model: str, device: str) -> Any:
+    """The generator named by ``--model``."""
+    if model == "gflash":
+        from calogen.reference.gflash import GFlash
+
+        return GFlash()
+    from calogen.models.registry import load_generator
+
+    generator = load_generator(None if model == "default" else model)
+    if device != "cpu":
+        to = getattr(generator, "to", None)
+        if to is None:
+            raise UsageError(f"model '{generator.name}' cannot run on {device}")
+        generator = to(device) or generator
+    return generator
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from calogen.benchmark import benchmark
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available on this machine")
+    generator = load_for_bench(args.model, args.device)
+    result = benchmark(
+        generator,
+        num=args.num,
+        batch=args.batch,
+        repeats=args.repeats,
+        threads=args.threads,
+        device=args.device,
+        seed=args.seed,
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print("\n".join(result.lines()))
+    return 0
