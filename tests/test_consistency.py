@@ -58,7 +58,7 @@ class TinyNet(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim + 2, hidden), nn.SiLU(), nn.Linear(hidden, dim))
 
     def forward(self, x_in, c_noise, cond):
-        c_noise = torch.broadcast_to(c_noise, x_in.shape[:-1] + (1,))
+        c_noise = torch.broadcast_to(c_noise, (*x_in.shape[:-1], 1))
         return self.mlp(torch.cat([x_in, c_noise, cond], dim=-1))
 
 
@@ -67,7 +67,9 @@ def test_consistency_scalings_match_formulas() -> None:
     c_skip, c_out, c_in, c_noise = consistency_scalings(sigma, SMIN, SD)
     for i, s in enumerate(sigma.tolist()):
         assert c_skip[i].item() == pytest.approx(SD**2 / ((s - SMIN) ** 2 + SD**2), rel=1e-12)
-        assert c_out[i].item() == pytest.approx(SD * (s - SMIN) / math.sqrt(SD**2 + s**2), abs=1e-15)
+        assert c_out[i].item() == pytest.approx(
+            SD * (s - SMIN) / math.sqrt(SD**2 + s**2), abs=1e-15
+        )
         assert c_in[i].item() == pytest.approx(1 / math.sqrt(s**2 + SD**2), rel=1e-12)
         assert c_noise[i].item() == pytest.approx(math.log(s) / 4, rel=1e-12)
     assert c_skip[0].item() == 1.0 and c_out[0].item() == 0.0

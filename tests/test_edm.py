@@ -71,7 +71,7 @@ def test_denoiser_combines_network_output() -> None:
     x = torch.randn(3, 5, 4, dtype=torch.float64)
     sigma = torch.tensor([0.1, 1.0, 10.0], dtype=torch.float64).view(3, 1, 1)
     out = den(x, sigma, "cond")
-    c_skip, c_out, c_in, c_noise = edm_scalings(sigma, 0.5)
+    c_skip, c_out, c_in, _ = edm_scalings(sigma, 0.5)
     assert torch.allclose(out, c_skip * x + c_out * 2.0)
     assert torch.allclose(calls["x_in"], c_in * x)
     assert torch.allclose(calls["c_noise"], torch.log(sigma) / 4)

@@ -25,7 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             f"Models: {models_help}."
         ),
     )
-    p.add_argument("model", choices=names, metavar="MODEL", help=f"model to train ({', '.join(names)})")
+    p.add_argument(
+        "model", choices=names, metavar="MODEL", help=f"model to train ({', '.join(names)})"
+    )
     p.add_argument(
         "--config",
         default="small",
@@ -33,17 +35,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "hyperparameters) or a YAML/JSON file with overrides and optional 'base: small|paper' "
         "(default: small)",
     )
-    p.add_argument("--data", required=True, metavar="FILE",
-                   help="training showers (showerdata or legacy CaloClouds HDF5; x, y in mm, "
-                   "layer index, e in GeV; incident energies in GeV)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (model + checkpoints)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in DIR from its newest complete checkpoint")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same run")
-    p.add_argument("--iterations", type=positive_int, default=None, metavar="N",
-                   help="total training iterations (default: from the config)")
-    p.add_argument("--threads", type=positive_int, default=None, metavar="T",
-                   help="CPU threads for torch (default 2)")
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="FILE",
+        help="training showers (showerdata or legacy CaloClouds HDF5; x, y in mm, "
+        "layer index, e in GeV; incident energies in GeV)",
+    )
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="output folder (model + checkpoints)"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in DIR from its newest complete checkpoint",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="random seed (default 0); same seed, same run"
+    )
+    p.add_argument(
+        "--iterations",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="total training iterations (default: from the config)",
+    )
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        metavar="T",
+        help="CPU threads for torch (default 2)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
@@ -61,14 +84,100 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     q.add_argument("--model", required=True, metavar="DIR", help="trained model folder")
     q.add_argument("--data", required=True, metavar="FILE", help="Geant4 showers (HDF5)")
-    q.add_argument("--showers", type=positive_int, default=1000, metavar="N",
-                   help="showers used from the data and generated (default 1000)")
+    q.add_argument(
+        "--showers",
+        type=positive_int,
+        default=1000,
+        metavar="N",
+        help="showers used from the data and generated (default 1000)",
+    )
     q.add_argument("--seed", type=int, default=0, help="random seed for generation (default 0)")
-    q.add_argument("--geometry", default="slab", choices=("slab", "ild"),
-                   help="cell geometry for counting hits (default slab)")
-    q.add_argument("--threads", type=positive_int, default=None, metavar="T",
-                   help="CPU threads for torch (default 2)")
+    q.add_argument(
+        "--geometry",
+        default="slab",
+        choices=("slab", "ild"),
+        help="cell geometry for counting hits (default slab)",
+    )
+    q.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        metavar="T",
+        help="CPU threads for torch (default 2)",
+    )
     q.set_defaults(func=_fit_occupancy)
+
+    _register_distill(subparsers)
+
+
+def _register_distill(subparsers: argparse._SubParsersAction) -> None:
+    d = subparsers.add_parser(
+        "distill",
+        help="distil a CaloClouds II teacher into a one-step consistency model (CM)",
+        description=(
+            "Consistency distillation (Song et al. 2303.01469) of a trained 'caloclouds2' "
+            "teacher into 'caloclouds2-cm': student and target start from the teacher's EMA "
+            "weights; each update takes one Heun step of the teacher on an 18-step Karras "
+            "grid (sigma 0.002-80, rho 7), the target follows the student as an EMA (0.95). "
+            "Progress, checkpoints (safetensors + JSON), --resume and --seed behave as in "
+            "'calogen train'; OUT always holds a usable model for 'calogen generate --model "
+            "OUT' (one network evaluation per shower; the teacher's shower flow and "
+            "calibration)."
+        ),
+    )
+    d.add_argument("--teacher", required=True, metavar="DIR", help="trained caloclouds2 folder")
+    d.add_argument(
+        "--data",
+        required=True,
+        metavar="FILE",
+        help="training showers (the teacher's training file, showerdata or legacy HDF5)",
+    )
+    d.add_argument(
+        "--out", required=True, metavar="DIR", help="output folder (model + checkpoints)"
+    )
+    d.add_argument(
+        "--config",
+        default="small",
+        help="'small' (< 1 h on a CPU), 'paper' or a YAML/JSON file with overrides and optional "
+        "'base: small|paper' (default: small)",
+    )
+    d.add_argument(
+        "--resume", action="store_true", help="continue the run in DIR from its newest checkpoint"
+    )
+    d.add_argument(
+        "--seed", type=int, default=0, help="random seed (default 0); same seed, same run"
+    )
+    d.add_argument(
+        "--iterations",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="total distillation iterations (default: from the config)",
+    )
+    d.add_argument(
+        "--threads", type=positive_int, default=None, metavar="T", help="CPU threads (default 2)"
+    )
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d.set_defaults(func=_distill)
+
+
+def _distill(args: argparse.Namespace) -> int:
+    from calogen.models.caloclouds2 import distill
+    from calogen.models.training import set_threads
+
+    set_threads(args.threads)
+    summary = distill(
+        teacher=args.teacher,
+        config=args.config,
+        data=args.data,
+        out=args.out,
+        resume=args.resume,
+        seed=args.seed,
+        iterations=args.iterations,
+        progress=not args.no_progress,
+    )
+    print(json.dumps(summary, indent=2))
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -559,7 +559,7 @@ def fpd(
     x, y = _prepare(real, gen, normalise)
     n_avail = min(len(x), len(y))
     hi = min(int(max_samples), n_avail)
-    lo = min(int(min_samples), max(2, int(round(hi * min_samples / max_samples))))
+    lo = min(int(min_samples), max(2, round(hi * min_samples / max_samples)))
     lo = max(2, min(lo, hi))
     batches = (1.0 / np.linspace(1.0 / lo, 1.0 / hi, num_points)).astype(np.int64)
     rng = np.random.default_rng(seed)
@@ -585,31 +585,59 @@ def fpd(
     return float(params[0]), float(np.sqrt(np.diag(covs)[0]))
 
 
+def _int_power(base: NDArray[np.float64], degree: int) -> NDArray[np.float64]:
+    """``base ** degree`` for an integer degree >= 1 by repeated squaring (overwrites base)."""
+    if degree < 1 or int(degree) != degree:
+        raise ValueError(f"kernel degree must be a positive integer, got {degree}")
+    result: NDArray[np.float64] | None = None
+    degree = int(degree)
+    while True:
+        if degree & 1:
+            result = base.copy() if result is None else np.multiply(result, base, out=result)
+        degree >>= 1
+        if not degree:
+            return result  # type: ignore[return-value]
+        np.multiply(base, base, out=base)
+
+
 def _poly_kernel_sum(
-    a: NDArray[np.float64], b: NDArray[np.float64], degree: int, exclude_diagonal: bool
+    a: NDArray[np.float64], b: NDArray[np.float64] | None, degree: int, block: int = 1024
 ) -> float:
-    """Sum of ``(a.b / d + 1)^degree`` over all pairs, in blocks (bounded memory)."""
+    """Sum of ``(a_i.b_j / d + 1)^degree`` over all pairs, in blocks (bounded memory).
+
+    With ``b = None`` the sum runs over the pairs ``i != j`` of ``a`` with itself, using the
+    symmetry of the kernel matrix (only blocks on and above the diagonal are computed).
+    """
     gamma = 1.0 / a.shape[1]
+
+    def kernel_sum(p: NDArray[np.float64], q: NDArray[np.float64]) -> float:
+        base = p @ q.T
+        base *= gamma
+        base += 1.0
+        return float(_int_power(base, degree).sum())
+
     total = 0.0
-    block = 1024
+    if b is not None:
+        for start in range(0, len(a), block):
+            total += kernel_sum(a[start : start + block], b)
+        return total
     for start in range(0, len(a), block):
-        k = (a[start : start + block] @ b.T * gamma + 1.0) ** degree
-        total += float(k.sum())
-    if exclude_diagonal:
-        total -= float(np.sum((np.einsum("ij,ij->i", a, a) * gamma + 1.0) ** degree))
-    return total
+        rows = a[start : start + block]
+        total += kernel_sum(rows, rows)  # diagonal block
+        if start + block < len(a):
+            total += 2.0 * kernel_sum(rows, a[start + block :])
+    diagonal = np.einsum("ij,ij->i", a, a) * gamma + 1.0
+    return total - float(np.sum(diagonal**degree))
 
 
-def mmd_poly_unbiased(
-    x: NDArray[np.floating], y: NDArray[np.floating], degree: int = 4
-) -> float:
+def mmd_poly_unbiased(x: NDArray[np.floating], y: NDArray[np.floating], degree: int = 4) -> float:
     """Unbiased quadratic-time MMD^2 with the kernel ``(x.y / d + 1)^degree``."""
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     m, n = len(x), len(y)
-    xx = _poly_kernel_sum(x, x, degree, exclude_diagonal=True) / (m * (m - 1))
-    yy = _poly_kernel_sum(y, y, degree, exclude_diagonal=True) / (n * (n - 1))
-    xy = _poly_kernel_sum(x, y, degree, exclude_diagonal=False) / (m * n)
+    xx = _poly_kernel_sum(x, None, degree) / (m * (m - 1))
+    yy = _poly_kernel_sum(y, None, degree) / (n * (n - 1))
+    xy = _poly_kernel_sum(x, y, degree) / (m * n)
     return float(xx + yy - 2.0 * xy)
 
 

@@ -88,7 +88,7 @@ def longitudinal_bin_labels() -> list[str]:
     labels = []
     for k in range(N_LONGITUDINAL):
         hi = edges[k + 1] if k == N_LONGITUDINAL - 1 else edges[k + 1] - 1
-        labels.append(f"layers {edges[k]}-{hi}")
+        labels.append(f"layer {hi}" if hi == edges[k] else f"layers {edges[k]}-{hi}")
     return labels
 
 

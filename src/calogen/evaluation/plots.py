@@ -23,22 +23,23 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import mplhep  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.collections import PatchCollection  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-from numpy.typing import NDArray  # noqa: E402
+import matplotlib.pyplot as plt
+import mplhep
+import numpy as np
+from matplotlib.collections import PatchCollection
+from matplotlib.colors import LogNorm
+from matplotlib.patches import Rectangle
+from numpy.typing import NDArray
 
-from calogen.evaluation.observables import SampleObservables, ShowerFeatures  # noqa: E402
-from calogen.geometry import THRESHOLD_MEV, Calorimeter  # noqa: E402
+from calogen.evaluation.observables import SampleObservables, ShowerFeatures
+from calogen.geometry import THRESHOLD_MEV, Calorimeter
 
 REFERENCE_COLOR = "0.55"
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink")
@@ -61,7 +62,7 @@ STYLE_OVERRIDES = {
 }
 
 
-def _style():  # noqa: ANN202 - a context manager
+def _style() -> AbstractContextManager[None]:
     return plt.style.context([mplhep.style.ROOT, STYLE_OVERRIDES])
 
 
@@ -89,7 +90,9 @@ def save_figure(fig: plt.Figure, out_dir: str | os.PathLike[str], stem: str) -> 
     return paths
 
 
-def _ratio_axes(ncols: int = 1, width: float = 7.0, height: float = 6.5):  # noqa: ANN202
+def _ratio_axes(
+    ncols: int = 1, width: float = 7.0, height: float = 6.5
+) -> tuple[plt.Figure, NDArray[np.object_]]:
     fig, axes = plt.subplots(
         2,
         ncols,
@@ -117,8 +120,9 @@ def _draw(
     ax.stairs(ref, edges, fill=True, color=REFERENCE_COLOR, alpha=0.55, label=labels[0])
     with np.errstate(divide="ignore", invalid="ignore"):
         ref_rel = np.where(ref > 0, ref_err / ref, np.nan)
-        rax.stairs(1 + ref_rel, edges, baseline=1 - ref_rel, fill=True, color=REFERENCE_COLOR,
-                   alpha=0.4)
+        rax.stairs(
+            1 + ref_rel, edges, baseline=1 - ref_rel, fill=True, color=REFERENCE_COLOR, alpha=0.4
+        )
         for i, (val, err, label) in enumerate(zip(values[1:], errors[1:], labels[1:], strict=True)):
             val, err = np.asarray(val, float), np.asarray(err, float)
             c = color(i)
@@ -126,8 +130,9 @@ def _draw(
             ratio = np.where(ref > 0, val / ref, np.nan)
             ratio_err = np.where(val > 0, ratio * err / val, np.nan)
             rax.stairs(ratio, edges, color=c, lw=1.5)
-            rax.stairs(ratio + ratio_err, edges, baseline=ratio - ratio_err, fill=True, color=c,
-                       alpha=0.2)
+            rax.stairs(
+                ratio + ratio_err, edges, baseline=ratio - ratio_err, fill=True, color=c, alpha=0.2
+            )
     rax.axhline(1.0, color="k", lw=0.8, ls="--")
     rax.set_ylim(*ratio_range)
     rax.set_ylabel("ratio", fontsize=14)
@@ -192,8 +197,14 @@ def plot_cell_energy(
         rax.axvspan(1e-6, threshold_mev, color="0.85", zorder=0)
         ax.set_ylabel("cells per shower")
         rax.set_xlabel("cell energy [MeV]")
-        ax.text(0.03, 0.04, f"< {threshold_mev:g} MeV (half a MIP)", transform=ax.transAxes,
-                fontsize=11, color="0.35")
+        ax.text(
+            0.03,
+            0.04,
+            f"< {threshold_mev:g} MeV (half a MIP)",
+            transform=ax.transAxes,
+            fontsize=11,
+            color="0.35",
+        )
         return save_figure(fig, out_dir, "cell_energy")
 
 
@@ -254,8 +265,15 @@ def plot_cog(samples: Sequence[SampleObservables], out_dir: str | os.PathLike[st
             data = [getattr(s.features, name) for s in samples]
             edges = _edges(data)
             hists = [_hist(d, edges) for d in data]
-            _draw(axes[0, col], axes[1, col], edges, [h for h, _ in hists],
-                  [e for _, e in hists], _labels(samples), legend=col == 0)
+            _draw(
+                axes[0, col],
+                axes[1, col],
+                edges,
+                [h for h, _ in hists],
+                [e for _, e in hists],
+                _labels(samples),
+                legend=col == 0,
+            )
             axes[0, col].set_ylabel("normalised")
             axes[1, col].set_xlabel(xlabel)
             axes[0, col].set_ylim(bottom=0)
@@ -304,8 +322,13 @@ def plot_energy_and_hits(
             ]
             ref_all = np.concatenate([p[0] for p in per_sel]) if per_sel else np.zeros(0)
             if ref_all.size == 0:
-                ax.text(0.5, 0.5, "no showers in the energy selections", ha="center",
-                        transform=ax.transAxes)
+                ax.text(
+                    0.5,
+                    0.5,
+                    "no showers in the energy selections",
+                    ha="center",
+                    transform=ax.transAxes,
+                )
                 continue
             lo_q, hi_q = np.quantile(ref_all, [0.0, 1.0])
             span = max(hi_q - lo_q, 1.0)
@@ -321,11 +344,26 @@ def plot_energy_and_hits(
                     errs2[k] += counts / norm**2
                 if data[0].size:
                     peak = float(np.median(data[0]))
-                    ax.annotate(label, (peak, 1.0), xytext=(0, -6), textcoords="offset points",
-                                ha="center", va="top", fontsize=11, color="0.3",
-                                xycoords=("data", "axes fraction"))
-            _draw(ax, rax, edges, totals, [np.sqrt(e) for e in errs2], _labels(samples),
-                  legend=col == 0)
+                    ax.annotate(
+                        label,
+                        (peak, 1.0),
+                        xytext=(0, -6),
+                        textcoords="offset points",
+                        ha="center",
+                        va="top",
+                        fontsize=11,
+                        color="0.3",
+                        xycoords=("data", "axes fraction"),
+                    )
+            _draw(
+                ax,
+                rax,
+                edges,
+                totals,
+                [np.sqrt(e) for e in errs2],
+                _labels(samples),
+                legend=col == 0,
+            )
             ax.set_ylabel("fraction of showers (per selection)")
             rax.set_xlabel(xlabel)
         fig.subplots_adjust(wspace=0.25)
@@ -359,15 +397,26 @@ def plot_event_display(
                 x, y, z, e = h.x_mm, h.y_mm, h.layer.astype(float), h.energy_mev
                 what = "cells"
             e = np.clip(np.asarray(e, float), 1e-4, None)
-            scatter = ax.scatter(x, z, y, c=np.log10(e), s=2 + 6 * (e / e.max()) ** 0.5,
-                                 cmap="viridis", alpha=0.7, linewidths=0, rasterized=True)
+            scatter = ax.scatter(
+                x,
+                z,
+                y,
+                c=np.log10(e),
+                s=2 + 6 * (e / e.max()) ** 0.5,
+                cmap="viridis",
+                alpha=0.7,
+                linewidths=0,
+                rasterized=True,
+            )
             ax.set_box_aspect((1.0, 1.8, 1.0))
             ax.set_xlabel("x [mm]", fontsize=11, labelpad=6)
             ax.set_ylabel("layer", fontsize=11, labelpad=6)
             ax.set_zlabel("y [mm]", fontsize=11, labelpad=6)
             ax.tick_params(labelsize=9)
-            ax.set_title(f"{sample.label}: {display.incident_energy_gev:.1f} GeV, "
-                         f"{len(x)} {what}", fontsize=13)
+            ax.set_title(
+                f"{sample.label}: {display.incident_energy_gev:.1f} GeV, {len(x)} {what}",
+                fontsize=13,
+            )
             bar = fig.colorbar(scatter, ax=ax, shrink=0.55, pad=0.12)
             bar.set_label("log10(E / MeV)", fontsize=12)
         return save_figure(fig, out_dir, "event_display")
@@ -406,9 +455,11 @@ def plot_layer_map(
     ref_display = samples[0].display
     if layer is None:
         if ref_display is not None and len(ref_display.hits):
-            per_layer = np.bincount(ref_display.hits.layer,
-                                    weights=ref_display.hits.energy_mev,
-                                    minlength=calorimeter.n_layers)
+            per_layer = np.bincount(
+                ref_display.hits.layer,
+                weights=ref_display.hits.energy_mev,
+                minlength=calorimeter.n_layers,
+            )
             layer = int(np.argmax(per_layer))
         else:
             layer = calorimeter.n_layers // 2
@@ -419,8 +470,9 @@ def plot_layer_map(
             sel = ref_display.hits.layer == layer
             if sel.any():  # square containing 98 % of the layer energy
                 e = ref_display.hits.energy_mev[sel].astype(float)
-                r = np.maximum(np.abs(ref_display.hits.x_mm[sel]),
-                               np.abs(ref_display.hits.y_mm[sel])).astype(float)
+                r = np.maximum(
+                    np.abs(ref_display.hits.x_mm[sel]), np.abs(ref_display.hits.y_mm[sel])
+                ).astype(float)
                 order = np.argsort(r)
                 cum = np.cumsum(e[order]) / e.sum()
                 extent = r[order][min(np.searchsorted(cum, 0.98), len(r) - 1)]
@@ -432,8 +484,11 @@ def plot_layer_map(
     ]
     all_e = np.concatenate(energies) if energies else np.zeros(0)
     all_e = all_e[all_e > 0]
-    norm = LogNorm(vmin=max(all_e.min(), 1e-3), vmax=max(all_e.max(), 2e-3)) if all_e.size \
+    norm = (
+        LogNorm(vmin=max(all_e.min(), 1e-3), vmax=max(all_e.max(), 2e-3))
+        if all_e.size
         else LogNorm(1e-1, 1e2)
+    )
     n = len(samples)
     with _style():
         fig, axes = plt.subplots(1, n, figsize=(6.2 * n, 6.0), squeeze=False)
@@ -452,28 +507,48 @@ def plot_layer_map(
                 continue
             hits = display.hits
             sel = hits.layer == layer
-            rects = [Rectangle((x - size / 2, y - size / 2), size, size)
-                     for x, y in zip(hits.x_mm[sel], hits.y_mm[sel], strict=True)]
+            rects = [
+                Rectangle((x - size / 2, y - size / 2), size, size)
+                for x, y in zip(hits.x_mm[sel], hits.y_mm[sel], strict=True)
+            ]
             coll = PatchCollection(rects, cmap="viridis", norm=norm, edgecolor="none")
             coll.set_array(np.asarray(hits.energy_mev[sel], float))
             ax.add_collection(coll)
             mappable = coll
             # dead gaps (detector frame -> frame of the impact point)
             stagger = calorimeter.stagger_x_mm[layer]
-            for a, b in _gap_intervals(impact_mm[0] - half_width_mm, impact_mm[0] + half_width_mm,
-                                       calorimeter.wafer_cells, size, calorimeter.gap_x_mm,
-                                       stagger):
+            for a, b in _gap_intervals(
+                impact_mm[0] - half_width_mm,
+                impact_mm[0] + half_width_mm,
+                calorimeter.wafer_cells,
+                size,
+                calorimeter.gap_x_mm,
+                stagger,
+            ):
                 ax.axvspan(a - impact_mm[0], b - impact_mm[0], color="k", zorder=3)
-            for a, b in _gap_intervals(impact_mm[1] - half_width_mm, impact_mm[1] + half_width_mm,
-                                       calorimeter.wafer_cells, size, calorimeter.gap_y_mm, 0.0):
+            for a, b in _gap_intervals(
+                impact_mm[1] - half_width_mm,
+                impact_mm[1] + half_width_mm,
+                calorimeter.wafer_cells,
+                size,
+                calorimeter.gap_y_mm,
+                0.0,
+            ):
                 ax.axhspan(a - impact_mm[1], b - impact_mm[1], color="k", zorder=3)
             pts = display.points
             if pts.shape[0]:
                 on_layer = np.rint(pts[:, 2]).astype(int) == layer
-                ax.scatter(pts[on_layer, 0], pts[on_layer, 1], s=1.5,
-                           color="0.1" if i == 0 else color(i - 1), alpha=0.6, zorder=4)
-            ax.set_title(f"{sample.label}: {display.incident_energy_gev:.1f} GeV, layer {layer}",
-                         fontsize=13)
+                ax.scatter(
+                    pts[on_layer, 0],
+                    pts[on_layer, 1],
+                    s=1.5,
+                    color="0.1" if i == 0 else color(i - 1),
+                    alpha=0.6,
+                    zorder=4,
+                )
+            ax.set_title(
+                f"{sample.label}: {display.incident_energy_gev:.1f} GeV, layer {layer}", fontsize=13
+            )
         if mappable is not None:
             fig.colorbar(mappable, ax=list(axes[0]), shrink=0.85, label="cell energy [MeV]")
         return save_figure(fig, out_dir, "layer_map")
@@ -496,6 +571,7 @@ def make_all_plots(
         "cog": plot_cog(samples, out_dir),
         "visible_energy_hits": plot_energy_and_hits(samples, out_dir),
         "event_display": plot_event_display(samples, out_dir),
-        "layer_map": plot_layer_map(samples, out_dir, calorimeter, layer=layer,
-                                    impact_mm=impact_mm),
+        "layer_map": plot_layer_map(
+            samples, out_dir, calorimeter, layer=layer, impact_mm=impact_mm
+        ),
     }

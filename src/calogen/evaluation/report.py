@@ -131,7 +131,9 @@ def collect(
         ) as bar:
             for chunk in f.iter_chunks(config.chunk_size, stop=n):
                 hits = project(
-                    chunk, calorimeter, impact_mm=config.impact_mm,
+                    chunk,
+                    calorimeter,
+                    impact_mm=config.impact_mm,
                     threshold_mev=config.threshold_mev,
                 )
                 acc.add(hits, chunk)
@@ -199,16 +201,24 @@ def _compare(
 ) -> dict:
     """All metrics of one comparison (features and cell energies of both samples)."""
     table = M.w1_table(
-        reference[0], candidate[0], reference[1], candidate[1],
-        standardisation=standardisation, n_batches=config.n_batches,
-        batch_size=batch_size, cell_batch_size=cell_batch_size,
+        reference[0],
+        candidate[0],
+        reference[1],
+        candidate[1],
+        standardisation=standardisation,
+        n_batches=config.n_batches,
+        batch_size=batch_size,
+        cell_batch_size=cell_batch_size,
     )
     ref_matrix, _ = reference[0].matrix()
     cand_matrix, _ = candidate[0].matrix()
     out: dict = {"w1": table.to_dict()}
     try:
         out["classifier"] = M.classifier_test(
-            ref_matrix, cand_matrix, k_folds=config.k_folds, epochs=config.classifier_epochs,
+            ref_matrix,
+            cand_matrix,
+            k_folds=config.k_folds,
+            epochs=config.classifier_epochs,
             seed=config.seed,
         ).to_dict()
     except ValueError as exc:
@@ -285,8 +295,12 @@ def compute_metrics(
         entry = _summary(cand)
         entry.update(
             _compare(
-                ref_pair, (cand.features, cand.cell_sample_mev), standardisation, config,
-                batch_size, cell_batch_size,
+                ref_pair,
+                (cand.features, cand.cell_sample_mev),
+                standardisation,
+                config,
+                batch_size,
+                cell_batch_size,
             )
         )
         result["candidates"][cand.label] = entry
@@ -345,17 +359,17 @@ def _table_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
     auc_row = ["classifier AUC"]
     for e in entries:
         c = e.get("classifier", {})
-        auc_row.append(
-            f"{c['auc_mean']:.3f} ± {c['auc_std']:.3f}" if "auc_mean" in c else "-"
-        )
+        auc_row.append(f"{c['auc_mean']:.3f} ± {c['auc_std']:.3f}" if "auc_mean" in c else "-")
     rows.append(auc_row)
     if all("fpd" in e for e in entries):
-        rows.append(["FPD ×10³"] + [
-            f"{e['fpd']['value'] * 1e3:.2f} ± {e['fpd']['error'] * 1e3:.2f}" for e in entries
-        ])
-        rows.append(["KPD ×10³"] + [
-            f"{e['kpd']['value'] * 1e3:.3f} ± {e['kpd']['error'] * 1e3:.3f}" for e in entries
-        ])
+        rows.append(
+            ["FPD ×10³"]
+            + [f"{e['fpd']['value'] * 1e3:.2f} ± {e['fpd']['error'] * 1e3:.2f}" for e in entries]
+        )
+        rows.append(
+            ["KPD ×10³"]
+            + [f"{e['kpd']['value'] * 1e3:.3f} ± {e['kpd']['error'] * 1e3:.3f}" for e in entries]
+        )
     return header, rows
 
 
@@ -368,13 +382,14 @@ def _bin_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
     )
     rows = []
     for k, label in enumerate(longitudinal_bin_labels()):
-        rows.append([f"longitudinal {label}"] + [
-            _pm(e["w1"]["per_feature"][f"longitudinal_{k}"]) for e in entries
-        ])
+        rows.append(
+            [f"longitudinal {label}"]
+            + [_pm(e["w1"]["per_feature"][f"longitudinal_{k}"]) for e in entries]
+        )
     for k, label in enumerate(radial_bin_labels()):
-        rows.append([f"radial {label}"] + [
-            _pm(e["w1"]["per_feature"][f"radial_{k}"]) for e in entries
-        ])
+        rows.append(
+            [f"radial {label}"] + [_pm(e["w1"]["per_feature"][f"radial_{k}"]) for e in entries]
+        )
     return header, rows
 
 
@@ -393,17 +408,29 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _samples_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["sample", "file", "showers", "E_inc [GeV]", "<E_vis> [MeV]", "<hits>",
-              "<E_vis/E_inc>"]
+    header = [
+        "sample",
+        "file",
+        "showers",
+        "E_inc [GeV]",
+        "<E_vis> [MeV]",
+        "<hits>",
+        "<E_vis/E_inc>",
+    ]
     rows = []
     for entry in [metrics["reference"], *metrics["candidates"].values()]:
         e = entry["incident_energy_gev"]
-        rows.append([
-            entry["label"], entry.get("path", ""), str(entry["n_showers"]),
-            f"{e['min']:.1f}-{e['max']:.1f} (mean {e['mean']:.1f})",
-            f"{entry['mean_visible_energy_mev']:.1f}", f"{entry['mean_n_hits']:.1f}",
-            f"{entry['mean_sampling_fraction']:.4f}",
-        ])
+        rows.append(
+            [
+                entry["label"],
+                entry.get("path", ""),
+                str(entry["n_showers"]),
+                f"{e['min']:.1f}-{e['max']:.1f} (mean {e['mean']:.1f})",
+                f"{entry['mean_visible_energy_mev']:.1f}",
+                f"{entry['mean_n_hits']:.1f}",
+                f"{entry['mean_sampling_fraction']:.4f}",
+            ]
+        )
     return header, rows
 
 
@@ -442,8 +469,12 @@ def render_markdown(metrics: dict, figures: dict[str, list[Path]]) -> str:
     for stem, paths in figures.items():
         png = next((p for p in paths if p.suffix == ".png"), paths[0])
         pdf = next((p for p in paths if p.suffix == ".pdf"), None)
-        lines += [f"![{stem}]({png.name})", "", FIGURE_CAPTIONS.get(stem, stem)
-                  + (f" ([PDF]({pdf.name}))" if pdf else ""), ""]
+        lines += [
+            f"![{stem}]({png.name})",
+            "",
+            FIGURE_CAPTIONS.get(stem, stem) + (f" ([PDF]({pdf.name}))" if pdf else ""),
+            "",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -586,8 +617,12 @@ def evaluate(
         result["candidates"][cand.label]["path"] = str(path)
 
     figures = make_all_plots(
-        [ref_sample, *cand_samples], out, calorimeter, threshold_mev=threshold,
-        impact_mm=config.impact_mm, layer=config.layer,
+        [ref_sample, *cand_samples],
+        out,
+        calorimeter,
+        threshold_mev=threshold,
+        impact_mm=config.impact_mm,
+        layer=config.layer,
     )
     result["figures"] = {stem: [p.name for p in ps] for stem, ps in figures.items()}
     result["run"] = {
@@ -599,8 +634,9 @@ def evaluate(
         "config": asdict(config),
         "seconds": time.perf_counter() - start,
     }
-    _atomic_write_text(out / "metrics.json",
-                       json.dumps(result, indent=2, default=_json_default) + "\n")
+    _atomic_write_text(
+        out / "metrics.json", json.dumps(result, indent=2, default=_json_default) + "\n"
+    )
     _atomic_write_text(out / "report.md", render_markdown(result, figures))
     _atomic_write_text(out / "report.html", render_html(result, figures))
     return result

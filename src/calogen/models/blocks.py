@@ -19,6 +19,7 @@ Point layouts accepted everywhere:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -28,6 +29,8 @@ from torch import Tensor, nn
 def _expand_context(values: Tensor, x: Tensor, context: Tensor, index: Tensor | None) -> Tensor:
     """Bring per-shower context projections ``values`` to the layout of ``x``."""
     if index is not None:
+        if values.shape[0] == 1:  # a single shower: broadcasting is cheaper than a gather
+            return values
         return values.index_select(0, index)
     if x.dim() == 3 and context.dim() == 2:
         return values.unsqueeze(1)
@@ -61,7 +64,7 @@ class ConcatSquashLinear(nn.Module):
         bias = self.hyper_bias(context)
         gate = _expand_context(gate, x, context, index)
         bias = _expand_context(bias, x, context, index)
-        return self.layer(x) * gate + bias
+        return torch.addcmul(bias, self.layer(x), gate)
 
 
 class PointWiseNet(nn.Module):
@@ -94,7 +97,7 @@ class PointWiseNet(nn.Module):
         self.residual = bool(residual)
         dims = (self.point_dim, *self.widths, self.point_dim)
         self.layers = nn.ModuleList(
-            ConcatSquashLinear(a, b, self.context_dim) for a, b in zip(dims[:-1], dims[1:])
+            ConcatSquashLinear(a, b, self.context_dim) for a, b in itertools.pairwise(dims)
         )
         self.act = nn.LeakyReLU(negative_slope)
 

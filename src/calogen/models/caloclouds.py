@@ -44,7 +44,7 @@ from calogen.calibration import OccupancyCorrection, calibrate, distribute_count
 from calogen.data.io import ShowerFile
 from calogen.data.normalisation import Normalisation
 from calogen.data.packed import PackedPoints, pack, unpack
-from calogen.errors import CalogenError, UsageError
+from calogen.errors import UsageError
 from calogen.generator import as_rng, check_energies
 from calogen.models.blocks import EPiCEncoder, PointWiseNet
 from calogen.models.configs import resolve_config
@@ -140,8 +140,15 @@ class CaloCloudsConfig:
         return cfg
 
     def validate(self) -> None:
-        positive = ("latent_dim", "encoder_hidden", "iterations", "batch_size", "diffusion_steps",
-                    "checkpoint_every", "max_points")
+        positive = (
+            "latent_dim",
+            "encoder_hidden",
+            "iterations",
+            "batch_size",
+            "diffusion_steps",
+            "checkpoint_every",
+            "max_points",
+        )
         for key in positive:
             if int(getattr(self, key)) <= 0:
                 raise UsageError(f"config '{key}' must be > 0")
@@ -161,7 +168,10 @@ PRESETS: dict[str, CaloCloudsConfig] = {
         latent_flow_transforms=4,
         latent_flow_hidden=(64, 64),
         shower_flow=ShowerFlowConfig(
-            feature_set="caloclouds", blocks=4, affine_per_block=1, spline_per_block=1,
+            feature_set="caloclouds",
+            blocks=4,
+            affine_per_block=1,
+            spline_per_block=1,
             hidden=(128, 128),
         ).to_dict(),
         time_embedding="sinusoidal",
@@ -177,7 +187,7 @@ PRESETS: dict[str, CaloCloudsConfig] = {
         flow_lr_end=1e-4,
         shower_flow_lr_start=2e-3,
         shower_flow_lr_end=1e-5,
-        shower_flow_iterations=6000,
+        shower_flow_iterations=4000,
         shower_flow_batch=256,
         checkpoint_every=500,
     ),
@@ -219,17 +229,28 @@ class CaloClouds(nn.Module):
         self.cog_xy = (float(cog_xy[0]), float(cog_xy[1]))
         self.occupancy = occupancy or OccupancyCorrection.identity()
         self.ddpm = DDPM(
-            config.diffusion_steps, config.beta_1, config.beta_T, config.schedule,
-            config.time_embedding, config.time_dim,
+            config.diffusion_steps,
+            config.beta_1,
+            config.beta_T,
+            config.schedule,
+            config.time_embedding,
+            config.time_dim,
         )
         context_dim = config.latent_dim + 2 + self.ddpm.time_dim
         self.net = PointWiseNet(4, context_dim, config.widths, residual=True)
         self.encoder = EPiCEncoder(
-            point_dim=4, cond_dim=2, latent_dim=config.latent_dim, hidden=config.encoder_hidden,
-            global_dim=config.encoder_global, n_layers=config.encoder_layers,
+            point_dim=4,
+            cond_dim=2,
+            latent_dim=config.latent_dim,
+            hidden=config.encoder_hidden,
+            global_dim=config.encoder_global,
+            n_layers=config.encoder_layers,
         )
         self.latent_flow = LatentFlow(
-            config.latent_dim, 2, config.latent_flow_transforms, config.latent_flow_hidden,
+            config.latent_dim,
+            2,
+            config.latent_flow_transforms,
+            config.latent_flow_hidden,
             config.latent_flow_bins,
         )
         self.shower_flow = ShowerFlow(ShowerFlowConfig.from_dict(config.shower_flow))
@@ -278,7 +299,9 @@ class CaloClouds(nn.Module):
             z_c, cond_c = z[sl], cond[sl]
             steps = torch.empty(last - first, dtype=torch.long)
 
-            def eps_fn(x: Tensor, t: int, z_c=z_c, cond_c=cond_c, index=index, steps=steps) -> Tensor:
+            def eps_fn(
+                x: Tensor, t: int, z_c=z_c, cond_c=cond_c, index=index, steps=steps
+            ) -> Tensor:
                 ctx = self.context(z_c, cond_c, steps.fill_(t))
                 return self.net(x, ctx, index)
 
@@ -290,8 +313,13 @@ class CaloClouds(nn.Module):
 
         shower = np.repeat(np.arange(n_showers), counts)
         calibrate(
-            points_out, shower, n_showers=n_showers, energy_total=flow_out["e_vis"],
-            counts_per_layer=counts_layer, depth=depth_out, cog_xy=np.asarray(self.cog_xy),
+            points_out,
+            shower,
+            n_showers=n_showers,
+            energy_total=flow_out["e_vis"],
+            counts_per_layer=counts_layer,
+            depth=depth_out,
+            cog_xy=np.asarray(self.cog_xy),
         )
         packed = PackedPoints(points=points_out, shower=shower, counts=counts)
         return packed, {"e_vis": flow_out["e_vis"], "n_per_layer": counts_layer}
@@ -318,7 +346,9 @@ class CaloCloudsGenerator:
     supports_direction = False
 
     def __init__(
-        self, model: CaloClouds, energy_range_gev: tuple[float, float] = (10.0, 90.0),
+        self,
+        model: CaloClouds,
+        energy_range_gev: tuple[float, float] = (10.0, 90.0),
         name: str = MODEL_NAME,
     ) -> None:
         self.model = model.eval()
@@ -335,7 +365,9 @@ class CaloCloudsGenerator:
     ) -> showerdata.Showers:
         """Showers ``(x mm, y mm, layer, e GeV)`` for incident ``energies [N]`` in GeV."""
         if directions is not None:
-            raise UsageError("caloclouds does not support incident directions (normal incidence only)")
+            raise UsageError(
+                "caloclouds does not support incident directions (normal incidence only)"
+            )
         energies = check_energies(energies)
         gen = torch.Generator().manual_seed(int(as_rng(seed).integers(0, 2**62)))
         packed, _ = self.model.generate(energies, gen)
@@ -365,7 +397,9 @@ class TrainingData:
         return np.diff(self.offsets)
 
 
-def load_training_data(path: str | os.PathLike[str], max_showers: int | None = None) -> TrainingData:
+def load_training_data(
+    path: str | os.PathLike[str], max_showers: int | None = None
+) -> TrainingData:
     """Read a shower file chunk by chunk into packed arrays."""
     chunks, counts, energies = [], [], []
     feats: dict[str, list[NDArray]] = {}
@@ -393,7 +427,9 @@ def load_training_data(path: str | os.PathLike[str], max_showers: int | None = N
 
 
 def _subsample(
-    offsets: NDArray[np.int64], showers: NDArray[np.int64], limit: int | None,
+    offsets: NDArray[np.int64],
+    showers: NDArray[np.int64],
+    limit: int | None,
     rng: np.random.Generator,
 ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """Point indices (into the packed array) and batch-local shower index."""
@@ -451,15 +487,29 @@ class CaloCloudsTrainer:
         }
 
     def export(self, out: Path) -> None:
-        export_model(self.model, out, extra={
-            "training": {"data": self.data_path, "seed": self.seed,
-                         "n_showers": self.data.n_showers},
-            "energy_range_gev": [float(self.data.energies.min()), float(self.data.energies.max())],
-        })
+        export_model(
+            self.model,
+            out,
+            extra={
+                "training": {
+                    "data": self.data_path,
+                    "seed": self.seed,
+                    "n_showers": self.data.n_showers,
+                },
+                "energy_range_gev": [
+                    float(self.data.energies.min()),
+                    float(self.data.energies.max()),
+                ],
+            },
+        )
 
-    def step(self, iteration: int) -> dict[str, float]:
+    def diffusion_losses(self, iteration: int) -> dict[str, Tensor]:
+        """Diffusion + KLD losses of the batch of ``iteration`` (randomness from (seed, it)).
+
+        Returns tensors ``loss`` (total, eq. 3.7), ``diffusion``, ``kld``, and the latents
+        ``z`` and conditions ``cond`` (for the Latent Flow).
+        """
         model, cfg, data = self.model, self.model.config, self.data
-        model.train()
         rng = np.random.default_rng([self.seed, iteration])
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + iteration)
         n_batch = min(cfg.batch_size, data.n_showers)
@@ -485,8 +535,19 @@ class CaloCloudsTrainer:
         eps = model.net(x_t, model.context(z, cond, t), owner_t)
         loss_diff = torch.nn.functional.mse_loss(eps, noise)
         loss = loss_diff + cfg.kld_weight * torch.clamp(kld, min=cfg.kld_min)
+        return {"loss": loss, "diffusion": loss_diff, "kld": kld, "z": z, "cond": cond}
 
-        set_lr(self.opt, lr_schedule(iteration, cfg.iterations, cfg.lr_start, cfg.lr_end, cfg.lr_kind))
+    def step(self, iteration: int) -> dict[str, float]:
+        model, cfg, data = self.model, self.model.config, self.data
+        model.train()
+        losses = self.diffusion_losses(iteration)
+        loss, loss_diff, kld = losses["loss"], losses["diffusion"], losses["kld"]
+        z, cond = losses["z"], losses["cond"]
+        rng = np.random.default_rng([self.seed, iteration, 1])
+
+        set_lr(
+            self.opt, lr_schedule(iteration, cfg.iterations, cfg.lr_start, cfg.lr_end, cfg.lr_kind)
+        )
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
@@ -496,25 +557,37 @@ class CaloCloudsTrainer:
         self.opt.step()
 
         # latent flow on the detached latents
-        set_lr(self.opt_flow, lr_schedule(iteration, cfg.iterations, cfg.flow_lr_start,
-                                          cfg.flow_lr_end, cfg.lr_kind))
+        set_lr(
+            self.opt_flow,
+            lr_schedule(iteration, cfg.iterations, cfg.flow_lr_start, cfg.flow_lr_end, cfg.lr_kind),
+        )
         loss_flow = model.latent_flow.nll(z.detach(), cond)
         self.opt_flow.zero_grad(set_to_none=True)
         loss_flow.backward()
         nn.utils.clip_grad_norm_(model.latent_flow.parameters(), 10.0)
         self.opt_flow.step()
 
-        out = {"loss": float(loss_diff.detach()), "kld": float(kld.detach()),
-               "latent_nll": float(loss_flow.detach())}
+        out = {
+            "loss": float(loss_diff.detach()),
+            "kld": float(kld.detach()),
+            "latent_nll": float(loss_flow.detach()),
+        }
 
         # shower flow
         if iteration < cfg.shower_flow_iterations:
             sel = rng.integers(0, data.n_showers, size=min(cfg.shower_flow_batch, data.n_showers))
             feats = {k: v[sel] for k, v in data.features.items()}
             xs, cs = model.shower_flow.preprocess(feats, data.energies[sel], rng)
-            set_lr(self.opt_shower, lr_schedule(
-                iteration, cfg.shower_flow_iterations, cfg.shower_flow_lr_start,
-                cfg.shower_flow_lr_end, "cosine"))
+            set_lr(
+                self.opt_shower,
+                lr_schedule(
+                    iteration,
+                    cfg.shower_flow_iterations,
+                    cfg.shower_flow_lr_start,
+                    cfg.shower_flow_lr_end,
+                    "cosine",
+                ),
+            )
             loss_sf = model.shower_flow.nll(xs, cs)
             self.opt_shower.zero_grad(set_to_none=True)
             loss_sf.backward()
@@ -524,12 +597,19 @@ class CaloCloudsTrainer:
         return out
 
 
-def export_model(model: CaloClouds, out: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
+def export_model(
+    model: CaloClouds, out: str | os.PathLike[str], extra: dict[str, Any] | None = None
+) -> Path:
     """Write the model folder (``model.json`` + ``model.safetensors``)."""
     info = model.model_info()
     info.update(extra or {})
-    return save_model(out, model_type=MODEL_NAME, modules=model.generation_modules(),
-                      config=model.config.to_dict(), extra=info)
+    return save_model(
+        out,
+        model_type=MODEL_NAME,
+        modules=model.generation_modules(),
+        config=model.config.to_dict(),
+        extra=info,
+    )
 
 
 def build_model(
@@ -579,9 +659,15 @@ def train(
     model = build_model(cfg, train_data, normalisation, seed)
     trainer = CaloCloudsTrainer(model, train_data, seed, str(data))
     result = run_training(
-        trainer, out, iterations=cfg.iterations, checkpoint_every=cfg.checkpoint_every,
-        resume=resume, progress=progress, log_every=min(50, cfg.checkpoint_every),
-        stop_after=stop_after, desc=MODEL_NAME,
+        trainer,
+        out,
+        iterations=cfg.iterations,
+        checkpoint_every=cfg.checkpoint_every,
+        resume=resume,
+        progress=progress,
+        log_every=min(50, cfg.checkpoint_every),
+        stop_after=stop_after,
+        desc=MODEL_NAME,
     )
     history = result["history"]
     return {
@@ -618,7 +704,9 @@ def load_model(model_dir: str | os.PathLike[str], info: dict[str, Any] | None = 
     return model.eval()
 
 
-def load_generator(model_dir: str | os.PathLike[str], info: dict[str, Any] | None = None) -> CaloCloudsGenerator:
+def load_generator(
+    model_dir: str | os.PathLike[str], info: dict[str, Any] | None = None
+) -> CaloCloudsGenerator:
     """Registry hook: the generator of a CaloClouds model folder."""
     info = read_model_info(model_dir) if info is None else info
     model = load_model(model_dir, info)
@@ -647,12 +735,12 @@ def fit_occupancy(
     model.occupancy = OccupancyCorrection.identity()
     with ShowerFile(data) as f:
         real = f.read(0, min(n_showers, len(f)))
-    n_data = np.asarray(real._num_points, np.float64)  # noqa: SLF001
+    n_data = np.asarray(real._num_points, np.float64)
     occ_data = project(real, calorimeter).hits_per_shower().astype(np.float64)
     energies = real.energies.reshape(-1).astype(np.float64)
     gen = CaloCloudsGenerator(model)
     fake = gen.sample(energies, seed=seed)
-    n_gen = np.asarray(fake._num_points, np.float64)  # noqa: SLF001
+    n_gen = np.asarray(fake._num_points, np.float64)
     occ_gen = project(fake, calorimeter).hits_per_shower().astype(np.float64)
     corr = OccupancyCorrection.fit(n_data, occ_data, n_gen, occ_gen)
     info["occupancy"] = corr.to_dict()
@@ -660,18 +748,13 @@ def fit_occupancy(
     write_json(model_dir / MODEL_JSON, info)
     return {
         "model": str(model_dir),
-        "showers": int(len(energies)),
+        "showers": len(energies),
         "mean_hits_data": float(occ_data.mean()),
         "mean_hits_generated_uncorrected": float(occ_gen.mean()),
         "mean_points_data": float(n_data.mean()),
         "mean_points_generated": float(n_gen.mean()),
         "factor_at_mean_points": float(corr.factor([n_data.mean()])[0]),
     }
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise CalogenError(message)
 
 
 __all__ = [

@@ -22,6 +22,7 @@ and shapes are free: ``sigma`` broadcasts against ``x`` (per point, per shower o
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -129,7 +130,7 @@ def consistency_distillation_loss(
     """
     n_grid = sigmas.shape[0]
     if index is None:
-        index = _draw_index(tuple(x0.shape[:-1]) + (1,), n_grid, generator, x0.device)
+        index = _draw_index((*x0.shape[:-1], 1), n_grid, generator, x0.device)
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     grid = sigmas.to(dtype=x0.dtype, device=x0.device)
@@ -223,7 +224,7 @@ def consistency_sample(
     sigmas = [float(s) for s in sigmas]
     if not sigmas:
         raise ValueError("need at least one sigma")
-    if any(b >= a for a, b in zip(sigmas, sigmas[1:], strict=False)):
+    if any(b >= a for a, b in itertools.pairwise(sigmas)):
         raise ValueError(f"sigmas must decrease, got {sigmas}")
     x = f(noise * sigmas[0], _as_tensor(sigmas[0], noise), cond)
     for k, tau in enumerate(sigmas[1:]):

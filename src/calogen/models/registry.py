@@ -57,6 +57,31 @@ MODELS: dict[str, ModelEntry] = {
         description="CaloClouds (2305.04847): DDPM PointWise Net, EPiC encoder, latent and "
         "shower flows, post-diffusion calibration",
     ),
+    "caloclouds2": ModelEntry(
+        module="calogen.models.caloclouds2",
+        description="CaloClouds II (2309.05704): EDM PointWise Net conditioned on E, N and "
+        "time, extended shower flow, per-layer calibration; Heun sampler (13 steps = 25 "
+        "evaluations)",
+    ),
+    "caloclouds2-cm": ModelEntry(
+        module="calogen.models.caloclouds2",
+        description="CaloClouds II (CM): consistency model distilled from a caloclouds2 "
+        "teacher, one evaluation per shower (made by 'calogen distill', not 'train')",
+        train="train_cm",
+    ),
+    "l2lflows": ModelEntry(
+        module="calogen.models.l2lflows",
+        description="L2LFlows (2302.11594): 30x10x10 voxels; a MAF for the layer energies, "
+        "one MAF per layer conditioned on the previous five layers",
+        fit_occupancy=None,
+    ),
+    "bibae": ModelEntry(
+        module="calogen.models.bibae",
+        description="BIB-AE (2005.05334, 2303.18150): 30x30x30 voxels; 3-D conv VAE with "
+        "WGAN-GP image and latent critics, MMD terms and a 1x1x1-conv post-processor; "
+        "conditioned on E, incident angle and visible energy",
+        fit_occupancy=None,
+    ),
 }
 
 
@@ -64,7 +89,9 @@ def get_entry(name: str) -> ModelEntry:
     try:
         return MODELS[name]
     except KeyError:
-        raise UsageError(f"unknown model '{name}' (choose from {', '.join(sorted(MODELS))})") from None
+        raise UsageError(
+            f"unknown model '{name}' (choose from {', '.join(sorted(MODELS))})"
+        ) from None
 
 
 def train_model(

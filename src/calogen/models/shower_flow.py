@@ -192,7 +192,7 @@ class ShowerFlow(nn.Module):
     # -- preprocessing ---------------------------------------------------------------------
     def _stack(self, features: dict[str, Any]) -> NDArray[np.float64]:
         cols = []
-        for name, width in zip(self.names, self.widths):
+        for name, width in zip(self.names, self.widths, strict=True):
             if name not in features:
                 raise UsageError(f"shower flow: feature '{name}' missing")
             cols.append(np.asarray(features[name], dtype=np.float64).reshape(-1, width))
@@ -201,7 +201,7 @@ class ShowerFlow(nn.Module):
     def _transform(self, raw: NDArray[np.float64], rng: np.random.Generator | None) -> NDArray:
         out = raw.copy()
         start = 0
-        for width, kind in zip(self.widths, self.kinds):
+        for width, kind in zip(self.widths, self.kinds, strict=True):
             block = out[:, start : start + width]
             if kind == "count":
                 noise = rng.random(block.shape) if rng is not None else 0.5
@@ -214,7 +214,7 @@ class ShowerFlow(nn.Module):
     def _untransform(self, pre: NDArray[np.float64]) -> dict[str, NDArray]:
         out: dict[str, NDArray] = {}
         start = 0
-        for name, width, kind in zip(self.names, self.widths, self.kinds):
+        for name, width, kind in zip(self.names, self.widths, self.kinds, strict=True):
             block = pre[:, start : start + width]
             if kind == "count":
                 values = np.floor(np.expm1(np.clip(block, 0.0, 20.0)))

@@ -77,7 +77,8 @@ def check_safetensors(path: str | os.PathLike[str]) -> Path:
         raise CalogenError(f"{path}: no such file")
     with path.open("rb") as f:
         head = f.read(9)
-    if head[:2] == b"PK" or head[:1] == b"\x80":
+    # a safetensors header length whose low byte is 0x80 must not read as a pickle
+    if head[8:9] != b"{" and (head[:2] == b"PK" or head[:1] == b"\x80"):
         raise CalogenError(
             f"{path}: is a pickle/torch.save file; calogen only loads safetensors (refused)"
         )
@@ -104,6 +105,7 @@ def save_tensors(
     """Write tensors to a safetensors file atomically (copies; shared storage is fine)."""
     path = Path(path)
     flat = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+
     def write(tmp: Path) -> None:
         save_file(flat, str(tmp), metadata=metadata)
         os.chmod(tmp, 0o644)
@@ -203,7 +205,9 @@ def load_optimizer_state(
     try:
         optimizer.load_state_dict({"state": state, "param_groups": groups})
     except (ValueError, KeyError) as exc:
-        raise CalogenError(f"checkpoint optimizer '{prefix}' does not fit the model: {exc}") from None
+        raise CalogenError(
+            f"checkpoint optimizer '{prefix}' does not fit the model: {exc}"
+        ) from None
 
 
 RNG = torch.Generator | np.random.Generator
@@ -272,14 +276,18 @@ class EMA(nn.Module):
     @torch.no_grad()
     def update(self, module: nn.Module, decay: float | None = None) -> None:
         d = self.decay if decay is None else float(decay)
-        for ema_p, p in zip(self.shadow.parameters(), module.parameters()):
+        for ema_p, p in zip(self.shadow.parameters(), module.parameters(), strict=True):
             ema_p.lerp_(p.detach(), 1.0 - d)
-        for ema_b, b in zip(self.shadow.buffers(), module.buffers()):
+        for ema_b, b in zip(self.shadow.buffers(), module.buffers(), strict=True):
             ema_b.copy_(b)
 
 
 def lr_schedule(
-    iteration: int, total: int, lr_start: float, lr_end: float, kind: str = "cosine",
+    iteration: int,
+    total: int,
+    lr_start: float,
+    lr_end: float,
+    kind: str = "cosine",
     warmup: int = 0,
 ) -> float:
     """Learning rate at ``iteration`` (a pure function, so resumed runs match exactly).
@@ -455,9 +463,7 @@ def read_model_info(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return _from_jsonable(info)
 
 
-def load_model_tensors(
-    model_dir: str | os.PathLike[str], modules: dict[str, nn.Module]
-) -> None:
+def load_model_tensors(model_dir: str | os.PathLike[str], modules: dict[str, nn.Module]) -> None:
     """Load ``model.safetensors`` into ``modules``."""
     path = Path(model_dir) / MODEL_TENSORS
     try:
@@ -545,7 +551,9 @@ def run_training(
         history = list(meta["extra"].get("history", []))
         elapsed_before = float(meta["extra"].get("seconds", 0.0))
     elif list_checkpoints(ckpt_dir):
-        raise UsageError(f"{out}: holds checkpoints of an earlier run (use --resume or a new --out)")
+        raise UsageError(
+            f"{out}: holds checkpoints of an earlier run (use --resume or a new --out)"
+        )
     out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
@@ -563,13 +571,19 @@ def run_training(
             extra_json=extra,
         )
         trainer.export(out)
-        write_json(out / "train_log.json", {"iteration": iteration, "history": history,
-                                            "seconds": extra["seconds"]})
+        write_json(
+            out / "train_log.json",
+            {"iteration": iteration, "history": history, "seconds": extra["seconds"]},
+        )
 
     from tqdm import tqdm
 
     bar = tqdm(
-        total=iterations, initial=start, desc=desc, disable=not progress, dynamic_ncols=True,
+        total=iterations,
+        initial=start,
+        desc=desc,
+        disable=not progress,
+        dynamic_ncols=True,
         mininterval=1.0,
     )
     sums: dict[str, float] = {}

@@ -62,6 +62,7 @@ __all__ = [
     "GFlash",
     "GFlashParameters",
     "longitudinal_fractions",
+    "sampling_fractions",
     "simulate",
     "spot_counts",
 ]
@@ -91,10 +92,8 @@ class GFlashParameters:
         sampling_fraction: visible (silicon) / deposited energy in layers 0-19 (2.1 mm W).
         back_sampling_ratio: sampling fraction of layers 20-29 (4.2 mm W) relative to layers
             0-19 (about 1/2: twice the tungsten per silicon layer).
-        sampling_fraction_slope: relative change of the sampling fraction per unit of
-            ``tau = (t - t0)/T`` beyond the shower maximum (softer particles late in the shower
-            are sampled less); the fraction is ``f (1 + slope (tau - 1))``, clipped to
-            ``[0.5 f, 1.5 f]``.
+        last_layer_factor: extra factor on the sampling fraction of the last layer (its
+            silicon has no absorber behind it, hence no backscattered particles).
         conversion_length_x0: mean depth of the photon conversion, X0 (``9/7`` in theory).
         t_offset_x0: added to the mean depth of the maximum ``T`` of every shower, X0.
         alpha_scale: multiplies the mean shape parameter ``alpha``.
@@ -116,7 +115,7 @@ class GFlashParameters:
 
     sampling_fraction: float = 0.0443
     back_sampling_ratio: float = 0.50
-    sampling_fraction_slope: float = 0.0
+    last_layer_factor: float = 1.0
     conversion_length_x0: float = 9.0 / 7.0
     t_offset_x0: float = 0.0
     alpha_scale: float = 1.0
@@ -317,6 +316,14 @@ def _draw_profiles(
     return t0, alpha, beta
 
 
+def sampling_fractions(parameters: GFlashParameters | None = None) -> NDArray[np.float64]:
+    """Visible (silicon) / deposited energy of each layer ``[30]``."""
+    par = parameters if parameters is not None else GFlashParameters()
+    fraction = np.where(_DETECTOR.thin, 1.0, par.back_sampling_ratio) * par.sampling_fraction
+    fraction[-1] *= par.last_layer_factor
+    return fraction
+
+
 def spot_counts(energies_gev: NDArray[np.float64], par: GFlashParameters) -> NDArray[np.int64]:
     """Number of spots per shower, ``a (E/GeV)^b`` clipped to ``[16, max_spots]``."""
     n = par.spots_per_gev * np.power(energies_gev, par.spots_exponent)
@@ -470,26 +477,23 @@ class GFlash:
             & (np.abs(x) < BOX_HALF_WIDTH_MM)
             & (np.abs(y) < BOX_HALF_WIDTH_MM)
         )
-        owner, layer, x, y, tau = owner[inside], layer[inside], x[inside], y[inside], tau[inside]
+        owner, layer, x, y = owner[inside], layer[inside], x[inside], y[inside]
 
         # ---- energies: deposit, sampling fraction, sampling fluctuations --------------------
         spot_energy = energy / n_spots  # deposited energy per spot, GeV
         cell = owner * N_LAYERS + layer
         n_cells = n * N_LAYERS
-        deposited = np.bincount(cell, minlength=n_cells) * np.repeat(spot_energy, N_LAYERS)
+        spot_count = np.bincount(cell, minlength=n_cells)
+        deposited = spot_count * np.repeat(spot_energy, N_LAYERS)  # GeV per (shower, layer)
         shape = np.maximum(deposited, 1e-12) / par.sampling_term**2
         layer_factor = rng.standard_gamma(shape) / shape
-        fraction = np.where(det.thin, 1.0, par.back_sampling_ratio) * par.sampling_fraction
-        sf = fraction[layer]
-        if par.sampling_fraction_slope != 0.0:
-            sf = sf * np.clip(1.0 + par.sampling_fraction_slope * (tau - 1.0), 0.5, 1.5)
-        spot_noise = rng.standard_normal(owner.shape[0])
-        visible = (
-            spot_energy[owner]
-            * sf
-            * layer_factor[cell]
-            * np.exp(par.spot_sigma * spot_noise - 0.5 * par.spot_sigma**2)
-        )
+        fraction = sampling_fractions(par)
+        # log-normal spot energies, normalised per (shower, layer) so that they shape the
+        # point-energy spectrum without adding to the sampling fluctuations
+        spot_noise = np.exp(par.spot_sigma * rng.standard_normal(owner.shape[0]))
+        noise_sum = np.bincount(cell, spot_noise, minlength=n_cells)
+        norm = spot_count / np.where(noise_sum > 0, noise_sum, 1.0)
+        visible = spot_energy[owner] * fraction[layer] * (layer_factor * norm)[cell] * spot_noise
         return _merge(owner, layer, x, y, visible, n, self.max_points)
 
 

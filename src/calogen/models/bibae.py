@@ -1,0 +1,881 @@
+"""BIB-AE (Buhmann et al. 2005.05334; Diefenbacher et al. 2303.18150) on a voxel grid.
+
+The Bounded-Information-Bottleneck autoencoder on ``30 x 30 x 30`` voxels around the impact
+point (:data:`calogen.data.voxels.BIBAE_GRID`; the grid centre can be moved along the
+incident plane for inclined showers). Networks:
+
+* **encoder**: 3-D convolutions (kernel 4, stride 2, layer norm, LeakyReLU) and two dense
+  layers → mean and log-variance of a ``latent_dim`` latent, conditioned on the condition
+  vector (appended before the dense layers);
+* **decoder**: dense layer from (latent, condition) to the coarsest feature map, then 3-D
+  transposed convolutions (kernel 4, stride 2) back to the grid, with a per-channel bias from
+  the condition at every stage and a ReLU output (exact zeros are allowed);
+* **image critic** (WGAN-GP): the encoder's convolution stack on the image plus the
+  condition and the 30 layer energies (``ln(1 + E_l / MeV)``) into a dense head;
+* **latent critic** (WGAN-GP): dense network telling encoded latents from N(0, 1) samples;
+* **post-processor**: 1 x 1 x 1 convolutions on (decoder output, condition), residual with
+  ReLU output, trained to sharpen the per-voxel energy spectrum with a sorted-energy MMD
+  (the voxel energies of each shower sorted, the ``sorted_top_k`` largest compared between
+  real and generated showers with a multi-scale Gaussian-kernel MMD) plus a weak
+  reconstruction term;
+* **visible-energy flow**: a small spline flow for ``ln(E_vis / E)`` given (E, angle), used
+  to draw the visible-energy condition at generation time;
+* **latent flow** (optional sampling mode ``latent="flow"``): a conditional spline-coupling
+  flow (:class:`calogen.models.flows.LatentFlow`) fitted on the encoded latents; the default
+  ``latent="prior"`` draws the latent from N(0, 1) as the paper does.
+
+Condition vector (4 numbers): standardised ``ln E``, the direction slopes ``dx/dz`` and
+``dy/dz`` divided by ``slope_scale`` (zero at normal incidence; 2303.18150 varies the angle in
+the y-z plane only) and the standardised ``ln(E_vis / E)``, where ``E_vis`` is the energy
+inside the grid.
+
+Voxel energies enter the networks as ``y = ln(1 + e / energy_unit_mev)`` (0.1 MeV, the cell
+threshold): the papers feed MeV directly; the compressed scale lets a small network trained
+for minutes on a CPU see the low-energy voxels that decide the number of hits (documented in
+docs/bibae_l2lflows.md).
+
+Generator loss (per shower; weights in the config)::
+
+    w_rec * sum_voxels (y_rec - y)^2 + w_kld * KLD + w_critic * (-D_x(y_rec, c))
+    + w_latent_critic * (-D_z(z)) + w_mmd_latent * MMD(z, N(0, 1))
+
+Critics: WGAN-GP with gradient penalty ``gp_weight``, ``n_critic`` critic updates per
+generator update; the post-processor starts at ``pp_start`` (fraction of the iterations).
+All randomness of training iteration ``i`` comes from RNGs seeded with ``(seed, i)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import showerdata
+import torch
+import zuko
+from numpy.typing import NDArray
+from torch import Tensor, nn
+
+from calogen.data.voxels import SparseVoxels, VoxelGrid, voxels_to_points
+from calogen.errors import UsageError
+from calogen.generator import as_rng, check_directions, check_energies
+from calogen.geometry import CELL_SIZE_MM
+from calogen.models.configs import resolve_config
+from calogen.models.flows import LatentFlow
+from calogen.models.l2lflows import _resolve_training_config
+from calogen.models.training import (
+    MODEL_JSON,
+    load_model_tensors,
+    lr_schedule,
+    read_model_info,
+    run_training,
+    save_model,
+    set_lr,
+)
+
+MODEL_NAME = "bibae"
+COND_DIM = 4
+
+
+@dataclass
+class BIBAEConfig:
+    """Hyperparameters of the BIB-AE (JSON-serialisable; see :data:`PRESETS`)."""
+
+    # grid
+    n_layers: int = 30
+    nx: int = 30
+    ny: int = 30
+    cell_size_mm: float = CELL_SIZE_MM
+    grid_centre_mm: tuple[float, float] = (0.0, 0.0)
+    energy_unit_mev: float = 0.1
+    slope_scale: float = 0.5
+    # networks
+    latent_dim: int = 24
+    channels: tuple[int, ...] = (32, 64, 128)
+    hidden: int = 512
+    critic_channels: tuple[int, ...] = (32, 64, 128)
+    critic_hidden: int = 256
+    latent_critic_hidden: tuple[int, ...] = (256, 256)
+    pp_channels: tuple[int, ...] = (128, 128, 128)
+    evis_flow_transforms: int = 4
+    evis_flow_hidden: tuple[int, ...] = (64, 64)
+    latent_flow_transforms: int = 6
+    latent_flow_hidden: tuple[int, ...] = (128, 128)
+    # losses
+    w_rec: float = 0.05
+    w_kld: float = 1.0
+    w_critic: float = 10.0
+    w_latent_critic: float = 1.0
+    w_mmd_latent: float = 100.0
+    w_pp_rec: float = 0.005
+    w_pp_mmd: float = 100.0
+    w_pp_critic: float = 1.0
+    gp_weight: float = 10.0
+    n_critic: int = 5
+    sorted_top_k: int = 2000
+    mmd_bandwidths: tuple[float, ...] = (0.05, 0.2, 1.0, 5.0)
+    # optimisation
+    iterations: int = 100_000
+    batch_size: int = 64
+    lr_start: float = 5e-4
+    lr_end: float = 5e-6
+    lr_critic: float = 1e-4
+    lr_kind: str = "cosine"
+    pp_start: float = 0.5
+    grad_clip: float = 100.0
+    checkpoint_every: int = 2000
+    max_showers: int | None = None
+    # generation
+    latent: str = "prior"
+    min_energy_gev: float = 1e-5
+    jitter: bool = False
+    generation_batch: int = 256
+
+    _TUPLES = (
+        "grid_centre_mm",
+        "channels",
+        "critic_channels",
+        "latent_critic_hidden",
+        "pp_channels",
+        "evis_flow_hidden",
+        "latent_flow_hidden",
+        "mmd_bandwidths",
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in self._TUPLES:
+            out[key] = list(getattr(self, key))
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BIBAEConfig:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise UsageError(f"unknown BIB-AE config keys: {', '.join(unknown)}")
+        for key in cls._TUPLES:
+            if key in known:
+                cast = float if key in ("grid_centre_mm", "mmd_bandwidths") else int
+                known[key] = tuple(cast(v) for v in known[key])
+        cfg = cls(**known)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        positive = (
+            "n_layers",
+            "nx",
+            "ny",
+            "latent_dim",
+            "hidden",
+            "critic_hidden",
+            "iterations",
+            "batch_size",
+            "checkpoint_every",
+            "n_critic",
+            "sorted_top_k",
+            "generation_batch",
+        )
+        for key in positive:
+            if int(getattr(self, key)) <= 0:
+                raise UsageError(f"BIB-AE config '{key}' must be > 0")
+        if not self.channels or len(self.channels) != len(self.critic_channels):
+            raise UsageError("BIB-AE config: 'channels' and 'critic_channels' need equal length")
+        if self.latent not in ("prior", "flow"):
+            raise UsageError("BIB-AE config 'latent' must be 'prior' or 'flow'")
+        if self.energy_unit_mev <= 0 or self.slope_scale <= 0:
+            raise UsageError("BIB-AE config: 'energy_unit_mev' and 'slope_scale' must be > 0")
+        shape = (self.n_layers, self.nx, self.ny)
+        if min(_stage_shapes(shape, len(self.channels))[-1]) < 1:
+            raise UsageError(
+                f"BIB-AE config: grid {shape} too small for {len(self.channels)} stages"
+            )
+
+    @property
+    def grid(self) -> VoxelGrid:
+        return VoxelGrid(self.n_layers, self.nx, self.ny, self.cell_size_mm, self.grid_centre_mm)
+
+
+#: ``paper``: widths and weights as far as known from the BIB-AE papers (see
+#: docs/bibae_l2lflows.md); ``small``: same code, a few thousand iterations on one CPU thread.
+PRESETS: dict[str, BIBAEConfig] = {
+    "paper": BIBAEConfig(),
+    "small": BIBAEConfig(
+        latent_dim=24,
+        channels=(8, 16, 32),
+        hidden=128,
+        critic_channels=(8, 16, 32),
+        critic_hidden=64,
+        latent_critic_hidden=(64, 64),
+        pp_channels=(16, 16),
+        evis_flow_transforms=3,
+        evis_flow_hidden=(32, 32),
+        latent_flow_transforms=4,
+        latent_flow_hidden=(64, 64),
+        n_critic=1,
+        sorted_top_k=1000,
+        iterations=2000,
+        batch_size=16,
+        lr_start=1e-3,
+        lr_end=1e-5,
+        lr_critic=5e-4,
+        checkpoint_every=200,
+    ),
+}
+
+
+def get_config(spec: str | dict[str, Any] | BIBAEConfig) -> BIBAEConfig:
+    """Config from a preset name, a YAML/JSON path, a dict of overrides or a config."""
+    if isinstance(spec, BIBAEConfig):
+        return spec
+    return resolve_config(spec, PRESETS, BIBAEConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# networks
+# ---------------------------------------------------------------------------------------------
+
+
+def _stage_shapes(shape: Sequence[int], stages: int) -> list[tuple[int, ...]]:
+    """Spatial shapes after each stride-2 convolution (kernel 4, padding 1): ``n → n // 2``."""
+    out = [tuple(int(s) for s in shape)]
+    for _ in range(stages):
+        out.append(tuple(s // 2 for s in out[-1]))
+    return out
+
+
+class ConvStack(nn.Module):
+    """Stride-2 3-D convolutions (kernel 4, padding 1), layer norm, LeakyReLU."""
+
+    def __init__(self, in_channels: int, channels: Sequence[int]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        for c in channels:
+            layers += [
+                nn.Conv3d(c_in, c, 4, stride=2, padding=1),
+                nn.GroupNorm(1, c),
+                nn.LeakyReLU(0.2),
+            ]
+            c_in = c
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class Encoder(nn.Module):
+    def __init__(self, shape: Sequence[int], channels: Sequence[int], hidden: int, latent: int):
+        super().__init__()
+        self.convs = ConvStack(1, channels)
+        flat = channels[-1] * math.prod(_stage_shapes(shape, len(channels))[-1])
+        self.head = nn.Sequential(
+            nn.Linear(flat + COND_DIM, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 2 * latent)
+        )
+
+    def forward(self, y: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.convs(y).flatten(1)
+        mu, logvar = self.head(torch.cat([h, cond], 1)).chunk(2, dim=1)
+        return mu, logvar.clamp(-12.0, 8.0)
+
+
+class Decoder(nn.Module):
+    def __init__(self, shape: Sequence[int], channels: Sequence[int], hidden: int, latent: int):
+        super().__init__()
+        self.shapes = _stage_shapes(shape, len(channels))
+        self.channels = tuple(channels)
+        coarse = self.shapes[-1]
+        self.fc = nn.Sequential(
+            nn.Linear(latent + COND_DIM, hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(hidden, channels[-1] * math.prod(coarse)),
+        )
+        self.ups = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        self.cond_bias = nn.ModuleList()
+        for i in range(len(channels) - 1, 0, -1):
+            self.ups.append(nn.ConvTranspose3d(channels[i], channels[i - 1], 4, 2, 1))
+            self.norms.append(nn.GroupNorm(1, channels[i - 1]))
+            self.cond_bias.append(nn.Linear(COND_DIM, channels[i - 1]))
+        self.out = nn.ConvTranspose3d(channels[0], 1, 4, 2, 1)
+        self.act = nn.LeakyReLU(0.2)
+
+    def forward(self, z: Tensor, cond: Tensor) -> Tensor:
+        b = z.shape[0]
+        h = self.act(self.fc(torch.cat([z, cond], 1)))
+        h = h.view(b, self.channels[-1], *self.shapes[-1])
+        n = len(self.channels)
+        for k, (up, norm, bias) in enumerate(
+            zip(self.ups, self.norms, self.cond_bias, strict=True)
+        ):
+            target = self.shapes[n - 1 - k]
+            h = up(h, output_size=target)
+            h = self.act(norm(h) + bias(cond)[:, :, None, None, None])
+        return torch.relu(self.out(h, output_size=self.shapes[0]))
+
+
+class ImageCritic(nn.Module):
+    """WGAN critic on (image, condition, layer energies)."""
+
+    def __init__(
+        self, shape: Sequence[int], channels: Sequence[int], hidden: int, energy_unit_mev: float
+    ):
+        super().__init__()
+        self.unit = float(energy_unit_mev)
+        self.convs = ConvStack(1, channels)
+        flat = channels[-1] * math.prod(_stage_shapes(shape, len(channels))[-1])
+        n_layers = int(shape[0])
+        self.head = nn.Sequential(
+            nn.Linear(flat + COND_DIM + n_layers, hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(hidden, hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(hidden, 1),
+        )
+
+    def forward(self, y: Tensor, cond: Tensor) -> Tensor:
+        layer_mev = (self.unit * torch.expm1(y)).sum((1, 3, 4))
+        feats = torch.log1p(layer_mev)
+        h = self.convs(y).flatten(1)
+        return self.head(torch.cat([h, cond, feats], 1)).squeeze(1)
+
+
+class LatentCritic(nn.Module):
+    def __init__(self, latent: int, hidden: Sequence[int]):
+        super().__init__()
+        sizes = [latent, *hidden]
+        layers: list[nn.Module] = []
+        for a, b in itertools.pairwise(sizes):
+            layers += [nn.Linear(a, b), nn.LeakyReLU(0.2)]
+        layers.append(nn.Linear(sizes[-1], 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z).squeeze(1)
+
+
+class PostProcessor(nn.Module):
+    """Per-voxel network of 1 x 1 x 1 convolutions on (decoder output, condition).
+
+    A 1 x 1 x 1 convolution is a linear map of the channels of every voxel; it is computed
+    as :class:`torch.nn.Linear` on channels-last voxels, which is several times faster on a
+    CPU than ``Conv3d`` with a unit kernel and has the same weights.
+    """
+
+    def __init__(self, channels: Sequence[int]):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = 1 + COND_DIM
+        for c in channels:
+            layers += [nn.Linear(c_in, c), nn.LeakyReLU(0.2)]
+            c_in = c
+        last = nn.Linear(c_in, 1)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        layers.append(last)
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, y: Tensor, cond: Tensor) -> Tensor:
+        b = y.shape[0]
+        v = y.reshape(b, -1, 1)
+        c = cond[:, None, :].expand(-1, v.shape[1], -1)
+        delta = self.net(torch.cat([v, c], 2)).reshape(y.shape)
+        return torch.relu(y + delta)
+
+
+# ---------------------------------------------------------------------------------------------
+# losses
+# ---------------------------------------------------------------------------------------------
+
+
+def mmd(a: Tensor, b: Tensor, bandwidths: Sequence[float]) -> Tensor:
+    """Squared MMD between samples ``a [n, d]`` and ``b [m, d]`` with a sum of Gaussian kernels.
+
+    Distances are divided by ``d`` so that the bandwidths do not depend on the dimension.
+    """
+    x = torch.cat([a, b], 0)
+    d2 = torch.cdist(x, x).pow(2) / a.shape[1]
+    k = sum(torch.exp(-d2 / (2.0 * h * h)) for h in bandwidths)
+    n = a.shape[0]
+    return k[:n, :n].mean() + k[n:, n:].mean() - 2.0 * k[:n, n:].mean()
+
+
+def sorted_energies(y: Tensor, k: int) -> Tensor:
+    """The ``k`` largest voxel values of each shower, in descending order ``[B, k]``."""
+    flat = y.flatten(1)
+    k = min(int(k), flat.shape[1])
+    return torch.topk(flat, k, dim=1, sorted=True).values
+
+
+def gradient_penalty(
+    critic: Any, real: Tensor, fake: Tensor, gen: torch.Generator, *args: Tensor
+) -> Tensor:
+    """WGAN-GP penalty ``(||grad D(x_hat)|| - 1)^2`` on random interpolates."""
+    shape = (real.shape[0],) + (1,) * (real.dim() - 1)
+    eps = torch.rand(shape, generator=gen)
+    x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    out = critic(x_hat, *args)
+    (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
+    return (grad.flatten(1).norm(dim=1) - 1.0).pow(2).mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# the model
+# ---------------------------------------------------------------------------------------------
+
+
+class BIBAE(nn.Module):
+    """All networks of the BIB-AE plus the condition and energy scaling."""
+
+    def __init__(self, config: BIBAEConfig) -> None:
+        super().__init__()
+        self.config = cfg = config
+        shape = (cfg.n_layers, cfg.nx, cfg.ny)
+        self.encoder = Encoder(shape, cfg.channels, cfg.hidden, cfg.latent_dim)
+        self.decoder = Decoder(shape, cfg.channels, cfg.hidden, cfg.latent_dim)
+        self.critic = ImageCritic(
+            shape, cfg.critic_channels, cfg.critic_hidden, cfg.energy_unit_mev
+        )
+        self.latent_critic = LatentCritic(cfg.latent_dim, cfg.latent_critic_hidden)
+        self.post = PostProcessor(cfg.pp_channels)
+        self.evis_flow = zuko.flows.NSF(
+            1, 3, transforms=cfg.evis_flow_transforms, hidden_features=cfg.evis_flow_hidden
+        )
+        self.latent_flow = LatentFlow(
+            cfg.latent_dim, COND_DIM, cfg.latent_flow_transforms, cfg.latent_flow_hidden
+        )
+        # ln E mean/std, ln(E_vis/E) mean/std
+        self.register_buffer("cond_stats", torch.tensor([0.0, 1.0, 0.0, 1.0]))
+
+    # -- scaling -------------------------------------------------------------------------------
+    def to_network(self, voxels_gev: NDArray | Tensor) -> Tensor:
+        """``[B, 1, L, X, Y]`` network images ``ln(1 + e / unit)`` from voxels in GeV."""
+        v = torch.as_tensor(np.asarray(voxels_gev), dtype=torch.float32).clamp_min(0.0)
+        v = v.reshape(v.shape[0], 1, self.config.n_layers, self.config.nx, self.config.ny)
+        return torch.log1p(v * (1000.0 / self.config.energy_unit_mev))
+
+    def to_gev(self, y: Tensor) -> Tensor:
+        return torch.expm1(y.clamp_min(0.0)) * (self.config.energy_unit_mev / 1000.0)
+
+    def fit_preprocessing(self, incident: NDArray, evis_gev: NDArray) -> None:
+        ln_e = np.log(np.asarray(incident, np.float64))
+        ratio = np.log(np.maximum(np.asarray(evis_gev, np.float64), 1e-9) / np.exp(ln_e))
+        self.cond_stats.copy_(
+            torch.tensor([ln_e.mean(), max(ln_e.std(), 1e-3), ratio.mean(), max(ratio.std(), 1e-3)])
+        )
+
+    def base_condition(self, incident: NDArray, slopes: NDArray) -> Tensor:
+        """``[B, 3]``: standardised ``ln E`` and the scaled direction slopes."""
+        ln_e = torch.as_tensor(np.log(np.asarray(incident, np.float64)), dtype=torch.float32)
+        s = torch.as_tensor(np.asarray(slopes, np.float64), dtype=torch.float32)
+        return torch.cat(
+            [
+                ((ln_e - self.cond_stats[0]) / self.cond_stats[1])[:, None],
+                s / self.config.slope_scale,
+            ],
+            1,
+        )
+
+    def evis_code(self, incident: NDArray, evis_gev: NDArray | Tensor) -> Tensor:
+        """``[B, 1]`` standardised ``ln(E_vis / E)``."""
+        ratio = torch.as_tensor(
+            np.log(
+                np.maximum(np.asarray(evis_gev, np.float64), 1e-9)
+                / np.asarray(incident, np.float64)
+            ),
+            dtype=torch.float32,
+        )
+        return ((ratio - self.cond_stats[2]) / self.cond_stats[3])[:, None]
+
+    # -- generation ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_voxels(
+        self,
+        incident: NDArray,
+        slopes: NDArray,
+        generator: torch.Generator,
+        latent: str | None = None,
+        post_process: bool = True,
+    ) -> NDArray[np.float32]:
+        """Voxels ``[N, L, X, Y]`` (GeV) for incident energies (GeV) and direction slopes."""
+        cfg = self.config
+        latent = cfg.latent if latent is None else latent
+        if latent not in ("prior", "flow"):
+            raise UsageError(f"latent must be 'prior' or 'flow', got '{latent}'")
+        n = incident.shape[0]
+        out = np.zeros((n, cfg.n_layers, cfg.nx, cfg.ny), np.float32)
+        for start in range(0, n, cfg.generation_batch):
+            sl = slice(start, min(start + cfg.generation_batch, n))
+            base = self.base_condition(incident[sl], slopes[sl])
+            z0 = torch.randn((base.shape[0], 1), generator=generator)
+            evis = self.evis_flow(base).transform.inv(z0)
+            cond = torch.cat([base, evis], 1)
+            if latent == "flow":
+                z = self.latent_flow.sample(cond, generator)
+            else:
+                z = torch.randn((base.shape[0], cfg.latent_dim), generator=generator)
+            y = self.decoder(z, cond)
+            if post_process:
+                y = self.post(y, cond)
+            out[sl] = self.to_gev(y)[:, 0].numpy()
+        return out
+
+    def modules_dict(self) -> dict[str, nn.Module]:
+        return {"bibae": self}
+
+
+def _slopes(directions: NDArray | None, n: int) -> NDArray[np.float64]:
+    if directions is None:
+        return np.zeros((n, 2))
+    d = np.asarray(directions, np.float64)
+    return d[:, :2] / d[:, 2:3]
+
+
+class BIBAEGenerator:
+    """:class:`~calogen.generator.Generator` of a trained BIB-AE.
+
+    ``supports_direction`` is true when the model was trained on showers at several angles
+    (``slope_range`` holds the range of ``dx/dz``, ``dy/dz`` seen in training).
+    """
+
+    def __init__(
+        self,
+        model: BIBAE,
+        energy_range_gev: tuple[float, float] = (10.0, 90.0),
+        slope_range: Sequence[Sequence[float]] = ((0.0, 0.0), (0.0, 0.0)),
+        name: str = MODEL_NAME,
+    ) -> None:
+        self.model = model.eval()
+        self.name = name
+        self.energy_range_gev = (float(energy_range_gev[0]), float(energy_range_gev[1]))
+        self.slope_range = tuple(tuple(float(v) for v in r) for r in slope_range)
+        self.supports_direction = any(hi - lo > 1e-6 for lo, hi in self.slope_range)
+        self.grid = model.config.grid
+        self.max_points = self.grid.n_voxels
+        self.latent = model.config.latent
+
+    def sample_voxels(
+        self,
+        energies: NDArray[np.floating],
+        directions: NDArray[np.floating] | None = None,
+        *,
+        seed: int | np.random.Generator | None = None,
+        post_process: bool = True,
+    ) -> NDArray[np.float32]:
+        energies = check_energies(energies)
+        dirs = check_directions(directions, energies.size)
+        gen = torch.Generator().manual_seed(int(as_rng(seed).integers(0, 2**62)))
+        return self.model.sample_voxels(
+            energies, _slopes(dirs, energies.size), gen, self.latent, post_process
+        )
+
+    def sample(
+        self,
+        energies: NDArray[np.floating],
+        directions: NDArray[np.floating] | None = None,
+        *,
+        seed: int | np.random.Generator | None = None,
+    ) -> showerdata.Showers:
+        """Showers ``(x mm, y mm, layer, e GeV)``: one point per voxel above the cut."""
+        energies = check_energies(energies)
+        dirs = check_directions(directions, energies.size)
+        if dirs is not None and not self.supports_direction:
+            raise UsageError(
+                "this bibae model was trained at normal incidence only (no directions)"
+            )
+        rng = as_rng(seed)
+        vox = self.sample_voxels(energies, dirs, seed=rng)
+        cfg = self.model.config
+        return voxels_to_points(
+            vox,
+            self.grid,
+            energies,
+            dirs,
+            min_energy_gev=cfg.min_energy_gev,
+            jitter=cfg.jitter,
+            rng=rng,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------
+
+
+class BIBAETrainer:
+    """Alternating WGAN-GP critic / autoencoder / post-processor / flow updates."""
+
+    def __init__(self, model: BIBAE, data: SparseVoxels, seed: int, data_path: str) -> None:
+        self.model = model
+        self.data = data
+        self.seed = int(seed)
+        self.data_path = data_path
+        cfg = model.config
+        ae = list(model.encoder.parameters()) + list(model.decoder.parameters())
+        betas = (0.5, 0.9)
+        self.opt_ae = torch.optim.Adam(ae, lr=cfg.lr_start, betas=betas)
+        self.opt_critic = torch.optim.Adam(
+            list(model.critic.parameters()) + list(model.latent_critic.parameters()),
+            lr=cfg.lr_critic,
+            betas=betas,
+        )
+        self.opt_pp = torch.optim.Adam(model.post.parameters(), lr=cfg.lr_start, betas=betas)
+        self.opt_flows = torch.optim.Adam(
+            list(model.evis_flow.parameters()) + list(model.latent_flow.parameters()),
+            lr=cfg.lr_start,
+        )
+        self.evis = _grid_sums(data)
+        self.slopes = _slopes(data.directions, len(data))
+
+    def modules(self) -> dict[str, nn.Module]:
+        return self.model.modules_dict()
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {
+            "ae": self.opt_ae,
+            "critic": self.opt_critic,
+            "pp": self.opt_pp,
+            "flows": self.opt_flows,
+        }
+
+    def generators(self) -> dict[str, Any]:
+        return {}
+
+    def checkpoint_json(self) -> dict[str, Any]:
+        return {"model": MODEL_NAME, "config": self.model.config.to_dict(), "seed": self.seed}
+
+    def export(self, out: Path) -> None:
+        export_model(self.model, out, extra=_training_info(self.data, self.data_path, self.seed))
+
+    def _batch(self, rng: np.random.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        cfg, data, model = self.model.config, self.data, self.model
+        rows = rng.choice(len(data), size=min(cfg.batch_size, len(data)), replace=False)
+        y = model.to_network(data.dense(rows))
+        base = model.base_condition(data.incident[rows], self.slopes[rows])
+        evis = model.evis_code(data.incident[rows], self.evis[rows])
+        return y, base, torch.cat([base, evis], 1)
+
+    def step(self, iteration: int) -> dict[str, float]:
+        model, cfg = self.model, self.model.config
+        model.train()
+        rng = np.random.default_rng([self.seed, iteration])
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + iteration)
+        lr_frac = lr_schedule(
+            iteration, cfg.iterations, 1.0, cfg.lr_end / cfg.lr_start, cfg.lr_kind
+        )
+        set_lr(self.opt_ae, cfg.lr_start * lr_frac)
+        set_lr(self.opt_pp, cfg.lr_start * lr_frac)
+        set_lr(self.opt_flows, cfg.lr_start * lr_frac)
+        set_lr(self.opt_critic, cfg.lr_critic * lr_frac)
+        out: dict[str, float] = {}
+
+        # -- critics ------------------------------------------------------------------------
+        for _ in range(cfg.n_critic):
+            y, _, cond = self._batch(rng)
+            with torch.no_grad():
+                mu, logvar = model.encoder(y, cond)
+                z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen)
+                y_rec = model.decoder(z, cond)
+            loss_x = model.critic(y_rec, cond).mean() - model.critic(y, cond).mean()
+            gp_x = gradient_penalty(model.critic, y, y_rec, gen, cond)
+            prior = torch.randn(z.shape, generator=gen)
+            loss_z = model.latent_critic(z).mean() - model.latent_critic(prior).mean()
+            gp_z = gradient_penalty(model.latent_critic, prior, z, gen)
+            loss_c = loss_x + loss_z + cfg.gp_weight * (gp_x + gp_z)
+            self.opt_critic.zero_grad(set_to_none=True)
+            loss_c.backward()
+            self.opt_critic.step()
+        out["w_critic"] = -float(loss_x.detach())
+        out["w_latent"] = -float(loss_z.detach())
+
+        # -- autoencoder ------------------------------------------------------------------------
+        y, base, cond = self._batch(rng)
+        mu, logvar = model.encoder(y, cond)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen)
+        y_rec = model.decoder(z, cond)
+        rec = (y_rec - y).pow(2).flatten(1).sum(1).mean()
+        kld = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(1).mean()
+        adv_x = -model.critic(y_rec, cond).mean()
+        adv_z = -model.latent_critic(z).mean()
+        mmd_z = mmd(z, torch.randn(z.shape, generator=gen), cfg.mmd_bandwidths)
+        loss = (
+            cfg.w_rec * rec
+            + cfg.w_kld * kld
+            + cfg.w_critic * adv_x
+            + cfg.w_latent_critic * adv_z
+            + cfg.w_mmd_latent * mmd_z
+        )
+        self.opt_ae.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(
+                list(model.encoder.parameters()) + list(model.decoder.parameters()), cfg.grad_clip
+            )
+        self.opt_ae.step()
+        out.update(loss=float(rec.detach()), kld=float(kld.detach()), mmd_z=float(mmd_z.detach()))
+
+        # -- post-processor ---------------------------------------------------------------------
+        if iteration >= int(cfg.pp_start * cfg.iterations):
+            y_pp = model.post(y_rec.detach(), cond)
+            pp_rec = (y_pp - y).pow(2).flatten(1).sum(1).mean()
+            pp_mmd = mmd(
+                sorted_energies(y_pp, cfg.sorted_top_k),
+                sorted_energies(y, cfg.sorted_top_k),
+                cfg.mmd_bandwidths,
+            )
+            pp_adv = -model.critic(y_pp, cond).mean()
+            loss_pp = cfg.w_pp_rec * pp_rec + cfg.w_pp_mmd * pp_mmd + cfg.w_pp_critic * pp_adv
+            self.opt_pp.zero_grad(set_to_none=True)
+            loss_pp.backward()
+            self.opt_pp.step()
+            out.update(pp_rec=float(pp_rec.detach()), pp_mmd=float(pp_mmd.detach()))
+
+        # -- visible-energy flow and latent flow -----------------------------------------------
+        nll_evis = -model.evis_flow(base).log_prob(cond[:, 3:4]).mean()
+        nll_latent = model.latent_flow.nll(z.detach(), cond)
+        self.opt_flows.zero_grad(set_to_none=True)
+        (nll_evis + nll_latent).backward()
+        nn.utils.clip_grad_norm_(
+            list(model.evis_flow.parameters()) + list(model.latent_flow.parameters()), 10.0
+        )
+        self.opt_flows.step()
+        out.update(nll_evis=float(nll_evis.detach()), nll_latent=float(nll_latent.detach()))
+        return out
+
+
+def _grid_sums(data: SparseVoxels) -> NDArray[np.float64]:
+    owner = np.repeat(np.arange(len(data)), np.diff(data.offsets))
+    return np.bincount(owner, weights=data.energy.astype(np.float64), minlength=len(data))
+
+
+def _training_info(data: SparseVoxels, path: str, seed: int) -> dict[str, Any]:
+    slopes = _slopes(data.directions, len(data))
+    return {
+        "training": {
+            "data": path,
+            "seed": int(seed),
+            "n_showers": len(data),
+            "mean_containment": float(np.mean(data.containment)),
+        },
+        "energy_range_gev": [float(data.incident.min()), float(data.incident.max())],
+        "slope_range": [[float(slopes[:, i].min()), float(slopes[:, i].max())] for i in range(2)],
+    }
+
+
+def export_model(
+    model: BIBAE, out: str | os.PathLike[str], extra: dict[str, Any] | None = None
+) -> Path:
+    """Write the model folder (``model.json`` + ``model.safetensors``)."""
+    return save_model(
+        out,
+        model_type=MODEL_NAME,
+        modules=model.modules_dict(),
+        config=model.config.to_dict(),
+        extra={"grid": model.config.grid.to_dict(), **(extra or {})},
+    )
+
+
+def build_model(config: BIBAEConfig, data: SparseVoxels, seed: int) -> BIBAE:
+    """A freshly initialised model (weights from ``seed``) with data-derived condition scaling."""
+    torch.manual_seed(seed)
+    model = BIBAE(config)
+    model.fit_preprocessing(data.incident, _grid_sums(data))
+    return model
+
+
+def train(
+    *,
+    config: str | dict[str, Any] | BIBAEConfig,
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    resume: bool = False,
+    seed: int = 0,
+    iterations: int | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Train the BIB-AE on a shower file into ``out`` (see :func:`calogen.models.registry.train_model`).
+
+    Showers are voxelised on the configured grid; their incident directions (if the file
+    stores them) become the angle condition.
+    """
+    out = Path(out)
+    cfg, seed = _resolve_training_config(
+        config, out, resume, seed, iterations, BIBAEConfig, get_config
+    )
+    t0 = time.perf_counter()
+    voxels = SparseVoxels.from_file(data, cfg.grid, cfg.max_showers)
+    model = build_model(cfg, voxels, seed)
+    trainer = BIBAETrainer(model, voxels, seed, str(data))
+    result = run_training(
+        trainer,
+        out,
+        iterations=cfg.iterations,
+        checkpoint_every=cfg.checkpoint_every,
+        resume=resume,
+        progress=progress,
+        log_every=min(50, cfg.checkpoint_every),
+        stop_after=stop_after,
+        desc=MODEL_NAME,
+    )
+    history = result["history"]
+    return {
+        "model": MODEL_NAME,
+        "out": str(out),
+        "iterations": result["iteration"],
+        "train_seconds": round(result["seconds"], 1),
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "final": history[-1] if history else {},
+    }
+
+
+def load_model(model_dir: str | os.PathLike[str], info: dict[str, Any] | None = None) -> BIBAE:
+    """Rebuild :class:`BIBAE` from a model folder."""
+    info = read_model_info(model_dir) if info is None else info
+    if info.get("calogen_model") != MODEL_NAME:
+        raise UsageError(f"{model_dir}: not a {MODEL_NAME} model ({info.get('calogen_model')})")
+    try:
+        cfg = BIBAEConfig.from_dict(info["config"])
+    except KeyError as exc:
+        raise UsageError(f"{model_dir}/{MODEL_JSON}: missing entry {exc}") from None
+    model = BIBAE(cfg)
+    load_model_tensors(model_dir, model.modules_dict())
+    return model.eval()
+
+
+def load_generator(
+    model_dir: str | os.PathLike[str], info: dict[str, Any] | None = None
+) -> BIBAEGenerator:
+    """Registry hook: the generator of a BIB-AE model folder."""
+    info = read_model_info(model_dir) if info is None else info
+    model = load_model(model_dir, info)
+    return BIBAEGenerator(
+        model,
+        energy_range_gev=tuple(info.get("energy_range_gev", (10.0, 90.0))),  # type: ignore[arg-type]
+        slope_range=info.get("slope_range", ((0.0, 0.0), (0.0, 0.0))),
+    )
+
+
+__all__ = [
+    "BIBAE",
+    "PRESETS",
+    "BIBAEConfig",
+    "BIBAEGenerator",
+    "BIBAETrainer",
+    "build_model",
+    "export_model",
+    "get_config",
+    "gradient_penalty",
+    "load_generator",
+    "load_model",
+    "mmd",
+    "sorted_energies",
+    "train",
+]

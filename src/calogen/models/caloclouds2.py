@@ -1,0 +1,1119 @@
+"""CaloClouds II and CaloClouds II (CM) (Buhmann et al., 2309.05704).
+
+Compared with CaloClouds (:mod:`calogen.models.caloclouds`) there is no encoder and no Latent
+Flow: the PointWise Net (:class:`~calogen.models.blocks.PointWiseNet`) is conditioned only on
+``E/100·2−1``, ``N/6000·2−1`` and Fourier features of the EDM noise input
+``c_noise = ln σ / 4``. Pieces:
+
+* EDM diffusion (:mod:`calogen.models.edm`): preconditioning with ``σ_data = 0.5``,
+  log-normal training noise (``P_mean = −1.2``, ``P_std = 1.2``) and the EDM loss weight,
+  EMA of the weights, Heun sampler (13 steps = 25 evaluations, σ from 80 to 0.002, ρ = 7; the
+  number of steps is a sampler argument);
+* extended Shower Flow (:class:`~calogen.models.shower_flow.ShowerFlow`, feature set
+  ``"caloclouds2"``): number of points, visible energy, centre of gravity (x, y, z), points
+  per layer (30) and energy per layer (30), trained at the same time with its own optimiser;
+* post-diffusion calibration (:func:`~calogen.calibration.calibrate`): negative energies to
+  zero, depth-sorted layer assignment from the per-layer counts, each layer's energy rescaled
+  to the Shower Flow's, centre of gravity (x, y) moved to the Shower Flow's prediction; an
+  optional occupancy correction (``calogen fit-occupancy``);
+* consistency distillation (:mod:`calogen.models.consistency`, :func:`distill`): student and
+  target start from the EMA teacher, 18-step Karras grid, one Heun step of the teacher per
+  update, target EMA 0.95, L2 loss; one evaluation at σ_max to sample, or multi-step
+  consistency sampling (``cm_sigmas``).
+
+Training works on packed points: a batch is ``batch_size`` random showers of which the loss
+sees a random subset of at most ``points_per_shower`` points each (the points are i.i.d.
+given the shower's conditions, so the subset loss is an unbiased estimate of the full one; see
+``docs/caloclouds2.md``). Each point gets its own noise level: the network treats points
+independently, so this is the same objective with less variance per step. All randomness of
+iteration ``i`` comes from RNGs seeded with ``(seed, i)``; resumed runs repeat uninterrupted
+ones exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import showerdata
+import torch
+from numpy.typing import NDArray
+from torch import Tensor, nn
+
+from calogen.calibration import OccupancyCorrection, calibrate, distribute_counts
+from calogen.data.io import ShowerFile
+from calogen.data.normalisation import Normalisation
+from calogen.data.packed import PackedPoints, unpack
+from calogen.errors import UsageError
+from calogen.generator import as_rng, check_energies
+from calogen.models.blocks import PointWiseNet
+from calogen.models.caloclouds import TrainingData, load_training_data
+from calogen.models.configs import resolve_config
+from calogen.models.consistency import (
+    ConsistencyDistiller,
+    ConsistencyFunction,
+    consistency_sample,
+)
+from calogen.models.edm import (
+    EMA,
+    EDMDenoiser,
+    edm_loss,
+    ema_warmup_decay,
+    fourier_features,
+    heun_evaluations,
+    heun_sample,
+    sample_training_sigma,
+)
+from calogen.models.shower_flow import ShowerFlow, ShowerFlowConfig
+from calogen.models.training import (
+    MODEL_JSON,
+    latest_checkpoint,
+    load_model_tensors,
+    lr_schedule,
+    read_json,
+    read_model_info,
+    run_training,
+    save_model,
+    set_lr,
+    write_json,
+)
+
+MODEL_NAME = "caloclouds2"
+CM_NAME = "caloclouds2-cm"
+N_LAYERS = 30
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration
+# ---------------------------------------------------------------------------------------------
+
+
+def _tuple_fields(data: dict[str, Any], keys: tuple[str, ...], kind: type) -> None:
+    for key in keys:
+        if key in data and data[key] is not None:
+            data[key] = tuple(kind(v) for v in data[key])
+
+
+@dataclass
+class CaloClouds2Config:
+    """Hyperparameters of the CaloClouds II teacher (JSON-serialisable; see :data:`PRESETS`)."""
+
+    # network
+    widths: tuple[int, ...] = (128, 256, 512, 256, 128)
+    time_features: int = 16
+    residual: bool = False
+    shower_flow: dict[str, Any] = field(
+        default_factory=lambda: ShowerFlowConfig(
+            feature_set="caloclouds2", blocks=10, affine_per_block=6, spline_per_block=1
+        ).to_dict()
+    )
+    # EDM
+    sigma_data: float = 0.5
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    sampler_steps: int = 13
+    # conditioning scales: E / e_scale * 2 - 1, N / n_scale * 2 - 1
+    e_scale_gev: float = 100.0
+    n_scale: float = 6000.0
+    max_points: int = 6000
+    # optimisation
+    iterations: int = 800_000
+    batch_size: int = 128
+    points_per_shower: int | None = None
+    optimizer: str = "radam"
+    lr_start: float = 1e-4
+    lr_end: float = 1e-4
+    lr_kind: str = "constant"
+    lr_warmup: int = 0
+    grad_clip: float = 10.0
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True
+    shower_flow_lr_start: float = 1e-3
+    shower_flow_lr_end: float = 1e-5
+    shower_flow_iterations: int = 100_000
+    shower_flow_batch: int = 512
+    checkpoint_every: int = 5000
+    max_showers: int | None = None
+    # generation
+    chunk_points: int = 200_000
+    #: normalised network outputs are clipped to [-output_clip, output_clip] before the
+    #: inverse normalisation (the data fill [-1, 1]; guards the exponential energy map)
+    output_clip: float = 1.2
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["widths"] = list(self.widths)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CaloClouds2Config:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise UsageError(f"unknown CaloClouds II config keys: {', '.join(unknown)}")
+        _tuple_fields(known, ("widths",), int)
+        cfg = cls(**known)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        for key in (
+            "iterations",
+            "batch_size",
+            "sampler_steps",
+            "checkpoint_every",
+            "max_points",
+            "time_features",
+            "chunk_points",
+        ):
+            if int(getattr(self, key)) <= 0:
+                raise UsageError(f"config '{key}' must be > 0")
+        if self.time_features % 2:
+            raise UsageError("config 'time_features' must be even")
+        if not self.widths:
+            raise UsageError("config 'widths' must not be empty")
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise UsageError("config needs 0 < sigma_min < sigma_max")
+        if not 0 <= self.ema_decay < 1:
+            raise UsageError("config 'ema_decay' must be in [0, 1)")
+        if self.optimizer not in _OPTIMIZERS:
+            raise UsageError(f"config 'optimizer' must be one of {', '.join(_OPTIMIZERS)}")
+        if self.points_per_shower is not None and self.points_per_shower <= 0:
+            raise UsageError("config 'points_per_shower' must be > 0 (or null for all points)")
+
+
+@dataclass
+class DistillConfig:
+    """Hyperparameters of consistency distillation (see :data:`DISTILL_PRESETS`)."""
+
+    iterations: int = 800_000
+    batch_size: int = 128
+    points_per_shower: int | None = None
+    optimizer: str = "radam"
+    lr_start: float = 1e-4
+    lr_end: float = 1e-4
+    lr_kind: str = "constant"
+    lr_warmup: int = 0
+    grad_clip: float = 10.0
+    n_grid: int = 18
+    target_decay: float = 0.95
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True
+    sample_sigmas: tuple[float, ...] = (80.0,)
+    checkpoint_every: int = 5000
+    max_showers: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["sample_sigmas"] = list(self.sample_sigmas)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DistillConfig:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise UsageError(f"unknown distillation config keys: {', '.join(unknown)}")
+        _tuple_fields(known, ("sample_sigmas",), float)
+        cfg = cls(**known)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        for key in ("iterations", "batch_size", "checkpoint_every"):
+            if int(getattr(self, key)) <= 0:
+                raise UsageError(f"distillation config '{key}' must be > 0")
+        if self.n_grid < 2:
+            raise UsageError("distillation config 'n_grid' must be >= 2")
+        if not 0 <= self.target_decay <= 1 or not 0 <= self.ema_decay < 1:
+            raise UsageError("distillation decays must lie in [0, 1]")
+        if not self.sample_sigmas:
+            raise UsageError("distillation config 'sample_sigmas' must not be empty")
+        if self.optimizer not in _OPTIMIZERS:
+            raise UsageError(f"config 'optimizer' must be one of {', '.join(_OPTIMIZERS)}")
+
+
+_OPTIMIZERS = {"adam": torch.optim.Adam, "radam": torch.optim.RAdam}
+
+#: ``paper``: published hyperparameters (RAdam, lr 1e-4, batch 128, widths 128-…-128);
+#: ``small``: CaloClouds3-style widths, point subsets, trains on one CPU thread in < 1 h.
+PRESETS: dict[str, CaloClouds2Config] = {
+    "paper": CaloClouds2Config(),
+    "small": CaloClouds2Config(
+        widths=(32, 64, 128, 64, 32),
+        time_features=16,
+        shower_flow=ShowerFlowConfig(
+            feature_set="caloclouds2",
+            blocks=3,
+            affine_per_block=2,
+            spline_per_block=0,
+            hidden=(128, 128),
+        ).to_dict(),
+        iterations=25_000,
+        batch_size=32,
+        points_per_shower=128,
+        optimizer="radam",
+        lr_start=3e-3,
+        lr_end=1e-5,
+        lr_kind="cosine",
+        lr_warmup=200,
+        ema_decay=0.999,
+        shower_flow_lr_start=2e-3,
+        shower_flow_lr_end=1e-5,
+        shower_flow_iterations=5000,
+        shower_flow_batch=256,
+        checkpoint_every=1000,
+    ),
+}
+
+DISTILL_PRESETS: dict[str, DistillConfig] = {
+    "paper": DistillConfig(),
+    "small": DistillConfig(
+        iterations=10_000,
+        batch_size=32,
+        points_per_shower=128,
+        lr_start=3e-4,
+        lr_end=1e-5,
+        lr_kind="cosine",
+        lr_warmup=100,
+        ema_decay=0.999,
+        checkpoint_every=1000,
+    ),
+}
+
+
+def get_config(spec: str | dict[str, Any] | CaloClouds2Config) -> CaloClouds2Config:
+    """Teacher config from a preset name, a YAML/JSON path, a dict of overrides or a config."""
+    if isinstance(spec, CaloClouds2Config):
+        return spec
+    return resolve_config(spec, PRESETS, CaloClouds2Config)
+
+
+def get_distill_config(spec: str | dict[str, Any] | DistillConfig) -> DistillConfig:
+    """Distillation config from a preset name, a YAML/JSON path, overrides or a config."""
+    if isinstance(spec, DistillConfig):
+        return spec
+    return resolve_config(spec, DISTILL_PRESETS, DistillConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# networks
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Conditioning:
+    """Shower conditions for :class:`CaloClouds2Net`.
+
+    Attributes:
+        values: ``[S, 2]`` normalised (E, N) per shower.
+        index: ``[P]`` shower of every packed point (``None`` for padded ``[S, P, 4]`` input).
+    """
+
+    values: Tensor
+    index: Tensor | None = None
+
+
+class CaloClouds2Net(nn.Module):
+    """The raw network ``F(x_in, c_noise, cond)`` of the EDM preconditioning.
+
+    A :class:`PointWiseNet` whose context is ``(E, N)`` and ``time_features`` Fourier features
+    of ``c_noise``. ``c_noise`` may be a scalar (all points at one noise level, e.g. during
+    sampling: the context is computed once per shower) or one value per point ``[P, 1]``
+    (training; per-point context) or per shower ``[S, 1, 1]`` for padded input.
+    """
+
+    def __init__(
+        self, widths: tuple[int, ...], time_features: int = 16, residual: bool = False
+    ) -> None:
+        super().__init__()
+        self.time_features = int(time_features)
+        self.pwn = PointWiseNet(4, 2 + self.time_features, widths, residual=residual)
+
+    def forward(self, x_in: Tensor, c_noise: Tensor, cond: Conditioning) -> Tensor:
+        values, index = cond.values, cond.index
+        nf = self.time_features
+        if c_noise.numel() == 1:
+            tf = fourier_features(c_noise.reshape(1), nf).expand(values.shape[0], nf)
+            return self.pwn(x_in, torch.cat([values, tf.to(values.dtype)], -1), index)
+        if x_in.dim() == 2:  # packed, one noise level per point
+            tf = fourier_features(c_noise.reshape(-1), nf)
+            per_point = values if index is None else values.index_select(0, index)
+            return self.pwn(x_in, torch.cat([per_point, tf], -1))
+        # padded [S, P, 4]
+        if c_noise.shape[1] == 1:  # per shower
+            tf = fourier_features(c_noise.reshape(-1), nf)
+            return self.pwn(x_in, torch.cat([values, tf], -1))
+        tf = fourier_features(c_noise[..., 0], nf)
+        per_point = values[:, None, :].expand(-1, x_in.shape[1], -1)
+        return self.pwn(x_in, torch.cat([per_point, tf], -1))
+
+
+class CaloClouds2(nn.Module):
+    """PointWise Net + Shower Flow + what generation needs (normalisation, occupancy).
+
+    Args:
+        config: teacher hyperparameters (the student shares the architecture).
+        normalisation: point normalisation (x, y, layer, e) ↔ [-1, 1]^4.
+        occupancy: occupancy correction (identity if ``None``).
+        consistency: ``True`` for the distilled student (consistency parameterisation).
+        cm_sigmas: σ values of consistency sampling (default ``(σ_max,)``: one step).
+    """
+
+    def __init__(
+        self,
+        config: CaloClouds2Config,
+        normalisation: Normalisation,
+        occupancy: OccupancyCorrection | None = None,
+        *,
+        consistency: bool = False,
+        cm_sigmas: tuple[float, ...] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.normalisation = normalisation
+        self.occupancy = occupancy or OccupancyCorrection.identity()
+        self.consistency = bool(consistency)
+        self.cm_sigmas = tuple(cm_sigmas) if cm_sigmas else (float(config.sigma_max),)
+        self.net = CaloClouds2Net(config.widths, config.time_features, config.residual)
+        self.shower_flow = ShowerFlow(ShowerFlowConfig.from_dict(config.shower_flow))
+        self.device = torch.device("cpu")
+
+    # -- pieces ----------------------------------------------------------------------------------
+    def conditions(self, energies: Tensor, n_points: Tensor) -> Tensor:
+        """``[S, 2]``: ``E/e_scale·2−1`` and ``N/n_scale·2−1``."""
+        e = energies.to(torch.float32) / self.config.e_scale_gev * 2.0 - 1.0
+        n = n_points.to(torch.float32) / self.config.n_scale * 2.0 - 1.0
+        return torch.stack([e, n], -1)
+
+    def denoiser(self) -> EDMDenoiser:
+        """EDM denoiser ``D(x; σ)`` around :attr:`net` (teacher)."""
+        return EDMDenoiser(self.net, self.config.sigma_data)
+
+    def consistency_function(self) -> ConsistencyFunction:
+        """Consistency function ``f(x, σ)`` around :attr:`net` (student)."""
+        return ConsistencyFunction(self.net, self.config.sigma_min, self.config.sigma_data)
+
+    def generation_modules(self) -> dict[str, nn.Module]:
+        return {"net": self.net, "shower_flow": self.shower_flow}
+
+    def model_info(self) -> dict[str, Any]:
+        return {
+            "normalisation": self.normalisation.to_dict(),
+            "occupancy": self.occupancy.to_dict(),
+            "cm_sigmas": list(self.cm_sigmas),
+        }
+
+    def evaluations(self, n_steps: int | None = None) -> int:
+        """Network evaluations per generated shower batch."""
+        if self.consistency:
+            return len(self.cm_sigmas)
+        return heun_evaluations(int(n_steps or self.config.sampler_steps))
+
+    # -- generation ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_points(
+        self,
+        noise: Tensor,
+        cond: Conditioning,
+        *,
+        n_steps: int | None = None,
+        cm_sigmas: tuple[float, ...] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Normalised points from standard normal ``noise`` (packed ``[P, 4]``)."""
+        cfg = self.config
+        if self.consistency:
+            sigmas = tuple(cm_sigmas) if cm_sigmas else self.cm_sigmas
+            extra = None
+            if len(sigmas) > 1:
+                extra = [
+                    torch.randn(noise.shape, generator=generator).to(noise.device)
+                    for _ in sigmas[1:]
+                ]
+            return consistency_sample(
+                self.consistency_function(),
+                noise,
+                cond,
+                sigmas=sigmas,
+                sigma_min=cfg.sigma_min,
+                extra_noise=extra,
+            )
+        steps = int(n_steps or cfg.sampler_steps)
+        if steps <= 0:
+            raise UsageError(f"number of sampler steps must be > 0, got {steps}")
+        return heun_sample(
+            self.denoiser(),
+            noise,
+            cond,
+            n_steps=steps,
+            sigma_min=cfg.sigma_min,
+            sigma_max=cfg.sigma_max,
+            rho=cfg.rho,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        energies: NDArray[np.floating],
+        generator: torch.Generator,
+        *,
+        n_steps: int | None = None,
+        cm_sigmas: tuple[float, ...] | None = None,
+    ) -> tuple[PackedPoints, dict[str, NDArray]]:
+        """Calibrated packed showers (physical units) for incident energies (GeV)."""
+        cfg = self.config
+        energies = np.asarray(energies, np.float64).reshape(-1)
+        n_showers = energies.shape[0]
+        flow_out = self.shower_flow.sample(energies, generator)
+        counts_layer = self.occupancy.apply(flow_out["n_per_layer"])
+        totals = counts_layer.sum(1)
+        clipped = np.clip(totals, 1, cfg.max_points)
+        if np.any(clipped != totals):
+            counts_layer = distribute_counts(counts_layer, clipped)
+        counts = counts_layer.sum(1).astype(np.int64)
+        cond_all = self.conditions(
+            torch.as_tensor(energies, dtype=torch.float32), torch.as_tensor(counts)
+        )
+        total = int(counts.sum())
+        points_out = np.zeros((total, 4), np.float32)
+        depth_out = np.zeros(total, np.float32)
+        offsets = np.concatenate(([0], np.cumsum(counts)))
+        first = 0
+        while first < n_showers:  # chunks of showers with at most chunk_points points
+            last = first + 1
+            while last < n_showers and offsets[last + 1] - offsets[first] <= cfg.chunk_points:
+                last += 1
+            c_counts = torch.as_tensor(counts[first:last])
+            index = torch.repeat_interleave(torch.arange(last - first), c_counts)
+            noise = torch.randn((int(c_counts.sum()), 4), generator=generator)
+            cond = Conditioning(cond_all[first:last].to(self.device), index.to(self.device))
+            x = self.sample_points(
+                noise.to(self.device),
+                cond,
+                n_steps=n_steps,
+                cm_sigmas=cm_sigmas,
+                generator=generator,
+            ).cpu()
+            x = x.clamp(-cfg.output_clip, cfg.output_clip)
+            p0, p1 = offsets[first], offsets[last]
+            depth_out[p0:p1] = x[:, 2].numpy()
+            points_out[p0:p1] = self.normalisation.inverse(x).numpy()
+            first = last
+        shower = np.repeat(np.arange(n_showers), counts)
+        cog_xy = np.stack([flow_out["cog_x"], flow_out["cog_y"]], axis=1)
+        calibrate(
+            points_out,
+            shower,
+            n_showers=n_showers,
+            energy_per_layer=flow_out["e_per_layer"],
+            counts_per_layer=counts_layer,
+            depth=depth_out,
+            cog_xy=cog_xy,
+        )
+        # points left without energy (a layer whose predicted energy is zero) deposit nothing
+        # and would read as padding: drop them
+        keep = points_out[:, 3] > 0
+        if not keep.all():
+            points_out, shower = points_out[keep], shower[keep]
+            counts = np.bincount(shower, minlength=n_showers).astype(np.int64)
+        packed = PackedPoints(points=points_out, shower=shower, counts=counts)
+        return packed, {
+            "e_vis": flow_out["e_per_layer"].sum(1),
+            "n_per_layer": counts_layer,
+            "cog_xy": cog_xy,
+        }
+
+
+class CaloClouds2Generator:
+    """:class:`~calogen.generator.Generator` of a trained CaloClouds II teacher or student.
+
+    Args:
+        model: the model (teacher: Heun sampler; student: consistency sampling).
+        energy_range_gev: incident energies of the training data.
+        name: ``"caloclouds2"`` or ``"caloclouds2-cm"``.
+        n_steps: Heun steps of the teacher (default: the config's 13 = 25 evaluations).
+        cm_sigmas: σ values of the student's consistency sampling (default: the model's).
+    """
+
+    supports_direction = False
+
+    def __init__(
+        self,
+        model: CaloClouds2,
+        energy_range_gev: tuple[float, float] = (10.0, 90.0),
+        name: str | None = None,
+        *,
+        n_steps: int | None = None,
+        cm_sigmas: tuple[float, ...] | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.name = name or (CM_NAME if model.consistency else MODEL_NAME)
+        self.energy_range_gev = (float(energy_range_gev[0]), float(energy_range_gev[1]))
+        self.max_points = int(model.config.max_points)
+        self.n_steps = n_steps
+        self.cm_sigmas = cm_sigmas
+
+    @property
+    def evaluations(self) -> int:
+        """Network evaluations per shower (25 for the teacher's default, 1 for the student)."""
+        if self.model.consistency:
+            return len(self.cm_sigmas or self.model.cm_sigmas)
+        return self.model.evaluations(self.n_steps)
+
+    def to(self, device: str | torch.device) -> CaloClouds2Generator:
+        """Run the networks on ``device`` (the Shower Flow and calibration stay on the CPU)."""
+        self.model.net.to(device)
+        self.model.device = torch.device(device)
+        return self
+
+    def sample(
+        self,
+        energies: NDArray[np.floating],
+        directions: NDArray[np.floating] | None = None,
+        *,
+        seed: int | np.random.Generator | None = None,
+        n_steps: int | None = None,
+        cm_sigmas: tuple[float, ...] | None = None,
+    ) -> showerdata.Showers:
+        """Showers ``(x mm, y mm, layer, e GeV)`` for incident ``energies [N]`` in GeV.
+
+        ``n_steps`` (teacher) and ``cm_sigmas`` (student) override the sampler settings.
+        """
+        if directions is not None:
+            raise UsageError(f"{self.name} does not support incident directions (normal incidence)")
+        energies = check_energies(energies)
+        gen = torch.Generator().manual_seed(int(as_rng(seed).integers(0, 2**62)))
+        packed, _ = self.model.generate(
+            energies, gen, n_steps=n_steps or self.n_steps, cm_sigmas=cm_sigmas or self.cm_sigmas
+        )
+        return unpack(packed, energies)
+
+
+# ---------------------------------------------------------------------------------------------
+# training batches
+# ---------------------------------------------------------------------------------------------
+
+
+def subsample_points(
+    offsets: NDArray[np.int64],
+    showers: NDArray[np.int64],
+    limit: int | None,
+    rng: np.random.Generator,
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Indices into the packed points of a random subset of at most ``limit`` points of each
+    shower (without replacement; all points if ``limit`` is ``None``) and the batch-local
+    shower index of every chosen point."""
+    lo = offsets[showers]
+    n = offsets[showers + 1] - lo
+    take = n if limit is None else np.minimum(n, int(limit))
+    owner = np.repeat(np.arange(len(showers), dtype=np.int64), take)
+    if limit is None or np.all(n <= limit):
+        start = np.repeat(np.cumsum(take) - take, take)
+        return np.repeat(lo, take) + (np.arange(int(take.sum())) - start), owner
+    parts = [
+        lo_i + (rng.choice(n_i, size=k, replace=False) if n_i > k else np.arange(n_i))
+        for lo_i, n_i, k in zip(lo.tolist(), n.tolist(), take.tolist(), strict=True)
+    ]
+    return np.concatenate(parts).astype(np.int64), owner
+
+
+def _batch(
+    model: CaloClouds2,
+    data: TrainingData,
+    batch_size: int,
+    points_per_shower: int | None,
+    rng: np.random.Generator,
+) -> tuple[Tensor, Conditioning]:
+    """Normalised packed points of a random batch of showers and their conditions."""
+    n_batch = min(batch_size, data.n_showers)
+    showers = rng.choice(data.n_showers, size=n_batch, replace=False)
+    idx, owner = subsample_points(data.offsets, showers, points_per_shower, rng)
+    x0 = torch.from_numpy(model.normalisation.forward(data.points[idx], rng))
+    values = model.conditions(
+        torch.as_tensor(data.energies[showers], dtype=torch.float32),
+        torch.as_tensor(data.counts[showers]),
+    )
+    return x0, Conditioning(values, torch.from_numpy(owner))
+
+
+def _optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
+    return _OPTIMIZERS[name](params, lr=lr)
+
+
+# ---------------------------------------------------------------------------------------------
+# teacher training
+# ---------------------------------------------------------------------------------------------
+
+
+class CaloClouds2Trainer:
+    """EDM training of the PointWise Net (with EMA) and, at the same time, the Shower Flow."""
+
+    def __init__(self, model: CaloClouds2, data: TrainingData, seed: int, data_path: str) -> None:
+        self.model = model
+        self.data = data
+        self.seed = int(seed)
+        self.data_path = data_path
+        cfg = model.config
+        self.ema = EMA(model.net, cfg.ema_decay)
+        self.opt = _optimizer(cfg.optimizer, model.net.parameters(), cfg.lr_start)
+        self.opt_shower = torch.optim.Adam(
+            model.shower_flow.flow.parameters(), lr=cfg.shower_flow_lr_start
+        )
+
+    # Trainer protocol
+    def modules(self) -> dict[str, nn.Module]:
+        return {"net": self.model.net, "ema": self.ema, "shower_flow": self.model.shower_flow}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"diffusion": self.opt, "shower_flow": self.opt_shower}
+
+    def generators(self) -> dict[str, Any]:
+        return {}  # all randomness is derived from (seed, iteration)
+
+    def checkpoint_json(self) -> dict[str, Any]:
+        return {
+            "model": MODEL_NAME,
+            "config": self.model.config.to_dict(),
+            "seed": self.seed,
+            **self.model.model_info(),
+        }
+
+    def export(self, out: Path) -> None:
+        info = self.model.model_info()
+        info.update(
+            {
+                "training": {
+                    "data": self.data_path,
+                    "seed": self.seed,
+                    "n_showers": self.data.n_showers,
+                },
+                "energy_range_gev": [
+                    float(self.data.energies.min()),
+                    float(self.data.energies.max()),
+                ],
+            }
+        )
+        save_model(
+            out,
+            model_type=MODEL_NAME,
+            modules={"net": self.ema.shadow, "shower_flow": self.model.shower_flow},
+            config=self.model.config.to_dict(),
+            extra=info,
+        )
+
+    def step(self, iteration: int) -> dict[str, float]:
+        model, cfg, data = self.model, self.model.config, self.data
+        model.train()
+        rng = np.random.default_rng([self.seed, iteration])
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + iteration)
+        x0, cond = _batch(model, data, cfg.batch_size, cfg.points_per_shower, rng)
+        sigma = sample_training_sigma(
+            (x0.shape[0], 1), p_mean=cfg.p_mean, p_std=cfg.p_std, generator=gen
+        )
+        noise = torch.randn(x0.shape, generator=gen)
+        loss = edm_loss(model.denoiser(), x0, cond, sigma, noise=noise, sigma_data=cfg.sigma_data)
+        set_lr(
+            self.opt,
+            lr_schedule(
+                iteration, cfg.iterations, cfg.lr_start, cfg.lr_end, cfg.lr_kind, cfg.lr_warmup
+            ),
+        )
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(model.net.parameters(), cfg.grad_clip)
+        self.opt.step()
+        self.ema.update(model.net, decay=ema_warmup_decay(iteration, cfg.ema_decay, cfg.ema_warmup))
+        out = {"loss": float(loss.detach())}
+
+        if iteration < cfg.shower_flow_iterations:
+            sel = rng.integers(0, data.n_showers, size=min(cfg.shower_flow_batch, data.n_showers))
+            feats = {k: v[sel] for k, v in data.features.items()}
+            xs, cs = model.shower_flow.preprocess(feats, data.energies[sel], rng)
+            set_lr(
+                self.opt_shower,
+                lr_schedule(
+                    iteration,
+                    cfg.shower_flow_iterations,
+                    cfg.shower_flow_lr_start,
+                    cfg.shower_flow_lr_end,
+                    "cosine",
+                ),
+            )
+            loss_sf = model.shower_flow.nll(xs, cs)
+            self.opt_shower.zero_grad(set_to_none=True)
+            loss_sf.backward()
+            nn.utils.clip_grad_norm_(model.shower_flow.flow.parameters(), 10.0)
+            self.opt_shower.step()
+            out["shower_nll"] = float(loss_sf.detach())
+        return out
+
+
+def build_model(
+    config: CaloClouds2Config, data: TrainingData, normalisation: Normalisation, seed: int
+) -> CaloClouds2:
+    """A freshly initialised teacher (weights from ``seed``) with data-derived statistics."""
+    torch.manual_seed(seed)
+    model = CaloClouds2(config, normalisation)
+    model.shower_flow.fit_preprocessing(data.features, data.energies)
+    return model
+
+
+def _summary(name: str, out: Path, result: dict[str, Any], t0: float) -> dict[str, Any]:
+    history = result["history"]
+    return {
+        "model": name,
+        "out": str(out),
+        "iterations": result["iteration"],
+        "train_seconds": round(result["seconds"], 1),
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "final": history[-1] if history else {},
+    }
+
+
+def train(
+    *,
+    config: str | dict[str, Any] | CaloClouds2Config,
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    resume: bool = False,
+    seed: int = 0,
+    iterations: int | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Train the CaloClouds II teacher on a shower file into ``out``.
+
+    On ``resume`` the config, seed and normalisation stored in the checkpoint are used
+    (``iterations`` may still extend the run).
+    """
+    out = Path(out)
+    if resume:
+        stored = _stored_checkpoint(out)
+        cfg = CaloClouds2Config.from_dict(stored["config"])
+        seed = int(stored["seed"])
+        normalisation = Normalisation.from_dict(stored["normalisation"])
+    else:
+        cfg = copy.deepcopy(get_config(config))
+        normalisation = Normalisation.fit(data)
+    if iterations is not None:
+        cfg.iterations = int(iterations)
+        cfg.shower_flow_iterations = min(cfg.shower_flow_iterations, cfg.iterations)
+    t0 = time.perf_counter()
+    train_data = load_training_data(data, cfg.max_showers)
+    model = build_model(cfg, train_data, normalisation, seed)
+    trainer = CaloClouds2Trainer(model, train_data, seed, str(data))
+    result = run_training(
+        trainer,
+        out,
+        iterations=cfg.iterations,
+        checkpoint_every=cfg.checkpoint_every,
+        resume=resume,
+        progress=progress,
+        log_every=min(50, cfg.checkpoint_every),
+        stop_after=stop_after,
+        desc=MODEL_NAME,
+    )
+    return _summary(MODEL_NAME, out, result, t0)
+
+
+def train_cm(**kwargs: Any) -> dict[str, Any]:
+    """Registry hook: the student is made by distillation, not trained from scratch."""
+    raise UsageError(
+        "caloclouds2-cm is distilled from a trained teacher: run "
+        "'calogen distill --teacher DIR --data FILE --out OUT'"
+    )
+
+
+def _stored_checkpoint(out: Path) -> dict[str, Any]:
+    latest = latest_checkpoint(out / "checkpoints")
+    if latest is None:
+        raise UsageError(f"{out}: no complete checkpoint to resume from")
+    return read_json(latest)["extra"]
+
+
+# ---------------------------------------------------------------------------------------------
+# consistency distillation
+# ---------------------------------------------------------------------------------------------
+
+
+class CaloClouds2DistillTrainer:
+    """Consistency distillation of a teacher into a student of the same architecture.
+
+    Student and target start from the teacher's (EMA) weights; the teacher is frozen. The
+    exported student is an EMA (``ema_decay``) of the online student; the Shower Flow,
+    normalisation and occupancy correction are the teacher's.
+    """
+
+    def __init__(
+        self,
+        teacher: CaloClouds2,
+        config: DistillConfig,
+        data: TrainingData,
+        seed: int,
+        *,
+        teacher_dir: str,
+        data_path: str,
+        energy_range_gev: tuple[float, float],
+    ) -> None:
+        self.teacher_model = teacher.eval()
+        self.config = config
+        self.data = data
+        self.seed = int(seed)
+        self.teacher_dir = teacher_dir
+        self.data_path = data_path
+        self.energy_range_gev = energy_range_gev
+        tcfg = teacher.config
+        self.student_net = copy.deepcopy(teacher.net).requires_grad_(True).train()
+        self.target_net = copy.deepcopy(teacher.net)
+        self.ema = EMA(self.student_net, config.ema_decay)
+        self.opt = _optimizer(config.optimizer, self.student_net.parameters(), config.lr_start)
+        self.distiller = ConsistencyDistiller(
+            ConsistencyFunction(self.student_net, tcfg.sigma_min, tcfg.sigma_data),
+            ConsistencyFunction(self.target_net, tcfg.sigma_min, tcfg.sigma_data),
+            teacher.denoiser(),
+            self.opt,
+            n_grid=config.n_grid,
+            sigma_min=tcfg.sigma_min,
+            sigma_max=tcfg.sigma_max,
+            rho=tcfg.rho,
+            target_decay=config.target_decay,
+            grad_clip=config.grad_clip,
+        )
+
+    # Trainer protocol
+    def modules(self) -> dict[str, nn.Module]:
+        return {"student": self.student_net, "target": self.target_net, "ema": self.ema}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"student": self.opt}
+
+    def generators(self) -> dict[str, Any]:
+        return {}
+
+    def checkpoint_json(self) -> dict[str, Any]:
+        return {
+            "model": CM_NAME,
+            "distill_config": self.config.to_dict(),
+            "seed": self.seed,
+            "teacher": self.teacher_dir,
+        }
+
+    def export(self, out: Path) -> None:
+        teacher = self.teacher_model
+        info = teacher.model_info()
+        info.update(
+            {
+                "cm_sigmas": list(self.config.sample_sigmas),
+                "distillation": {
+                    "teacher": self.teacher_dir,
+                    "data": self.data_path,
+                    "seed": self.seed,
+                    "n_showers": self.data.n_showers,
+                    "config": self.config.to_dict(),
+                },
+                "energy_range_gev": list(self.energy_range_gev),
+            }
+        )
+        save_model(
+            out,
+            model_type=CM_NAME,
+            modules={"net": self.ema.shadow, "shower_flow": teacher.shower_flow},
+            config=teacher.config.to_dict(),
+            extra=info,
+        )
+
+    def step(self, iteration: int) -> dict[str, float]:
+        cfg = self.config
+        rng = np.random.default_rng([self.seed, iteration])
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + iteration)
+        x0, cond = _batch(self.teacher_model, self.data, cfg.batch_size, cfg.points_per_shower, rng)
+        set_lr(
+            self.opt,
+            lr_schedule(
+                iteration, cfg.iterations, cfg.lr_start, cfg.lr_end, cfg.lr_kind, cfg.lr_warmup
+            ),
+        )
+        loss = self.distiller.step(x0, cond, generator=gen)
+        self.ema.update(
+            self.student_net, decay=ema_warmup_decay(iteration, cfg.ema_decay, cfg.ema_warmup)
+        )
+        return {"loss": loss}
+
+
+def distill(
+    *,
+    teacher: str | os.PathLike[str],
+    config: str | dict[str, Any] | DistillConfig = "small",
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    resume: bool = False,
+    seed: int = 0,
+    iterations: int | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Distil a trained CaloClouds II teacher folder into a consistency model in ``out``.
+
+    On ``resume`` the distillation config, seed and teacher stored in the checkpoint are used.
+    """
+    out = Path(out)
+    teacher_dir = Path(teacher)
+    if resume:
+        stored = _stored_checkpoint(out)
+        cfg = DistillConfig.from_dict(stored["distill_config"])
+        seed = int(stored["seed"])
+        if Path(stored["teacher"]).resolve() != teacher_dir.resolve():
+            raise UsageError(f"{out}: was distilled from {stored['teacher']}, not {teacher_dir}")
+    else:
+        cfg = copy.deepcopy(get_distill_config(config))
+    if iterations is not None:
+        cfg.iterations = int(iterations)
+    info = read_model_info(teacher_dir)
+    if info.get("calogen_model") != MODEL_NAME:
+        raise UsageError(
+            f"{teacher_dir}: the teacher must be a '{MODEL_NAME}' model, "
+            f"got '{info.get('calogen_model')}'"
+        )
+    teacher_model = load_model(teacher_dir, info)
+    for p in teacher_model.parameters():
+        p.requires_grad_(False)
+    t0 = time.perf_counter()
+    train_data = load_training_data(data, cfg.max_showers)
+    torch.manual_seed(seed)
+    trainer = CaloClouds2DistillTrainer(
+        teacher_model,
+        cfg,
+        train_data,
+        seed,
+        teacher_dir=str(teacher_dir),
+        data_path=str(data),
+        energy_range_gev=tuple(info.get("energy_range_gev", (10.0, 90.0))),  # type: ignore[arg-type]
+    )
+    result = run_training(
+        trainer,
+        out,
+        iterations=cfg.iterations,
+        checkpoint_every=cfg.checkpoint_every,
+        resume=resume,
+        progress=progress,
+        log_every=min(50, cfg.checkpoint_every),
+        stop_after=stop_after,
+        desc=CM_NAME,
+    )
+    return _summary(CM_NAME, out, result, t0)
+
+
+# ---------------------------------------------------------------------------------------------
+# loading and occupancy
+# ---------------------------------------------------------------------------------------------
+
+
+def load_model(
+    model_dir: str | os.PathLike[str], info: dict[str, Any] | None = None
+) -> CaloClouds2:
+    """Rebuild a teacher or student :class:`CaloClouds2` from a model folder."""
+    info = read_model_info(model_dir) if info is None else info
+    kind = info.get("calogen_model")
+    if kind not in (MODEL_NAME, CM_NAME):
+        raise UsageError(f"{model_dir}: not a CaloClouds II model ({kind})")
+    try:
+        cfg = CaloClouds2Config.from_dict(info["config"])
+        normalisation = Normalisation.from_dict(info["normalisation"])
+        occupancy = (
+            OccupancyCorrection.from_dict(info["occupancy"]) if info.get("occupancy") else None
+        )
+        cm_sigmas = tuple(float(s) for s in info.get("cm_sigmas", (cfg.sigma_max,)))
+    except KeyError as exc:
+        raise UsageError(f"{model_dir}/{MODEL_JSON}: missing entry {exc}") from None
+    model = CaloClouds2(
+        cfg, normalisation, occupancy, consistency=kind == CM_NAME, cm_sigmas=cm_sigmas
+    )
+    load_model_tensors(model_dir, model.generation_modules())
+    return model.eval()
+
+
+def load_generator(
+    model_dir: str | os.PathLike[str], info: dict[str, Any] | None = None
+) -> CaloClouds2Generator:
+    """Registry hook: the generator of a CaloClouds II (or CM) model folder."""
+    info = read_model_info(model_dir) if info is None else info
+    model = load_model(model_dir, info)
+    e_range = tuple(info.get("energy_range_gev", (10.0, 90.0)))
+    return CaloClouds2Generator(model, energy_range_gev=e_range)  # type: ignore[arg-type]
+
+
+def fit_occupancy(
+    model_dir: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    *,
+    n_showers: int = 1000,
+    seed: int = 0,
+    geometry: str = "slab",
+) -> dict[str, Any]:
+    """Fit ``c_N`` from data and generated showers (identity correction while generating)."""
+    from calogen.geometry import get_calorimeter, project
+
+    try:
+        calorimeter = get_calorimeter(geometry)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    model_dir = Path(model_dir)
+    info = read_model_info(model_dir)
+    model = load_model(model_dir, info)
+    model.occupancy = OccupancyCorrection.identity()
+    with ShowerFile(data) as f:
+        real = f.read(0, min(n_showers, len(f)))
+    n_data = np.asarray(real._num_points, np.float64)
+    occ_data = project(real, calorimeter).hits_per_shower().astype(np.float64)
+    energies = real.energies.reshape(-1).astype(np.float64)
+    fake = CaloClouds2Generator(model).sample(energies, seed=seed)
+    n_gen = np.asarray(fake._num_points, np.float64)
+    occ_gen = project(fake, calorimeter).hits_per_shower().astype(np.float64)
+    corr = OccupancyCorrection.fit(n_data, occ_data, n_gen, occ_gen)
+    info["occupancy"] = corr.to_dict()
+    corr.save(model_dir / "occupancy.json")
+    write_json(model_dir / MODEL_JSON, info)
+    return {
+        "model": str(model_dir),
+        "showers": len(energies),
+        "mean_hits_data": float(occ_data.mean()),
+        "mean_hits_generated_uncorrected": float(occ_gen.mean()),
+        "mean_points_data": float(n_data.mean()),
+        "mean_points_generated": float(n_gen.mean()),
+        "factor_at_mean_points": float(corr.factor([n_data.mean()])[0]),
+    }
+
+
+__all__ = [
+    "CM_NAME",
+    "DISTILL_PRESETS",
+    "MODEL_NAME",
+    "PRESETS",
+    "CaloClouds2",
+    "CaloClouds2Config",
+    "CaloClouds2DistillTrainer",
+    "CaloClouds2Generator",
+    "CaloClouds2Net",
+    "CaloClouds2Trainer",
+    "Conditioning",
+    "DistillConfig",
+    "build_model",
+    "distill",
+    "fit_occupancy",
+    "get_config",
+    "get_distill_config",
+    "load_generator",
+    "load_model",
+    "subsample_points",
+    "train",
+]

@@ -1,0 +1,280 @@
+"""CaloClouds II and CaloClouds II (CM): network layouts, batches, train → distill → sample."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from calogen.cli import main as cli_main
+from calogen.generator import Generator
+from calogen.models import caloclouds2 as cc2
+from calogen.models.registry import MODELS, load_generator
+from calogen.models.shower_flow import shower_features
+from calogen.models.training import load_tensors
+from conftest import full_size
+
+torch.set_num_threads(1)
+
+TINY_FLOW = {
+    "feature_set": "caloclouds2",
+    "blocks": 1,
+    "affine_per_block": 1,
+    "spline_per_block": 0,
+    "hidden": [16, 16],
+}
+
+
+def tiny_config(iterations: int = 12) -> dict:
+    return {
+        "base": "small",
+        "widths": [16, 32, 16],
+        "time_features": 8,
+        "shower_flow": TINY_FLOW,
+        "iterations": iterations,
+        "batch_size": 4,
+        "points_per_shower": 64,
+        "checkpoint_every": 6,
+        "shower_flow_iterations": iterations,
+        "shower_flow_batch": 32,
+        "lr_warmup": 0,
+    }
+
+
+TINY_DISTILL = {
+    "iterations": 8,
+    "batch_size": 4,
+    "points_per_shower": 64,
+    "checkpoint_every": 4,
+    "lr_warmup": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, fixtures):
+    """A tiny teacher and its distilled student on the committed 80-shower subset."""
+    root = tmp_path_factory.mktemp("cc2")
+    data = fixtures / "g4_photons_subset.h5"
+    iterations = 200 if full_size() else 12
+    teacher = root / "teacher"
+    cc2.train(config=tiny_config(iterations), data=data, out=teacher, progress=False)
+    student = root / "student"
+    cc2.distill(teacher=teacher, config=TINY_DISTILL, data=data, out=student, progress=False)
+    return {"teacher": teacher, "student": student, "data": data, "root": root}
+
+
+# -- unit tests -------------------------------------------------------------------------------
+
+
+def test_presets_and_config_round_trip() -> None:
+    paper = cc2.get_config("paper")
+    assert paper.widths == (128, 256, 512, 256, 128)
+    assert (paper.sigma_data, paper.p_mean, paper.p_std) == (0.5, -1.2, 1.2)
+    assert (paper.sigma_min, paper.sigma_max, paper.rho, paper.sampler_steps) == (
+        0.002,
+        80.0,
+        7.0,
+        13,
+    )
+    assert paper.optimizer == "radam" and paper.lr_start == 1e-4 and paper.batch_size == 128
+    small = cc2.get_config("small")
+    assert small.widths == (32, 64, 128, 64, 32)
+    assert cc2.CaloClouds2Config.from_dict(small.to_dict()) == small
+    d = cc2.get_distill_config("paper")
+    assert (d.n_grid, d.target_decay, d.sample_sigmas) == (18, 0.95, (80.0,))
+    assert cc2.DistillConfig.from_dict(d.to_dict()) == d
+    with pytest.raises(Exception, match="unknown"):
+        cc2.get_config({"base": "small", "no_such_key": 1})
+    with pytest.raises(Exception, match="time_features"):
+        cc2.get_config({"time_features": 3})
+
+
+def test_net_context_layouts_agree() -> None:
+    torch.manual_seed(0)
+    net = cc2.CaloClouds2Net((16, 16), time_features=8)
+    x = torch.randn(10, 4)
+    index = torch.tensor([0] * 4 + [1] * 6)
+    values = torch.randn(2, 2)
+    cond = cc2.Conditioning(values, index)
+    c = torch.tensor(0.3)
+    scalar = net(x, c, cond)
+    per_point = net(x, torch.full((10, 1), 0.3), cond)
+    assert torch.allclose(scalar, per_point, atol=1e-6)
+    # padded layout with per-shower noise gives the same as packed for the first shower
+    padded = net(x[:4][None], torch.full((1, 1, 1), 0.3), cc2.Conditioning(values[:1]))
+    assert torch.allclose(padded[0], scalar[:4], atol=1e-6)
+    per_point_padded = net(x[:4][None], torch.full((1, 4, 1), 0.3), cc2.Conditioning(values[:1]))
+    assert torch.allclose(per_point_padded[0], scalar[:4], atol=1e-6)
+
+
+def test_subsample_points() -> None:
+    rng = np.random.default_rng(0)
+    offsets = np.array([0, 5, 105, 110, 400])
+    showers = np.array([1, 3, 0])
+    idx, owner = cc2.subsample_points(offsets, showers, 50, rng)
+    assert np.bincount(owner).tolist() == [50, 50, 5]
+    assert np.all((idx[owner == 0] >= 5) & (idx[owner == 0] < 105))
+    assert np.all((idx[owner == 1] >= 110) & (idx[owner == 1] < 400))
+    assert len(np.unique(idx)) == len(idx)
+    all_idx, all_owner = cc2.subsample_points(offsets, showers, None, rng)
+    assert np.array_equal(all_idx, np.r_[np.arange(5, 105), np.arange(110, 400), np.arange(5)])
+    assert np.bincount(all_owner).tolist() == [100, 290, 5]
+
+
+def test_registry_and_cli_entries(capsys) -> None:
+    assert MODELS["caloclouds2"].module == "calogen.models.caloclouds2"
+    assert MODELS["caloclouds2-cm"].train == "train_cm"
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["distill", "--help"])
+    assert exc.value.code == 0
+    assert "--teacher" in capsys.readouterr().out
+    code = cli_main(["train", "caloclouds2-cm", "--data", "x.h5", "--out", "y"])
+    assert code == 2
+    assert "calogen distill" in capsys.readouterr().err
+
+
+# -- end to end -------------------------------------------------------------------------------
+
+
+def _check_calibrated(model: cc2.CaloClouds2, energies: np.ndarray, **kwargs) -> None:
+    gen = torch.Generator().manual_seed(3)
+    packed, info = model.generate(energies, gen, **kwargs)
+    assert packed.n_showers == len(energies)
+    from calogen.data.packed import unpack
+
+    showers = unpack(packed, energies)
+    feats = shower_features(showers)
+    target_e = info_e_per_layer(model, energies)
+    # layer counts from the Shower Flow (points of layers whose predicted energy is zero are
+    # dropped), per-layer energies rescaled to its prediction
+    lit = target_e > 0
+    assert np.array_equal(feats["n_per_layer"][lit], info["n_per_layer"][lit])
+    assert np.all(feats["n_per_layer"][~lit] == 0)
+    pts = packed.points
+    assert np.all(pts[:, 3] > 0)
+    assert np.all(pts[:, 2] == np.rint(pts[:, 2])) and pts[:, 2].min() >= 0
+    assert pts[:, 2].max() <= 29
+    occupied = feats["n_per_layer"] > 0
+    assert np.allclose(feats["e_per_layer"][occupied], target_e[occupied], rtol=1e-4)
+    # centre of gravity moved to the Shower Flow's (x, y)
+    has_energy = feats["e_vis"] > 0
+    assert np.allclose(feats["cog_x"][has_energy], info["cog_xy"][has_energy, 0], atol=1e-3)
+    assert np.allclose(feats["cog_y"][has_energy], info["cog_xy"][has_energy, 1], atol=1e-3)
+
+
+def info_e_per_layer(model: cc2.CaloClouds2, energies: np.ndarray) -> np.ndarray:
+    """The Shower Flow draw that :meth:`generate` makes first with the same generator."""
+    return model.shower_flow.sample(energies, torch.Generator().manual_seed(3))["e_per_layer"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["teacher", "student"])
+def test_samplers_return_calibrated_showers(trained, which: str) -> None:
+    gen = load_generator(trained[which])
+    assert isinstance(gen, Generator)
+    assert gen.name == ("caloclouds2" if which == "teacher" else "caloclouds2-cm")
+    assert gen.evaluations == (25 if which == "teacher" else 1)
+    energies = np.array([10.0, 50.0, 90.0, 33.0])
+    showers = gen.sample(energies, seed=7)
+    assert len(showers) == 4
+    assert np.allclose(showers.energies.reshape(-1), energies)
+    counts = np.asarray(showers._num_points)
+    assert np.all(counts >= 1) and np.all(counts <= gen.max_points)
+    again = gen.sample(energies, seed=7)
+    assert np.array_equal(showers.points, again.points)
+    other = gen.sample(energies, seed=8)
+    assert not np.array_equal(showers.points[:, :1], other.points[:, :1])
+    _check_calibrated(gen.model, energies)
+    with pytest.raises(Exception, match="direction"):
+        gen.sample(energies, directions=np.tile([0.0, 0.0, 1.0], (4, 1)))
+
+
+@pytest.mark.slow
+def test_sampler_step_options(trained) -> None:
+    teacher = load_generator(trained["teacher"])
+    student = load_generator(trained["student"])
+    energies = np.array([20.0, 70.0])
+    # the number of Heun steps is a sampler argument
+    for steps in (1, 2, 13):
+        out = teacher.sample(energies, seed=1, n_steps=steps)
+        assert len(out) == 2
+    a = teacher.sample(energies, seed=1, n_steps=2)
+    b = teacher.sample(energies, seed=1, n_steps=13)
+    assert not np.array_equal(a.points, b.points)
+    # multi-step consistency sampling
+    multi = student.sample(energies, seed=1, cm_sigmas=(80.0, 0.8))
+    assert len(multi) == 2
+    _check_calibrated(student.model, energies, cm_sigmas=(80.0, 0.8))
+    _check_calibrated(teacher.model, energies, n_steps=3)
+
+
+@pytest.mark.slow
+def test_student_starts_from_ema_teacher(trained, tmp_path) -> None:
+    info = json.loads((trained["student"] / "model.json").read_text())
+    assert info["calogen_model"] == "caloclouds2-cm"
+    assert info["distillation"]["config"]["target_decay"] == 0.95
+    # a zero-iteration distillation exports the teacher's EMA weights unchanged
+    out = tmp_path / "zero"
+    cfg = dict(TINY_DISTILL, iterations=1, lr_start=0.0, lr_end=0.0)
+    cc2.distill(
+        teacher=trained["teacher"], config=cfg, data=trained["data"], out=out, progress=False
+    )
+    t = load_tensors(trained["teacher"] / "model.safetensors")
+    s = load_tensors(out / "model.safetensors")
+    for key, value in t.items():
+        assert torch.allclose(value, s[key]), key
+
+
+@pytest.mark.slow
+def test_resume_is_exact(trained, tmp_path) -> None:
+    data = trained["data"]
+    full = tmp_path / "full"
+    cc2.train(config=tiny_config(12), data=data, out=full, progress=False)
+    part = tmp_path / "part"
+    cc2.train(config=tiny_config(12), data=data, out=part, progress=False, stop_after=6)
+    cc2.train(config=tiny_config(12), data=data, out=part, progress=False, resume=True)
+    a = load_tensors(full / "model.safetensors")
+    b = load_tensors(part / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # and the same for distillation
+    d_full = tmp_path / "d_full"
+    cc2.distill(teacher=full, config=TINY_DISTILL, data=data, out=d_full, progress=False)
+    d_part = tmp_path / "d_part"
+    cc2.distill(
+        teacher=full, config=TINY_DISTILL, data=data, out=d_part, progress=False, stop_after=4
+    )
+    cc2.distill(
+        teacher=full, config=TINY_DISTILL, data=data, out=d_part, progress=False, resume=True
+    )
+    a = load_tensors(d_full / "model.safetensors")
+    b = load_tensors(d_part / "model.safetensors")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.slow
+def test_cli_generate_with_both_models(trained, tmp_path) -> None:
+    for which in ("teacher", "student"):
+        out = tmp_path / f"{which}.h5"
+        code = cli_main(
+            [
+                "generate",
+                "--model",
+                str(trained[which]),
+                "--energy",
+                "10",
+                "90",
+                "--num",
+                "3",
+                "--seed",
+                "1",
+                "-o",
+                str(out),
+                "--quiet",
+            ]
+        )
+        assert code == 0 and out.is_file()

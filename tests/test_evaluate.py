@@ -1,0 +1,186 @@
+"""``calogen evaluate`` end to end on the small Geant4 fixture and a modified copy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import showerdata
+
+from calogen.cli import main
+from calogen.data.io import read_showers, write_showers
+from calogen.errors import UsageError
+from calogen.evaluation.metrics import W1_ROWS
+from calogen.evaluation.report import (
+    EvaluationConfig,
+    _shuffle,
+    collect,
+    compute_metrics,
+    evaluate,
+)
+from calogen.geometry import slab
+
+FIGURES = (
+    "cell_energy",
+    "radial_profile",
+    "longitudinal_profile",
+    "cog",
+    "visible_energy_hits",
+    "event_display",
+    "layer_map",
+)
+
+
+@pytest.fixture(scope="module")
+def candidate(fixtures: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fixture showers with every point energy scaled by 1.1 (showerdata layout)."""
+    showers = read_showers(fixtures / "g4_photons_subset.h5")
+    points = showers.points.copy()
+    points[:, :, 3] *= 1.1
+    scaled = showerdata.Showers(
+        points=points, energies=showers.energies, pdg=22, num_points=showers._num_points
+    )
+    path = tmp_path_factory.mktemp("cand") / "scaled.h5"
+    write_showers(path, scaled)
+    return path
+
+
+@pytest.fixture(scope="module")
+def report(fixtures: Path, candidate: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("report") / "out"
+    code = main(
+        [
+            "evaluate",
+            "--reference",
+            str(fixtures / "g4_photons_subset.h5"),
+            "--candidate",
+            str(candidate),
+            "--label",
+            "scaled x1.1",
+            "--out",
+            str(out),
+            "--quiet",
+            "--folds",
+            "3",
+            "--batches",
+            "2",
+        ]
+    )
+    assert code == 0
+    return out
+
+
+def test_report_files(report: Path) -> None:
+    for stem in FIGURES:
+        for ext in ("png", "pdf"):
+            path = report / f"{stem}.{ext}"
+            assert path.is_file() and path.stat().st_size > 1000, path
+    for name in ("metrics.json", "report.md", "report.html"):
+        assert (report / name).stat().st_size > 0
+    assert not list(report.glob(".*partial"))  # no temporary files left
+    md = (report / "report.md").read_text()
+    html = (report / "report.html").read_text()
+    for stem in FIGURES:
+        assert f"{stem}.png" in md and f"{stem}.png" in html
+    assert "W1×100 sampling fraction" in md and "classifier AUC" in html
+
+
+def test_metrics_json(report: Path) -> None:
+    m = json.loads((report / "metrics.json").read_text())
+    assert m["reference"]["label"] == "Geant4" and m["reference"]["n_showers"] == 80
+    cand = m["candidates"]["scaled x1.1"]
+    assert set(W1_ROWS) <= set(cand["w1"]["rows"])
+    # energies scaled by 1.1: the sampling fraction moves by ~10 % of its mean, far more than
+    # its spread; the cell energies move by one part in ~30 of log10 range
+    assert cand["w1"]["rows"]["sampling fraction"]["mean"] > 50
+    assert cand["mean_sampling_fraction"] == pytest.approx(
+        1.1 * m["reference"]["mean_sampling_fraction"], rel=0.01
+    )
+    assert 0.0 <= cand["classifier"]["auc_mean"] <= 1.0
+    assert "value" in cand["fpd"] and "value" in cand["kpd"]
+    assert m["floor"] is None and m["warnings"]  # 80 showers: too few for the floor
+    assert m["settings"]["n_batches"] == 2
+
+
+def test_floor_from_reference_halves(fixtures: Path) -> None:
+    config = EvaluationConfig(
+        progress=False, min_floor_showers=40, k_folds=3, classifier_epochs=5, n_batches=2
+    )
+    ref = collect(fixtures / "g4_photons_subset.h5", slab(), config)
+    rng = np.random.default_rng(0)
+    ref = _shuffle(ref, rng)
+    same = _shuffle(ref, rng)
+    m = compute_metrics(ref, [same], config)
+    floor = m["floor"]
+    assert floor is not None and floor["n_showers_per_half"] == 40
+    # batch size shared by the floor and the candidates: 40 // 2 batches
+    assert m["settings"]["shower_batch_size"] == 20
+    assert floor["w1"]["shower_batch_size"] == 20
+    assert 0.2 < floor["classifier"]["auc_mean"] < 0.8
+    for row in W1_ROWS:
+        assert floor["w1"]["rows"][row]["mean"] >= 0
+
+
+def test_identical_candidate_w1_zero(fixtures: Path) -> None:
+    """The reference against itself in the same order gives exactly zero W1."""
+    config = EvaluationConfig(progress=False, fpd_kpd=False, k_folds=3, classifier_epochs=2)
+    ref = collect(fixtures / "g4_photons_subset.h5", slab(), config)
+    m = compute_metrics(ref, [ref], config)
+    rows = m["candidates"][ref.label]["w1"]["rows"]
+    assert all(rows[r]["mean"] == 0.0 for r in W1_ROWS)
+
+
+def test_missing_file_is_one_line_error(tmp_path: Path, fixtures: Path, capsys) -> None:
+    code = main(
+        [
+            "evaluate",
+            "--reference",
+            str(tmp_path / "nope.h5"),
+            "--candidate",
+            str(fixtures / "g4_photons_subset.h5"),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.count("\n") == 0 and "nope.h5" in err and "no such file" in err
+    assert not (tmp_path / "o").exists()  # nothing written for bad input
+
+
+def test_bad_inputs(tmp_path: Path, fixtures: Path, capsys) -> None:
+    ref = str(fixtures / "g4_photons_subset.h5")
+    text = tmp_path / "notes.h5"
+    text.write_text("not hdf5")
+    code = main(
+        ["evaluate", "--reference", ref, "--candidate", str(text), "--out", str(tmp_path / "o")]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "not an HDF5 file" in err and err.count("\n") == 0
+    code = main(
+        [
+            "evaluate",
+            "--reference",
+            ref,
+            "--candidate",
+            ref,
+            "--label",
+            "a",
+            "--label",
+            "b",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "labels" in err and err.count("\n") == 0
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code = main(["evaluate", "--reference", ref, "--candidate", ref, "--out", str(blocker)])
+    assert code == 2 and "not a directory" in capsys.readouterr().err
+    with pytest.raises(UsageError):
+        evaluate(ref, [], tmp_path / "o")
+    with pytest.raises(UsageError):
+        evaluate(ref, [ref], tmp_path / "o", config=EvaluationConfig(layer=30))
