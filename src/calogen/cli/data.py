@@ -122,6 +122,12 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=1,
+        help="CPU threads for torch (default 1: run one process per core on batch farms)",
+    )
 
 
 def run_info(args: argparse.Namespace) -> int:
@@ -184,6 +190,9 @@ def run_generate(args: argparse.Namespace) -> int:
         raise UsageError(f"--shard-index must be in 0..{args.shards - 1}, got {args.shard_index}")
     if args.seed is None and args.shards > 1:
         raise UsageError("--seed is required with shards (all shards must share it)")
+    import torch
+
+    torch.set_num_threads(args.threads)
     seed = _seed(args)
     energies = draw_energies(args.energy, args.num, seed)
     generator = load_generator(args.model)

@@ -121,8 +121,19 @@ def train_model(
     )
 
 
-def load_generator(model_dir: str | os.PathLike[str]) -> Generator:
-    """Build the :class:`~calogen.generator.Generator` of a trained model folder."""
+#: Folder of the default model that ships inside the package.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "default_model"
+
+
+def load_generator(model_dir: str | os.PathLike[str] | None = None) -> Generator:
+    """Build the :class:`~calogen.generator.Generator` of a trained model folder.
+
+    ``None`` loads the default model shipped with the package (``calogen/default_model``).
+    """
+    if model_dir is None:
+        if not (DEFAULT_MODEL_DIR / "model.json").exists():
+            raise UsageError("no default model is shipped with this installation; pass --model DIR")
+        model_dir = DEFAULT_MODEL_DIR
     info = read_model_info(model_dir)
     name = info["calogen_model"]
     if name not in MODELS:
