@@ -21,6 +21,10 @@ Resume exactness: a checkpoint holds the module weights, optimizer states, the g
 RNG state and any named RNGs of the trainer, and the iteration. Trainers should make batch
 selection and noise a function of (seed, iteration) or of a saved RNG, and learning rates a
 function of the iteration (:func:`lr_schedule`), so that a resumed run continues exactly.
+
+Distributed data parallel training: :func:`run_training` trains on several processes when
+it is started by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment; ``calogen train``
+needs no other option); see :func:`run_training` for what each rank does.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import re
 import struct
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -407,6 +412,7 @@ def load_checkpoint(
     meta = read_json(path)
     if not isinstance(meta, dict) or "tensors" not in meta:
         raise UsageError(f"{path}: not a calogen checkpoint")
+    check_format_version(meta.get("format_version", 1), path)
     tensors = load_tensors(path.with_name(meta["tensors"]))
     load_module_tensors(modules, tensors, what=str(path))
     for name, opt in (optimizers or {}).items():
@@ -458,9 +464,29 @@ def read_model_info(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
     info = read_json(model_dir / MODEL_JSON)
     if not isinstance(info, dict) or "calogen_model" not in info or "config" not in info:
         raise UsageError(f"{model_dir / MODEL_JSON}: not a calogen model description")
+    check_format_version(info.get("format_version", 1), model_dir / MODEL_JSON)
+    if not isinstance(info["calogen_model"], str):
+        raise UsageError(f"{model_dir / MODEL_JSON}: 'calogen_model' must be a model name")
+    if not isinstance(info["config"], dict):
+        raise UsageError(f"{model_dir / MODEL_JSON}: 'config' must be a mapping of names to values")
     if not (model_dir / MODEL_TENSORS).is_file():
         raise UsageError(f"{model_dir}: no {MODEL_TENSORS} (weights missing)")
     return _from_jsonable(info)
+
+
+def check_format_version(version: Any, where: str | os.PathLike[str]) -> int:
+    """The ``format_version`` of a model folder or checkpoint; refuses newer ones.
+
+    Folders written before the field existed count as version 1.
+    """
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise UsageError(f"{where}: 'format_version' must be a positive integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise UsageError(
+            f"{where}: format version {version} is newer than this calogen reads "
+            f"({FORMAT_VERSION}); upgrade calogen to use it"
+        )
+    return version
 
 
 def load_model_tensors(model_dir: str | os.PathLike[str], modules: dict[str, nn.Module]) -> None:
@@ -471,6 +497,167 @@ def load_model_tensors(model_dir: str | os.PathLike[str], modules: dict[str, nn.
     except CalogenError as exc:
         raise UsageError(str(exc)) from None
     load_module_tensors(modules, tensors, what=str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# distributed data parallel training
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DistributedEnv:
+    """Rank, number of processes and local rank (GPU index on its node) of a torchrun job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+
+
+def distributed_env() -> DistributedEnv | None:
+    """The torchrun environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``), ``None`` if absent.
+
+    A ``WORLD_SIZE`` of 1 counts as a single process.
+    """
+    if "WORLD_SIZE" not in os.environ:
+        return None
+    try:
+        world_size = int(os.environ["WORLD_SIZE"])
+        rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+    except ValueError:
+        raise UsageError("WORLD_SIZE, RANK and LOCAL_RANK must be integers") from None
+    if world_size <= 1:
+        return None
+    if not 0 <= rank < world_size:
+        raise UsageError(f"RANK must be in 0..{world_size - 1}, got {rank}")
+    return DistributedEnv(rank, world_size, local_rank)
+
+
+def is_main_process() -> bool:
+    """True unless this is a torchrun rank other than 0 (which prints and writes nothing)."""
+    env = distributed_env()
+    return env is None or env.rank == 0
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of ``rank`` derived from the run's ``seed`` (a 32-bit integer).
+
+    Trainers combine it with the iteration, so a rank's randomness comes from
+    ``(seed, rank, iteration)``; ranks draw different batches and noise.
+    """
+    state = np.random.SeedSequence([int(seed), int(rank)]).generate_state(1, np.uint32)
+    return int(state[0])
+
+
+class _DistributedRun:
+    """What :func:`run_training` does differently on one rank of a torchrun job.
+
+    * joins the process group (gloo for parameters on the CPU, NCCL for parameters on a GPU);
+    * averages gradients across ranks: a hook on every trained parameter (those of the
+      trainer's optimizers) all-reduces its gradient as soon as ``backward`` has accumulated
+      it, so gradient clipping and the optimizer step see the averaged gradient;
+    * while ``trainer.step`` runs, swaps the trainer's ``seed`` for :func:`rank_seed` and its
+      ``data`` for ``data.shard(rank, world_size)`` (when the data has ``shard``); outside the
+      step (checkpoint JSON, export) the trainer keeps the run's seed and full data;
+    * broadcasts all module weights and buffers from rank 0 before the first step and checks
+      at every checkpoint that the ranks' weights are still identical.
+    """
+
+    def __init__(self, trainer: Trainer, env: DistributedEnv, seed_hint: int = 0) -> None:
+        import torch.distributed as dist
+
+        self.dist = dist
+        self.trainer = trainer
+        self.rank, self.world = env.rank, env.world_size
+        params: list[nn.Parameter] = []
+        seen: set[int] = set()
+        for opt in trainer.optimizers().values():
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if p.requires_grad and id(p) not in seen:
+                        seen.add(id(p))
+                        params.append(p)
+        self.device = params[0].device if params else torch.device("cpu")
+        self.created = False
+        if not dist.is_initialized():
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            if backend == "nccl":
+                torch.cuda.set_device(env.local_rank)
+            dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size)
+            self.created = True
+        elif dist.get_world_size() != self.world or dist.get_rank() != self.rank:
+            raise CalogenError("torch.distributed is initialised with another rank/world size")
+        self.hooks = [p.register_post_accumulate_grad_hook(self._average) for p in params]
+        self.swaps: dict[str, tuple[Any, Any]] = {}
+        seed = getattr(trainer, "seed", None)
+        if isinstance(seed, int):
+            self.swaps["seed"] = (seed, rank_seed(seed, self.rank))
+        self.seed = seed if isinstance(seed, int) else int(seed_hint)
+        data = getattr(trainer, "data", None)
+        if callable(getattr(data, "shard", None)):
+            self.swaps["data"] = (data, data.shard(self.rank, self.world))  # type: ignore[union-attr]
+
+    def _average(self, param: Tensor) -> None:
+        grad = param.grad
+        if grad is not None:
+            self.dist.all_reduce(grad)
+            grad.div_(self.world)
+
+    def start(self, iteration: int) -> None:
+        """Rank 0's weights and buffers everywhere; a per-rank global torch RNG."""
+        with torch.no_grad():
+            for module in self.trainer.modules().values():
+                for tensor in module.state_dict().values():
+                    if tensor.is_contiguous():
+                        self.dist.broadcast(tensor, src=0)
+                    else:
+                        buf = tensor.contiguous()
+                        self.dist.broadcast(buf, src=0)
+                        tensor.copy_(buf)
+        torch.manual_seed(rank_seed(self.seed, self.rank) * 1_000_003 + iteration)
+
+    def step(self, iteration: int) -> dict[str, float]:
+        """The trainer's step on this rank's seed and shard; losses averaged over ranks."""
+        trainer = self.trainer
+        for name, (_, mine) in self.swaps.items():
+            setattr(trainer, name, mine)
+        try:
+            losses = trainer.step(iteration)
+        finally:
+            for name, (run, _) in self.swaps.items():
+                setattr(trainer, name, run)
+        keys = list(losses)
+        values = torch.tensor(
+            [float(losses[k]) for k in keys], dtype=torch.float64, device=self.device
+        )
+        self.dist.all_reduce(values)
+        return dict(zip(keys, (values / self.world).tolist(), strict=True))
+
+    def check_in_sync(self, iteration: int) -> None:
+        """Raise :class:`CalogenError` if the ranks' weights differ (a checksum per rank)."""
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        with torch.no_grad():
+            for module in self.trainer.modules().values():
+                for tensor in module.state_dict().values():
+                    if tensor.is_floating_point():
+                        t = tensor.to(self.device, torch.float64)
+                        total += torch.nan_to_num(t, 0.0, 0.0, 0.0).abs().sum() + t.sum().nan_to_num()
+        both = torch.stack([total, -total])
+        self.dist.all_reduce(both, op=self.dist.ReduceOp.MAX)
+        if float(both[0]) != -float(both[1]):
+            raise CalogenError(
+                f"distributed training: the ranks' weights differ after iteration {iteration} "
+                "(a trainer step must run the same backward passes on every rank)"
+            )
+
+    def close(self, ok: bool) -> None:
+        for hook in self.hooks:
+            hook.remove()
+        self.hooks = []
+        if ok:
+            self.dist.barrier()  # ranks > 0 return after rank 0 wrote the final checkpoint
+        if self.created and ok:
+            self.dist.destroy_process_group()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -518,6 +705,30 @@ def run_training(
 ) -> dict[str, Any]:
     """Run (or resume) a training loop with tqdm progress and periodic atomic checkpoints.
 
+    Distributed data parallel training: started by ``torchrun`` (``WORLD_SIZE`` > 1; e.g.
+    ``torchrun --nproc-per-node 4 -m calogen train ...``), every rank runs this loop on
+    the same model:
+
+    * backend gloo when the trained parameters live on the CPU, NCCL when on a GPU;
+    * gradients are averaged across ranks as soon as ``backward`` produced them (hooks on the
+      parameters of ``trainer.optimizers()``; no change to the trainers), so clipping and
+      the optimizer step see the average. With mean-reduced losses and equal per-rank batch
+      sizes, one step on ``k`` ranks with batch ``B`` each equals one single-process step on
+      the union batch of ``k·B``;
+    * each rank draws its batches from its own seed :func:`rank_seed` ``(seed, rank)``
+      combined with the iteration by the trainer, and from its shard of the data: when the
+      trainer's ``data`` has ``shard(rank, world_size)`` (e.g.
+      :class:`~calogen.models.caloclouds.TrainingData`: every ``world_size``-th shower), the
+      step sees only that shard; other data are sampled whole with the rank's seed. (The
+      trainer's ``seed`` and ``data`` attributes are swapped only while ``step`` runs, so
+      checkpoints and the exported model describe the whole run.) The global torch RNG of
+      each rank is seeded from ``(seed, rank, start iteration)``;
+    * rank 0's weights are broadcast before the first step, and at each checkpoint the
+      ranks check that their weights are still identical;
+    * only rank 0 shows the progress bar and writes checkpoints, the model and
+      ``train_log.json``; logged losses are means over the ranks. A resume reads the
+      checkpoint on every rank, so ``out`` must be on a file system that all ranks see.
+
     Args:
         trainer: see :class:`Trainer`.
         out: output folder (created; must not hold a previous run unless ``resume``).
@@ -554,7 +765,14 @@ def run_training(
         raise UsageError(
             f"{out}: holds checkpoints of an earlier run (use --resume or a new --out)"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    env = distributed_env()
+    ddp = _DistributedRun(trainer, env) if env is not None else None
+    main = ddp is None or ddp.rank == 0
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    if ddp is not None:
+        ddp.start(start)
+    step = trainer.step if ddp is None else ddp.step
 
     t0 = time.perf_counter()
 
@@ -582,7 +800,7 @@ def run_training(
         total=iterations,
         initial=start,
         desc=desc,
-        disable=not progress,
+        disable=not progress or not main,
         dynamic_ncols=True,
         mininterval=1.0,
     )
@@ -590,9 +808,10 @@ def run_training(
     count = 0
     iteration = start
     last = iterations if stop_after is None else min(iterations, stop_after)
+    finished = False
     try:
         for iteration in range(start, last):
-            losses = trainer.step(iteration)
+            losses = step(iteration)
             for key, value in losses.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
             count += 1
@@ -604,10 +823,17 @@ def run_training(
                 sums, count = {}, 0
             bar.update(1)
             if done % checkpoint_every == 0 or done == last:
-                save(done)
+                if ddp is not None:
+                    ddp.check_in_sync(done)
+                if main:
+                    save(done)
+        finished = True
     except KeyboardInterrupt:
         bar.close()
         raise
+    finally:
+        if ddp is not None:
+            ddp.close(ok=finished)
     bar.close()
     return {
         "iteration": last,
@@ -624,10 +850,15 @@ def iterate_chunks(n: int, size: int) -> Iterable[slice]:
 __all__ = [
     "DEFAULT_TRAIN_THREADS",
     "EMA",
+    "FORMAT_VERSION",
+    "DistributedEnv",
     "MODEL_JSON",
     "MODEL_TENSORS",
     "Trainer",
+    "check_format_version",
     "check_safetensors",
+    "distributed_env",
+    "is_main_process",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
@@ -635,6 +866,7 @@ __all__ = [
     "load_tensors",
     "lr_schedule",
     "read_json",
+    "rank_seed",
     "read_model_info",
     "run_training",
     "save_checkpoint",

@@ -25,9 +25,11 @@ One shower of incident energy ``E`` is made as follows (all vectorised over spot
    the longitudinal profile, a radius from the radial profile and a uniform azimuth, all
    measured along and around the shower axis. The axis follows the incident direction: at
    depth ``z`` it is displaced by ``z tan(theta)``, and depths along it are stretched by
-   ``1/cos(theta)``.
+   ``1/cos(theta)``; transverse offsets are projected along the axis onto the layer plane
+   (the footprint is stretched by ``1/cos(theta)`` along the tilt).
 5. **Sampling.** A spot deposits in the silicon of the layer it falls into, a fraction
-   ``f_samp`` (one value for the thin-absorber layers 0-19, another for 20-29) of its energy.
+   ``f_samp`` (one value for the thin-absorber layers 0-19, another for 20-29, and a factor
+   for the last layer) of its energy. Spots behind layer 29 leak and are lost.
    Sampling fluctuations multiply each layer's visible energy by a gamma-distributed factor of
    relative width ``c_samp / sqrt(E_layer / GeV)`` (so the total visible energy fluctuates by
    ``c_samp / sqrt(E)``); spot energies fluctuate log-normally around their mean.
@@ -339,21 +341,6 @@ def spot_counts(energies_gev: NDArray[np.float64], par: GFlashParameters) -> NDA
 # -----------------------------------------------------------------------------------------
 
 
-def _axis_frame(
-    directions: NDArray[np.float64],
-) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-    """Unit vectors ``(d, u, v)``: shower axis and two transverse axes, each ``[N, 3]``."""
-    d = directions
-    sin_theta = np.hypot(d[:, 0], d[:, 1])
-    cos_theta = d[:, 2]
-    safe = sin_theta > 1e-12
-    cos_phi = np.where(safe, d[:, 0] / np.where(safe, sin_theta, 1.0), 1.0)
-    sin_phi = np.where(safe, d[:, 1] / np.where(safe, sin_theta, 1.0), 0.0)
-    u = np.stack([cos_theta * cos_phi, cos_theta * sin_phi, -sin_theta], axis=1)
-    v = np.stack([-sin_phi, cos_phi, np.zeros_like(cos_phi)], axis=1)
-    return d, u, v
-
-
 class GFlash:
     """GFlash reference simulator implementing :class:`calogen.generator.Generator`.
 
@@ -460,20 +447,27 @@ class GFlash:
         # depth: along-axis X0 -> z-depth X0 (x cos theta) -> z in mm (piecewise linear)
         cos_theta = axis[:, 2]
         depth_x0 = (t0[owner] + t_rel) * cos_theta[owner]
-        z_axis = np.interp(depth_x0, det.boundaries_x0, det.boundaries_mm, right=1e9)  # 1e9: leaked
+        layer = np.searchsorted(det.boundaries_x0, depth_x0, side="right") - 1
 
-        d, ex, ey = _axis_frame(axis)
-        tilted = np.any(np.abs(d[:, 2] - 1.0) > 1e-12)
+        # transverse offsets: in the plane perpendicular to the axis, projected along the axis
+        # onto the layer plane (the footprint of an inclined shower is stretched by
+        # 1/cos(theta) along the tilt); the layer is the one the axis point falls into
         off_u = radius_mm * cos_phi
         off_v = radius_mm * sin_phi
-        if tilted:
-            slope = d[:, :2] / d[:, 2:3]  # dx/dz, dy/dz of the axis
-            x = z_axis * slope[owner, 0] + off_u * ex[owner, 0] + off_v * ey[owner, 0]
-            y = z_axis * slope[owner, 1] + off_u * ex[owner, 1] + off_v * ey[owner, 1]
-            z = z_axis + off_u * ex[owner, 2]
+        if np.any(np.abs(cos_theta - 1.0) > 1e-12):
+            # depth of the axis point in mm (1e9: leaked out of the back, dropped below)
+            z_axis = np.interp(depth_x0, det.boundaries_x0, det.boundaries_mm, right=1e9)
+            sin_theta = np.sqrt(np.maximum(1.0 - cos_theta**2, 0.0))
+            tilted = sin_theta > 1e-12
+            safe = np.where(tilted, sin_theta, 1.0)
+            cos_az = np.where(tilted, axis[:, 0] / safe, 1.0)[owner]
+            sin_az = np.where(tilted, axis[:, 1] / safe, 0.0)[owner]
+            shift = z_axis * (sin_theta / cos_theta)[owner]  # z tan(theta)
+            stretch = off_u / cos_theta[owner]
+            x = shift * cos_az + stretch * cos_az - off_v * sin_az
+            y = shift * sin_az + stretch * sin_az + off_v * cos_az
         else:
-            x, y, z = off_u, off_v, z_axis
-        layer = np.searchsorted(det.boundaries_mm, z, side="right") - 1
+            x, y = off_u, off_v
 
         inside = (
             (layer >= 0)
@@ -570,7 +564,7 @@ def _grid_sum(
     ix = np.clip(np.floor(x / pitch).astype(np.int64) + half, 0, grid - 1)
     iy = np.clip(np.floor(y / pitch).astype(np.int64) + half, 0, grid - 1)
     key = ((owner * N_LAYERS + layer) * grid + ix) * grid + iy
-    order = np.argsort(key, kind="stable")
+    order = np.argsort(key)
     key = key[order]
     if key.size == 0:
         return np.zeros((0, 4), np.float32), np.zeros(n_showers, np.int64)
