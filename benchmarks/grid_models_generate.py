@@ -7,6 +7,7 @@ Writes, into ``--out``, one showerdata file per candidate with incident energies
 * ``bibae.h5`` — the BIB-AE with the latent drawn from the prior (``--bibae DIR``);
 * ``bibae_flow.h5`` — the same BIB-AE with the latent drawn from its latent flow;
 * ``bibae_nopp.h5`` — the same BIB-AE without the post-processor (to see what it does);
+* ``bibae_norescale.h5`` — the same BIB-AE without the rescaling to the visible energy;
 * ``gflash.h5`` — GFlash.
 
 Then ``calogen evaluate --reference <Geant4 file> --candidate ...`` compares them::
@@ -71,6 +72,9 @@ def main() -> None:
         flow.latent = "flow"
         jobs.append(("bibae_flow", flow))
         jobs.append(("bibae_nopp", _NoPostProcessor(load_generator(args.bibae))))
+        raw = load_generator(args.bibae)
+        raw.rescale = False
+        jobs.append(("bibae_norescale", raw))
     if args.gflash:
         jobs.append(("gflash", GFlash()))
     for name, gen in jobs:

@@ -139,6 +139,12 @@ def test_resume_is_exact_and_normal_incidence_generator(subset, tmp_path) -> Non
     a.latent = "flow"
     assert a.sample_voxels(energies, seed=4).shape == (3, 30, 12, 12)
     assert a.sample_voxels(energies, seed=4, post_process=False).min() >= 0
+    # rescaling to the drawn visible energy changes the totals, not the shapes
+    scaled = a.sample_voxels(energies, seed=4)
+    a.rescale = False
+    raw = a.sample_voxels(energies, seed=4)
+    ratio = scaled.sum((1, 2, 3)) / raw.sum((1, 2, 3))
+    np.testing.assert_allclose(scaled, raw * ratio[:, None, None, None], rtol=1e-4, atol=1e-12)
 
 
 def test_angle_condition_is_used(angled, tmp_path) -> None:  # type: ignore[no-untyped-def]

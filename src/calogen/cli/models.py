@@ -22,6 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "is written to OUT periodically and at the end, and OUT always holds a usable "
             "model (model.json + model.safetensors) for 'calogen generate --model OUT'. "
             "A killed run continues exactly where its last checkpoint stopped with --resume. "
+            "Started by torchrun (e.g. 'torchrun --nproc-per-node 4 -m calogen train ...') "
+            "the same command trains data parallel: each rank draws batches from its shard of "
+            "the showers with its own seed, gradients are averaged across ranks (gloo on "
+            "CPU, NCCL on GPU), and only rank 0 writes checkpoints, the model and the log. "
             f"Models: {models_help}."
         ),
     )
@@ -176,8 +180,16 @@ def _distill(args: argparse.Namespace) -> int:
         iterations=args.iterations,
         progress=not args.no_progress,
     )
-    print(json.dumps(summary, indent=2))
+    _print_summary(summary)
     return 0
+
+
+def _print_summary(summary: dict) -> None:
+    """Print the run's summary (under torchrun only on rank 0)."""
+    from calogen.models.training import is_main_process
+
+    if is_main_process():
+        print(json.dumps(summary, indent=2))
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -194,7 +206,7 @@ def _train(args: argparse.Namespace) -> int:
         threads=args.threads,
         progress=not args.no_progress,
     )
-    print(json.dumps(summary, indent=2))
+    _print_summary(summary)
     return 0
 
 

@@ -24,6 +24,11 @@ incident plane for inclined showers). Networks:
   flow (:class:`calogen.models.flows.LatentFlow`) fitted on the encoded latents; the default
   ``latent="prior"`` draws the latent from N(0, 1) as the paper does.
 
+Generation: latent from N(0, 1) (or the latent flow), visible energy from its flow, decoder,
+post-processor; with ``rescale_evis`` (the ``small`` default, not in the papers) each
+shower is then scaled so that its energy equals the drawn visible energy, the way the
+CaloClouds calibration rescales to the Shower Flow's energy.
+
 Condition vector (4 numbers): standardised ``ln E``, the direction slopes ``dx/dz`` and
 ``dy/dz`` divided by ``slope_scale`` (zero at normal incidence; 2303.18150 varies the angle in
 the y-z plane only) and the standardised ``ln(E_vis / E)``, where ``E_vis`` is the energy
@@ -133,6 +138,7 @@ class BIBAEConfig:
     max_showers: int | None = None
     # generation
     latent: str = "prior"
+    rescale_evis: bool = True
     min_energy_gev: float = 1e-5
     jitter: bool = False
     generation_batch: int = 256
@@ -206,7 +212,7 @@ class BIBAEConfig:
 #: ``paper``: widths and weights as far as known from the BIB-AE papers (see
 #: docs/bibae_l2lflows.md); ``small``: same code, a few thousand iterations on one CPU thread.
 PRESETS: dict[str, BIBAEConfig] = {
-    "paper": BIBAEConfig(),
+    "paper": BIBAEConfig(rescale_evis=False),
     "small": BIBAEConfig(
         latent_dim=24,
         channels=(8, 16, 32),
@@ -503,10 +509,17 @@ class BIBAE(nn.Module):
         generator: torch.Generator,
         latent: str | None = None,
         post_process: bool = True,
+        rescale: bool | None = None,
     ) -> NDArray[np.float32]:
-        """Voxels ``[N, L, X, Y]`` (GeV) for incident energies (GeV) and direction slopes."""
+        """Voxels ``[N, L, X, Y]`` (GeV) for incident energies (GeV) and direction slopes.
+
+        ``latent``: ``"prior"`` or ``"flow"`` (default: the config's); ``rescale``: scale each
+        shower to the visible energy drawn from the visible-energy flow (default: the
+        config's ``rescale_evis``).
+        """
         cfg = self.config
         latent = cfg.latent if latent is None else latent
+        rescale = cfg.rescale_evis if rescale is None else bool(rescale)
         if latent not in ("prior", "flow"):
             raise UsageError(f"latent must be 'prior' or 'flow', got '{latent}'")
         n = incident.shape[0]
@@ -524,8 +537,18 @@ class BIBAE(nn.Module):
             y = self.decoder(z, cond)
             if post_process:
                 y = self.post(y, cond)
-            out[sl] = self.to_gev(y)[:, 0].numpy()
+            e = self.to_gev(y)[:, 0].double()
+            if rescale:
+                target = self.evis_gev(incident[sl], evis)
+                total = e.flatten(1).sum(1).clamp_min(1e-12)
+                e = e * (target / total)[:, None, None, None]
+            out[sl] = e.float().numpy()
         return out
+
+    def evis_gev(self, incident: NDArray, code: Tensor) -> Tensor:
+        """Visible energy (GeV, float64) from its standardised code ``[B, 1]``."""
+        ratio = code[:, 0].double() * self.cond_stats[3] + self.cond_stats[2]
+        return torch.as_tensor(np.asarray(incident, np.float64)) * torch.exp(ratio)
 
     def modules_dict(self) -> dict[str, nn.Module]:
         return {"bibae": self}
@@ -560,6 +583,7 @@ class BIBAEGenerator:
         self.grid = model.config.grid
         self.max_points = self.grid.n_voxels
         self.latent = model.config.latent
+        self.rescale = model.config.rescale_evis
 
     def sample_voxels(
         self,
@@ -569,11 +593,12 @@ class BIBAEGenerator:
         seed: int | np.random.Generator | None = None,
         post_process: bool = True,
     ) -> NDArray[np.float32]:
+        """Voxels ``[N, L, X, Y]`` in GeV (``post_process=False`` skips the post-processor)."""
         energies = check_energies(energies)
         dirs = check_directions(directions, energies.size)
         gen = torch.Generator().manual_seed(int(as_rng(seed).integers(0, 2**62)))
         return self.model.sample_voxels(
-            energies, _slopes(dirs, energies.size), gen, self.latent, post_process
+            energies, _slopes(dirs, energies.size), gen, self.latent, post_process, self.rescale
         )
 
     def sample(

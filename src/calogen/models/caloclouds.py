@@ -396,6 +396,27 @@ class TrainingData:
     def counts(self) -> NDArray[np.int64]:
         return np.diff(self.offsets)
 
+    def shard(self, rank: int, world_size: int) -> TrainingData:
+        """Every ``world_size``-th shower from ``rank`` on (a copy): a rank's part of the data
+        in distributed training (see :func:`~calogen.models.training.run_training`)."""
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise UsageError(f"invalid shard: rank {rank} of world size {world_size}")
+        keep = np.arange(rank, self.n_showers, world_size)
+        if keep.size == 0:
+            raise UsageError(
+                f"{self.n_showers} training showers cannot feed {world_size} ranks "
+                "(each rank needs at least one)"
+            )
+        counts = self.counts[keep]
+        first = np.cumsum(counts) - counts
+        idx = np.repeat(self.offsets[keep] - first, counts) + np.arange(int(counts.sum()))
+        return TrainingData(
+            points=self.points[idx],
+            offsets=np.concatenate(([0], np.cumsum(counts))).astype(np.int64),
+            energies=self.energies[keep],
+            features={k: v[keep] for k, v in self.features.items()},
+        )
+
 
 def load_training_data(
     path: str | os.PathLike[str], max_showers: int | None = None

@@ -8,9 +8,11 @@ Every learned model lives in one module that provides:
   (``info`` is the parsed ``model.json``);
 * optionally ``fit_occupancy(model_dir, data, *, n_showers, seed, geometry) -> dict``.
 
-A model folder holds ``model.json`` (``"calogen_model": <name>``, the config, the data
-normalisation, …) and ``model.safetensors``. :func:`load_generator` reads the JSON to find
-the model type.
+A model folder holds ``model.json`` (``"calogen_model": <name>``, ``"format_version"``, the
+config, the data normalisation, …) and ``model.safetensors``. :func:`load_generator` reads the
+JSON to find the model type; a missing or corrupt file, a format version newer than this
+calogen, an unknown model type or a config that does not fit the model type is a one-line
+:class:`~calogen.errors.UsageError` (exit code 2 on the command line).
 """
 
 from __future__ import annotations
@@ -24,7 +26,15 @@ from typing import Any
 
 from calogen.errors import UsageError
 from calogen.generator import Generator
-from calogen.models.training import read_model_info, set_threads
+from calogen.models.training import (
+    CHECKPOINT_DIR,
+    MODEL_JSON,
+    check_format_version,
+    latest_checkpoint,
+    read_json,
+    read_model_info,
+    set_threads,
+)
 
 
 @dataclass(frozen=True)
@@ -109,6 +119,8 @@ def train_model(
     """Train model ``name``; returns the model's summary dict (iterations, losses, time)."""
     entry = get_entry(name)
     set_threads(threads)
+    if resume:
+        check_resume_model(out, name)
     train = getattr(entry.import_module(), entry.train)
     return train(
         config=config,
@@ -119,6 +131,22 @@ def train_model(
         iterations=iterations,
         progress=progress,
     )
+
+
+def check_resume_model(out: str | os.PathLike[str], name: str) -> None:
+    """Refuse ``--resume`` of a run of another model type (one line, before any work)."""
+    latest = latest_checkpoint(Path(out) / CHECKPOINT_DIR)
+    if latest is None:
+        return  # the model's train() reports the missing checkpoint
+    meta = read_json(latest)
+    check_format_version(meta.get("format_version", 1), latest)
+    extra = meta.get("extra", {})
+    stored = extra.get("model") if isinstance(extra, dict) else None
+    if stored is not None and stored != name:
+        raise UsageError(
+            f"{out}: holds a '{stored}' run, not '{name}' (resume it with "
+            f"'calogen train {stored} --resume', or train '{name}' into a new --out)"
+        )
 
 
 #: Folder of the default model that ships inside the package.
@@ -142,7 +170,20 @@ def load_generator(model_dir: str | os.PathLike[str] | None = None) -> Generator
             f"(known: {', '.join(sorted(MODELS))})"
         )
     entry = MODELS[name]
-    return getattr(entry.import_module(), entry.load)(Path(model_dir), info)
+    load = getattr(entry.import_module(), entry.load)
+    where = Path(model_dir) / MODEL_JSON
+    try:
+        return load(Path(model_dir), info)
+    except UsageError as exc:  # e.g. the config of another model type
+        message = str(exc)
+        if str(model_dir) in message:
+            raise
+        raise UsageError(f"{where}: cannot load model type '{name}': {message}") from None
+    except (TypeError, ValueError, KeyError) as exc:  # malformed entries in the JSON
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise UsageError(
+            f"{where}: invalid '{name}' model description ({type(exc).__name__}: {first})"
+        ) from None
 
 
 def fit_occupancy(
@@ -162,4 +203,12 @@ def fit_occupancy(
     return func(Path(model_dir), data, n_showers=n_showers, seed=seed, geometry=geometry)
 
 
-__all__ = ["MODELS", "ModelEntry", "fit_occupancy", "get_entry", "load_generator", "train_model"]
+__all__ = [
+    "MODELS",
+    "ModelEntry",
+    "check_resume_model",
+    "fit_occupancy",
+    "get_entry",
+    "load_generator",
+    "train_model",
+]

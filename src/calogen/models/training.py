@@ -563,7 +563,7 @@ class _DistributedRun:
       at every checkpoint that the ranks' weights are still identical.
     """
 
-    def __init__(self, trainer: Trainer, env: DistributedEnv, seed_hint: int = 0) -> None:
+    def __init__(self, trainer: Trainer, env: DistributedEnv) -> None:
         import torch.distributed as dist
 
         self.dist = dist
@@ -592,7 +592,7 @@ class _DistributedRun:
         seed = getattr(trainer, "seed", None)
         if isinstance(seed, int):
             self.swaps["seed"] = (seed, rank_seed(seed, self.rank))
-        self.seed = seed if isinstance(seed, int) else int(seed_hint)
+        self.seed = seed if isinstance(seed, int) else 0
         data = getattr(trainer, "data", None)
         if callable(getattr(data, "shard", None)):
             self.swaps["data"] = (data, data.shard(self.rank, self.world))  # type: ignore[union-attr]
@@ -603,8 +603,8 @@ class _DistributedRun:
             self.dist.all_reduce(grad)
             grad.div_(self.world)
 
-    def start(self, iteration: int) -> None:
-        """Rank 0's weights and buffers everywhere; a per-rank global torch RNG."""
+    def start(self) -> None:
+        """Rank 0's weights and buffers on every rank (as DDP does when it wraps a module)."""
         with torch.no_grad():
             for module in self.trainer.modules().values():
                 for tensor in module.state_dict().values():
@@ -614,11 +614,15 @@ class _DistributedRun:
                         buf = tensor.contiguous()
                         self.dist.broadcast(buf, src=0)
                         tensor.copy_(buf)
-        torch.manual_seed(rank_seed(self.seed, self.rank) * 1_000_003 + iteration)
 
     def step(self, iteration: int) -> dict[str, float]:
-        """The trainer's step on this rank's seed and shard; losses averaged over ranks."""
+        """The trainer's step on this rank's seed and shard; losses averaged over ranks.
+
+        The global torch RNG is seeded from ``(seed, rank, iteration)`` first, so that a
+        resumed distributed run repeats an uninterrupted one even for trainers that use it.
+        """
         trainer = self.trainer
+        torch.manual_seed(rank_seed(self.seed, self.rank) * 1_000_003 + iteration)
         for name, (_, mine) in self.swaps.items():
             setattr(trainer, name, mine)
         try:
@@ -635,16 +639,16 @@ class _DistributedRun:
 
     def check_in_sync(self, iteration: int) -> None:
         """Raise :class:`CalogenError` if the ranks' weights differ (a checksum per rank)."""
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        checksum = torch.zeros(2, dtype=torch.float64, device=self.device)
         with torch.no_grad():
             for module in self.trainer.modules().values():
                 for tensor in module.state_dict().values():
                     if tensor.is_floating_point():
-                        t = tensor.to(self.device, torch.float64)
-                        total += torch.nan_to_num(t, 0.0, 0.0, 0.0).abs().sum() + t.sum().nan_to_num()
-        both = torch.stack([total, -total])
+                        t = torch.nan_to_num(tensor.to(self.device, torch.float64), 0.0, 0.0, 0.0)
+                        checksum += torch.stack([t.sum(), t.abs().sum()])
+        both = torch.cat([checksum, -checksum])  # max over ranks of c and of -c (= -min c)
         self.dist.all_reduce(both, op=self.dist.ReduceOp.MAX)
-        if float(both[0]) != -float(both[1]):
+        if not torch.equal(both[:2], -both[2:]):
             raise CalogenError(
                 f"distributed training: the ranks' weights differ after iteration {iteration} "
                 "(a trainer step must run the same backward passes on every rank)"
@@ -721,8 +725,9 @@ def run_training(
       :class:`~calogen.models.caloclouds.TrainingData`: every ``world_size``-th shower), the
       step sees only that shard; other data are sampled whole with the rank's seed. (The
       trainer's ``seed`` and ``data`` attributes are swapped only while ``step`` runs, so
-      checkpoints and the exported model describe the whole run.) The global torch RNG of
-      each rank is seeded from ``(seed, rank, start iteration)``;
+      checkpoints and the exported model describe the whole run.) Before each step the
+      global torch RNG is seeded from ``(seed, rank, iteration)``, so a resumed distributed
+      run repeats an uninterrupted one (with the same number of ranks);
     * rank 0's weights are broadcast before the first step, and at each checkpoint the
       ranks check that their weights are still identical;
     * only rank 0 shows the progress bar and writes checkpoints, the model and
@@ -767,11 +772,11 @@ def run_training(
         )
     env = distributed_env()
     ddp = _DistributedRun(trainer, env) if env is not None else None
-    main = ddp is None or ddp.rank == 0
-    if main:
+    is_main = ddp is None or ddp.rank == 0
+    if is_main:
         out.mkdir(parents=True, exist_ok=True)
     if ddp is not None:
-        ddp.start(start)
+        ddp.start()
     step = trainer.step if ddp is None else ddp.step
 
     t0 = time.perf_counter()
@@ -780,6 +785,8 @@ def run_training(
         extra = dict(trainer.checkpoint_json())
         extra["history"] = history
         extra["seconds"] = elapsed_before + time.perf_counter() - t0
+        # the model first: a complete checkpoint implies a usable model in ``out``
+        trainer.export(out)
         save_checkpoint(
             ckpt_dir,
             iteration,
@@ -788,7 +795,6 @@ def run_training(
             generators=trainer.generators(),
             extra_json=extra,
         )
-        trainer.export(out)
         write_json(
             out / "train_log.json",
             {"iteration": iteration, "history": history, "seconds": extra["seconds"]},
@@ -800,7 +806,7 @@ def run_training(
         total=iterations,
         initial=start,
         desc=desc,
-        disable=not progress or not main,
+        disable=not progress or not is_main,
         dynamic_ncols=True,
         mininterval=1.0,
     )
@@ -825,7 +831,7 @@ def run_training(
             if done % checkpoint_every == 0 or done == last:
                 if ddp is not None:
                     ddp.check_in_sync(done)
-                if main:
+                if is_main:
                     save(done)
         finished = True
     except KeyboardInterrupt:
@@ -851,9 +857,9 @@ __all__ = [
     "DEFAULT_TRAIN_THREADS",
     "EMA",
     "FORMAT_VERSION",
-    "DistributedEnv",
     "MODEL_JSON",
     "MODEL_TENSORS",
+    "DistributedEnv",
     "Trainer",
     "check_format_version",
     "check_safetensors",
@@ -865,8 +871,8 @@ __all__ = [
     "load_model_tensors",
     "load_tensors",
     "lr_schedule",
-    "read_json",
     "rank_seed",
+    "read_json",
     "read_model_info",
     "run_training",
     "save_checkpoint",
