@@ -88,13 +88,27 @@ def test_network_shapes_on_any_grid(shape) -> None:  # type: ignore[no-untyped-d
     model = BIBAE(cfg)
     y = torch.rand(2, 1, *shape)
     cond = torch.randn(2, 4)
-    mu, logvar = model.encoder(y, cond)
+    xyz = model.coordinates(cond)
+    assert [tuple(c.shape[2:]) for c in xyz][:2] == [shape, tuple(s // 2 for s in shape)]
+    mu, logvar = model.encoder(y, cond, xyz)
     assert mu.shape == (2, 4) and logvar.shape == (2, 4)
-    rec = model.decoder(mu, cond)
+    rec = model.decoder(mu, cond, xyz)
     assert rec.shape == y.shape and (rec >= 0).all()
-    assert model.critic(y, cond).shape == (2,)
+    assert model.critic(y, cond, xyz).shape == (2,)
     # the post-processor starts as the identity (zero-initialised last layer)
-    torch.testing.assert_close(model.post(y, cond), y)
+    torch.testing.assert_close(model.post(y, cond, xyz), y)
+
+
+def test_coordinates_follow_the_requested_axis() -> None:
+    model = BIBAE(get_config(dict(TINY)))
+    cond = torch.zeros(2, 4)
+    cond[1, 2] = 0.4 / model.config.slope_scale  # dy/dz = 0.4
+    xyz = model.coordinates(cond)[0]
+    depth = model._depth_mm
+    # y relative to the axis: shifted by 0.4 * depth (in units of 50 mm) for the inclined one
+    shift = (xyz[0, 2] - xyz[1, 2])[:, 0, 0] * 50.0
+    torch.testing.assert_close(shift, 0.4 * depth, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(xyz[0, 1], xyz[1, 1])  # x unchanged
 
 
 def test_energy_scaling_round_trip() -> None:

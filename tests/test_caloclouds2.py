@@ -40,6 +40,7 @@ def tiny_config(iterations: int = 12) -> dict:
         "shower_flow_iterations": iterations,
         "shower_flow_batch": 32,
         "lr_warmup": 0,
+        "max_points": 600,
     }
 
 

@@ -29,6 +29,13 @@ post-processor; with ``rescale_evis`` (the ``small`` default, not in the papers)
 shower is then scaled so that its energy equals the drawn visible energy, the way the
 CaloClouds calibration rescales to the Shower Flow's energy.
 
+Coordinate channels (:meth:`BIBAE.coordinates`; our addition): the depth of each voxel and
+its x, y relative to the requested shower axis (``slope * depth``) enter the encoder, the
+critic and the post-processor as three extra input channels and every decoder stage through a
+1 x 1 x 1 convolution. Translation-equivariant convolutions cannot otherwise move a shower
+along an inclined axis from a condition that only adds per-channel biases (a first run without
+them followed the angle only loosely, see docs/bibae_l2lflows.md).
+
 Condition vector (4 numbers): standardised ``ln E``, the direction slopes ``dx/dz`` and
 ``dy/dz`` divided by ``slope_scale`` (zero at normal incidence; 2303.18150 varies the angle in
 the y-z plane only) and the standardised ``ln(E_vis / E)``, where ``E_vis`` is the energy
@@ -70,7 +77,7 @@ from torch import Tensor, nn
 from calogen.data.voxels import SparseVoxels, VoxelGrid, voxels_to_points
 from calogen.errors import UsageError
 from calogen.generator import as_rng, check_directions, check_energies
-from calogen.geometry import CELL_SIZE_MM
+from calogen.geometry import ABSORBER_MM, CELL_SIZE_MM, N_LAYERS, SILICON_MM, slab
 from calogen.models.configs import resolve_config
 from calogen.models.flows import LatentFlow
 from calogen.models.l2lflows import _resolve_training_config
@@ -86,6 +93,10 @@ from calogen.models.training import (
 
 MODEL_NAME = "bibae"
 COND_DIM = 4
+#: Coordinate channels: depth, and x, y relative to the requested shower axis.
+N_COORDS = 3
+#: Length scale of the transverse coordinate channels, mm.
+COORD_SCALE_MM = 50.0
 
 
 @dataclass
@@ -215,6 +226,7 @@ PRESETS: dict[str, BIBAEConfig] = {
     "paper": BIBAEConfig(rescale_evis=False),
     "small": BIBAEConfig(
         latent_dim=24,
+        w_kld=0.05,
         channels=(8, 16, 32),
         hidden=128,
         critic_channels=(8, 16, 32),
@@ -280,14 +292,14 @@ class ConvStack(nn.Module):
 class Encoder(nn.Module):
     def __init__(self, shape: Sequence[int], channels: Sequence[int], hidden: int, latent: int):
         super().__init__()
-        self.convs = ConvStack(1, channels)
+        self.convs = ConvStack(1 + N_COORDS, channels)
         flat = channels[-1] * math.prod(_stage_shapes(shape, len(channels))[-1])
         self.head = nn.Sequential(
             nn.Linear(flat + COND_DIM, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 2 * latent)
         )
 
-    def forward(self, y: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.convs(y).flatten(1)
+    def forward(self, y: Tensor, cond: Tensor, coords: list[Tensor]) -> tuple[Tensor, Tensor]:
+        h = self.convs(torch.cat([y, coords[0]], 1)).flatten(1)
         mu, logvar = self.head(torch.cat([h, cond], 1)).chunk(2, dim=1)
         return mu, logvar.clamp(-12.0, 8.0)
 
@@ -306,25 +318,28 @@ class Decoder(nn.Module):
         self.ups = nn.ModuleList()
         self.norms = nn.ModuleList()
         self.cond_bias = nn.ModuleList()
+        self.coord_proj = nn.ModuleList()
         for i in range(len(channels) - 1, 0, -1):
             self.ups.append(nn.ConvTranspose3d(channels[i], channels[i - 1], 4, 2, 1))
             self.norms.append(nn.GroupNorm(1, channels[i - 1]))
             self.cond_bias.append(nn.Linear(COND_DIM, channels[i - 1]))
+            self.coord_proj.append(nn.Conv3d(N_COORDS, channels[i - 1], 1))
         self.out = nn.ConvTranspose3d(channels[0], 1, 4, 2, 1)
+        self.out_coord = nn.Conv3d(N_COORDS, 1, 1)
         self.act = nn.LeakyReLU(0.2)
 
-    def forward(self, z: Tensor, cond: Tensor) -> Tensor:
+    def forward(self, z: Tensor, cond: Tensor, coords: list[Tensor]) -> Tensor:
         b = z.shape[0]
         h = self.act(self.fc(torch.cat([z, cond], 1)))
         h = h.view(b, self.channels[-1], *self.shapes[-1])
         n = len(self.channels)
-        for k, (up, norm, bias) in enumerate(
-            zip(self.ups, self.norms, self.cond_bias, strict=True)
+        for k, (up, norm, bias, proj) in enumerate(
+            zip(self.ups, self.norms, self.cond_bias, self.coord_proj, strict=True)
         ):
-            target = self.shapes[n - 1 - k]
-            h = up(h, output_size=target)
-            h = self.act(norm(h) + bias(cond)[:, :, None, None, None])
-        return torch.relu(self.out(h, output_size=self.shapes[0]))
+            stage = n - 1 - k
+            h = up(h, output_size=self.shapes[stage])
+            h = self.act(norm(h) + bias(cond)[:, :, None, None, None] + proj(coords[stage]))
+        return torch.relu(self.out(h, output_size=self.shapes[0]) + self.out_coord(coords[0]))
 
 
 class ImageCritic(nn.Module):
@@ -335,7 +350,7 @@ class ImageCritic(nn.Module):
     ):
         super().__init__()
         self.unit = float(energy_unit_mev)
-        self.convs = ConvStack(1, channels)
+        self.convs = ConvStack(1 + N_COORDS, channels)
         flat = channels[-1] * math.prod(_stage_shapes(shape, len(channels))[-1])
         n_layers = int(shape[0])
         self.head = nn.Sequential(
@@ -346,10 +361,10 @@ class ImageCritic(nn.Module):
             nn.Linear(hidden, 1),
         )
 
-    def forward(self, y: Tensor, cond: Tensor) -> Tensor:
+    def forward(self, y: Tensor, cond: Tensor, coords: list[Tensor]) -> Tensor:
         layer_mev = (self.unit * torch.expm1(y)).sum((1, 3, 4))
         feats = torch.log1p(layer_mev)
-        h = self.convs(y).flatten(1)
+        h = self.convs(torch.cat([y, coords[0]], 1)).flatten(1)
         return self.head(torch.cat([h, cond, feats], 1)).squeeze(1)
 
 
@@ -378,7 +393,7 @@ class PostProcessor(nn.Module):
     def __init__(self, channels: Sequence[int]):
         super().__init__()
         layers: list[nn.Module] = []
-        c_in = 1 + COND_DIM
+        c_in = 1 + COND_DIM + N_COORDS
         for c in channels:
             layers += [nn.Linear(c_in, c), nn.LeakyReLU(0.2)]
             c_in = c
@@ -388,11 +403,12 @@ class PostProcessor(nn.Module):
         layers.append(last)
         self.net = nn.Sequential(*layers)
 
-    def forward(self, y: Tensor, cond: Tensor) -> Tensor:
+    def forward(self, y: Tensor, cond: Tensor, coords: list[Tensor]) -> Tensor:
         b = y.shape[0]
         v = y.reshape(b, -1, 1)
         c = cond[:, None, :].expand(-1, v.shape[1], -1)
-        delta = self.net(torch.cat([v, c], 2)).reshape(y.shape)
+        xyz = coords[0].flatten(2).transpose(1, 2)
+        delta = self.net(torch.cat([v, c, xyz], 2)).reshape(y.shape)
         return torch.relu(y + delta)
 
 
@@ -421,7 +437,7 @@ def sorted_energies(y: Tensor, k: int) -> Tensor:
 
 
 def gradient_penalty(
-    critic: Any, real: Tensor, fake: Tensor, gen: torch.Generator, *args: Tensor
+    critic: Any, real: Tensor, fake: Tensor, gen: torch.Generator, *args: Any
 ) -> Tensor:
     """WGAN-GP penalty ``(||grad D(x_hat)|| - 1)^2`` on random interpolates."""
     shape = (real.shape[0],) + (1,) * (real.dim() - 1)
@@ -459,6 +475,49 @@ class BIBAE(nn.Module):
         )
         # ln E mean/std, ln(E_vis/E) mean/std
         self.register_buffer("cond_stats", torch.tensor([0.0, 1.0, 0.0, 1.0]))
+        self.n_stages = len(cfg.channels)
+        grid = cfg.grid
+        if cfg.n_layers == N_LAYERS:
+            depth = slab().layer_z_mm
+        else:  # a grid of another depth: evenly spaced layers of the mean pitch
+            depth = (np.arange(cfg.n_layers) + 0.5) * float(np.mean(ABSORBER_MM) + SILICON_MM)
+        self._depth_mm = torch.as_tensor(depth, dtype=torch.float32)
+        self._x_mm = torch.as_tensor(grid.x_centres(), dtype=torch.float32)
+        self._y_mm = torch.as_tensor(grid.y_centres(), dtype=torch.float32)
+
+    def coordinates(self, cond: Tensor) -> list[Tensor]:
+        """Coordinate channels ``[B, 3, ...]`` at the grid and at every coarser stage.
+
+        Channel 0: depth of the layer (standardised over the grid); channels 1, 2: x and y of
+        the voxel centre minus the position of the requested shower axis at that depth
+        (``slope * depth``), in units of 50 mm. They let the convolutions place the shower
+        along any incident direction; at normal incidence they are fixed position maps.
+        """
+        slopes = cond[:, 1:3] * self.config.slope_scale
+        d = self._depth_mm
+        depth = ((d - d.mean()) / d.std())[None, :, None, None]
+        b = cond.shape[0]
+        x = (
+            self._x_mm[None, None, :, None]
+            - slopes[:, 0, None, None, None] * d[None, :, None, None]
+        )
+        y = (
+            self._y_mm[None, None, None, :]
+            - slopes[:, 1, None, None, None] * d[None, :, None, None]
+        )
+        shape = (b, self.config.n_layers, self.config.nx, self.config.ny)
+        full = torch.stack(
+            [
+                depth.expand(shape),
+                x.expand(shape) / COORD_SCALE_MM,
+                y.expand(shape) / COORD_SCALE_MM,
+            ],
+            1,
+        )
+        maps = [full]
+        for _ in range(self.n_stages):
+            maps.append(nn.functional.avg_pool3d(maps[-1], 2, 2))
+        return maps
 
     # -- scaling -------------------------------------------------------------------------------
     def to_network(self, voxels_gev: NDArray | Tensor) -> Tensor:
@@ -534,9 +593,10 @@ class BIBAE(nn.Module):
                 z = self.latent_flow.sample(cond, generator)
             else:
                 z = torch.randn((base.shape[0], cfg.latent_dim), generator=generator)
-            y = self.decoder(z, cond)
+            xyz = self.coordinates(cond)
+            y = self.decoder(z, cond, xyz)
             if post_process:
-                y = self.post(y, cond)
+                y = self.post(y, cond, xyz)
             e = self.to_gev(y)[:, 0].double()
             if rescale:
                 target = self.evis_gev(incident[sl], evis)
@@ -705,11 +765,12 @@ class BIBAETrainer:
         for _ in range(cfg.n_critic):
             y, _, cond = self._batch(rng)
             with torch.no_grad():
-                mu, logvar = model.encoder(y, cond)
+                xyz = model.coordinates(cond)
+                mu, logvar = model.encoder(y, cond, xyz)
                 z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen)
-                y_rec = model.decoder(z, cond)
-            loss_x = model.critic(y_rec, cond).mean() - model.critic(y, cond).mean()
-            gp_x = gradient_penalty(model.critic, y, y_rec, gen, cond)
+                y_rec = model.decoder(z, cond, xyz)
+            loss_x = model.critic(y_rec, cond, xyz).mean() - model.critic(y, cond, xyz).mean()
+            gp_x = gradient_penalty(model.critic, y, y_rec, gen, cond, xyz)
             prior = torch.randn(z.shape, generator=gen)
             loss_z = model.latent_critic(z).mean() - model.latent_critic(prior).mean()
             gp_z = gradient_penalty(model.latent_critic, prior, z, gen)
@@ -722,12 +783,13 @@ class BIBAETrainer:
 
         # -- autoencoder ------------------------------------------------------------------------
         y, base, cond = self._batch(rng)
-        mu, logvar = model.encoder(y, cond)
+        xyz = model.coordinates(cond)
+        mu, logvar = model.encoder(y, cond, xyz)
         z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen)
-        y_rec = model.decoder(z, cond)
+        y_rec = model.decoder(z, cond, xyz)
         rec = (y_rec - y).pow(2).flatten(1).sum(1).mean()
         kld = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(1).mean()
-        adv_x = -model.critic(y_rec, cond).mean()
+        adv_x = -model.critic(y_rec, cond, xyz).mean()
         adv_z = -model.latent_critic(z).mean()
         mmd_z = mmd(z, torch.randn(z.shape, generator=gen), cfg.mmd_bandwidths)
         loss = (
@@ -748,14 +810,14 @@ class BIBAETrainer:
 
         # -- post-processor ---------------------------------------------------------------------
         if iteration >= int(cfg.pp_start * cfg.iterations):
-            y_pp = model.post(y_rec.detach(), cond)
+            y_pp = model.post(y_rec.detach(), cond, xyz)
             pp_rec = (y_pp - y).pow(2).flatten(1).sum(1).mean()
             pp_mmd = mmd(
                 sorted_energies(y_pp, cfg.sorted_top_k),
                 sorted_energies(y, cfg.sorted_top_k),
                 cfg.mmd_bandwidths,
             )
-            pp_adv = -model.critic(y_pp, cond).mean()
+            pp_adv = -model.critic(y_pp, cond, xyz).mean()
             loss_pp = cfg.w_pp_rec * pp_rec + cfg.w_pp_mmd * pp_mmd + cfg.w_pp_critic * pp_adv
             self.opt_pp.zero_grad(set_to_none=True)
             loss_pp.backward()

@@ -277,10 +277,10 @@ PRESETS: dict[str, CaloClouds2Config] = {
 DISTILL_PRESETS: dict[str, DistillConfig] = {
     "paper": DistillConfig(),
     "small": DistillConfig(
-        iterations=10_000,
+        iterations=20_000,
         batch_size=32,
         points_per_shower=128,
-        lr_start=3e-4,
+        lr_start=1e-3,
         lr_end=1e-5,
         lr_kind="cosine",
         lr_warmup=100,
