@@ -6,7 +6,8 @@ on GFlash showers at angles (the reference simulator follows the incident direct
     python benchmarks/bibae_angles.py data --out /work/runs/gflash_angles_train.h5 -n 10000
     calogen train bibae --config benchmarks/bibae_angles_small.yaml \
         --data /work/runs/gflash_angles_train.h5 --out /work/runs/bibae_angles_small
-    python benchmarks/bibae_angles.py axis --model /work/runs/bibae_angles_small -n 500
+    python benchmarks/bibae_angles.py axis --model /work/runs/bibae_angles_small -n 300 \
+        --latent flow
 
 ``data`` draws E uniform in 10-90 GeV and the polar angle uniform in 0-30 degrees from the
 normal, in the y-z plane (as 2303.18150 varies the angle in one plane), direction
@@ -82,11 +83,19 @@ def axis_angles(showers) -> np.ndarray:  # type: ignore[no-untyped-def]
 
 
 def axis(
-    model: str, n: int, seed: int, angles: list[float], energy: float, out: str | None
+    model: str,
+    n: int,
+    seed: int,
+    angles: list[float],
+    energy: float,
+    out: str | None,
+    latent: str | None = None,
 ) -> None:
     from calogen.models.registry import load_generator
 
     gen = load_generator(model)
+    if latent:
+        gen.latent = latent
     rows = []
     for a in angles:
         e = np.full(n, energy)
@@ -96,7 +105,13 @@ def axis(
         dt = (time.perf_counter() - t0) / n * 1000
         ref = GFlash().sample(e, d, seed=seed + 1)
         ref_vox = voxels_to_points(voxelise(ref, gen.grid), gen.grid, e, d)
-        r = {"angle_deg": a, "energy_gev": energy, "n": n, "ms_per_shower": round(dt, 1)}
+        r = {
+            "angle_deg": a,
+            "energy_gev": energy,
+            "n": n,
+            "latent": gen.latent,
+            "ms_per_shower": round(dt, 1),
+        }
         for name, s in (("model", fake), ("gflash", ref), ("gflash_on_grid", ref_vox)):
             fit = axis_angles(s)
             r[name] = [round(float(fit.mean()), 2), round(float(fit.std()), 2)]
@@ -122,11 +137,17 @@ def main() -> None:
     a.add_argument("--energy", type=float, default=50.0)
     a.add_argument("--angles", type=float, nargs="+", default=[0.0, 10.0, 20.0, 30.0])
     a.add_argument("--out", default=None)
+    a.add_argument(
+        "--latent",
+        choices=["prior", "flow"],
+        default=None,
+        help="latent sampling (default: the model's)",
+    )
     args = p.parse_args()
     if args.cmd == "data":
         make_data(args.out, args.n, args.seed, args.max_deg)
     else:
-        axis(args.model, args.n, args.seed, args.angles, args.energy, args.out)
+        axis(args.model, args.n, args.seed, args.angles, args.energy, args.out, args.latent)
 
 
 if __name__ == "__main__":
