@@ -2,12 +2,18 @@
 
 The FLOP rate of the networks is counted with :class:`torch.utils.flop_counter.FlopCounterMode`
 (matmuls and convolutions, the work that dominates) during one extra, untimed run of the
-same showers, and compared with the machine's own peak measured in the same process: a dense
-float32 matmul on the same number of threads.
+same showers, and compared with the machine's own peak measured in the same process: the
+best rate of dense matmuls of the network's compute dtype on the same number of threads,
+over square (256–1024) and tall-skinny shapes (the large square ones run from memory on
+CPUs with small caches and understate the peak by up to 2x).
+
+Besides wall-clock time the process CPU time per shower is reported: on a machine shared
+with other jobs it shows how much of the wall time the generator actually ran.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 import resource
 import statistics
@@ -33,6 +39,7 @@ class BenchResult:
     ms_per_shower_median: float
     ms_per_shower_min: float
     ms_per_shower_max: float
+    cpu_ms_per_shower: float
     showers_per_s: float
     points_per_s: float
     mean_points_per_shower: float
@@ -41,6 +48,7 @@ class BenchResult:
     network_gflops: float
     matmul_peak_gflops: float
     machine: str
+    precision: str = "float32"
 
     @property
     def flop_fraction(self) -> float:
@@ -55,10 +63,11 @@ class BenchResult:
     def lines(self) -> list[str]:
         return [
             f"generator:        {self.generator} on {self.device}, {self.threads} thread(s), "
-            f"batch {self.batch}",
+            f"batch {self.batch}, {self.precision}",
             f"showers:          {self.num_showers} x {self.repeats} repeats, E uniform 10-90 GeV",
             f"time per shower:  {self.ms_per_shower_median:.3f} ms median "
-            f"(min {self.ms_per_shower_min:.3f}, max {self.ms_per_shower_max:.3f})",
+            f"(min {self.ms_per_shower_min:.3f}, max {self.ms_per_shower_max:.3f}); "
+            f"CPU time {self.cpu_ms_per_shower:.3f} ms",
             f"throughput:       {self.showers_per_s:.1f} showers/s, "
             f"{self.points_per_s / 1e6:.2f} M points/s ({self.mean_points_per_shower:.0f} points/shower)",
             f"peak memory:      {self.peak_rss_mb:.0f} MB (resident set)",
@@ -69,19 +78,56 @@ class BenchResult:
         ]
 
 
-def matmul_peak_gflops(device: str = "cpu", size: int = 1024, seconds: float = 0.5) -> float:
-    """Dense float32 matmul rate of this machine on the current torch threads, GFLOP/s."""
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
-    torch.mm(a, b)  # warm-up
-    _sync(device)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        torch.mm(a, b)
-        count += 1
-    _sync(device)
-    elapsed = time.perf_counter() - start
-    return 2 * size**3 * count / elapsed / 1e9
+#: (m, k, n) of the matmuls whose best rate is the peak: square, and tall-skinny like the
+#: point-wise networks' layers (many points times small weight matrices)
+PEAK_SHAPES = (
+    (256, 256, 256),
+    (512, 512, 512),
+    (1024, 1024, 1024),
+    (4096, 128, 128),
+    (2048, 64, 128),
+)
+
+
+def matmul_peak_gflops(
+    device: str = "cpu",
+    size: int | None = None,
+    seconds: float = 0.5,
+    dtype: torch.dtype = torch.float32,
+) -> float:
+    """Dense matmul rate of this machine on the current torch threads, GFLOP/s.
+
+    The best of :data:`PEAK_SHAPES` (or of one ``size``² square matmul), each timed for
+    ``seconds / len(shapes)``, best repeat.
+    """
+    shapes = PEAK_SHAPES if size is None else ((size, size, size),)
+    best = 0.0
+    for m, k, n in shapes:
+        a = torch.randn(m, k, device=device).to(dtype)
+        b = torch.randn(k, n, device=device).to(dtype)
+        torch.mm(a, b)  # warm-up
+        _sync(device)
+        flop = 2 * m * k * n
+        end = time.perf_counter() + seconds / len(shapes)
+        while time.perf_counter() < end:
+            start = time.perf_counter()
+            for _ in range(4):
+                torch.mm(a, b)
+            _sync(device)
+            best = max(best, 4 * flop / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def _cpu_name() -> str:
+    """The CPU model (Linux ``/proc/cpuinfo``; else ``platform.processor()``)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def _sync(device: str) -> None:
@@ -99,18 +145,23 @@ def benchmark(
     device: str = "cpu",
     seed: int = 0,
     count_flops: bool = True,
+    precision: str = "float32",
 ) -> BenchResult:
     """Time ``generator.sample`` for ``num`` showers with E uniform in 10-90 GeV.
 
     Showers are generated in batches of ``batch``; each repeat times all ``num`` showers
-    and the median/min/max over repeats are reported per shower.
+    and the median/min/max over repeats are reported per shower. ``precision``
+    (``"float32"`` or ``"bfloat16"``) is the compute dtype of the network's hidden layers
+    (generators that support it; see :func:`set_precision`).
     """
     torch.set_num_threads(threads)
+    dtype = set_precision(generator, precision)
     energies = np.random.default_rng(seed).uniform(10.0, 90.0, num)
     generator.sample(energies[: min(batch, num)], seed=seed)  # warm-up
-    times, points = [], 0
+    times, cpu_times, points = [], [], 0
     for rep in range(repeats):
         _sync(device)
+        cpu_start = time.process_time()
         start = time.perf_counter()
         n_points = 0
         for first in range(0, num, batch):
@@ -118,6 +169,7 @@ def benchmark(
             n_points += int(showers._num_points.sum())
         _sync(device)
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
         points = n_points
     flop_per_shower = 0.0
     if count_flops:
@@ -129,7 +181,7 @@ def benchmark(
                 generator.sample(energies[first : min(first + batch, sample_n)], seed=seed)
         flop_per_shower = counter.get_total_flops() / sample_n
     median = statistics.median(times)
-    peak = matmul_peak_gflops(device)
+    peak = matmul_peak_gflops(device, dtype=dtype)
     return BenchResult(
         generator=generator.name,
         device=device,
@@ -140,6 +192,7 @@ def benchmark(
         ms_per_shower_median=1e3 * median / num,
         ms_per_shower_min=1e3 * min(times) / num,
         ms_per_shower_max=1e3 * max(times) / num,
+        cpu_ms_per_shower=1e3 * statistics.median(cpu_times) / num,
         showers_per_s=num / median,
         points_per_s=points / median,
         mean_points_per_shower=points / num,
@@ -147,6 +200,30 @@ def benchmark(
         network_gflop_per_shower=flop_per_shower / 1e9,
         network_gflops=flop_per_shower * num / median / 1e9,
         matmul_peak_gflops=peak,
-        machine=f"{platform.machine()} {platform.processor() or ''} "
-        f"({torch.get_num_threads()} torch threads)".strip(),
+        machine=f"{platform.machine()} {_cpu_name()} "
+        f"({os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads)",
+        precision=precision,
     )
+
+
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def set_precision(generator: Generator, precision: str) -> torch.dtype:
+    """Set the compute dtype of a CaloClouds II generator's network; returns the dtype.
+
+    ``float32`` works for every generator; ``bfloat16`` needs a network with a
+    ``compute_dtype`` attribute (CaloClouds II), else :class:`~calogen.errors.UsageError`.
+    """
+    from calogen.errors import UsageError
+
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision '{precision}' (choose from {', '.join(PRECISIONS)})")
+    dtype = PRECISIONS[precision]
+    net = getattr(getattr(generator, "model", None), "net", None)
+    if net is None or not hasattr(net, "compute_dtype"):
+        if precision != "float32":
+            raise UsageError(f"model '{generator.name}' supports only float32")
+        return dtype
+    net.compute_dtype = None if dtype == torch.float32 else dtype
+    return dtype

@@ -25,6 +25,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+#: row multiple of the low-precision chunks in :meth:`PointWiseNet.forward_segments`
+_PAD_ROWS = 256
+
 
 def _expand_context(values: Tensor, x: Tensor, context: Tensor, index: Tensor | None) -> Tensor:
     """Bring per-shower context projections ``values`` to the layout of ``x``."""
@@ -122,6 +125,132 @@ class PointWiseNet(nn.Module):
             out = layer(out, context, index)
             if i < last:
                 out = self.act(out)
+        return x + out if self.residual else out
+
+    def _stacked_hyper(self) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor]]:
+        """All layers' gate projections, then all bias projections, stacked into one
+        ``([Σ 2·out, C], [Σ 2·out])`` matmul, plus the layers' weight and bias parameters;
+        cached until a parameter changes (in-place update, loading, moving)."""
+        params = self.__dict__.get("_hyper_params")
+        if params is None:
+            params = [p for layer in self.layers for p in layer.parameters()]
+            self.__dict__["_hyper_params"] = params
+        key = [(p._version, p.data_ptr()) for p in params]
+        cache = self.__dict__.get("_hyper_cache")
+        if cache is None or cache[0] != key:
+            layers = list(self.layers)
+            with torch.no_grad():
+                weight = torch.cat(
+                    [m.hyper_gate.weight for m in layers] + [m.hyper_bias.weight for m in layers]
+                )
+                bias = torch.cat(
+                    [m.hyper_gate.bias for m in layers]
+                    + [torch.zeros_like(m.hyper_gate.bias) for m in layers]
+                )
+            weights = [m.layer.weight for m in layers]
+            biases = [m.layer.bias for m in layers]
+            cache = (key, weight, bias, weights, biases)
+            self.__dict__["_hyper_cache"] = cache
+        return cache[1], cache[2], cache[3], cache[4]
+
+    def merged_weights(self, context: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Per-shower weights with the ConcatSquash gate and bias merged into the layer.
+
+        ``Linear(x) * g + c = x (g ⊙ W)ᵀ + (g ⊙ b + c)`` with ``g = sigmoid(A c + a)`` and
+        ``c = B c`` of one shower's context. Returns, per layer, ``(weight [S, out, in],
+        bias [S, out])`` for ``context [S, C]``. For inference: the stacked gate and bias
+        projections are cached without gradients.
+        """
+        hyper, offset, weights, biases = self._stacked_hyper()
+        projected = torch.addmm(offset, context, hyper.t())  # all layers in one matmul
+        half = projected.shape[1] // 2
+        gates = torch.sigmoid(projected[:, :half])
+        merged, start = [], 0
+        for weight, bias in zip(weights, biases, strict=True):
+            width = weight.shape[0]
+            gate = gates[:, start : start + width]
+            shift = projected[:, half + start : half + start + width]
+            start += width
+            merged.append((weight[None] * gate[:, :, None], torch.addcmul(shift, bias[None], gate)))
+        return merged
+
+    @torch.no_grad()
+    def forward_padded(self, x: Tensor, context: Tensor) -> Tensor:
+        """Inference on padded showers ``x [S, P, point_dim]`` with ``context [S, C]``.
+
+        Equal to ``forward(x, context)`` up to float rounding; each shower's gates and biases
+        are merged into its weights (:meth:`merged_weights`), so a layer is one batched
+        matmul (``baddbmm``) and a LeakyReLU. Traceable (used by :mod:`calogen.export`).
+        """
+        out = x
+        merged = self.merged_weights(context)
+        last = len(merged) - 1
+        for i, (weight, bias) in enumerate(merged):
+            out = torch.baddbmm(bias[:, None, :], out, weight.transpose(1, 2))
+            if i < last:
+                out = self.act(out)
+        return x + out if self.residual else out
+
+    @torch.no_grad()
+    def forward_segments(
+        self,
+        x: Tensor,
+        context: Tensor,
+        counts: Sequence[int],
+        *,
+        chunk: int = 2048,
+        dtype: torch.dtype | None = None,
+    ) -> Tensor:
+        """Inference on packed points stored shower after shower (no gradients).
+
+        Equal to ``forward(x, context, index)`` up to float rounding when ``x`` holds
+        ``counts[s]`` consecutive points of shower ``s``, but each shower's gates and biases
+        are merged into its weights (:meth:`merged_weights`), so a layer is one ``addmm`` and
+        an in-place LeakyReLU on at most ``chunk`` points (activations stay in cache).
+
+        Args:
+            x: ``[P, point_dim]`` packed points, ``P = sum(counts)``.
+            context: ``[S, context_dim]`` per-shower context.
+            counts: points of each shower.
+            chunk: points per matmul.
+            dtype: compute dtype of the hidden layers (e.g. ``torch.bfloat16``); the first and
+                last layer (a few % of the work) stay in the dtype of ``x``. The hidden
+                layers then run on chunks zero-padded to a multiple of :data:`_PAD_ROWS`
+                rows: oneDNN builds a kernel per matmul shape, and one per shower size
+                would cost more than the matmul.
+        """
+        if x.shape[0] != sum(int(n) for n in counts):
+            raise ValueError("counts do not add up to the number of points")
+        merged = self.merged_weights(context)
+        slope = float(self.act.negative_slope)
+        last = len(merged) - 1
+        low = dtype is not None and dtype != x.dtype
+        out = torch.empty_like(x)
+        start = 0
+        for s, n in enumerate(int(c) for c in counts):
+            layers = []
+            for i, (weight, bias) in enumerate(merged):
+                w, b = weight[s].t(), bias[s]
+                if low and 0 < i < last:
+                    w, b = w.to(dtype), b.to(dtype)
+                layers.append((w, b))
+            for a in range(start, start + n, chunk):
+                stop = min(a + chunk, start + n)
+                rows = stop - a
+                h = x[a:stop]
+                for i, (w, b) in enumerate(layers):
+                    if low and i == 1:
+                        padded = -(-rows // _PAD_ROWS) * _PAD_ROWS
+                        buffer = h.new_zeros((padded, h.shape[1]), dtype=w.dtype)
+                        buffer[:rows] = h
+                        h = buffer
+                    elif low and i == last:
+                        h = h[:rows].to(w.dtype)
+                    h = torch.addmm(b, h, w)
+                    if i < last:
+                        torch.nn.functional.leaky_relu_(h, slope)
+                out[a:stop] = h
+            start += n
         return x + out if self.residual else out
 
 

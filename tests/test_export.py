@@ -1,0 +1,271 @@
+"""``calogen export``: the exported default model reproduces the Python sampler's showers.
+
+The reference is :meth:`CaloClouds2.generate` with a seeded generator; the exported model gets
+the same noise (flow noise, initial point noise, one re-noising per further consistency
+step, drawn in that order) laid out per shower.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial import cKDTree
+
+from calogen.calibration import distribute_counts as distribute_counts_np
+from calogen.cli import main
+from calogen.export import (
+    INFO_NAME,
+    N_LAYERS,
+    build_pipeline,
+    decode,
+    distribute_counts,
+    export_model,
+)
+
+ENERGIES = np.array([10.0, 47.5, 90.0, 25.25])  # exact in float32
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    torch.set_num_threads(1)
+    pipe, _ = build_pipeline(None)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def reference(pipeline):
+    """Python showers and the exported model's inputs carrying the same noise."""
+    from calogen.models.registry import load_generator
+
+    model = load_generator(None).model
+    seed = 123
+    packed, info = model.generate(ENERGIES, torch.Generator().manual_seed(seed))
+    counts = info["n_per_layer"].sum(1)
+    total = int(counts.sum())
+    gen = torch.Generator().manual_seed(seed)
+    flow_noise = torch.randn((len(ENERGIES), pipeline.flow_features), generator=gen)
+    noises = [torch.randn((total, 4), generator=gen) for _ in range(pipeline.noise_tensors)]
+    point_noise = torch.zeros((pipeline.noise_tensors, len(ENERGIES), pipeline.max_points, 4))
+    offsets = np.concatenate(([0], np.cumsum(counts)))
+    for b in range(len(ENERGIES)):
+        for k, noise in enumerate(noises):
+            point_noise[k, b, : counts[b]] = noise[offsets[b] : offsets[b + 1]]
+    inputs = (torch.as_tensor(ENERGIES, dtype=torch.float32), flow_noise, point_noise)
+    showers = [packed.points[packed.shower == b] for b in range(len(ENERGIES))]
+    return inputs, showers
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("export")
+    paths = {}
+    for fmt, name in (("torchscript", "model.pt"), ("onnx", "model.onnx")):
+        if fmt == "onnx":
+            pytest.importorskip("onnx")
+        paths[fmt] = folder / name
+        export_model(None, fmt, paths[fmt])
+    return paths
+
+
+def _check_layout(flat: np.ndarray, max_points: int) -> None:
+    assert flat.shape[1] == N_LAYERS + 4 * max_points
+    for counts, points in decode(flat):
+        assert np.all(counts >= 0) and np.all(counts == np.rint(counts))
+        assert np.all(points[:, 3] > 0)  # every listed point carries energy (GeV)
+        # grouped by layer, in the order of the counts
+        expected = np.repeat(np.arange(N_LAYERS), counts.astype(int)).astype(np.float32)
+        np.testing.assert_array_equal(points[:, 2], expected)
+    for row in flat:  # zero padding after the last point
+        n = int(row[:N_LAYERS].sum())
+        assert np.all(row[N_LAYERS + 4 * n :] == 0)
+
+
+def _compare(flat: np.ndarray, showers: list[np.ndarray], atol_mm: float, rtol_e: float) -> None:
+    """Same points per layer; every Python point has an exported twin within ``atol_mm`` in
+    the same layer with the same energy (up to ``rtol_e``).
+
+    The Python sampler merges the ConcatSquash gates into the weights (another float rounding
+    than the exported graph's), so two points of nearly equal depth at a layer edge may swap
+    layers: at most 0.2 % of the points may go unmatched.
+    """
+    for (counts, points), ref in zip(decode(flat), showers, strict=True):
+        ref_counts = np.bincount(ref[:, 2].astype(int), minlength=N_LAYERS)
+        np.testing.assert_array_equal(counts, ref_counts)
+        tree = cKDTree(np.c_[points[:, :2], points[:, 2] * 1e4])
+        dist, idx = tree.query(np.c_[ref[:, :2], ref[:, 2] * 1e4])
+        matched = dist <= atol_mm
+        assert matched.mean() >= 0.998
+        assert len(np.unique(idx[matched])) == matched.sum()
+        np.testing.assert_allclose(points[idx, 3][matched], ref[matched, 3], rtol=rtol_e)
+        layer_e = np.bincount(points[:, 2].astype(int), points[:, 3], minlength=N_LAYERS)
+        ref_e = np.bincount(ref[:, 2].astype(int), ref[:, 3], minlength=N_LAYERS)
+        np.testing.assert_allclose(layer_e, ref_e, rtol=1e-5, atol=1e-9)
+
+
+def test_distribute_counts_matches_numpy():
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 6, size=(200, N_LAYERS))  # many equal counts: ties in remainders
+    counts[:3] = 0  # empty rows
+    totals = rng.uniform(0, 300, size=200)
+    expected = distribute_counts_np(counts, totals)
+    got = distribute_counts(torch.as_tensor(counts, dtype=torch.float64), torch.as_tensor(totals))
+    np.testing.assert_array_equal(got.numpy().astype(np.int64), expected)
+
+
+def test_eager_pipeline_is_the_python_sampler(pipeline, reference):
+    inputs, showers = reference
+    with torch.no_grad():
+        flat = pipeline(*inputs).numpy()
+    _check_layout(flat, pipeline.max_points)
+    _compare(flat, showers, atol_mm=1e-3, rtol_e=1e-4)
+
+
+def test_torchscript_parity(exported, reference, pipeline):
+    inputs, showers = reference
+    model = torch.jit.load(str(exported["torchscript"]))
+    with torch.no_grad():
+        flat = model(*inputs).numpy()
+    _check_layout(flat, pipeline.max_points)
+    _compare(flat, showers, atol_mm=1e-3, rtol_e=1e-4)
+    # one shower at a time (DDML calls per particle) gives the same shower
+    with torch.no_grad():
+        single = model(inputs[0][1:2], inputs[1][1:2], inputs[2][:, 1:2]).numpy()
+    _compare(single, showers[1:2], atol_mm=1e-3, rtol_e=1e-4)  # other matmul blocking
+    extra = {INFO_NAME: ""}
+    torch.jit.load(str(exported["torchscript"]), _extra_files=extra)
+    info = json.loads(extra[INFO_NAME])
+    assert info["max_points"] == pipeline.max_points
+    assert info["output_size"] == N_LAYERS + 4 * pipeline.max_points
+    assert info["units"]["E"] == "GeV"
+
+
+def test_onnx_parity(exported, reference, pipeline):
+    ort = pytest.importorskip("onnxruntime")
+    inputs, showers = reference
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(
+        str(exported["onnx"]), options, providers=["CPUExecutionProvider"]
+    )
+    feed = dict(
+        zip(("energy", "flow_noise", "point_noise"), (t.numpy() for t in inputs), strict=True)
+    )
+    flat = session.run(None, feed)[0]
+    _check_layout(flat, pipeline.max_points)
+    _compare(flat, showers, atol_mm=1e-3, rtol_e=1e-4)
+
+
+def test_onnx_runs_without_torch(exported, pipeline):
+    pytest.importorskip("onnxruntime")
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        import numpy as np
+        import onnxruntime as ort
+        session = ort.InferenceSession({str(exported["onnx"])!r},
+                                       providers=["CPUExecutionProvider"])
+        meta = session.get_modelmeta().custom_metadata_map
+        info = json.loads(meta["{INFO_NAME}"])
+        rng = np.random.default_rng(0)
+        k, d, m = info["noise_tensors"], info["flow_features"], info["max_points"]
+        feed = {{
+            "energy": np.array([10.0, 90.0], np.float32),
+            "flow_noise": rng.standard_normal((2, d)).astype(np.float32),
+            "point_noise": rng.standard_normal((k, 2, m, 4)).astype(np.float32),
+        }}
+        out = session.run(None, feed)[0]
+        assert "torch" not in sys.modules, "torch was imported"
+        counts = out[:, :30].sum(1)
+        print(json.dumps({{"shape": list(out.shape), "counts": counts.tolist()}}))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["shape"] == [2, N_LAYERS + 4 * pipeline.max_points]
+    low, high = report["counts"]
+    assert 0 < low < high  # 90 GeV showers have more points than 10 GeV ones
+
+
+def test_cli_export(tmp_path, capsys):
+    out = tmp_path / "small.pt"
+    assert main(["export", "--format", "torchscript", "--max-points", "3000", "-o", str(out)]) == 0
+    assert "max_points" not in capsys.readouterr().err
+    assert out.exists() and not list(tmp_path.glob(".*partial"))
+    model = torch.jit.load(str(out))
+    energy = torch.tensor([30.0])
+    flow_noise = torch.randn(1, 65, generator=torch.Generator().manual_seed(1))
+    point_noise = torch.randn(3, 1, 3000, 4, generator=torch.Generator().manual_seed(2))
+    flat = model(energy, flow_noise, point_noise).numpy()
+    _check_layout(flat, 3000)
+    assert main(["export", "--format", "torchscript", "-o", str(out), "--overwrite", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["max_points"] == 6000  # the model's maximum
+
+
+def test_cli_export_errors(tmp_path, capsys):
+    assert main(["export", "--format", "onnx", "-o", str(tmp_path / "no" / "m.onnx")]) == 2
+    assert "output folder does not exist" in capsys.readouterr().err
+    existing = tmp_path / "existing.pt"
+    existing.write_bytes(b"precious")
+    assert main(["export", "--format", "torchscript", "-o", str(existing)]) == 2
+    assert "file exists (use --overwrite" in capsys.readouterr().err
+    assert existing.read_bytes() == b"precious"
+    assert main(["export", "--format", "onnx", "--model", str(tmp_path), "-o", "m.onnx"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("calogen: error:") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_follows_normalisation_and_occupancy_options(tmp_path):
+    """A model with the radial (asinh) normalisation and a refined occupancy correction, where
+    this calogen has them: the exported ONNX graph still gives the Python showers."""
+    ort = pytest.importorskip("onnxruntime")
+    import dataclasses
+    import shutil
+
+    from calogen.calibration import OccupancyCorrection
+    from calogen.data.normalisation import Normalisation
+    from calogen.models.registry import DEFAULT_MODEL_DIR, load_generator
+
+    folder = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL_DIR, folder)
+    info = json.loads((folder / "model.json").read_text())
+    if "core_radius_mm" in {f.name for f in dataclasses.fields(Normalisation)}:
+        info["normalisation"]["core_radius_mm"] = 5.0
+        info["config"]["core_radius_mm"] = 5.0
+    if "p_refine" in {f.name for f in dataclasses.fields(OccupancyCorrection)}:
+        info["occupancy"]["p_refine"] = [0.01, -0.05, 0.02]
+    (folder / "model.json").write_text(json.dumps(info))
+
+    energies = np.array([15.0, 80.0])
+    model = load_generator(folder).model
+    packed, extra = model.generate(energies, torch.Generator().manual_seed(5))
+    counts = extra["n_per_layer"].sum(1)
+    pipeline, _ = build_pipeline(folder)
+    gen = torch.Generator().manual_seed(5)
+    flow_noise = torch.randn((2, pipeline.flow_features), generator=gen)
+    k = pipeline.noise_tensors
+    noises = [torch.randn((int(counts.sum()), 4), generator=gen) for _ in range(k)]
+    point_noise = torch.zeros((k, 2, pipeline.max_points, 4))
+    for k, noise in enumerate(noises):
+        point_noise[k, 0, : counts[0]] = noise[: counts[0]]
+        point_noise[k, 1, : counts[1]] = noise[counts[0] :]
+    showers = [packed.points[packed.shower == b] for b in range(2)]
+
+    out = tmp_path / "model.onnx"
+    export_model(folder, "onnx", out)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    feed = {
+        "energy": energies.astype(np.float32),
+        "flow_noise": flow_noise.numpy(),
+        "point_noise": point_noise.numpy(),
+    }
+    _compare(session.run(None, feed)[0], showers, atol_mm=1e-3, rtol_e=1e-4)

@@ -1,0 +1,102 @@
+"""Fast inference paths (issue 7) give the results of the reference paths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from calogen.benchmark import benchmark, matmul_peak_gflops, set_precision
+from calogen.errors import UsageError
+from calogen.models.blocks import PointWiseNet
+from calogen.models.shower_flow import ShowerFlow, ShowerFlowConfig
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _net() -> PointWiseNet:
+    torch.manual_seed(0)
+    return PointWiseNet(4, 6, (16, 32, 16), residual=False).eval()
+
+
+def test_forward_segments_matches_forward() -> None:
+    net = _net()
+    counts = (5, 0, 300, 1, 40)
+    x = torch.randn(sum(counts), 4)
+    context = torch.randn(len(counts), 6)
+    index = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    with torch.no_grad():
+        expected = net(x, context, index)
+    got = net.forward_segments(x, context, counts, chunk=64)  # chunks inside a shower too
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    low = net.forward_segments(x, context, counts, dtype=torch.bfloat16)
+    assert low.dtype == torch.float32
+    assert (low - expected).abs().max() < 0.05 * expected.abs().max()
+    with pytest.raises(ValueError, match="counts"):
+        net.forward_segments(x, context, (1, 2))
+    with torch.no_grad():  # cached stacked projections follow in-place weight updates
+        for p in net.parameters():
+            p.mul_(1.1)
+        expected = net(x, context, index)
+    torch.testing.assert_close(net.forward_segments(x, context, counts), expected)
+
+
+def test_residual_forward_segments() -> None:
+    torch.manual_seed(1)
+    net = PointWiseNet(4, 3, (8,), residual=True).eval()
+    x, context = torch.randn(7, 4), torch.randn(1, 3)
+    with torch.no_grad():
+        expected = net(x, context, torch.zeros(7, dtype=torch.long))
+    torch.testing.assert_close(net.forward_segments(x, context, (7,)), expected)
+
+
+def test_shower_flow_inverse_is_zuko_and_follows_weight_updates() -> None:
+    flow = ShowerFlow(
+        ShowerFlowConfig(
+            feature_set="caloclouds2", blocks=2, affine_per_block=2, spline_per_block=0
+        )
+    )
+    c, z = torch.randn(5, 1), torch.randn(5, flow.dim)
+    with torch.no_grad():
+        assert torch.equal(flow.inverse(c, z), flow.flow(c).transform.inv(z))
+        for p in flow.flow.parameters():
+            p.add_(0.01)  # in place, as an optimiser step
+        assert torch.equal(flow.inverse(c, z), flow.flow(c).transform.inv(z))
+
+
+def test_shower_flow_inverse_with_splines_uses_zuko() -> None:
+    flow = ShowerFlow(ShowerFlowConfig(blocks=1, affine_per_block=1, spline_per_block=1))
+    c, z = torch.randn(3, 1), torch.randn(3, flow.dim)
+    with torch.no_grad():
+        assert torch.equal(flow.inverse(c, z), flow.flow(c).transform.inv(z))
+
+
+def test_benchmark_smoke() -> None:
+    from calogen.models.registry import load_generator
+
+    generator = load_generator(None)
+    result = benchmark(generator, num=2, batch=2, repeats=1, count_flops=False)
+    assert result.ms_per_shower_median > 0 and result.cpu_ms_per_shower > 0
+    assert result.precision == "float32"
+    assert set_precision(generator, "bfloat16") == torch.bfloat16
+    assert generator.model.net.compute_dtype == torch.bfloat16
+    showers = generator.sample(np.array([50.0]), seed=1)
+    assert showers._num_points[0] > 100
+    set_precision(generator, "float32")
+    assert generator.model.net.compute_dtype is None
+    assert matmul_peak_gflops(seconds=0.05) > 0
+
+
+def test_bfloat16_needs_a_caloclouds2_model() -> None:
+    from calogen.reference.gflash import GFlash
+
+    with pytest.raises(UsageError, match="only float32"):
+        set_precision(GFlash(), "bfloat16")
+    with pytest.raises(UsageError, match="unknown precision"):
+        set_precision(GFlash(), "float64")
