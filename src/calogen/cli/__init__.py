@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "calogen.cli.models",
     "calogen.cli.evaluate",
     "calogen.cli.bench",
+    "calogen.cli.export",
 )
 
 
@@ -68,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CalogenError as exc:
         if args.debug:
             raise
-        print(f"calogen: error: {exc}", file=sys.stderr)
+        print(f"calogen: error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("calogen: interrupted", file=sys.stderr)
@@ -80,10 +81,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(
-            f"calogen: internal error: {type(exc).__name__}: {exc} (run with --debug for details)",
+            f"calogen: internal error: {type(exc).__name__}: {_one_line(exc)} "
+            "(run with --debug for details)",
             file=sys.stderr,
         )
         return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line (messages quoting a parser or library error may
+    span several; batch logs and scripts expect one line per error)."""
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
 
 def positive_int(text: str) -> int:

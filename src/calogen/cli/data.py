@@ -137,7 +137,8 @@ def run_info(args: argparse.Namespace) -> int:
         with ShowerFile(path) as f:
             if i:
                 print()
-            print("\n".join(f.summary().lines()))
+            print("\n".join(f.summary().lines()), flush=True)
+            f.check_columns()  # describe the file first, then refuse bad energies/directions
     return 0
 
 
@@ -192,6 +193,9 @@ def run_generate(args: argparse.Namespace) -> int:
         raise UsageError("--seed is required with shards (all shards must share it)")
     import torch
 
+    from calogen.data.io import check_output_path
+
+    check_output_path(output, args.overwrite)  # before the model is loaded or a warning shown
     torch.set_num_threads(args.threads)
     seed = _seed(args)
     energies = draw_energies(args.energy, args.num, seed)
@@ -225,6 +229,8 @@ def run_cluster(args: argparse.Namespace) -> int:
 
     check_output_path(args.output, args.overwrite)
     with ShowerFile(args.input) as f:
+        if len(f) == 0:
+            raise UsageError(f"{args.input}: file holds no showers")
         steps = f.read()
     result = cluster_steps(steps, granularity=args.granularity, half_width_mm=args.half_width)
     write_showers(

@@ -101,6 +101,9 @@ def register(subparsers: Any) -> None:
     evaluate.add_argument(
         "--chunk-size", type=positive_int, default=1000, help="showers read per chunk"
     )
+    evaluate.add_argument(
+        "--overwrite", action="store_true", help="replace a report already in the output folder"
+    )
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     evaluate.set_defaults(func=run_evaluate)
 
@@ -128,6 +131,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         labels=args.label,
         reference_label=args.reference_label,
         config=config,
+        overwrite=args.overwrite,
     )
     _print_summary(metrics, args.out)
     return 0

@@ -167,9 +167,10 @@ def _register_distill(subparsers: argparse._SubParsersAction) -> None:
 
 def _distill(args: argparse.Namespace) -> int:
     from calogen.models.caloclouds2 import distill
-    from calogen.models.training import set_threads
+    from calogen.models.training import check_run_folder, set_threads
 
     set_threads(args.threads)
+    check_run_folder(args.out)
     summary = distill(
         teacher=args.teacher,
         config=args.config,

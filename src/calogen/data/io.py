@@ -211,8 +211,15 @@ class ShowerFile:
         return np.concatenate(counts).astype(np.int64) if counts else np.zeros(0, np.int64)
 
     # -- showers ---------------------------------------------------------------------------
-    def read(self, start: int = 0, stop: int | None = None) -> showerdata.Showers:
-        """Showers ``start:stop`` as :class:`showerdata.Showers` (4 channels)."""
+    def read(
+        self, start: int = 0, stop: int | None = None, *, validate: bool = True
+    ) -> showerdata.Showers:
+        """Showers ``start:stop`` as :class:`showerdata.Showers` (4 channels).
+
+        With ``validate`` (default) showers whose incident energy is not finite and positive,
+        whose points hold NaN or inf, or whose direction is not a unit vector into the
+        calorimeter are refused with a :class:`UsageError` naming the file and the shower.
+        """
         n = len(self)
         stop = n if stop is None else min(stop, n)
         start = max(0, min(start, stop))
@@ -227,6 +234,8 @@ class ShowerFile:
                         directions=showers.directions,
                         shower_ids=showers.shower_ids,
                     )
+                if validate:
+                    check_values(showers, str(self.path), first=start)
                 return showers
             events = np.asarray(self._h5["events"][start:stop], dtype=np.float32)
             counts = self.num_points(start, stop)
@@ -234,23 +243,42 @@ class ShowerFile:
             energies = self.incident_energies(start, stop).reshape(-1, 1)
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise UsageError(f"{self.path}: cannot read showers {start}:{stop}: {exc}") from None
-        return showerdata.Showers(
+        showers = showerdata.Showers(
             points=points,
             energies=energies,
             pdg=22,
             shower_ids=np.arange(start, stop, dtype=np.int32),
             num_points=counts.astype(np.int32),
         )
+        if validate:
+            check_values(showers, str(self.path), first=start)
+        return showers
 
     def iter_chunks(
-        self, chunk_size: int = 1000, start: int = 0, stop: int | None = None
+        self,
+        chunk_size: int = 1000,
+        start: int = 0,
+        stop: int | None = None,
+        *,
+        validate: bool = True,
     ) -> Iterator[showerdata.Showers]:
-        """Yield consecutive chunks of at most ``chunk_size`` showers."""
+        """Yield consecutive chunks of at most ``chunk_size`` showers (see :meth:`read`)."""
         if chunk_size <= 0:
             raise UsageError(f"chunk size must be positive, got {chunk_size}")
         stop = len(self) if stop is None else min(stop, len(self))
         for first in range(start, stop, chunk_size):
-            yield self.read(first, min(first + chunk_size, stop))
+            yield self.read(first, min(first + chunk_size, stop), validate=validate)
+
+    def check_columns(self) -> None:
+        """Check the per-shower columns (incident energies, directions) of the whole file
+        without reading the points; raise :class:`UsageError` at the first bad shower."""
+        n = len(self)
+        for first in range(0, n, 1 << 20):
+            last = min(first + (1 << 20), n)
+            _check_energies(self.incident_energies(first, last), str(self.path), first)
+            if self.format == "showerdata" and "directions" in self._h5:
+                directions = np.asarray(self._h5["directions"][first:last], np.float64)
+                _check_directions(directions, str(self.path), first)
 
     def summary(self) -> FileSummary:
         n = len(self)
@@ -292,6 +320,46 @@ def validate_showers(showers: showerdata.Showers, what: str = "showers") -> None
         raise CalogenError(f"{what}: incident energies must be finite and positive")
     if not np.all(np.isfinite(showers.points)):
         raise CalogenError(f"{what}: points contain NaN or inf")
+
+
+def _check_energies(energies: NDArray, what: str, first: int) -> None:
+    energies = np.asarray(energies).reshape(-1)
+    bad = ~(np.isfinite(energies) & (energies > 0))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise UsageError(
+            f"{what}: incident energy of shower {first + i} is {float(energies[i]):g} GeV "
+            f"({int(bad.sum())} bad; they must be finite and > 0)"
+        )
+
+
+def _check_directions(directions: NDArray, what: str, first: int) -> None:
+    directions = np.asarray(directions, np.float64).reshape(-1, 3)
+    with np.errstate(invalid="ignore"):
+        norm = np.linalg.norm(directions, axis=1)
+        bad = ~(np.isfinite(norm) & (np.abs(norm - 1.0) <= 1e-3) & (directions[:, 2] > 0))
+    if bad.any():
+        i = int(np.argmax(bad))
+        shown = ", ".join(f"{v:g}" for v in directions[i])
+        raise UsageError(
+            f"{what}: direction of shower {first + i} is ({shown}); directions must be unit "
+            "vectors pointing into the calorimeter (dz > 0)"
+        )
+
+
+def check_values(showers: showerdata.Showers, what: str = "showers", first: int = 0) -> None:
+    """Refuse input showers with bad numbers (one :class:`UsageError` line naming the shower).
+
+    Incident energies must be finite and > 0, points finite, directions unit vectors with
+    ``dz > 0``. ``first`` is the index of the first shower in the file (for the message).
+    """
+    _check_energies(showers.energies, what, first)
+    if showers.directions is not None:
+        _check_directions(showers.directions, what, first)
+    finite = np.isfinite(showers.points).all(axis=(1, 2))
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise UsageError(f"{what}: shower {first + i} has NaN or infinite point values")
 
 
 def _temporary_name(path: Path) -> Path:

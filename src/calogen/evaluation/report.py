@@ -521,6 +521,31 @@ def _json_default(obj: object) -> object:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+#: Files of a finished report; a folder holding one is not overwritten without ``overwrite``.
+REPORT_FILES = ("metrics.json", "report.md", "report.html")
+
+
+def _check_out_dir(out_dir: str | os.PathLike[str], overwrite: bool = True) -> Path:
+    """Check that the report can be written to ``out_dir`` without creating anything."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: exists and is not a directory")
+    if out.is_dir():
+        if not overwrite and any((out / name).exists() for name in REPORT_FILES):
+            raise UsageError(f"{out}: holds a report already (use --overwrite to replace it)")
+        if not os.access(out, os.W_OK):
+            raise UsageError(f"{out}: output folder is not writable")
+        return out
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{out}: cannot create output folder ({parent} is not a directory)")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"{out}: cannot create output folder ({parent} is not writable)")
+    return out
+
+
 def _prepare_out_dir(out_dir: str | os.PathLike[str]) -> Path:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -542,6 +567,7 @@ def evaluate(
     labels: Sequence[str] | None = None,
     reference_label: str | None = None,
     config: EvaluationConfig | None = None,
+    overwrite: bool = True,
 ) -> dict:
     """Compare candidate shower files with a reference file and write the report.
 
@@ -554,6 +580,9 @@ def evaluate(
         reference_label: label of the reference (default ``Geant4`` if the file says so, else
             its stem).
         config: settings (:class:`EvaluationConfig`).
+        overwrite: replace the report of an earlier run in ``out_dir`` (the command line
+            refuses that without ``--overwrite``). The folder is created only after every
+            input has been read and the metrics computed, so bad input leaves nothing.
 
     Returns:
         The metrics dictionary written to ``metrics.json``.
@@ -586,9 +615,11 @@ def evaluate(
     # open every file once up front so that a bad one fails before the long part
     paths = [Path(reference), *[Path(c) for c in candidates]]
     for path in paths:
-        with ShowerFile(path):
-            pass
-    out = _prepare_out_dir(out_dir)
+        with ShowerFile(path) as f:
+            if len(f) == 0:
+                raise UsageError(f"{path}: file holds no showers")
+            f.check_columns()
+    out = _check_out_dir(out_dir, overwrite)  # created only once the metrics are computed
     config = EvaluationConfig(**{**asdict(config), "threshold_mev": threshold})
 
     ref_sample = collect(paths[0], calorimeter, config, reference_label, seed=config.seed)
@@ -616,6 +647,7 @@ def evaluate(
     for path, cand in zip(paths[1:], cand_samples, strict=True):
         result["candidates"][cand.label]["path"] = str(path)
 
+    out = _prepare_out_dir(out)
     figures = make_all_plots(
         [ref_sample, *cand_samples],
         out,

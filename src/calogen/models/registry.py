@@ -30,6 +30,7 @@ from calogen.models.training import (
     CHECKPOINT_DIR,
     MODEL_JSON,
     check_format_version,
+    check_run_folder,
     latest_checkpoint,
     read_json,
     read_model_info,
@@ -119,6 +120,7 @@ def train_model(
     """Train model ``name``; returns the model's summary dict (iterations, losses, time)."""
     entry = get_entry(name)
     set_threads(threads)
+    check_run_folder(out)
     if resume:
         check_resume_model(out, name)
     train = getattr(entry.import_module(), entry.train)
@@ -163,17 +165,31 @@ def load_generator(model_dir: str | os.PathLike[str] | None = None) -> Generator
             raise UsageError("no default model is shipped with this installation; pass --model DIR")
         model_dir = DEFAULT_MODEL_DIR
     info = read_model_info(model_dir)
+    entry = _model_entry(model_dir, info)
+    load = getattr(entry.import_module(), entry.load)
+    return _with_model_errors(model_dir, info, load, Path(model_dir), info)
+
+
+def _model_entry(model_dir: str | os.PathLike[str], info: dict[str, Any]) -> ModelEntry:
+    """The registry entry of the model type named in a folder's ``model.json``."""
     name = info["calogen_model"]
     if name not in MODELS:
         raise UsageError(
             f"{model_dir}: model type '{name}' is not known to this calogen "
             f"(known: {', '.join(sorted(MODELS))})"
         )
-    entry = MODELS[name]
-    load = getattr(entry.import_module(), entry.load)
+    return MODELS[name]
+
+
+def _with_model_errors(
+    model_dir: str | os.PathLike[str], info: dict[str, Any], func: Any, *args: Any, **kwargs: Any
+) -> Any:
+    """Call ``func`` that reads a model folder; a description that does not fit the model
+    type (another model's config, malformed entries) becomes one line naming the folder."""
+    name = info["calogen_model"]
     where = Path(model_dir) / MODEL_JSON
     try:
-        return load(Path(model_dir), info)
+        return func(*args, **kwargs)
     except UsageError as exc:  # e.g. the config of another model type
         message = str(exc)
         if str(model_dir) in message:
@@ -195,12 +211,19 @@ def fit_occupancy(
     geometry: str = "slab",
 ) -> dict[str, Any]:
     """Fit and store the occupancy correction of a model folder; returns a summary."""
+    from calogen.data.io import ShowerFile
+
     info = read_model_info(model_dir)
-    entry = get_entry(info["calogen_model"])
+    entry = _model_entry(model_dir, info)
     if entry.fit_occupancy is None:
         raise UsageError(f"model '{info['calogen_model']}' has no occupancy correction")
+    with ShowerFile(data) as f:  # before any work: the fit needs a few showers
+        if len(f) < 4:
+            raise UsageError(f"{data}: {len(f)} showers; the occupancy fit needs at least 4")
+        f.check_columns()
     func = getattr(entry.import_module(), entry.fit_occupancy)
-    return func(Path(model_dir), data, n_showers=n_showers, seed=seed, geometry=geometry)
+    kwargs = {"n_showers": n_showers, "seed": seed, "geometry": geometry}
+    return _with_model_errors(model_dir, info, func, Path(model_dir), data, **kwargs)
 
 
 __all__ = [

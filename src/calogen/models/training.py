@@ -452,6 +452,23 @@ def save_model(
     return model_dir
 
 
+def check_run_folder(out: str | os.PathLike[str]) -> Path:
+    """Check, before any work, that a training output folder can be used or created."""
+    out = Path(out)
+    if out.exists():
+        if not out.is_dir():
+            raise UsageError(f"{out}: exists and is not a folder (--out names the run's folder)")
+        if not os.access(out, os.W_OK):
+            raise UsageError(f"{out}: output folder is not writable")
+        return out
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UsageError(f"{out}: cannot create the output folder ({parent} is not writable)")
+    return out
+
+
 def read_model_info(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """``model.json`` of a model folder, with one-line errors for missing/invalid pieces."""
     model_dir = Path(model_dir)
@@ -748,7 +765,7 @@ def run_training(
         ``{"iteration", "history", "seconds"}`` where history is a list of
         ``{"iteration": i, <loss>: mean over the interval}``.
     """
-    out = Path(out)
+    out = check_run_folder(out)
     ckpt_dir = out / CHECKPOINT_DIR
     start = 0
     history: list[dict[str, float]] = []

@@ -34,7 +34,8 @@ def resolve_config(spec: str | dict[str, Any], presets: dict[str, T], cls: type[
             text = path.read_text()
             overrides = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
         except (OSError, ValueError, yaml.YAMLError) as exc:
-            raise UsageError(f"{path}: cannot read config: {exc}") from None
+            detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            raise UsageError(f"{path}: cannot read config: {detail}") from None
         if not isinstance(overrides, dict):
             raise UsageError(f"{path}: config must be a mapping of names to values")
     base = overrides.pop("base", "small")
