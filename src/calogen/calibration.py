@@ -233,12 +233,18 @@ class OccupancyCorrection:
         n_range: range of numbers of points seen in the fit; N is clipped to it before
             evaluating (cubics extrapolate badly).
         factor_range: clip of ``c_N``.
+        p_refine: coefficients of a closed-loop refinement: ``c_N`` is multiplied by
+            ``exp(polyval(p_refine, N / 1000))`` (``[0.0]``: none). The open-loop
+            ``p_gen`` is measured on showers generated with their own N; a network
+            conditioned on fewer points spreads them differently, so the hits do not fall in
+            proportion. :meth:`refine` fits the remaining log ratio of target to achieved hits.
     """
 
     p_data: list[float] = field(default_factory=lambda: [0.0, 0.0, 1.0, 0.0])
     p_gen: list[float] = field(default_factory=lambda: [0.0, 0.0, 1.0, 0.0])
     n_range: tuple[float, float] = (1.0, 1e9)
     factor_range: tuple[float, float] = (0.5, 2.0)
+    p_refine: list[float] = field(default_factory=lambda: [0.0])
 
     @classmethod
     def identity(cls) -> OccupancyCorrection:
@@ -270,7 +276,44 @@ class OccupancyCorrection:
         n = np.clip(np.asarray(n_points, np.float64), *self.n_range)
         n = np.maximum(n, 1.0)
         corrected = np.polyval(self.p_gen, np.polyval(self.p_data, n))
-        return np.clip(corrected / n, *self.factor_range)
+        refine = np.exp(np.polyval(self.p_refine, n / 1000.0))
+        return np.clip(corrected / n * refine, *self.factor_range)
+
+    def target_hits(self, n_points: NDArray) -> NDArray[np.float64]:
+        """Geant4 occupancy ``p_data(N)`` expected for showers of ``N`` points."""
+        n = np.clip(np.asarray(n_points, np.float64), *self.n_range)
+        return np.polyval(self.p_data, n)
+
+    def refine(
+        self,
+        n_flow: NDArray,
+        hits_achieved: NDArray,
+        elasticity: float,
+        degree: int = 2,
+    ) -> OccupancyCorrection:
+        """One closed-loop step: a new correction whose factor is this one times
+        ``(target / achieved) ** (1 / elasticity)``, smoothed by a polynomial in N.
+
+        Args:
+            n_flow: numbers of points the Shower Flow asked for (before correction) ``[S]``.
+            hits_achieved: cell hits of the showers generated with this correction ``[S]``.
+            elasticity: d ln(hits) / d ln(points) of the generator (0 < e <= 1).
+        """
+        n_flow = np.asarray(n_flow, np.float64)
+        achieved = np.maximum(np.asarray(hits_achieved, np.float64), 1.0)
+        target = np.maximum(self.target_hits(n_flow), 1.0)
+        step = np.log(target / achieved) / float(np.clip(elasticity, 0.1, 1.0))
+        fit = np.polyfit(n_flow / 1000.0, step, degree)
+        width = max(len(self.p_refine), len(fit))
+        old = np.pad(np.asarray(self.p_refine, np.float64), (width - len(self.p_refine), 0))
+        new = old + np.pad(fit, (width - len(fit), 0))
+        return OccupancyCorrection(
+            p_data=list(self.p_data),
+            p_gen=list(self.p_gen),
+            n_range=self.n_range,
+            factor_range=self.factor_range,
+            p_refine=[float(v) for v in new],
+        )
 
     def apply(self, counts_per_layer: NDArray[np.integer]) -> NDArray[np.int64]:
         """Calibrated points per layer ``c_N(N) · N_i`` (integers, total ``round(c_N · N)``)."""
@@ -286,6 +329,7 @@ class OccupancyCorrection:
             "p_gen": [float(v) for v in self.p_gen],
             "n_range": [float(v) for v in self.n_range],
             "factor_range": [float(v) for v in self.factor_range],
+            "p_refine": [float(v) for v in self.p_refine],
         }
 
     @classmethod
@@ -296,6 +340,7 @@ class OccupancyCorrection:
                 p_gen=[float(v) for v in data["p_gen"]],
                 n_range=tuple(float(v) for v in data["n_range"]),  # type: ignore[arg-type]
                 factor_range=tuple(float(v) for v in data.get("factor_range", (0.5, 2.0))),  # type: ignore[arg-type]
+                p_refine=[float(v) for v in data.get("p_refine", [0.0])],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise UsageError(f"invalid occupancy correction: {exc}") from None

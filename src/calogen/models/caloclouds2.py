@@ -147,6 +147,9 @@ class CaloClouds2Config:
     #: normalised network outputs are clipped to [-output_clip, output_clip] before the
     #: inverse normalisation (the data fill [-1, 1]; guards the exponential energy map)
     output_clip: float = 1.2
+    #: r0 (mm) of the asinh compression of the transverse radius in the normalisation
+    #: (0: linear x, y as in the paper); see :class:`~calogen.data.normalisation.Normalisation`
+    core_radius_mm: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -316,10 +319,14 @@ class Conditioning:
     Attributes:
         values: ``[S, 2]`` normalised (E, N) per shower.
         index: ``[P]`` shower of every packed point (``None`` for padded ``[S, P, 4]`` input).
+        counts: points of each shower when the packed points are stored shower after shower
+            (generation): inference on the CPU then merges each shower's ConcatSquash gates
+            into its weights (:meth:`PointWiseNet.forward_segments`).
     """
 
     values: Tensor
     index: Tensor | None = None
+    counts: tuple[int, ...] | None = None
 
 
 class CaloClouds2Net(nn.Module):
@@ -337,13 +344,28 @@ class CaloClouds2Net(nn.Module):
         super().__init__()
         self.time_features = int(time_features)
         self.pwn = PointWiseNet(4, 2 + self.time_features, widths, residual=residual)
+        #: compute dtype of the hidden layers during CPU inference (``None``: the weights'
+        #: float32; ``torch.bfloat16`` halves the time on CPUs with bf16 matmul units)
+        self.compute_dtype: torch.dtype | None = None
 
     def forward(self, x_in: Tensor, c_noise: Tensor, cond: Conditioning) -> Tensor:
         values, index = cond.values, cond.index
         nf = self.time_features
         if c_noise.numel() == 1:
             tf = fourier_features(c_noise.reshape(1), nf).expand(values.shape[0], nf)
-            return self.pwn(x_in, torch.cat([values, tf.to(values.dtype)], -1), index)
+            context = torch.cat([values, tf.to(values.dtype)], -1)
+            if (
+                cond.counts is not None
+                and x_in.device.type == "cpu"
+                and x_in.dim() == 2
+                and not torch.is_grad_enabled()
+            ):
+                return self.pwn.forward_segments(
+                    x_in, context, cond.counts, dtype=self.compute_dtype
+                )
+            if x_in.dim() == 3 and index is None and not torch.is_grad_enabled():
+                return self.pwn.forward_padded(x_in, context)  # padded inference (export)
+            return self.pwn(x_in, context, index)
         if x_in.dim() == 2:  # packed, one noise level per point
             tf = fourier_features(c_noise.reshape(-1), nf)
             per_point = values if index is None else values.index_select(0, index)
@@ -460,7 +482,7 @@ class CaloClouds2(nn.Module):
             rho=cfg.rho,
         )
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(
         self,
         energies: NDArray[np.floating],
@@ -495,7 +517,11 @@ class CaloClouds2(nn.Module):
             c_counts = torch.as_tensor(counts[first:last])
             index = torch.repeat_interleave(torch.arange(last - first), c_counts)
             noise = torch.randn((int(c_counts.sum()), 4), generator=generator)
-            cond = Conditioning(cond_all[first:last].to(self.device), index.to(self.device))
+            cond = Conditioning(
+                cond_all[first:last].to(self.device),
+                index.to(self.device),
+                tuple(counts[first:last].tolist()),
+            )
             x = self.sample_points(
                 noise.to(self.device),
                 cond,
@@ -804,7 +830,7 @@ def train(
         normalisation = Normalisation.from_dict(stored["normalisation"])
     else:
         cfg = copy.deepcopy(get_config(config))
-        normalisation = Normalisation.fit(data)
+        normalisation = Normalisation.fit(data, core_radius_mm=cfg.core_radius_mm)
     if iterations is not None:
         cfg.iterations = int(iterations)
         cfg.shower_flow_iterations = min(cfg.shower_flow_iterations, cfg.iterations)
@@ -1059,27 +1085,56 @@ def fit_occupancy(
     n_showers: int = 1000,
     seed: int = 0,
     geometry: str = "slab",
+    refine_iterations: int = 2,
 ) -> dict[str, Any]:
-    """Fit ``c_N`` from data and generated showers (identity correction while generating)."""
+    """Fit ``c_N`` from data and generated showers, then refine it in closed loop.
+
+    1. open loop (CaloClouds section 3.3): ``p_data`` from the Geant4 showers, ``p_gen``
+       from showers generated without correction at the same incident energies;
+    2. ``refine_iterations`` times: generate with the current correction (same seed, so the
+       Shower Flow asks for the same numbers of points), compare the hits with the target
+       ``p_data(N)`` and fold the remaining ratio into the correction
+       (:meth:`~calogen.calibration.OccupancyCorrection.refine`).
+    """
     from calogen.geometry import get_calorimeter, project
 
     try:
         calorimeter = get_calorimeter(geometry)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if refine_iterations < 0:
+        raise UsageError(f"refine_iterations must be >= 0, got {refine_iterations}")
     model_dir = Path(model_dir)
     info = read_model_info(model_dir)
     model = load_model(model_dir, info)
-    model.occupancy = OccupancyCorrection.identity()
     with ShowerFile(data) as f:
         real = f.read(0, min(n_showers, len(f)))
     n_data = np.asarray(real._num_points, np.float64)
     occ_data = project(real, calorimeter).hits_per_shower().astype(np.float64)
     energies = real.energies.reshape(-1).astype(np.float64)
-    fake = CaloClouds2Generator(model).sample(energies, seed=seed)
-    n_gen = np.asarray(fake._num_points, np.float64)
-    occ_gen = project(fake, calorimeter).hits_per_shower().astype(np.float64)
+    torch_seed = int(np.random.default_rng(seed).integers(0, 2**62))
+
+    def generate(correction: OccupancyCorrection) -> tuple[NDArray, NDArray]:
+        model.occupancy = correction
+        packed, _ = model.generate(energies, torch.Generator().manual_seed(torch_seed))
+        hits = project(unpack(packed, energies), calorimeter).hits_per_shower()
+        return packed.counts.astype(np.float64), np.maximum(hits, 1).astype(np.float64)
+
+    n_gen, occ_gen = generate(OccupancyCorrection.identity())  # the Shower Flow's own N
     corr = OccupancyCorrection.fit(n_data, occ_data, n_gen, occ_gen)
+    target = corr.target_hits(n_gen)
+    history = [{"mean_hits": float(occ_gen.mean()), "mean_points": float(n_gen.mean())}]
+    for _ in range(refine_iterations):
+        n_k, occ_k = generate(corr)
+        history.append({"mean_hits": float(occ_k.mean()), "mean_points": float(n_k.mean())})
+        # elasticity d ln(hits) / d ln(points) between the uncorrected and this run
+        moved = np.abs(np.log(n_k / n_gen)) > 0.05
+        ratio = np.log(occ_k[moved] / occ_gen[moved]) / np.log(n_k[moved] / n_gen[moved])
+        elasticity = float(np.median(ratio)) if ratio.size >= 10 else 1.0
+        corr = corr.refine(n_gen, occ_k, elasticity)
+    n_k, occ_k = generate(corr)
+    history.append({"mean_hits": float(occ_k.mean()), "mean_points": float(n_k.mean())})
+    model.occupancy = OccupancyCorrection.identity()
     info["occupancy"] = corr.to_dict()
     corr.save(model_dir / "occupancy.json")
     write_json(model_dir / MODEL_JSON, info)
@@ -1087,7 +1142,10 @@ def fit_occupancy(
         "model": str(model_dir),
         "showers": len(energies),
         "mean_hits_data": float(occ_data.mean()),
+        "mean_hits_target": float(target.mean()),
         "mean_hits_generated_uncorrected": float(occ_gen.mean()),
+        "mean_hits_generated_corrected": history[-1]["mean_hits"],
+        "refinement": history,
         "mean_points_data": float(n_data.mean()),
         "mean_points_generated": float(n_gen.mean()),
         "factor_at_mean_points": float(corr.factor([n_data.mean()])[0]),
