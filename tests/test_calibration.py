@@ -81,6 +81,36 @@ def test_shift_cog() -> None:
         assert np.sum(pts[sel, 1] * e[sel]) / e[sel].sum() == pytest.approx(-2.0, abs=1e-4)
 
 
+def test_shift_cog_of_the_core_leaves_the_tail_out() -> None:
+    """With ``core_radius_mm`` the core (points within the radius of the axis) lands on the
+    target, whatever a far, asymmetric tail does; a shower with nothing inside falls back to
+    its full centre of gravity."""
+    from calogen.models.shower_flow import core_cog
+
+    rng = np.random.default_rng(4)
+    core = np.column_stack(
+        [rng.normal(0.3, 1.0, 200), rng.normal(-0.2, 1.0, 200), np.zeros(200), np.full(200, 1.0)]
+    )
+    tail = np.array([[60.0, 5.0, 3.0, 20.0], [55.0, -3.0, 4.0, 10.0]])  # heavy one-sided tail
+    outside = np.array([[40.0, 40.0, 1.0, 2.0], [50.0, 30.0, 2.0, 1.0]])  # no core at all
+    pts = np.vstack([core, tail, outside]).astype(np.float32)
+    shower = np.concatenate([np.zeros(202, int), np.ones(2, int)])
+    target = np.array([[0.5, -0.4], [1.0, 2.0]])
+    before = core_cog(pts, shower, 2, 10.0)
+    assert before[0, 0] < 5.0  # the core's centre, not pulled towards the tail at 55-60 mm
+    shift_cog(pts, shower, target, n_showers=2, core_radius_mm=10.0)
+    shifted_core = pts[:200]
+    e = shifted_core[:, 3].astype(np.float64)
+    assert np.sum(shifted_core[:, 0] * e) / e.sum() == pytest.approx(0.5, abs=1e-4)
+    assert np.sum(shifted_core[:, 1] * e) / e.sum() == pytest.approx(-0.4, abs=1e-4)
+    e_out = pts[202:, 3].astype(np.float64)
+    assert np.sum(pts[202:, 0] * e_out) / e_out.sum() == pytest.approx(1.0, abs=1e-4)
+    # the same shift moved every point of a shower: the tail keeps its place relative to the core
+    assert pts[200, 0] - pts[0, 0] == pytest.approx(tail[0, 0] - core[0, 0], abs=1e-4)
+    # shower features: core values as computed here, full values pulled by the tail
+    assert core_cog(pts, shower, 2, 10.0)[0] == pytest.approx([0.5, -0.4], abs=1e-4)
+
+
 def test_calibrate_all_steps() -> None:
     rng, counts, shower, pts, per_layer = _random_packed(3)
     pts[::3, 3] = -0.5
@@ -162,3 +192,65 @@ def test_occupancy_refinement_converges_on_a_sublinear_generator() -> None:
     np.testing.assert_allclose(again.factor(n_flow), corr.factor(n_flow))
     old = {k: v for k, v in corr.to_dict().items() if k != "p_refine"}
     assert OccupancyCorrection.from_dict(old).p_refine == [0.0]
+
+
+def _packed_gaussian_showers(rng, n_showers: int, width_mm: float, energies):  # type: ignore[no-untyped-def]
+    """Round Gaussian showers of 400 points (x, y mm; layers 0-29; e GeV) and their index."""
+    points = np.zeros((n_showers * 400, 4))
+    points[:, :2] = rng.normal(0.0, width_mm, size=(n_showers * 400, 2))
+    points[:, 2] = rng.integers(0, 30, size=n_showers * 400)
+    points[:, 3] = rng.exponential(1e-3, size=n_showers * 400)
+    return points, np.repeat(np.arange(n_showers), 400), np.asarray(energies, np.float64)
+
+
+def test_radial_correction_maps_generated_radii_onto_the_data() -> None:
+    from calogen.calibration import RadialCorrection, weighted_quantiles
+
+    rng = np.random.default_rng(0)
+    energies = rng.uniform(10, 90, 200)
+    data = _packed_gaussian_showers(rng, 200, 2.0, energies)
+    gen = _packed_gaussian_showers(rng, 200, 5.0, energies)  # 2.5x too wide
+    corr = RadialCorrection.fit(data, gen)
+    fresh = _packed_gaussian_showers(rng, 200, 5.0, energies)
+    before = fresh[0].copy()
+    corr.apply(fresh[0], fresh[1], energies)
+    r_data = np.hypot(*data[0][:, :2].T)
+    r_new = np.hypot(*fresh[0][:, :2].T)
+    levels = np.array([0.25, 0.5, 0.9])
+    q_data = weighted_quantiles(r_data, data[0][:, 3], levels)
+    q_new = weighted_quantiles(r_new, fresh[0][:, 3], levels)
+    np.testing.assert_allclose(q_new, q_data, rtol=0.08)
+    # azimuth, layer and energy are kept; only the radius changes
+    np.testing.assert_allclose(
+        np.arctan2(fresh[0][:, 1], fresh[0][:, 0]),
+        np.arctan2(before[:, 1], before[:, 0]),
+        atol=1e-9,
+    )
+    np.testing.assert_array_equal(fresh[0][:, 2:], before[:, 2:])
+    # the map is monotone in r within each bin
+    sel = (corr.energy_bin(energies)[fresh[1]] == 1) & (corr.layer_group(before[:, 2]) == 2)
+    order = np.argsort(np.hypot(*before[sel, :2].T))
+    assert np.all(np.diff(r_new[sel][order]) >= -1e-9)
+    # JSON round trip, and bad tables are refused with one line
+    again = RadialCorrection.from_dict(corr.to_dict())
+    np.testing.assert_allclose(again.log_r_data, corr.log_r_data, atol=1e-6)
+    broken = corr.to_dict()
+    broken["log_r_gen"] = broken["log_r_gen"][:1]
+    with pytest.raises(UsageError, match="radial correction"):
+        RadialCorrection.from_dict(broken)
+
+
+def test_radial_correction_of_equal_samples_is_close_to_identity() -> None:
+    from calogen.calibration import RadialCorrection
+
+    rng = np.random.default_rng(1)
+    energies = rng.uniform(10, 90, 300)
+    corr = RadialCorrection.fit(
+        _packed_gaussian_showers(rng, 300, 3.0, energies),
+        _packed_gaussian_showers(rng, 300, 3.0, energies),
+    )
+    pts, shower, _ = _packed_gaussian_showers(rng, 50, 3.0, energies[:50])
+    r = np.hypot(*pts[:, :2].T)
+    corr.apply(pts, shower, energies[:50])
+    ratio = np.hypot(*pts[:, :2].T) / r
+    assert np.median(np.abs(ratio - 1.0)) < 0.03

@@ -159,8 +159,15 @@ def _check_calibrated(model: cc2.CaloClouds2, energies: np.ndarray, **kwargs) ->
     assert pts[:, 2].max() <= 29
     occupied = feats["n_per_layer"] > 0
     assert np.allclose(feats["e_per_layer"][occupied], target_e[occupied], rtol=1e-4)
-    # centre of gravity moved to the Shower Flow's (x, y)
     has_energy = feats["e_vis"] > 0
+    flow = model.shower_flow.sample(energies, torch.Generator().manual_seed(3))
+    if "core_cog_x" in flow:
+        # the core's centre of gravity (before the shift: points within CORE_COG_RADIUS_MM of
+        # the axis) went to the Shower Flow's; tested exactly in test_calibration.py
+        assert np.array_equal(info["cog_xy"][:, 0], flow["core_cog_x"])
+        assert np.all(np.isfinite(pts[:, :2]))
+        return
+    # centre of gravity moved to the Shower Flow's (x, y)
     assert np.allclose(feats["cog_x"][has_energy], info["cog_xy"][has_energy, 0], atol=1e-3)
     assert np.allclose(feats["cog_y"][has_energy], info["cog_xy"][has_energy, 1], atol=1e-3)
 
@@ -190,6 +197,19 @@ def test_samplers_return_calibrated_showers(trained, which: str) -> None:
     _check_calibrated(gen.model, energies)
     with pytest.raises(Exception, match="direction"):
         gen.sample(energies, directions=np.tile([0.0, 0.0, 1.0], (4, 1)))
+
+
+def test_core_centre_of_gravity_flow(fixtures, tmp_path) -> None:
+    """Feature set ``caloclouds2_core``: the Shower Flow draws the core's centre of gravity
+    and the calibration shifts the core there."""
+    config = tiny_config(6)
+    config["shower_flow"] = {**TINY_FLOW, "feature_set": "caloclouds2_core"}
+    cc2.train(
+        config=config, data=fixtures / "g4_photons_subset.h5", out=tmp_path / "t", progress=False
+    )
+    gen = load_generator(tmp_path / "t")
+    assert "core_cog_x" in gen.model.shower_flow.names
+    _check_calibrated(gen.model, np.array([15.0, 60.0, 85.0]))
 
 
 @pytest.mark.slow

@@ -269,3 +269,41 @@ def test_export_follows_normalisation_and_occupancy_options(tmp_path):
         "point_noise": point_noise.numpy(),
     }
     _compare(session.run(None, feed)[0], showers, atol_mm=1e-3, rtol_e=1e-4)
+
+
+def test_radial_correction_in_the_pipeline_matches_numpy() -> None:
+    """The exported radial quantile map equals :meth:`RadialCorrection.apply`."""
+    from calogen.calibration import RadialCorrection
+    from calogen.export import ShowerPipeline
+    from calogen.models.registry import load_generator
+
+    rng = np.random.default_rng(3)
+
+    def showers(width: float, n: int, energies):  # type: ignore[no-untyped-def]
+        pts = np.zeros((n * 300, 4))
+        pts[:, :2] = rng.normal(0.0, width, size=(n * 300, 2))
+        pts[:, 2] = rng.integers(0, 30, size=n * 300)
+        pts[:, 3] = rng.exponential(1e-3, size=n * 300)
+        return pts, np.repeat(np.arange(n), 300), energies
+
+    energies = rng.uniform(10, 90, 100)
+    synthetic = RadialCorrection.fit(showers(2.0, 100, energies), showers(4.0, 100, energies))
+    model = load_generator(None).model
+    original, model.radial = model.radial, synthetic
+    try:
+        pipe = ShowerPipeline(model, max_points=300)
+    finally:
+        model.radial = original
+    points, shower, _ = showers(4.0, 6, energies[:6])
+    points[:5, :2] = 0.0  # points on the axis stay there
+    points[5:10, :2] *= 1e-4  # below the first quantile
+    points[10:15, :2] *= 1e3  # beyond the last
+    points = points.astype(np.float32)
+    got = pipe._radial(
+        torch.as_tensor(points.reshape(6, 300, 4)),
+        torch.as_tensor(points[:, 2].reshape(6, 300)),
+        torch.as_tensor(energies[:6], dtype=torch.float32),
+    ).numpy()
+    expected = points.copy()
+    synthetic.apply(expected, shower, energies[:6].astype(np.float32))
+    np.testing.assert_allclose(got.reshape(-1, 4), expected, rtol=1e-5, atol=1e-5)

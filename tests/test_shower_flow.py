@@ -30,6 +30,9 @@ def test_shower_features_by_hand() -> None:
     np.testing.assert_allclose(f["e_vis"], [0.4, 4.0], rtol=1e-6)
     np.testing.assert_allclose(f["cog_x"], [(0.1 + 0.9) / 0.4, 0.0], rtol=1e-6)
     np.testing.assert_allclose(f["cog_z"], [0.6 / 0.4, (29 * 2 + 10) / 4.0], rtol=1e-6)
+    # every point lies within CORE_COG_RADIUS_MM of the axis: the core is the whole shower
+    np.testing.assert_allclose(f["core_cog_x"], f["cog_x"], rtol=1e-6)
+    np.testing.assert_allclose(f["core_cog_y"], f["cog_y"], rtol=1e-6)
     assert f["n_per_layer"][0, 0] == 1 and f["n_per_layer"][0, 2] == 1
     assert f["n_per_layer"][1, 29] == 2 and f["n_per_layer"].sum() == 5
     np.testing.assert_allclose(f["e_per_layer"][1, 29], 2.0)

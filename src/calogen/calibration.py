@@ -13,7 +13,8 @@ Calibration steps, in the paper's order (:func:`calibrate` runs them all):
 3. :func:`assign_layers` — sort each shower's points by depth and give the first ``N_0``
    points layer 0, the next ``N_1`` layer 1, … (per-layer counts from the Shower Flow);
 4. :func:`shift_cog` — shift x and y so the energy-weighted centre of gravity of each
-   shower equals a target (the training data's mean, or a per-shower prediction).
+   shower (or of its core, ``core_radius_mm``) equals a target (the training data's mean, or a
+   per-shower prediction).
 
 :class:`OccupancyCorrection` implements ``c_N(N) = p_gen(p_data(N)) / N`` from two cubic fits:
 ``p_data`` maps the number of points of Geant4 showers to their number of cell hits
@@ -141,6 +142,7 @@ def shift_cog(
     shower: NDArray[np.integer],
     target_xy: NDArray[np.floating],
     n_showers: int | None = None,
+    core_radius_mm: float = 0.0,
 ) -> NDArray[np.floating]:
     """Shift x and y of each shower so its energy-weighted centre of gravity is ``target_xy``.
 
@@ -148,17 +150,25 @@ def shift_cog(
         target_xy: ``[2]`` (same for all showers) or ``[S, 2]`` in mm.
         n_showers: number of showers (needed with a ``[2]`` target when trailing showers are
             empty).
+        core_radius_mm: if > 0, the centre of gravity of the points within this radius of the
+            axis ``x = y = 0`` (before the shift) is moved to the target (all points where a
+            shower has no energy inside); see ``caloclouds2_core`` in
+            :mod:`calogen.models.shower_flow`.
     """
     target_xy = np.asarray(target_xy, dtype=np.float64)
     if n_showers is None:
         n_showers = target_xy.shape[0] if target_xy.ndim == 2 else int(shower.max(initial=-1)) + 1
     target = np.broadcast_to(target_xy, (n_showers, 2))
     e = points[:, 3].astype(np.float64)
+    if core_radius_mm > 0:
+        inside = np.hypot(points[:, 0], points[:, 1]) < core_radius_mm
+        e_core = _segment_sum(e * inside, shower, n_showers)
+        e = np.where((e_core > 0)[shower] & ~inside, 0.0, e)
     total = _segment_sum(e, shower, n_showers)
     safe = np.where(total > 0, total, 1.0)
+    cogs = [_segment_sum(points[:, axis] * e, shower, n_showers) / safe for axis in (0, 1)]
     for axis in (0, 1):
-        cog = _segment_sum(points[:, axis] * e, shower, n_showers) / safe
-        shift = np.where(total > 0, target[:, axis] - cog, 0.0)
+        shift = np.where(total > 0, target[:, axis] - cogs[axis], 0.0)
         points[:, axis] = points[:, axis] + shift[shower]
     return points
 
@@ -173,6 +183,7 @@ def calibrate(
     counts_per_layer: NDArray[np.integer] | None = None,
     depth: NDArray[np.floating] | None = None,
     cog_xy: NDArray[np.floating] | None = None,
+    cog_core_radius_mm: float = 0.0,
 ) -> NDArray[np.floating]:
     """Run the calibration steps that have targets, in place (see module docstring).
 
@@ -188,7 +199,7 @@ def calibrate(
     elif energy_total is not None:
         rescale_energy(points, shower, energy_total)
     if cog_xy is not None:
-        shift_cog(points, shower, cog_xy, n_showers)
+        shift_cog(points, shower, cog_xy, n_showers, core_radius_mm=cog_core_radius_mm)
     return points
 
 
@@ -243,7 +254,7 @@ class OccupancyCorrection:
     p_data: list[float] = field(default_factory=lambda: [0.0, 0.0, 1.0, 0.0])
     p_gen: list[float] = field(default_factory=lambda: [0.0, 0.0, 1.0, 0.0])
     n_range: tuple[float, float] = (1.0, 1e9)
-    factor_range: tuple[float, float] = (0.5, 2.0)
+    factor_range: tuple[float, float] = (0.2, 2.0)
     p_refine: list[float] = field(default_factory=lambda: [0.0])
 
     @classmethod
@@ -364,8 +375,200 @@ class OccupancyCorrection:
         return cls.from_dict(data)
 
 
+# ---------------------------------------------------------------------------------------------
+# radial correction
+# ---------------------------------------------------------------------------------------------
+
+#: Energy-weighted cumulative levels of the radial quantile map: dense in the core, then
+#: towards the far tail (0.9995).
+RADIAL_LEVELS: tuple[float, ...] = tuple(
+    float(v)
+    for v in np.concatenate([np.linspace(0.02, 0.9, 45), 1.0 - np.logspace(-1.05, -3.3, 12)])
+)
+
+
+def weighted_quantiles(
+    values: NDArray[np.floating], weights: NDArray[np.floating], levels: NDArray[np.floating]
+) -> NDArray[np.float64]:
+    """Quantiles of ``values`` weighted by ``weights`` at cumulative ``levels`` in (0, 1)."""
+    order = np.argsort(values, kind="stable")
+    v = np.asarray(values, np.float64)[order]
+    cw = np.cumsum(np.asarray(weights, np.float64)[order])
+    cw = (cw - 0.5 * np.asarray(weights, np.float64)[order]) / cw[-1]
+    return np.interp(levels, cw, v)
+
+
+@dataclass
+class RadialCorrection:
+    """Quantile map of the transverse radius (mm from the axis) of generated points.
+
+    For each bin of incident energy and group of layers, the energy-weighted radius
+    distribution of generated showers is mapped onto that of Geant4 by a monotone map
+    ``r -> Q_data(F_gen(r))``, piecewise linear in ``ln r`` between quantiles at
+    :data:`RADIAL_LEVELS` (and by the ratio of the outermost quantiles beyond them); the
+    azimuth of each point is kept. Like the occupancy correction it is fitted after training
+    from Geant4 training showers and showers the model generated for the same energies, and
+    it corrects what a short distillation blurs (a too-wide core, docs/default_model.md).
+
+    Attributes:
+        energy_edges_gev: edges of the incident-energy bins (showers outside go to the first
+            or last bin).
+        layer_edges: edges of the layer groups (``[0, 5, …, 30]``).
+        log_r_gen, log_r_data: ``ln`` of the quantiles (mm), shape
+            ``[n_energy_bins, n_layer_groups, n_levels]``, strictly increasing along the last
+            axis.
+    """
+
+    energy_edges_gev: list[float]
+    layer_edges: list[int]
+    log_r_gen: NDArray[np.float64]
+    log_r_data: NDArray[np.float64]
+
+    @property
+    def n_energy_bins(self) -> int:
+        return len(self.energy_edges_gev) - 1
+
+    @property
+    def n_layer_groups(self) -> int:
+        return len(self.layer_edges) - 1
+
+    def energy_bin(self, energies: NDArray[np.floating]) -> NDArray[np.int64]:
+        """Incident-energy bin of each shower ``[S]``."""
+        inner = np.asarray(self.energy_edges_gev[1:-1], np.float64)
+        return np.searchsorted(inner, np.asarray(energies, np.float64), side="right")
+
+    def layer_group(self, layers: NDArray[np.floating]) -> NDArray[np.int64]:
+        """Layer group of each point ``[P]`` (layer index, rounded)."""
+        inner = np.asarray(self.layer_edges[1:-1], np.float64)
+        return np.searchsorted(inner, np.rint(np.asarray(layers, np.float64)), side="right")
+
+    @classmethod
+    def fit(
+        cls,
+        data: tuple[NDArray, NDArray, NDArray],
+        generated: tuple[NDArray, NDArray, NDArray],
+        *,
+        energy_edges_gev: tuple[float, ...] = (10.0, 30.0, 50.0, 70.0, 90.0),
+        layer_edges: tuple[int, ...] = (0, 5, 10, 15, 20, 25, 30),
+        min_points: int = 200,
+    ) -> RadialCorrection:
+        """Fit from ``(points [P, 4], shower [P], incident energy [S])`` of Geant4 and of
+        generated showers (packed, physical units; the axis at x = y = 0).
+
+        A bin with fewer than ``min_points`` points in either sample is left unchanged.
+        """
+        levels = np.asarray(RADIAL_LEVELS)
+        n_e, n_l = len(energy_edges_gev) - 1, len(layer_edges) - 1
+        shape = (n_e, n_l, len(levels))
+        out = cls(
+            list(map(float, energy_edges_gev)),
+            list(map(int, layer_edges)),
+            np.zeros(shape),
+            np.zeros(shape),
+        )
+        quantiles = []
+        for points, shower, energies in (data, generated):
+            pts = np.asarray(points, np.float64)
+            keep = pts[:, 3] > 0
+            pts, sh = pts[keep], np.asarray(shower)[keep]
+            e_bin = out.energy_bin(np.asarray(energies, np.float64).reshape(-1))[sh]
+            group = out.layer_group(pts[:, 2])
+            r = np.maximum(np.hypot(pts[:, 0], pts[:, 1]), 1e-3)
+            q = np.full(shape, np.nan)
+            for i in range(n_e):
+                for j in range(n_l):
+                    sel = (e_bin == i) & (group == j)
+                    if sel.sum() >= min_points:
+                        q[i, j] = np.log(weighted_quantiles(r[sel], pts[sel, 3], levels))
+            quantiles.append(q)
+        q_data, q_gen = quantiles
+        for i in range(n_e):
+            for j in range(n_l):
+                if np.isnan(q_data[i, j]).any() or np.isnan(q_gen[i, j]).any():
+                    q_data[i, j] = q_gen[i, j] = np.log(np.geomspace(0.1, 300.0, len(levels)))
+        out.log_r_gen = _strictly_increasing(q_gen)
+        out.log_r_data = _strictly_increasing(q_data)
+        return out
+
+    def apply(
+        self,
+        points: NDArray[np.floating],
+        shower: NDArray[np.integer],
+        energies: NDArray[np.floating],
+    ) -> NDArray[np.floating]:
+        """Map the radius of every point in place; ``points [P, 4]`` with layers assigned."""
+        if points.shape[0] == 0:
+            return points
+        e_bin = self.energy_bin(np.asarray(energies, np.float64).reshape(-1))[shower]
+        group = self.layer_group(points[:, 2])
+        x, y = points[:, 0].astype(np.float64), points[:, 1].astype(np.float64)
+        r = np.hypot(x, y)
+        log_r = np.log(np.maximum(r, 1e-6))
+        new_log_r = np.empty_like(log_r)
+        for i in range(self.n_energy_bins):
+            for j in range(self.n_layer_groups):
+                sel = (e_bin == i) & (group == j)
+                if sel.any():
+                    new_log_r[sel] = _map_log_radius(
+                        log_r[sel], self.log_r_gen[i, j], self.log_r_data[i, j]
+                    )
+        scale = np.where(r > 0, np.exp(new_log_r - log_r), 1.0)
+        points[:, 0] = (x * scale).astype(points.dtype)
+        points[:, 1] = (y * scale).astype(points.dtype)
+        return points
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "radial_correction",
+            "energy_edges_gev": list(self.energy_edges_gev),
+            "layer_edges": list(self.layer_edges),
+            "log_r_gen": np.round(self.log_r_gen, 6).tolist(),
+            "log_r_data": np.round(self.log_r_data, 6).tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RadialCorrection:
+        try:
+            out = cls(
+                energy_edges_gev=[float(v) for v in data["energy_edges_gev"]],
+                layer_edges=[int(v) for v in data["layer_edges"]],
+                log_r_gen=np.asarray(data["log_r_gen"], np.float64),
+                log_r_data=np.asarray(data["log_r_data"], np.float64),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UsageError(f"invalid radial correction: {exc}") from None
+        shape = (out.n_energy_bins, out.n_layer_groups)
+        if (
+            out.log_r_gen.ndim != 3
+            or out.log_r_gen.shape != out.log_r_data.shape
+            or out.log_r_gen.shape[:2] != shape
+            or np.any(np.diff(out.log_r_gen, axis=-1) <= 0)
+            or not np.all(np.isfinite(out.log_r_data))
+        ):
+            raise UsageError("invalid radial correction: quantile tables of the wrong shape")
+        return out
+
+
+def _strictly_increasing(q: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Make the last axis strictly increasing (ties from empty weight ranges)."""
+    q = np.maximum.accumulate(q, axis=-1)
+    return q + np.arange(q.shape[-1]) * 1e-9
+
+
+def _map_log_radius(
+    log_r: NDArray[np.float64], knots_gen: NDArray[np.float64], knots_data: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """Piecewise-linear map of ``ln r`` through the knots; constant shift beyond them."""
+    inner = np.interp(log_r, knots_gen, knots_data)
+    below = log_r + (knots_data[0] - knots_gen[0])
+    above = log_r + (knots_data[-1] - knots_gen[-1])
+    return np.where(log_r < knots_gen[0], below, np.where(log_r > knots_gen[-1], above, inner))
+
+
 __all__ = [
+    "RADIAL_LEVELS",
     "OccupancyCorrection",
+    "RadialCorrection",
     "assign_layers",
     "calibrate",
     "clip_negative_energies",

@@ -137,6 +137,19 @@ class ShowerPipeline(nn.Module):
         self.config = cfg
         self.normalisation = model.normalisation
         self.occupancy = model.occupancy
+        radial = getattr(model, "radial", None)
+        #: radial quantile correction (calogen.calibration.RadialCorrection) as buffers
+        self.has_radial = radial is not None
+        if radial is not None:
+            k = radial.log_r_gen.shape[-1]
+            self.radial_groups = int(radial.n_layer_groups)
+            for name, values in (
+                ("radial_e_inner", radial.energy_edges_gev[1:-1]),
+                ("radial_l_inner", radial.layer_edges[1:-1]),
+                ("radial_gen", radial.log_r_gen.reshape(-1, k)),
+                ("radial_data", radial.log_r_data.reshape(-1, k)),
+            ):
+                self.register_buffer(name, torch.as_tensor(values, dtype=torch.float64))
         self.consistency = bool(model.consistency)
         self.sigmas = [float(s) for s in model.cm_sigmas] if self.consistency else []
         self.max_points = int(max_points or cfg.max_points)
@@ -154,7 +167,15 @@ class ShowerPipeline(nn.Module):
         for name, width in zip(flow.names, flow.widths, strict=True):
             self.slices[name] = (start, start + width)
             start += width
-        missing = {"n_per_layer", "e_per_layer", "cog_x", "cog_y"} - set(self.slices)
+        #: Shower Flow of the ``caloclouds2_core`` feature set: the core's centre of gravity
+        #: (points within ``CORE_COG_RADIUS_MM`` of the axis) is shifted, not the whole shower's
+        self.core_cog = "core_cog_x" in self.slices
+        from calogen.models.shower_flow import CORE_COG_RADIUS_MM
+
+        self.core_radius_mm = float(CORE_COG_RADIUS_MM)
+        self.cog_prefix = "core_cog" if self.core_cog else "cog"
+        missing = {"n_per_layer", "e_per_layer", f"{self.cog_prefix}_x", f"{self.cog_prefix}_y"}
+        missing -= set(self.slices)
         if missing:
             raise UsageError(f"export needs a Shower Flow with {', '.join(sorted(missing))}")
 
@@ -193,7 +214,8 @@ class ShowerPipeline(nn.Module):
         counts = torch.floor(self._expm1(self._feature(pre, "n_per_layer").clamp(0.0, 20.0)))
         counts = torch.clamp_min(counts, 0.0)
         e_layer = self._expm1(self._feature(pre, "e_per_layer").clamp(0.0, 30.0)) * 1e-3
-        cog = torch.cat([self._feature(pre, "cog_x"), self._feature(pre, "cog_y")], 1)
+        prefix = self.cog_prefix
+        cog = torch.cat([self._feature(pre, f"{prefix}_x"), self._feature(pre, f"{prefix}_y")], 1)
         # occupancy correction c_N(N) · N_i, then N clipped to [1, max_points]
         occ = self.occupancy
         total = counts.sum(1)
@@ -206,6 +228,40 @@ class ShowerPipeline(nn.Module):
         counts = distribute_counts(counts, total * factor)
         counts = distribute_counts(counts, counts.sum(1).clamp(1.0, float(self.max_points)))
         return counts, e_layer, cog
+
+    def _radial(self, points: Tensor, layer: Tensor, energy: Tensor) -> Tensor:
+        """The radial quantile map of :class:`~calogen.calibration.RadialCorrection` on
+        ``points [B, M, 4]`` with layers ``layer [B, M]`` (float64 inside)."""
+        e_bin = (energy.to(torch.float64)[:, None] >= self.radial_e_inner[None, :]).sum(1)
+        group = (layer.to(torch.float64)[..., None] >= self.radial_l_inner).sum(-1)
+        cell = e_bin[:, None] * self.radial_groups + group  # [B, M]
+        knots_gen = self.radial_gen[cell]  # [B, M, K]
+        knots_data = self.radial_data[cell]
+        x = points[..., 0].to(torch.float64)
+        y = points[..., 1].to(torch.float64)
+        r = torch.sqrt(x * x + y * y)
+        log_r = torch.log(r.clamp_min(1e-6))
+        n_knots = knots_gen.shape[-1]
+        above = (log_r[..., None] > knots_gen).sum(-1)  # knots below the radius, 0 … K
+        i1 = above.clamp(1, n_knots - 1)[..., None]
+        g0 = torch.gather(knots_gen, -1, i1 - 1)[..., 0]
+        g1 = torch.gather(knots_gen, -1, i1)[..., 0]
+        d0 = torch.gather(knots_data, -1, i1 - 1)[..., 0]
+        d1 = torch.gather(knots_data, -1, i1)[..., 0]
+        inner = d0 + (log_r - g0) / (g1 - g0) * (d1 - d0)
+        below = log_r + (knots_data[..., 0] - knots_gen[..., 0])
+        beyond = log_r + (knots_data[..., -1] - knots_gen[..., -1])
+        new = torch.where(above == 0, below, torch.where(above == n_knots, beyond, inner))
+        scale = torch.where(r > 0, torch.exp(new - log_r), torch.ones_like(r))
+        return torch.stack(
+            [
+                (x * scale).to(points.dtype),
+                (y * scale).to(points.dtype),
+                points[..., 2],
+                points[..., 3],
+            ],
+            -1,
+        )
 
     def _sample(self, point_noise: Tensor, values: Tensor) -> Tensor:
         from calogen.models.caloclouds2 import Conditioning
@@ -284,8 +340,18 @@ class ShowerPipeline(nn.Module):
         )
         e32 = torch.where(valid, new, torch.zeros_like(new)).to(torch.float32)
 
-        # centre of gravity (x, y) to the Shower Flow's
+        if self.has_radial:  # radial quantile correction (layers assigned, before the shift)
+            points = self._radial(points, layer, energy)
+
+        # centre of gravity (x, y), of the core within CORE_COG_RADIUS_MM where the Shower Flow
+        # gives the core's (all points for showers without energy in the core), to the flow's
         e64 = e32.to(torch.float64)
+        if self.core_cog:
+            radius = torch.hypot(points[..., 0], points[..., 1]).to(torch.float64)
+            inside = radius < self.core_radius_mm
+            core_e = torch.where(inside, e64, torch.zeros_like(e64))
+            has_core = core_e.sum(1, keepdim=True) > 0
+            e64 = torch.where(has_core, core_e, e64)
         e_sum = e64.sum(1)
         has_energy = e_sum > 0
         safe = torch.where(has_energy, e_sum, torch.ones_like(e_sum))

@@ -81,9 +81,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Fit the occupancy correction c_N(N) = p_gen(p_data(N)) / N of CaloClouds "
             "(section 3.3): p_data is a cubic fit of the number of cell hits (>= 0.1 MeV) of "
             "the Geant4 showers in FILE against their number of points, p_gen a cubic fit of "
-            "the generated number of points against the generated number of hits. Generated "
-            "showers use the incident energies of the data showers. The result is stored in "
-            "the model folder (model.json and occupancy.json)."
+            "the generated number of points against the generated number of hits, then refined "
+            "in closed loop. For CaloClouds II models a radial quantile correction (energy-"
+            "weighted radius distribution per incident-energy bin and group of layers mapped "
+            "onto the data's) is fitted first. Generated showers use the incident energies of "
+            "the data showers. The result is stored in the model folder (model.json and "
+            "occupancy.json)."
         ),
     )
     q.add_argument("--model", required=True, metavar="DIR", help="trained model folder")
@@ -108,6 +111,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="T",
         help="CPU threads for torch (default 2)",
+    )
+    q.add_argument(
+        "--no-radial",
+        dest="radial",
+        action="store_false",
+        help="CaloClouds II: do not fit the radial quantile correction",
     )
     q.set_defaults(func=_fit_occupancy)
 
@@ -217,7 +226,12 @@ def _fit_occupancy(args: argparse.Namespace) -> int:
 
     set_threads(args.threads)
     summary = fit_occupancy(
-        args.model, args.data, n_showers=args.showers, seed=args.seed, geometry=args.geometry
+        args.model,
+        args.data,
+        n_showers=args.showers,
+        seed=args.seed,
+        geometry=args.geometry,
+        radial=args.radial,
     )
     print(json.dumps(summary, indent=2))
     return 0

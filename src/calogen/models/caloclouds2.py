@@ -45,10 +45,16 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
-from calogen.calibration import OccupancyCorrection, calibrate, distribute_counts
+from calogen.calibration import (
+    OccupancyCorrection,
+    RadialCorrection,
+    calibrate,
+    distribute_counts,
+    shift_cog,
+)
 from calogen.data.io import ShowerFile
 from calogen.data.normalisation import Normalisation
-from calogen.data.packed import PackedPoints, unpack
+from calogen.data.packed import PackedPoints, pack, unpack
 from calogen.errors import UsageError
 from calogen.generator import as_rng, check_energies
 from calogen.models.blocks import PointWiseNet
@@ -69,7 +75,7 @@ from calogen.models.edm import (
     heun_sample,
     sample_training_sigma,
 )
-from calogen.models.shower_flow import ShowerFlow, ShowerFlowConfig
+from calogen.models.shower_flow import CORE_COG_RADIUS_MM, ShowerFlow, ShowerFlowConfig
 from calogen.models.training import (
     MODEL_JSON,
     latest_checkpoint,
@@ -386,6 +392,7 @@ class CaloClouds2(nn.Module):
         config: teacher hyperparameters (the student shares the architecture).
         normalisation: point normalisation (x, y, layer, e) ↔ [-1, 1]^4.
         occupancy: occupancy correction (identity if ``None``).
+        radial: radial quantile correction (none if ``None``; ``calogen fit-occupancy``).
         consistency: ``True`` for the distilled student (consistency parameterisation).
         cm_sigmas: σ values of consistency sampling (default ``(σ_max,)``: one step).
     """
@@ -396,6 +403,7 @@ class CaloClouds2(nn.Module):
         normalisation: Normalisation,
         occupancy: OccupancyCorrection | None = None,
         *,
+        radial: RadialCorrection | None = None,
         consistency: bool = False,
         cm_sigmas: tuple[float, ...] | None = None,
     ) -> None:
@@ -403,6 +411,7 @@ class CaloClouds2(nn.Module):
         self.config = config
         self.normalisation = normalisation
         self.occupancy = occupancy or OccupancyCorrection.identity()
+        self.radial = radial
         self.consistency = bool(consistency)
         self.cm_sigmas = tuple(cm_sigmas) if cm_sigmas else (float(config.sigma_max),)
         self.net = CaloClouds2Net(config.widths, config.time_features, config.residual)
@@ -432,6 +441,7 @@ class CaloClouds2(nn.Module):
             "normalisation": self.normalisation.to_dict(),
             "occupancy": self.occupancy.to_dict(),
             "cm_sigmas": list(self.cm_sigmas),
+            **({"radial_correction": self.radial.to_dict()} if self.radial else {}),
         }
 
     def evaluations(self, n_steps: int | None = None) -> int:
@@ -535,7 +545,9 @@ class CaloClouds2(nn.Module):
             points_out[p0:p1] = self.normalisation.inverse(x).numpy()
             first = last
         shower = np.repeat(np.arange(n_showers), counts)
-        cog_xy = np.stack([flow_out["cog_x"], flow_out["cog_y"]], axis=1)
+        core = "core_cog_x" in flow_out  # feature set caloclouds2_core: shift the core
+        prefix = "core_cog" if core else "cog"
+        cog_xy = np.stack([flow_out[f"{prefix}_x"], flow_out[f"{prefix}_y"]], axis=1)
         calibrate(
             points_out,
             shower,
@@ -543,7 +555,15 @@ class CaloClouds2(nn.Module):
             energy_per_layer=flow_out["e_per_layer"],
             counts_per_layer=counts_layer,
             depth=depth_out,
-            cog_xy=cog_xy,
+        )
+        if self.radial is not None:  # needs the layers assigned, before the CoG shift
+            self.radial.apply(points_out, shower, energies)
+        shift_cog(
+            points_out,
+            shower,
+            cog_xy,
+            n_showers,
+            core_radius_mm=CORE_COG_RADIUS_MM if core else 0.0,
         )
         # points left without energy (a layer whose predicted energy is zero) deposit nothing
         # and would read as padding: drop them
@@ -1059,10 +1079,20 @@ def load_model(
             OccupancyCorrection.from_dict(info["occupancy"]) if info.get("occupancy") else None
         )
         cm_sigmas = tuple(float(s) for s in info.get("cm_sigmas", (cfg.sigma_max,)))
+        radial = (
+            RadialCorrection.from_dict(info["radial_correction"])
+            if info.get("radial_correction")
+            else None
+        )
     except KeyError as exc:
         raise UsageError(f"{model_dir}/{MODEL_JSON}: missing entry {exc}") from None
     model = CaloClouds2(
-        cfg, normalisation, occupancy, consistency=kind == CM_NAME, cm_sigmas=cm_sigmas
+        cfg,
+        normalisation,
+        occupancy,
+        radial=radial,
+        consistency=kind == CM_NAME,
+        cm_sigmas=cm_sigmas,
     )
     load_model_tensors(model_dir, model.generation_modules())
     return model.eval()
@@ -1086,9 +1116,14 @@ def fit_occupancy(
     seed: int = 0,
     geometry: str = "slab",
     refine_iterations: int = 2,
+    radial: bool = True,
 ) -> dict[str, Any]:
     """Fit ``c_N`` from data and generated showers, then refine it in closed loop.
 
+    0. if ``radial``: the radial quantile correction
+       (:class:`~calogen.calibration.RadialCorrection`) from the same Geant4 showers and
+       showers generated without corrections; the occupancy fit below includes it (a
+       narrower core lights fewer cells);
     1. open loop (CaloClouds section 3.3): ``p_data`` from the Geant4 showers, ``p_gen``
        from showers generated without correction at the same incident energies;
     2. ``refine_iterations`` times: generate with the current correction (same seed, so the
@@ -1120,6 +1155,15 @@ def fit_occupancy(
         hits = project(unpack(packed, energies), calorimeter).hits_per_shower()
         return packed.counts.astype(np.float64), np.maximum(hits, 1).astype(np.float64)
 
+    model.radial = None
+    if radial:
+        model.occupancy = OccupancyCorrection.identity()
+        packed, _ = model.generate(energies, torch.Generator().manual_seed(torch_seed))
+        real_packed = pack(real)
+        model.radial = RadialCorrection.fit(
+            (real_packed.points, real_packed.shower, energies),
+            (packed.points, packed.shower, energies),
+        )
     n_gen, occ_gen = generate(OccupancyCorrection.identity())  # the Shower Flow's own N
     corr = OccupancyCorrection.fit(n_data, occ_data, n_gen, occ_gen)
     target = corr.target_hits(n_gen)
@@ -1136,6 +1180,9 @@ def fit_occupancy(
     history.append({"mean_hits": float(occ_k.mean()), "mean_points": float(n_k.mean())})
     model.occupancy = OccupancyCorrection.identity()
     info["occupancy"] = corr.to_dict()
+    info.pop("radial_correction", None)
+    if model.radial is not None:
+        info["radial_correction"] = model.radial.to_dict()
     corr.save(model_dir / "occupancy.json")
     write_json(model_dir / MODEL_JSON, info)
     return {
@@ -1149,6 +1196,7 @@ def fit_occupancy(
         "mean_points_data": float(n_data.mean()),
         "mean_points_generated": float(n_gen.mean()),
         "factor_at_mean_points": float(corr.factor([n_data.mean()])[0]),
+        "radial_correction": model.radial is not None,
     }
 
 

@@ -209,8 +209,12 @@ def fit_occupancy(
     n_showers: int = 1000,
     seed: int = 0,
     geometry: str = "slab",
+    radial: bool = True,
 ) -> dict[str, Any]:
-    """Fit and store the occupancy correction of a model folder; returns a summary."""
+    """Fit and store the occupancy correction of a model folder; returns a summary.
+
+    ``radial``: CaloClouds II models also fit the radial quantile correction first.
+    """
     from calogen.data.io import ShowerFile
 
     info = read_model_info(model_dir)
@@ -222,7 +226,9 @@ def fit_occupancy(
             raise UsageError(f"{data}: {len(f)} showers; the occupancy fit needs at least 4")
         f.check_columns()
     func = getattr(entry.import_module(), entry.fit_occupancy)
-    kwargs = {"n_showers": n_showers, "seed": seed, "geometry": geometry}
+    kwargs: dict[str, Any] = {"n_showers": n_showers, "seed": seed, "geometry": geometry}
+    if info["calogen_model"] in ("caloclouds2", "caloclouds2-cm"):
+        kwargs["radial"] = radial
     return _with_model_errors(model_dir, info, func, Path(model_dir), data, **kwargs)
 
 
