@@ -166,19 +166,21 @@ class L2LFlowsConfig:
 
 
 #: ``paper``: the published setup as far as known (see docs/bibae_l2lflows.md);
-#: ``small``: same code, trains on one CPU thread in about half an hour.
+#: ``small``: same code, about 13 min of CPU time on one thread (0.55 s per iteration;
+#: 13 min wall with the other core of the shared 2-core machine busy), see
+#: docs/bibae_l2lflows.md section 4.
 PRESETS: dict[str, L2LFlowsConfig] = {
     "paper": L2LFlowsConfig(),
     "small": L2LFlowsConfig(
         energy_transforms=4,
         energy_hidden=(64, 64),
         layer_transforms=2,
-        layer_hidden=(64, 64),
+        layer_hidden=(48, 48),
         layer_bins=6,
         layer_passes=10,
         embedding_hidden=(64,),
         embedding_dim=16,
-        iterations=1600,
+        iterations=1400,
         batch_size=64,
         lr_start=1e-3,
         lr_end=1e-5,
