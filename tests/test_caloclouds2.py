@@ -165,11 +165,14 @@ def _check_calibrated(model: cc2.CaloClouds2, energies: np.ndarray, **kwargs) ->
         # the core's centre of gravity (before the shift: points within CORE_COG_RADIUS_MM of
         # the axis) went to the Shower Flow's; tested exactly in test_calibration.py
         assert np.array_equal(info["cog_xy"][:, 0], flow["core_cog_x"])
+        assert set(np.unique(info["mirror_signs"])) <= {-1.0, 1.0}
         assert np.all(np.isfinite(pts[:, :2]))
         return
-    # centre of gravity moved to the Shower Flow's (x, y)
-    assert np.allclose(feats["cog_x"][has_energy], info["cog_xy"][has_energy, 0], atol=1e-3)
-    assert np.allclose(feats["cog_y"][has_energy], info["cog_xy"][has_energy, 1], atol=1e-3)
+    # centre of gravity moved to the Shower Flow's (x, y), then the shower mirrored (x -> -x
+    # and/or y -> -y, the signs of info["mirror_signs"])
+    target = info["cog_xy"] * info["mirror_signs"]
+    assert np.allclose(feats["cog_x"][has_energy], target[has_energy, 0], atol=1e-3)
+    assert np.allclose(feats["cog_y"][has_energy], target[has_energy, 1], atol=1e-3)
 
 
 def info_e_per_layer(model: cc2.CaloClouds2, energies: np.ndarray) -> np.ndarray:

@@ -38,6 +38,19 @@ def pipeline():
     return pipe
 
 
+def python_noise(pipeline, gen: torch.Generator, n_showers: int, n_points: int):  # type: ignore[no-untyped-def]
+    """``(flow_noise, [point noise per tensor])`` in :meth:`CaloClouds2.generate`'s order: the
+    Shower Flow's noise, the points' noise, then the two mirror values per shower (which the
+    exported model takes as the last two columns of ``flow_noise``)."""
+    flow_dim = pipeline.shower_flow.dim
+    flow_noise = torch.randn((n_showers, flow_dim), generator=gen)
+    noises = [torch.randn((n_points, 4), generator=gen) for _ in range(pipeline.noise_tensors)]
+    if pipeline.mirror:
+        flow_noise = torch.cat([flow_noise, torch.randn((n_showers, 2), generator=gen)], 1)
+    assert flow_noise.shape[1] == pipeline.flow_features
+    return flow_noise, noises
+
+
 @pytest.fixture(scope="module")
 def reference(pipeline):
     """Python showers and the exported model's inputs carrying the same noise."""
@@ -49,8 +62,7 @@ def reference(pipeline):
     counts = info["n_per_layer"].sum(1)
     total = int(counts.sum())
     gen = torch.Generator().manual_seed(seed)
-    flow_noise = torch.randn((len(ENERGIES), pipeline.flow_features), generator=gen)
-    noises = [torch.randn((total, 4), generator=gen) for _ in range(pipeline.noise_tensors)]
+    flow_noise, noises = python_noise(pipeline, gen, len(ENERGIES), total)
     point_noise = torch.zeros((pipeline.noise_tensors, len(ENERGIES), pipeline.max_points, 4))
     offsets = np.concatenate(([0], np.cumsum(counts)))
     for b in range(len(ENERGIES)):
@@ -200,9 +212,11 @@ def test_cli_export(tmp_path, capsys):
     assert main(["export", "--format", "torchscript", "--max-points", "3000", "-o", str(out)]) == 0
     assert "max_points" not in capsys.readouterr().err
     assert out.exists() and not list(tmp_path.glob(".*partial"))
-    model = torch.jit.load(str(out))
+    extra = {INFO_NAME: ""}
+    model = torch.jit.load(str(out), _extra_files=extra)
     energy = torch.tensor([30.0])
-    flow_noise = torch.randn(1, 65, generator=torch.Generator().manual_seed(1))
+    d = json.loads(extra[INFO_NAME])["flow_features"]
+    flow_noise = torch.randn(1, d, generator=torch.Generator().manual_seed(1))
     point_noise = torch.randn(3, 1, 3000, 4, generator=torch.Generator().manual_seed(2))
     flat = model(energy, flow_noise, point_noise).numpy()
     _check_layout(flat, 3000)
@@ -251,9 +265,8 @@ def test_export_follows_normalisation_and_occupancy_options(tmp_path):
     counts = extra["n_per_layer"].sum(1)
     pipeline, _ = build_pipeline(folder)
     gen = torch.Generator().manual_seed(5)
-    flow_noise = torch.randn((2, pipeline.flow_features), generator=gen)
+    flow_noise, noises = python_noise(pipeline, gen, 2, int(counts.sum()))
     k = pipeline.noise_tensors
-    noises = [torch.randn((int(counts.sum()), 4), generator=gen) for _ in range(k)]
     point_noise = torch.zeros((k, 2, pipeline.max_points, 4))
     for k, noise in enumerate(noises):
         point_noise[k, 0, : counts[0]] = noise[: counts[0]]

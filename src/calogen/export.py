@@ -15,8 +15,10 @@ Call signature of the exported model (``B`` showers, ``M`` = maximum points per 
 
 * ``energy``: ``[B]`` float32, incident energy in GeV (normal incidence: the model has no
   direction input);
-* ``flow_noise``: ``[B, D]`` float32, standard normal noise of the Shower Flow's base
-  distribution;
+* ``flow_noise``: ``[B, D]`` float32, standard normal noise: the Shower Flow's base
+  distribution (its first ``D - 2`` columns), then, for models that mirror their showers
+  (``mirror`` in the config, the default), two values whose signs mirror the shower in x and
+  in y (``D`` = features + 2);
 * ``point_noise``: ``[K, B, M, 4]`` float32, standard normal noise of the points: entry 0 is the
   initial noise (scaled by σ_max inside), entries 1… the re-noising of the further steps of
   multi-step consistency sampling (``K = len(cm_sigmas)``; ``K = 1`` for a teacher). Shower
@@ -29,7 +31,7 @@ Call signature of the exported model (``B`` showers, ``M`` = maximum points per 
   padded with zeros (every real point has E > 0).
 
 With the same noise (drawn in :meth:`CaloClouds2.generate`'s order: the flow noise, then the
-initial point noise, then one tensor per further σ) the exported model returns the Python
+initial point noise, then one tensor per further σ, then the two mirror values per shower) the exported model returns the Python
 sampler's showers (tests/test_export.py). The maximum number of points ``M`` is the model's
 ``max_points`` (6000 for the shipped model): the occupancy-corrected number of points is
 clipped to it, as in Python. Inside, the network runs on the first ``max_b N_b`` rows only
@@ -151,6 +153,7 @@ class ShowerPipeline(nn.Module):
             ):
                 self.register_buffer(name, torch.as_tensor(values, dtype=torch.float64))
         self.consistency = bool(model.consistency)
+        self.mirror = bool(getattr(cfg, "mirror", False))
         self.sigmas = [float(s) for s in model.cm_sigmas] if self.consistency else []
         self.max_points = int(max_points or cfg.max_points)
         self.shower_flow = model.shower_flow
@@ -199,7 +202,8 @@ class ShowerPipeline(nn.Module):
 
     @property
     def flow_features(self) -> int:
-        return int(self.shower_flow.dim)
+        """Columns of ``flow_noise``: the Shower Flow's, plus 2 mirror values if mirroring."""
+        return int(self.shower_flow.dim) + (2 if self.mirror else 0)
 
     def _feature(self, pre: Tensor, name: str) -> Tensor:
         a, b = self.slices[name]
@@ -209,7 +213,7 @@ class ShowerPipeline(nn.Module):
         """Per-layer counts (occupancy corrected), per-layer energies (GeV), CoG (mm), f64."""
         flow = self.shower_flow
         c = (energy.reshape(-1, 1).log() - flow.cond_stats[0]) / flow.cond_stats[1]
-        x = flow.flow(c).transform.inv(flow_noise)
+        x = flow.flow(c).transform.inv(flow_noise[:, : flow.dim])
         pre = (x * flow.std + flow.mean).double()
         counts = torch.floor(self._expm1(self._feature(pre, "n_per_layer").clamp(0.0, 20.0)))
         counts = torch.clamp_min(counts, 0.0)
@@ -361,6 +365,11 @@ class ShowerPipeline(nn.Module):
             centre = (coord * e64).sum(1) / safe
             shift = torch.where(has_energy, cog[:, axis] - centre, torch.zeros_like(centre))
             shifted.append((coord + shift[:, None]).to(torch.float32))
+        if self.mirror:  # mirror in x and y by the signs of the last two flow-noise columns
+            dim = self.shower_flow.dim
+            for axis in (0, 1):
+                flip = flow_noise[:, dim + axis : dim + axis + 1] < 0
+                shifted[axis] = torch.where(flip, -shifted[axis], shifted[axis])
 
         # drop points without energy, keep the layer order, pad with zeros
         keep = e32 > 0

@@ -156,6 +156,10 @@ class CaloClouds2Config:
     #: r0 (mm) of the asinh compression of the transverse radius in the normalisation
     #: (0: linear x, y as in the paper); see :class:`~calogen.data.normalisation.Normalisation`
     core_radius_mm: float = 0.0
+    #: mirror each generated shower in x and in y with probability 1/2 each (after the
+    #: calibration): the mirror symmetry of normal incidence, which removes any left-right
+    #: bias of the network's tails from the centre of gravity
+    mirror: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -565,6 +569,11 @@ class CaloClouds2(nn.Module):
             n_showers,
             core_radius_mm=CORE_COG_RADIUS_MM if core else 0.0,
         )
+        signs = np.ones((n_showers, 2), np.float32)
+        if cfg.mirror:  # signs of one normal draw per shower and axis, after the points' noise
+            flips = torch.randn((n_showers, 2), generator=generator).numpy()
+            signs[flips < 0] = -1.0
+            points_out[:, :2] *= signs[shower]
         # points left without energy (a layer whose predicted energy is zero) deposit nothing
         # and would read as padding: drop them
         keep = points_out[:, 3] > 0
@@ -576,6 +585,7 @@ class CaloClouds2(nn.Module):
             "e_vis": flow_out["e_per_layer"].sum(1),
             "n_per_layer": counts_layer,
             "cog_xy": cog_xy,
+            "mirror_signs": signs,
         }
 
 
