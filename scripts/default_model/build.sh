@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rebuild, ship and evaluate the default model (CaloClouds II (CM), small widths).
-# Usage: bash scripts/default_model/build.sh [RUNS_DIR]   (about 35 min on one CPU core)
+# Usage: bash scripts/default_model/build.sh [RUNS_DIR]   (about 45 min on one CPU core)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATA=${CALOGEN_SHARED_DATA:-../shared/data}/g4_photons_10-90GeV_train.h5
@@ -12,12 +12,9 @@ calogen train caloclouds2 --config scripts/default_model/teacher.yaml --data "$D
     --out "$RUNS/default_teacher" --seed 7 --threads 1
 calogen distill --teacher "$RUNS/default_teacher" --config scripts/default_model/distill.yaml \
     --data "$DATA" --out "$RUNS/default_student" --seed 7 --threads 1
-# the shipped model was distilled further: resumed to 12,000 iterations (the cosine learning
-# rate restarts at iteration 5,000 because the schedule follows the new total)
-calogen distill --teacher "$RUNS/default_teacher" --config scripts/default_model/distill.yaml \
-    --data "$DATA" --out "$RUNS/default_student" --seed 7 --threads 1 --resume --iterations 12000
-# occupancy correction (CaloClouds section 3.3) from 500 training showers
-calogen fit-occupancy --model "$RUNS/default_student" --data "$DATA" --showers 500 --seed 0 \
+# radial quantile correction, then the occupancy correction (CaloClouds section 3.3, refined in
+# closed loop), both from the first 1,000 training showers
+calogen fit-occupancy --model "$RUNS/default_student" --data "$DATA" --showers 1000 --seed 0 \
     --threads 1
 
 # 2. ship it: the model folder's two files go into the package
@@ -36,4 +33,4 @@ calogen simulate gflash --energy 10 90 --num 1000 --seed 11 -o "$RUNS/gflash_100
 calogen evaluate --reference "$RUNS/g4_test_split.h5" --reference-label "Geant4 (test split)" \
     --candidate "$RUNS/default_1000.h5" --label "default (CaloClouds II CM)" \
     --candidate "$RUNS/gflash_1000.h5" --label GFlash \
-    --out docs/default_model_evaluation
+    --out docs/default_model_evaluation --overwrite
