@@ -19,6 +19,7 @@ import resource
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,15 +50,25 @@ class BenchResult:
     matmul_peak_gflops: float
     machine: str
     precision: str = "float32"
+    #: wall time inside the point network's forward calls per shower (ms; 0 if unknown)
+    network_ms_per_shower: float = 0.0
 
     @property
     def flop_fraction(self) -> float:
-        """Achieved network FLOP rate as a fraction of the measured matmul peak."""
+        """Network FLOPs per second of generation as a fraction of the measured matmul peak."""
         return self.network_gflops / self.matmul_peak_gflops if self.matmul_peak_gflops else 0.0
+
+    @property
+    def network_only_gflops(self) -> float:
+        """FLOP rate of the network while it runs (its FLOPs over its own time), GFLOP/s."""
+        if self.network_ms_per_shower <= 0:
+            return 0.0
+        return self.network_gflop_per_shower / (self.network_ms_per_shower * 1e-3)
 
     def to_dict(self) -> dict[str, float | int | str]:
         out = asdict(self)
         out["flop_fraction"] = self.flop_fraction
+        out["network_only_gflops"] = self.network_only_gflops
         return out
 
     def lines(self) -> list[str]:
@@ -74,6 +85,15 @@ class BenchResult:
             f"network:          {self.network_gflop_per_shower * 1e3:.2f} MFLOP/shower, "
             f"{self.network_gflops:.2f} GFLOP/s = {100 * self.flop_fraction:.1f} % of the "
             f"measured matmul peak {self.matmul_peak_gflops:.1f} GFLOP/s",
+            *(
+                [
+                    f"network only:     {self.network_ms_per_shower:.3f} ms/shower inside the "
+                    f"network, {self.network_only_gflops:.2f} GFLOP/s = "
+                    f"{100 * self.network_only_gflops / self.matmul_peak_gflops:.1f} % of the peak"
+                ]
+                if self.network_ms_per_shower > 0 and self.matmul_peak_gflops
+                else []
+            ),
             f"machine:          {self.machine}",
         ]
 
@@ -158,6 +178,7 @@ def benchmark(
     dtype = set_precision(generator, precision)
     energies = np.random.default_rng(seed).uniform(10.0, 90.0, num)
     generator.sample(energies[: min(batch, num)], seed=seed)  # warm-up
+    net_seconds, hooks = _time_network(generator, device)
     times, cpu_times, points = [], [], 0
     for rep in range(repeats):
         _sync(device)
@@ -171,6 +192,8 @@ def benchmark(
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - cpu_start)
         points = n_points
+    for hook in hooks:
+        hook.remove()
     flop_per_shower = 0.0
     if count_flops:
         from torch.utils.flop_counter import FlopCounterMode
@@ -203,7 +226,28 @@ def benchmark(
         machine=f"{platform.machine()} {_cpu_name()} "
         f"({os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads)",
         precision=precision,
+        network_ms_per_shower=1e3 * net_seconds[0] / (repeats * num),
     )
+
+
+def _time_network(generator: Any, device: str) -> tuple[list[float], list[Any]]:
+    """Hooks that add the wall time of every forward call of the generator's point network
+    (``generator.model.net``, where there is one) to the returned one-element list."""
+    total = [0.0]
+    net = getattr(getattr(generator, "model", None), "net", None)
+    if not isinstance(net, torch.nn.Module):
+        return total, []
+    start = [0.0]
+
+    def before(module: Any, args: Any) -> None:
+        _sync(device)
+        start[0] = time.perf_counter()
+
+    def after(module: Any, args: Any, output: Any) -> None:
+        _sync(device)
+        total[0] += time.perf_counter() - start[0]
+
+    return total, [net.register_forward_pre_hook(before), net.register_forward_hook(after)]
 
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}

@@ -161,7 +161,8 @@ def shift_cog(
     target = np.broadcast_to(target_xy, (n_showers, 2))
     e = points[:, 3].astype(np.float64)
     if core_radius_mm > 0:
-        inside = np.hypot(points[:, 0], points[:, 1]) < core_radius_mm
+        inside = np.hypot(points[:, 0].astype(np.float64), points[:, 1].astype(np.float64))
+        inside = inside < core_radius_mm
         e_core = _segment_sum(e * inside, shower, n_showers)
         e = np.where((e_core > 0)[shower] & ~inside, 0.0, e)
     total = _segment_sum(e, shower, n_showers)
@@ -500,18 +501,31 @@ class RadialCorrection:
         if points.shape[0] == 0:
             return points
         e_bin = self.energy_bin(np.asarray(energies, np.float64).reshape(-1))[shower]
-        group = self.layer_group(points[:, 2])
+        cell = e_bin * self.n_layer_groups + self.layer_group(points[:, 2])
         x, y = points[:, 0].astype(np.float64), points[:, 1].astype(np.float64)
         r = np.hypot(x, y)
         log_r = np.log(np.maximum(r, 1e-6))
-        new_log_r = np.empty_like(log_r)
-        for i in range(self.n_energy_bins):
-            for j in range(self.n_layer_groups):
-                sel = (e_bin == i) & (group == j)
-                if sel.any():
-                    new_log_r[sel] = _map_log_radius(
-                        log_r[sel], self.log_r_gen[i, j], self.log_r_data[i, j]
-                    )
+        # one np.interp for all bins: every bin's knots moved by its own offset, far enough
+        # apart that the concatenated knots increase; beyond a bin's first or last knot, the
+        # shift of that knot (as _map_log_radius)
+        knots_gen = self.log_r_gen.reshape(-1, self.log_r_gen.shape[-1])
+        knots_data = self.log_r_data.reshape(knots_gen.shape)
+        span = float(np.ptp(knots_gen)) + float(log_r.max() - log_r.min()) + 100.0
+        offset = np.arange(knots_gen.shape[0]) * span
+        inner = (
+            np.interp(
+                log_r + offset[cell],
+                (knots_gen + offset[:, None]).ravel(),
+                (knots_data + offset[:, None]).ravel(),
+            )
+            - offset[cell]
+        )
+        first_gen, last_gen = knots_gen[cell, 0], knots_gen[cell, -1]
+        new_log_r = np.where(
+            log_r < first_gen,
+            log_r + (knots_data[cell, 0] - first_gen),
+            np.where(log_r > last_gen, log_r + (knots_data[cell, -1] - last_gen), inner),
+        )
         scale = np.where(r > 0, np.exp(new_log_r - log_r), 1.0)
         points[:, 0] = (x * scale).astype(points.dtype)
         points[:, 1] = (y * scale).astype(points.dtype)

@@ -351,7 +351,9 @@ class ShowerPipeline(nn.Module):
         # gives the core's (all points for showers without energy in the core), to the flow's
         e64 = e32.to(torch.float64)
         if self.core_cog:
-            radius = torch.hypot(points[..., 0], points[..., 1]).to(torch.float64)
+            x64 = points[..., 0].to(torch.float64)
+            y64 = points[..., 1].to(torch.float64)
+            radius = torch.sqrt(x64 * x64 + y64 * y64)  # ONNX has no hypot
             inside = radius < self.core_radius_mm
             core_e = torch.where(inside, e64, torch.zeros_like(e64))
             has_core = core_e.sum(1, keepdim=True) > 0
