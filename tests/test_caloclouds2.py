@@ -302,3 +302,31 @@ def test_cli_generate_with_both_models(trained, tmp_path) -> None:
             ]
         )
         assert code == 0 and out.is_file()
+
+
+@pytest.mark.slow
+def test_fit_occupancy_with_radial_correction(trained, tmp_path) -> None:
+    """``fit-occupancy`` of a CaloClouds II model stores the occupancy correction and the
+    radial quantile correction in model.json; the generator then loads and applies both."""
+    import json
+    import shutil
+
+    from calogen.calibration import RadialCorrection
+    from calogen.models.registry import fit_occupancy
+
+    folder = tmp_path / "student"
+    shutil.copytree(trained["student"], folder)
+    summary = fit_occupancy(folder, trained["data"], n_showers=40, seed=1)
+    assert summary["radial_correction"] is True
+    assert len(summary["refinement"]) >= 4  # open loop, refinements, refit, final
+    info = json.loads((folder / "model.json").read_text())
+    radial = RadialCorrection.from_dict(info["radial_correction"])
+    assert radial.log_r_gen.shape[:2] == (4, 6)
+    gen = load_generator(folder)
+    assert gen.model.radial is not None
+    showers = gen.sample(np.array([20.0, 60.0]), seed=3)
+    assert len(showers) == 2 and np.all(np.isfinite(showers.points))
+    # --no-radial removes it again
+    fit_occupancy(folder, trained["data"], n_showers=40, seed=1, radial=False)
+    assert "radial_correction" not in json.loads((folder / "model.json").read_text())
+    assert load_generator(folder).model.radial is None

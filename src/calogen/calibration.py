@@ -536,8 +536,8 @@ class RadialCorrection:
             "kind": "radial_correction",
             "energy_edges_gev": list(self.energy_edges_gev),
             "layer_edges": list(self.layer_edges),
-            "log_r_gen": np.round(self.log_r_gen, 6).tolist(),
-            "log_r_data": np.round(self.log_r_data, 6).tolist(),
+            "log_r_gen": np.round(self.log_r_gen, 7).tolist(),
+            "log_r_data": np.round(self.log_r_data, 7).tolist(),
         }
 
     @classmethod
@@ -566,7 +566,7 @@ class RadialCorrection:
 def _strictly_increasing(q: NDArray[np.float64]) -> NDArray[np.float64]:
     """Make the last axis strictly increasing (ties from empty weight ranges)."""
     q = np.maximum.accumulate(q, axis=-1)
-    return q + np.arange(q.shape[-1]) * 1e-9
+    return q + np.arange(q.shape[-1]) * 1e-5  # ln r: 1e-5 relative per level, kept in JSON
 
 
 def _map_log_radius(

@@ -1133,7 +1133,8 @@ def fit_occupancy(
     0. if ``radial``: the radial quantile correction
        (:class:`~calogen.calibration.RadialCorrection`) from the same Geant4 showers and
        showers generated without corrections; the occupancy fit below includes it (a
-       narrower core lights fewer cells);
+       narrower core lights fewer cells); after step 2 it is refitted on showers generated
+       with the occupancy correction, and the refinement of step 2 runs again;
     1. open loop (CaloClouds section 3.3): ``p_data`` from the Geant4 showers, ``p_gen``
        from showers generated without correction at the same incident energies;
     2. ``refine_iterations`` times: generate with the current correction (same seed, so the
@@ -1165,27 +1166,42 @@ def fit_occupancy(
         hits = project(unpack(packed, energies), calorimeter).hits_per_shower()
         return packed.counts.astype(np.float64), np.maximum(hits, 1).astype(np.float64)
 
-    model.radial = None
-    if radial:
-        model.occupancy = OccupancyCorrection.identity()
+    real_packed = pack(real)
+
+    def fit_radial(correction: OccupancyCorrection) -> None:
+        model.radial, model.occupancy = None, correction
         packed, _ = model.generate(energies, torch.Generator().manual_seed(torch_seed))
-        real_packed = pack(real)
         model.radial = RadialCorrection.fit(
             (real_packed.points, real_packed.shower, energies),
             (packed.points, packed.shower, energies),
         )
+
+    model.radial = None
+    if radial:
+        fit_radial(OccupancyCorrection.identity())
     n_gen, occ_gen = generate(OccupancyCorrection.identity())  # the Shower Flow's own N
     corr = OccupancyCorrection.fit(n_data, occ_data, n_gen, occ_gen)
     target = corr.target_hits(n_gen)
     history = [{"mean_hits": float(occ_gen.mean()), "mean_points": float(n_gen.mean())}]
-    for _ in range(refine_iterations):
-        n_k, occ_k = generate(corr)
-        history.append({"mean_hits": float(occ_k.mean()), "mean_points": float(n_k.mean())})
-        # elasticity d ln(hits) / d ln(points) between the uncorrected and this run
-        moved = np.abs(np.log(n_k / n_gen)) > 0.05
-        ratio = np.log(occ_k[moved] / occ_gen[moved]) / np.log(n_k[moved] / n_gen[moved])
-        elasticity = float(np.median(ratio)) if ratio.size >= 10 else 1.0
-        corr = corr.refine(n_gen, occ_k, elasticity)
+
+    def refine(corr: OccupancyCorrection, iterations: int) -> OccupancyCorrection:
+        for _ in range(iterations):
+            n_k, occ_k = generate(corr)
+            history.append({"mean_hits": float(occ_k.mean()), "mean_points": float(n_k.mean())})
+            # elasticity d ln(hits) / d ln(points) between the uncorrected and this run
+            moved = np.abs(np.log(n_k / n_gen)) > 0.05
+            ratio = np.log(occ_k[moved] / occ_gen[moved]) / np.log(n_k[moved] / n_gen[moved])
+            elasticity = float(np.median(ratio)) if ratio.size >= 10 else 1.0
+            corr = corr.refine(n_gen, occ_k, elasticity)
+        return corr
+
+    corr = refine(corr, refine_iterations)
+    if radial:
+        # the occupancy correction changes N, and the network spreads fewer points
+        # differently: refit the radial map on showers generated with it, then refine the
+        # occupancy again with the new map
+        fit_radial(corr)
+        corr = refine(corr, max(refine_iterations, 1))
     n_k, occ_k = generate(corr)
     history.append({"mean_hits": float(occ_k.mean()), "mean_points": float(n_k.mean())})
     model.occupancy = OccupancyCorrection.identity()
