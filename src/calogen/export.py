@@ -427,7 +427,12 @@ def _info(pipeline: ShowerPipeline, name: str, fmt: str) -> ExportInfo:
         sigmas=pipeline.sigmas,
         inputs={
             "energy": "[B] float32, incident energy in GeV (normal incidence)",
-            "flow_noise": f"[B, {d}] float32, standard normal (Shower Flow base noise)",
+            "flow_noise": f"[B, {d}] float32, standard normal (Shower Flow base noise"
+            + (
+                ", then 2 columns whose signs mirror the shower in x and y)"
+                if pipeline.mirror
+                else ")"
+            ),
             "point_noise": f"[{k}, B, {m}, 4] float32, standard normal (point noise: initial, "
             "then one per further consistency step); shower b uses its first N_b rows",
         },
