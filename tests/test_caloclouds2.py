@@ -330,3 +330,35 @@ def test_fit_occupancy_with_radial_correction(trained, tmp_path) -> None:
     fit_occupancy(folder, trained["data"], n_showers=40, seed=1, radial=False)
     assert "radial_correction" not in json.loads((folder / "model.json").read_text())
     assert load_generator(folder).model.radial is None
+
+
+def test_cli_generate_sampler_options(trained, tmp_path, capsys) -> None:
+    """``--steps`` (teacher) and ``--cm-sigmas`` (student) reach the sampler; misuse is one
+    line and exit code 2, with no output file."""
+
+    def run(which: str, *extra: str) -> int:
+        out = tmp_path / f"{which}-{len(extra)}-{extra[-1] if extra else ''}.h5"
+        args = ["generate", "--model", str(trained[which]), "--energy", "40", "--num", "2"]
+        return cli_main([*args, "--seed", "2", "-o", str(out), "--quiet", *extra])
+
+    assert run("teacher", "--steps", "2") == 0
+    assert run("student", "--cm-sigmas", "80", "1.5") == 0
+    student = load_generator(trained["student"])
+    student.set_sampler(cm_sigmas=(80.0, 1.5))
+    assert student.evaluations == 2
+    teacher = load_generator(trained["teacher"])
+    teacher.set_sampler(n_steps=2)
+    assert teacher.evaluations == 3
+    capsys.readouterr()
+    for which, extra in (
+        ("student", ("--steps", "3")),
+        ("teacher", ("--cm-sigmas", "80")),
+        ("student", ("--cm-sigmas", "1", "80")),
+        ("student", ("--cm-sigmas", "80", "nan")),
+        ("student", ("--cm-sigmas", "500")),
+    ):
+        assert run(which, *extra) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and ("--steps" in err or "--cm-sigmas" in err)
+    assert not [p for p in tmp_path.glob("*.h5") if p.stat().st_size == 0]
+    assert len(list(tmp_path.glob("*.h5"))) == 2

@@ -67,6 +67,23 @@ def register(subparsers: Any) -> None:
     generate.add_argument(
         "--shard-index", type=int, default=0, help="which shard (0..K-1) this process makes"
     )
+    generate.add_argument(
+        "--steps",
+        type=positive_int,
+        default=None,
+        metavar="K",
+        help="CaloClouds II teacher: Heun steps (2K-1 network evaluations; default the model's, "
+        "13)",
+    )
+    generate.add_argument(
+        "--cm-sigmas",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="SIGMA",
+        help="CaloClouds II (CM): noise levels of multi-step consistency sampling, strictly "
+        "decreasing, e.g. 80 1.0 (default the model's: one step at 80)",
+    )
     generate.set_defaults(func=run_generate)
 
     cluster = subparsers.add_parser(
@@ -200,6 +217,13 @@ def run_generate(args: argparse.Namespace) -> int:
     seed = _seed(args)
     energies = draw_energies(args.energy, args.num, seed)
     generator = load_generator(args.model)
+    if args.steps is not None or args.cm_sigmas is not None:
+        set_sampler = getattr(generator, "set_sampler", None)
+        if set_sampler is None:
+            raise UsageError(
+                f"--steps and --cm-sigmas apply to CaloClouds II models, not '{generator.name}'"
+            )
+        set_sampler(args.steps, args.cm_sigmas)
     directions = _directions(args, args.num)
     if directions is not None and not generator.supports_direction:
         raise UsageError(f"model '{generator.name}' does not support --direction")

@@ -33,8 +33,11 @@ ones exactly.
 from __future__ import annotations
 
 import copy
+import itertools
+import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -624,6 +627,37 @@ class CaloClouds2Generator:
         if self.model.consistency:
             return len(self.cm_sigmas or self.model.cm_sigmas)
         return self.model.evaluations(self.n_steps)
+
+    def set_sampler(
+        self, n_steps: int | None = None, cm_sigmas: Sequence[float] | None = None
+    ) -> None:
+        """Override the sampler: Heun ``n_steps`` (teacher) or consistency ``cm_sigmas``
+        (student: noise levels, strictly decreasing, each in (σ_min, σ_max])."""
+        cfg = self.model.config
+        if n_steps is not None:
+            if self.model.consistency:
+                raise UsageError(
+                    f"--steps sets the Heun sampler of a teacher; '{self.name}' is a consistency "
+                    "model (use --cm-sigmas)"
+                )
+            if int(n_steps) <= 0:
+                raise UsageError(f"--steps must be > 0, got {n_steps}")
+            self.n_steps = int(n_steps)
+        if cm_sigmas is not None:
+            if not self.model.consistency:
+                raise UsageError(
+                    f"--cm-sigmas sets consistency sampling; '{self.name}' is a teacher (use --steps)"
+                )
+            sigmas = tuple(float(v) for v in cm_sigmas)
+            ok = len(sigmas) > 0 and all(
+                math.isfinite(v) and cfg.sigma_min < v <= cfg.sigma_max for v in sigmas
+            )
+            if not ok or any(b >= a for a, b in itertools.pairwise(sigmas)):
+                raise UsageError(
+                    f"--cm-sigmas must be strictly decreasing noise levels in "
+                    f"({cfg.sigma_min:g}, {cfg.sigma_max:g}], got {', '.join(map(str, sigmas))}"
+                )
+            self.cm_sigmas = sigmas
 
     def to(self, device: str | torch.device) -> CaloClouds2Generator:
         """Run the networks on ``device`` (the Shower Flow and calibration stay on the CPU)."""
