@@ -184,7 +184,6 @@ def calibrate(
     counts_per_layer: NDArray[np.integer] | None = None,
     depth: NDArray[np.floating] | None = None,
     cog_xy: NDArray[np.floating] | None = None,
-    cog_core_radius_mm: float = 0.0,
 ) -> NDArray[np.floating]:
     """Run the calibration steps that have targets, in place (see module docstring).
 
@@ -200,7 +199,7 @@ def calibrate(
     elif energy_total is not None:
         rescale_energy(points, shower, energy_total)
     if cog_xy is not None:
-        shift_cog(points, shower, cog_xy, n_showers, core_radius_mm=cog_core_radius_mm)
+        shift_cog(points, shower, cog_xy, n_showers)
     return points
 
 

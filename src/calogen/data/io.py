@@ -378,6 +378,23 @@ def check_output_path(path: str | os.PathLike[str], overwrite: bool) -> Path:
     return path
 
 
+def check_folder_writable(out: str | os.PathLike[str]) -> None:
+    """Check that the folder ``out`` is writable if it exists, else that it can be created
+    (its nearest existing ancestor is a writable directory). Creates nothing."""
+    out = Path(out)
+    if out.is_dir():
+        if not os.access(out, os.W_OK):
+            raise UsageError(f"{out}: output folder is not writable")
+        return
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{out}: cannot create output folder ({parent} is not a directory)")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"{out}: cannot create output folder ({parent} is not writable)")
+
+
 class ShowerWriter:
     """Stream showers into a showerdata file; the file appears only when complete.
 

@@ -33,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from calogen import __version__
-from calogen.data.io import ShowerFile
+from calogen.data.io import ShowerFile, check_folder_writable
 from calogen.errors import CalogenError, UsageError
 from calogen.evaluation import metrics as M
 from calogen.evaluation.observables import (
@@ -530,19 +530,9 @@ def _check_out_dir(out_dir: str | os.PathLike[str], overwrite: bool = True) -> P
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out}: exists and is not a directory")
-    if out.is_dir():
-        if not overwrite and any((out / name).exists() for name in REPORT_FILES):
-            raise UsageError(f"{out}: holds a report already (use --overwrite to replace it)")
-        if not os.access(out, os.W_OK):
-            raise UsageError(f"{out}: output folder is not writable")
-        return out
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UsageError(f"{out}: cannot create output folder ({parent} is not a directory)")
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"{out}: cannot create output folder ({parent} is not writable)")
+    if out.is_dir() and not overwrite and any((out / name).exists() for name in REPORT_FILES):
+        raise UsageError(f"{out}: holds a report already (use --overwrite to replace it)")
+    check_folder_writable(out)
     return out
 
 

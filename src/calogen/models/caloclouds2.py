@@ -1200,11 +1200,12 @@ def fit_occupancy(
         hits = project(unpack(packed, energies), calorimeter).hits_per_shower()
         return packed.counts.astype(np.float64), np.maximum(hits, 1).astype(np.float64)
 
-    real_packed = pack(real)
+    real_packed = pack(real) if radial else None
 
     def fit_radial(correction: OccupancyCorrection) -> None:
         model.radial, model.occupancy = None, correction
         packed, _ = model.generate(energies, torch.Generator().manual_seed(torch_seed))
+        assert real_packed is not None
         model.radial = RadialCorrection.fit(
             (real_packed.points, real_packed.shower, energies),
             (packed.points, packed.shower, energies),

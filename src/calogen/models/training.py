@@ -47,6 +47,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from calogen.data.io import check_folder_writable
 from calogen.errors import CalogenError, UsageError
 
 #: Default number of CPU threads for training (tests use 1).
@@ -458,14 +459,7 @@ def check_run_folder(out: str | os.PathLike[str]) -> Path:
     if out.exists():
         if not out.is_dir():
             raise UsageError(f"{out}: exists and is not a folder (--out names the run's folder)")
-        if not os.access(out, os.W_OK):
-            raise UsageError(f"{out}: output folder is not writable")
-        return out
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise UsageError(f"{out}: cannot create the output folder ({parent} is not writable)")
+    check_folder_writable(out)
     return out
 
 
