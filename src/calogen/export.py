@@ -334,21 +334,29 @@ class ShowerPipeline(nn.Module):
         )
 
     def forward(self, energy: Tensor, flow_noise: Tensor, point_noise: Tensor) -> Tensor:
-        return self._generate(energy, flow_noise, point_noise)
+        counts, points, position = self._generate(energy, flow_noise, point_noise)
+        # zero padding to the fixed size: rows max(N) … M − 1
+        index = position[None, :, None].expand(points.shape[0], -1, 4)
+        full = torch.zeros_like(point_noise[0]).scatter(1, index, points)
+        return torch.cat([counts, full.reshape(full.shape[0], 4 * self.max_points)], 1)
 
-    def sample(self, energy: Tensor) -> Tensor:
-        """:meth:`forward` with the noise drawn inside from torch's global generator.
+    def sample(self, energy: Tensor) -> tuple[Tensor, Tensor]:
+        """The showers of :meth:`forward` with the noise drawn inside (torch's global
+        generator): ``(counts [B, 30], points [B, max_b N_b, 4])``, each shower's points as in
+        :meth:`forward` followed by zero rows (no padding to ``M``).
 
         Drawn in :meth:`CaloClouds2.generate`'s order (the Shower Flow's noise, then ``[N, 4]``
         per consistency step, then the two mirror values per shower), for the first
         ``max_b N_b`` rows only: for one shower, ``torch.manual_seed(s)`` then this call gives
         the shower of ``CaloClouds2.generate([E], torch.Generator().manual_seed(s))``.
         """
-        return self._generate(energy, None, None)
+        counts, points, _ = self._generate(energy, None, None)
+        return counts, points
 
     def _generate(
         self, energy: Tensor, flow_noise: Tensor | None, point_noise: Tensor | None
-    ) -> Tensor:
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(counts [B, 30], points [B, max N, 4], position [max N])`` (rows 0 … max N − 1)."""
         cfg = self.config
         m, n_layers = self.max_points, N_LAYERS
         energy = energy.reshape(-1).to(torch.float32)
@@ -385,7 +393,11 @@ class ShowerPipeline(nn.Module):
         order = self._argsort(key)
         points = torch.gather(points, 1, order[..., None].expand(-1, -1, 4))
         edges = torch.cumsum(counts_layer, 1)  # [B, L] upper edge of every layer
-        layer = (edges[:, None, :] <= position.to(edges.dtype)[None, :, None]).sum(-1)
+        row = position.to(edges.dtype)[None, :]
+        if self.onnx:  # the layer edges at or below each row
+            layer = (edges[:, None, :] <= row[..., None]).sum(-1)
+        else:
+            layer = torch.searchsorted(edges, row.expand(edges.shape[0], -1), right=True)
         layer = layer.clamp_max(n_layers - 1)
         valid64 = valid.to(torch.float64)
 
@@ -445,13 +457,7 @@ class ShowerPipeline(nn.Module):
         out = torch.gather(out, 1, keep_order[..., None].expand(-1, -1, 4))
         out = out * torch.gather(keep, 1, keep_order).to(out.dtype)[..., None]
         counts_out = per_layer(keep.to(torch.float64)).to(torch.float32)
-        # zero padding to the fixed size: rows max(N) … M − 1
-        if point_noise is None:
-            template = torch.zeros((energy.shape[0], m, 4), dtype=out.dtype, device=out.device)
-        else:
-            template = torch.zeros_like(point_noise[0])
-        full = template.scatter(1, position[None, :, None].expand(out.shape[0], -1, 4), out)
-        return torch.cat([counts_out, full.reshape(full.shape[0], 4 * m)], 1)
+        return counts_out, out, position
 
 
 # ---------------------------------------------------------------------------------------------
@@ -517,28 +523,28 @@ class DDMLShower(nn.Module):
         self.register_buffer("layer_depth_mm", depth)
 
     def forward(self, energy: Tensor, theta: Tensor, phi: Tensor) -> Tensor:
-        m = self.max_points
         energy = energy.reshape(1).to(torch.float32)
         theta = theta.reshape(1).to(torch.float32).clamp(0.0, DDML_MAX_THETA_DEG)
         phi = phi.reshape(1).to(torch.float32)
         if self.takes_theta:
-            flat = self.pipeline.sample(energy, theta)
+            counts, points = self.pipeline.sample(energy, theta)
         else:
-            flat = self.pipeline.sample(energy)
-        counts = flat[0, :N_LAYERS]
-        points = flat[0, N_LAYERS:].reshape(m, 4)
+            counts, points = self.pipeline.sample(energy)
+        points = points[0]  # [N, 4], rows of dropped points (E = 0) last
         layer = points[:, 2]
         e_gev = points[:, 3]
         x, y = incline_points_torch(
             points[:, 0], points[:, 1], layer, theta, phi, self.layer_depth_mm
         )
-        real = e_gev > 0  # padding rows stay zero
+        real = e_gev > 0  # rows without a point stay zero
         zero = torch.zeros_like(x)
         out = torch.stack(
             [torch.where(real, x, zero), torch.where(real, y, zero), layer, e_gev * 1000.0], 1
         )
-        pad = torch.zeros(DDML_OUTPUT_FLOATS - N_LAYERS - 4 * m, dtype=out.dtype)
-        return torch.cat([counts, out.reshape(-1), pad])
+        values = torch.cat([counts[0], out.reshape(-1)])
+        # into the fixed 35,000 floats (a scatter keeps the traced size of values dynamic)
+        index = torch.cumsum(torch.ones_like(values, dtype=torch.int64), 0) - 1
+        return torch.zeros(DDML_OUTPUT_FLOATS, dtype=values.dtype).scatter(0, index, values)
 
 
 # ---------------------------------------------------------------------------------------------
