@@ -345,8 +345,8 @@ BAD_SAMPLING = {
     "energy zero": (["--energy", "0", "--num", "3"], "argument --energy: must be > 0"),
     "energy not a number": (["--energy", "ten", "--num", "3"], "expected a number"),
     "three energies": (["--energy", "10", "20", "30", "--num", "3"], "one value or a range of two"),
-    "num zero": (["--energy", "10", "--num", "0"], "argument --num/-n: must be > 0"),
-    "num negative": (["--energy", "10", "--num", "-2"], "argument --num/-n: must be > 0"),
+    "num zero": (["--energy", "10", "--num", "0"], "argument -n/--num: must be > 0"),
+    "num negative": (["--energy", "10", "--num", "-2"], "argument -n/--num: must be > 0"),
     "chunk size zero": (["--energy", "10", "--num", "3", "--chunk-size", "0"], "must be > 0"),
     "threads zero": (["--energy", "10", "--num", "3", "--threads", "0"], "must be > 0"),
     "direction not unit": (
@@ -480,7 +480,9 @@ def test_model_of_the_wrong_kind(
         "teacher must be a 'caloclouds2' model",
         [out],
     )
-    audit(["bench", "--model", models["good"], "--num", "0"], 2, "argument --num: must be > 0", [])
+    audit(
+        ["bench", "--model", models["good"], "--num", "0"], 2, "argument -n/--num: must be > 0", []
+    )
 
 
 # -- training runs -------------------------------------------------------------------------------

@@ -6,12 +6,23 @@ import argparse
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from calogen.cli import finite_float, positive_float, positive_int
+from calogen.cli import (
+    add_model,
+    add_num,
+    add_output,
+    add_quiet,
+    add_threads,
+    finite_float,
+    model_dir,
+    positive_float,
+    positive_int,
+)
 from calogen.errors import UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 ENERGY_HELP = (
     "incident energy in GeV: one value fixes it, two values (MIN MAX) draw it uniformly "
@@ -49,6 +60,11 @@ def register(subparsers: Any) -> None:
     )
     simulate.add_argument("simulator", choices=["gflash"], help="reference simulator")
     _add_sampling_arguments(simulate)
+    add_threads(
+        simulate,
+        help="CPU threads (default: {default}; GFlash runs on one thread, accepted for the same "
+        "command line as generate)",
+    )
     simulate.set_defaults(func=run_simulate)
 
     generate = subparsers.add_parser(
@@ -58,10 +74,9 @@ def register(subparsers: Any) -> None:
         "to the impact point, layer index, energy in GeV) with a trained model. Without "
         "--model the default model shipped with calogen is used.",
     )
-    generate.add_argument(
-        "--model", metavar="DIR", default=None, help="trained model folder (default: shipped model)"
-    )
+    add_model(generate)
     _add_sampling_arguments(generate)
+    add_threads(generate)
     generate.add_argument(
         "--strict",
         action="store_true",
@@ -71,12 +86,17 @@ def register(subparsers: Any) -> None:
         "--shards",
         type=positive_int,
         default=1,
+        metavar="K",
         help="split the job into K shards of whole chunks (batch farms: HTCondor/SLURM arrays); "
         "all shards use the same --seed and their files joined in order by 'calogen merge' equal "
         "a single run. Under torchrun each rank makes one shard, written to OUT.rankNNN.h5",
     )
     generate.add_argument(
-        "--shard-index", type=int, default=0, help="which shard (0..K-1) this process makes"
+        "--shard-index",
+        type=int,
+        default=0,
+        metavar="I",
+        help="which shard (0..K-1) this process makes",
     )
     generate.add_argument(
         "--steps",
@@ -103,13 +123,26 @@ def register(subparsers: Any) -> None:
         description="Sum raw Geant4 steps per layer on a grid GRANULARITY times finer than the "
         "5.0883 mm cell, keep |x|, |y| < HALF_WIDTH mm, and write the clustered point clouds.",
     )
-    cluster.add_argument("input", metavar="STEPS.h5", help="raw steps (showerdata or legacy)")
-    cluster.add_argument("-o", "--output", required=True, metavar="OUT.h5")
     cluster.add_argument(
-        "--granularity", type=positive_int, default=6, help="sub-cells per cell side"
+        "input",
+        metavar="STEPS.h5",
+        help="raw Geant4 steps (showerdata or legacy CaloClouds layout; x, y in mm relative to "
+        "the impact point, layer index, energy in GeV)",
+    )
+    add_output(cluster, help="clustered showers (showerdata HDF5)")
+    cluster.add_argument(
+        "--granularity",
+        type=positive_int,
+        default=6,
+        metavar="G",
+        help="sub-cells per cell side (6: 0.848 mm sub-cells)",
     )
     cluster.add_argument(
-        "--half-width", type=positive_float, default=200.0, help="bounding box half width, mm"
+        "--half-width",
+        type=positive_float,
+        default=200.0,
+        metavar="MM",
+        help="half width of the kept box in x and y, mm",
     )
     cluster.add_argument("--overwrite", action="store_true", help="replace an existing output")
     cluster.set_defaults(func=run_cluster)
@@ -121,10 +154,16 @@ def register(subparsers: Any) -> None:
         "chunk by chunk (bounded memory). The output appears only when complete.",
     )
     merge.add_argument("inputs", nargs="+", metavar="IN.h5", help="files to join, in order")
-    merge.add_argument("-o", "--output", required=True, metavar="OUT.h5")
-    merge.add_argument("--chunk-size", type=positive_int, default=1000)
+    add_output(merge, help="joined showers (showerdata HDF5)")
+    merge.add_argument(
+        "--chunk-size",
+        type=positive_int,
+        default=1000,
+        metavar="N",
+        help="showers copied per chunk (bounds the memory)",
+    )
     merge.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    merge.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet(merge)
     merge.set_defaults(func=run_merge)
 
 
@@ -132,9 +171,7 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--energy", type=positive_float, nargs="+", required=True, metavar="GEV", help=ENERGY_HELP
     )
-    parser.add_argument(
-        "--num", "-n", type=positive_int, required=True, help="number of showers to make"
-    )
+    add_num(parser, required=True, help="number of showers to make")
     angles = parser.add_mutually_exclusive_group()
     angles.add_argument(
         "--theta", type=finite_float, nargs="+", metavar="DEG", default=None, help=THETA_HELP
@@ -148,22 +185,23 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         nargs=3,
         metavar=("DX", "DY", "DZ"),
         default=None,
-        help="incident direction as a unit vector with DZ > 0, the alternative to --theta/--phi "
-        "(default: normal incidence, 0 0 1)",
+        help="incident direction as a unit vector in the calorimeter frame, z along the depth, "
+        "DZ > 0: the alternative to --theta/--phi (default: (0, 0, 1), perpendicular to the "
+        "front face)",
     )
-    parser.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT.h5", help="output file")
     parser.add_argument(
-        "--chunk-size", type=positive_int, default=1000, help="showers generated per chunk"
+        "--seed", type=int, default=None, help="random seed (default: random, printed)"
+    )
+    add_output(parser, help="output shower file (showerdata HDF5)")
+    parser.add_argument(
+        "--chunk-size",
+        type=positive_int,
+        default=1000,
+        metavar="N",
+        help="showers generated and written per chunk",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "--threads",
-        type=positive_int,
-        default=1,
-        help="CPU threads for torch (default 1: run one process per core on batch farms)",
-    )
+    add_quiet(parser)
 
 
 def run_info(args: argparse.Namespace) -> int:
@@ -184,6 +222,8 @@ def _seed(args: argparse.Namespace) -> int:
 
 def _directions(args: argparse.Namespace, num: int, seed: int) -> np.ndarray | None:
     """``[num, 3]`` incident directions from --direction or --theta/--phi (None: normal)."""
+    import numpy as np
+
     from calogen.generation import draw_directions
     from calogen.generator import check_directions
 
@@ -247,7 +287,7 @@ def run_generate(args: argparse.Namespace) -> int:
     seed = _seed(args)
     energies = draw_energies(args.energy, args.num, seed)
     directions = _directions(args, args.num, seed)
-    generator = load_generator(args.model)
+    generator = load_generator(model_dir(args.model))
     if args.steps is not None or args.cm_sigmas is not None:
         set_sampler = getattr(generator, "set_sampler", None)
         if set_sampler is None:
