@@ -294,3 +294,23 @@ def test_help_states_units_and_defaults(capsys: pytest.CaptureFixture[str]) -> N
         assert "--theta DEG [DEG ...]" in text and "--phi DEG [DEG ...]" in text
         assert "in deg, in [0, 90)" in text and "(default: normal incidence, theta = 0)" in text
         assert "wrapped to [0, 360)" in text and "(default 0; needs --theta)" in text
+
+
+def test_shards_draw_the_same_directions_as_one_run(
+    tmp_path: Path, fake_models: dict[str, FakeGenerator]
+) -> None:
+    base = ["generate", "--model", "aware", "--energy", "20", "80", "--num", "7", "--seed", "6"]
+    base += ["--theta", "0", "60", "--phi", "0", "360", "--chunk-size", "2", "--quiet"]
+    assert calogen(*base, "-o", tmp_path / "whole.h5")[0] == 0
+    for index in (0, 1):
+        code, _, err = calogen(
+            *base, "--shards", "2", "--shard-index", index, "-o", tmp_path / f"s{index}.h5"
+        )
+        assert code == 0, err
+    code, _, err = calogen(
+        "merge", tmp_path / "s0.h5", tmp_path / "s1.h5", "-o", tmp_path / "m.h5", "--quiet"
+    )
+    assert code == 0, err
+    whole = _directions_in(tmp_path / "whole.h5")
+    np.testing.assert_array_equal(_directions_in(tmp_path / "m.h5"), whole)
+    assert np.unique(whole[:, 0]).size == 7
