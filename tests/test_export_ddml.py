@@ -215,7 +215,7 @@ def _generate(tmp_path, theta: float, phi: float) -> list[np.ndarray]:
     angled = (theta, phi) != (0.0, 0.0)
     native = angled and load_generator(None).supports_direction
     if native:  # an angle-aware default generates inclined showers itself
-        args += ["--direction", *map(str, directions_from_angles([theta], [phi])[0])]
+        args += ["--theta", str(theta), "--phi", str(phi)]
     assert main([*args, "-o", str(out), "--quiet"]) == 0
     packed = pack(read_showers(out))
     showers = []
