@@ -156,26 +156,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _print_summary(metrics: dict, out: str) -> None:
-    """A short table on stdout: W1 rows, AUC, per candidate and the floor."""
-    from calogen.evaluation.metrics import W1_ROWS
-
-    entries = dict(metrics["candidates"])
-    if metrics.get("floor"):
-        entries["floor"] = metrics["floor"]
-    names = list(entries)
-    width = max(12, *(len(n) for n in names))
-    print(f"{'W1 x100':<24}" + "".join(f"{n:>{width + 2}}" for n in names))
-    for row in W1_ROWS:
-        cells = []
-        for n in names:
-            r = entries[n]["w1"]["rows"][row]
-            cells.append(f"{r['mean']:.1f} ± {r['std']:.1f}")
-        print(f"{row:<24}" + "".join(f"{c:>{width + 2}}" for c in cells))
-    cells = []
-    for n in names:
-        c = entries[n].get("classifier", {})
-        cells.append(f"{c['auc_mean']:.3f}" if "auc_mean" in c else "-")
-    print(f"{'classifier AUC':<24}" + "".join(f"{c:>{width + 2}}" for c in cells))
+    """The report's main table on stdout (every row of report.md: W1 rows, classifier AUC,
+    FPD, KPD; one column per candidate and the reference floor), then the warnings."""
+    import sys
     from pathlib import Path
 
+    from calogen.evaluation.report import _table_rows
+
+    header, rows = _table_rows(metrics)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        first = f"{row[0]:<{widths[0]}}"
+        print(first + "".join(f"  {c:>{w}}" for c, w in zip(row[1:], widths[1:], strict=True)))
+    for warning in metrics.get("warnings", []):
+        print(f"calogen: warning: {warning}", file=sys.stderr)
     print(f"report: {Path(out) / 'report.html'}")
