@@ -29,14 +29,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 from numpy.typing import NDArray
 from tqdm import tqdm
 
 from calogen import __version__
 from calogen.data.io import ShowerFile, check_folder_writable
-from calogen.data.io import _check_directions as check_directions
 from calogen.directions import directions_from_angles
 from calogen.errors import CalogenError, UsageError
 from calogen.evaluation import metrics as M
@@ -117,22 +115,11 @@ def default_label(path: str | os.PathLike[str], attrs: dict[str, str] | None = N
 
 
 def stored_directions(f: ShowerFile) -> NDArray[np.float64] | None:
-    """The incident directions ``[N, 3]`` stored in an open shower file, or None.
-
-    showerdata files always store them; legacy files may carry a ``directions`` dataset. A
-    dataset with the wrong shape, NaN or vectors that are not unit vectors into the
-    calorimeter is refused with one line (:class:`UsageError`).
-    """
-    h5 = f._h5
-    if "directions" not in h5:
+    """The incident directions ``[N, 3]`` stored in an open shower file, or None (the file
+    stores none: normal incidence). Validated by :meth:`ShowerFile.check_columns`."""
+    if not f.has_directions:
         return None
-    data = h5["directions"]
-    if not isinstance(data, h5py.Dataset) or data.shape != (len(f), 3):
-        shape = getattr(data, "shape", None)
-        raise UsageError(f"{f.path}: 'directions' must have shape [{len(f)}, 3], got {shape}")
-    directions = np.asarray(data[...], dtype=np.float64)
-    check_directions(directions, str(f.path), 0)
-    return directions
+    return np.asarray(f.incident_directions(), dtype=np.float64)
 
 
 def _is_normal(directions: NDArray[np.floating] | None) -> bool:
@@ -172,9 +159,9 @@ def collect(
                     seed=seed,
                     display_energy_gev=config.display_energy_gev,
                 )
-            directions = stored_directions(f)
+            directions = None  # the chunks carry the file's own
             if direction is not None:
-                if not _is_normal(directions):
+                if not _is_normal(stored_directions(f)):
                     raise UsageError(
                         f"{file_path}: the file stores inclined incident directions; --theta/"
                         "--phi only set them for candidate files without directions"

@@ -18,8 +18,11 @@ from calogen.errors import UsageError
 T = TypeVar("T")
 
 
-def resolve_config(spec: str | dict[str, Any], presets: dict[str, T], cls: type[T]) -> T:
-    """A config from a preset name, a YAML/JSON file path, or a dict of overrides."""
+def resolve_config(spec: str | dict[str, Any] | T, presets: dict[str, T], cls: type[T]) -> T:
+    """A config from a preset name, a YAML/JSON file path, a dict of overrides or a config
+    (returned as it is)."""
+    if isinstance(spec, cls):
+        return spec
     if isinstance(spec, dict):
         overrides = dict(spec)
     elif spec in presets:
