@@ -182,28 +182,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _print_summary(metrics: dict, out: str) -> None:
-    """A short table on stdout: W1 rows, AUC, per candidate and the floor; the features that
-    separate each candidate most."""
-    from calogen.evaluation.metrics import W1_AXIS_ROWS, W1_ROWS
-    from calogen.evaluation.report import feature_label
+    """The report's main table on stdout (every row of report.md: W1 rows, classifier AUC,
+    FPD, KPD; one column per candidate and the reference floor), the features that separate
+    each candidate most, then the warnings."""
+    import sys
+    from pathlib import Path
 
-    entries = dict(metrics["candidates"])
-    if metrics.get("floor"):
-        entries["floor"] = metrics["floor"]
-    names = list(entries)
-    width = max(12, *(len(n) for n in names))
-    print(f"{'W1 x100':<24}" + "".join(f"{n:>{width + 2}}" for n in names))
-    for row in (*W1_ROWS, *W1_AXIS_ROWS):
-        cells = []
-        for n in names:
-            r = entries[n]["w1"]["rows"][row]
-            cells.append(f"{r['mean']:.1f} ± {r['std']:.1f}")
-        print(f"{row:<24}" + "".join(f"{c:>{width + 2}}" for c in cells))
-    cells = []
-    for n in names:
-        c = entries[n].get("classifier", {})
-        cells.append(f"{c['auc_mean']:.3f}" if "auc_mean" in c else "-")
-    print(f"{'classifier AUC':<24}" + "".join(f"{c:>{width + 2}}" for c in cells))
+    from calogen.evaluation.report import _table_rows, feature_label
+
+    header, rows = _table_rows(metrics)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        first = f"{row[0]:<{widths[0]}}"
+        print(first + "".join(f"  {c:>{w}}" for c, w in zip(row[1:], widths[1:], strict=True)))
     for name, entry in metrics["candidates"].items():
         ranking = entry.get("feature_ranking", [])[:5]
         if ranking:
@@ -212,6 +203,6 @@ def _print_summary(metrics: dict, out: str) -> None:
                 rel = r["relative_difference"]
                 shift = f", mean {100 * rel:+.1f} %" if rel == rel else ""
                 print(f"  {feature_label(r['name']):<36} {r['auc']:.3f}{shift}")
-    from pathlib import Path
-
+    for warning in metrics.get("warnings", []):
+        print(f"calogen: warning: {warning}", file=sys.stderr)
     print(f"report: {Path(out) / 'report.html'}")

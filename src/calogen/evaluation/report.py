@@ -24,6 +24,7 @@ import html
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -104,6 +105,24 @@ def _atomic_write_text(path: Path, text: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+class _Phase:
+    """A long silent phase on stderr: ``what ...`` when it starts, ``N.N s`` when it ends
+    (only with ``config.progress``)."""
+
+    def __init__(self, config: EvaluationConfig, what: str) -> None:
+        self.show, self.what = config.progress, what
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+        if self.show:
+            print(f"evaluate: {self.what} ...", end="", file=sys.stderr, flush=True)
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if self.show:
+            done = "failed" if exc_type else f"{time.perf_counter() - self.start:.1f} s"
+            print(f" {done}", file=sys.stderr, flush=True)
 
 
 def default_label(path: str | os.PathLike[str], attrs: dict[str, str] | None = None) -> str:
@@ -362,10 +381,12 @@ def compute_metrics(
         "floor": None,
         "warnings": [],
     }
+    what = "W1, classifier" + (", FPD, KPD" if config.fpd_kpd else "")
     if floor:
-        result["floor"] = _compare(
-            halves[0], halves[1], standardisation, config, batch_size, cell_batch_size
-        )
+        with _Phase(config, f"{reference.label} floor (half vs half: {what})"):
+            result["floor"] = _compare(
+                halves[0], halves[1], standardisation, config, batch_size, cell_batch_size
+            )
         result["floor"]["n_showers_per_half"] = n_ref // 2
     else:
         result["warnings"].append(
@@ -374,16 +395,17 @@ def compute_metrics(
     ref_pair = (reference.features, reference.cell_sample_mev)
     for cand in candidates:
         entry = _summary(cand)
-        entry.update(
-            _compare(
-                ref_pair,
-                (cand.features, cand.cell_sample_mev),
-                standardisation,
-                config,
-                batch_size,
-                cell_batch_size,
+        with _Phase(config, f"{cand.label} vs {reference.label} ({what})"):
+            entry.update(
+                _compare(
+                    ref_pair,
+                    (cand.features, cand.cell_sample_mev),
+                    standardisation,
+                    config,
+                    batch_size,
+                    cell_batch_size,
+                )
             )
-        )
         result["candidates"][cand.label] = entry
         ref_e = reference.features.incident_energy_gev
         cand_e = cand.features.incident_energy_gev
@@ -862,14 +884,15 @@ def evaluate(
         result["candidates"][cand.label]["path"] = _joined(paths)
 
     out = _prepare_out_dir(out)
-    figures = make_all_plots(
-        [ref_sample, *cand_samples],
-        out,
-        calorimeter,
-        threshold_mev=threshold,
-        impact_mm=config.impact_mm,
-        layer=config.layer,
-    )
+    with _Phase(config, "figures"):
+        figures = make_all_plots(
+            [ref_sample, *cand_samples],
+            out,
+            calorimeter,
+            threshold_mev=threshold,
+            impact_mm=config.impact_mm,
+            layer=config.layer,
+        )
     result["figures"] = {stem: [p.name for p in ps] for stem, ps in figures.items()}
     result["run"] = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
