@@ -15,6 +15,8 @@ Conventions (the frame of the shared Geant4 data and of DD4hep's DDML plug-in):
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
@@ -97,6 +99,36 @@ def axis_offset_mm(
     return depth * slopes[:, None, :]
 
 
+def incline_points(
+    x_mm: ArrayLike,
+    y_mm: ArrayLike,
+    layer: ArrayLike,
+    theta_deg: ArrayLike,
+    phi_deg: ArrayLike,
+    layer_depth_mm: ArrayLike,
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Points generated around the shower axis -> the calorimeter frame of an inclined shower.
+
+    The points ``(x, y)`` (mm, ``[P]``) of layer ``layer`` (index, ``[P]``) are relative to
+    where the axis crosses their layer, in the frame whose x axis is the axis' azimuth (the
+    shower inclined in the x-z plane). Each point is shifted by ``depth_l * tan(theta)`` along
+    x, then ``(x, y)`` is rotated by ``phi``: the axis then crosses layer ``l`` at
+    ``depth_l * tan(theta) * (cos phi, sin phi)`` (:func:`axis_offset_mm`). ``theta_deg`` and
+    ``phi_deg`` broadcast against the points (one value, or one per point). At
+    ``theta = phi = 0`` the points are unchanged.
+
+    The exported models apply the same transform in torch
+    (:func:`calogen.export.incline_points_torch`; tests/test_export.py checks they agree).
+    """
+    depth = np.asarray(layer_depth_mm, dtype=np.float64)[np.asarray(layer).astype(np.int64)]
+    theta = np.radians(np.asarray(theta_deg, dtype=np.float64))
+    phi = np.radians(np.asarray(phi_deg, dtype=np.float64))
+    x = np.asarray(x_mm, dtype=np.float64) + depth * np.tan(theta)
+    y = np.asarray(y_mm, dtype=np.float64)
+    cos, sin = np.cos(phi), np.sin(phi)
+    return cos * x - sin * y, sin * x + cos * y
+
+
 def fit_axis(
     centroid_x_mm: NDArray[np.floating],
     centroid_y_mm: NDArray[np.floating],
@@ -148,3 +180,73 @@ def fit_axis(
         "theta_deg": theta,
         "phi_deg": phi,
     }
+
+
+#: Front face of the slab in the frame of :func:`slab_detector_geometry`, mm: any value
+#: works, showerdata only uses ``layer_bottom_pos - calo_surface``; it also keeps points
+#: within ``tan(22.5 deg) * calo_surface`` (here 747 mm) of the axis, far beyond the slab.
+_SLAB_SURFACE_MM = 1804.0
+
+
+def slab_detector_geometry(layer_depth_mm: ArrayLike | None = None) -> Any:
+    """The slab as a :class:`showerdata.detector.DetectorGeometry` for
+    :func:`showerdata.shift_showers.shift_layers`: ``layer_bottom_pos - calo_surface`` is the
+    depth of each layer's silicon mid-plane (:attr:`calogen.geometry.Calorimeter.layer_z_mm`,
+    or ``layer_depth_mm``)."""
+    from showerdata.detector import DetectorGeometry
+
+    from calogen.geometry import CELL_SIZE_MM, slab
+
+    depth = np.asarray(slab().layer_z_mm if layer_depth_mm is None else layer_depth_mm, float)
+    return DetectorGeometry(
+        calo_surface=_SLAB_SURFACE_MM,
+        num_layers=depth.size,
+        num_layers_ecal=depth.size,
+        num_layers_hcal=0,
+        layer_thickness_ecal=0.5,
+        layer_thickness_hcal=0.0,
+        ecal_cell_size=CELL_SIZE_MM,
+        hcal_cell_size=0.0,
+        layer_bottom_pos=tuple(float(v) for v in _SLAB_SURFACE_MM + depth),
+        name="calogen slab",
+    )
+
+
+def straighten_points(
+    points: NDArray[np.floating],
+    counts: ArrayLike,
+    directions: ArrayLike | None,
+    geometry: Any = None,
+) -> NDArray[np.float32]:
+    """Inverse of :func:`incline_points`: packed points of inclined showers -> the axis frame.
+
+    ``points [P, 4]`` (x mm, y mm, layer, e), shower after shower with ``counts [S]`` points;
+    ``directions [S, 3]`` (``None``: normal incidence, a copy of the points). Each shower's
+    layers are shifted by minus the axis offset (``showerdata.shift_showers.shift_layers``
+    with the slab's :func:`slab_detector_geometry`, or ``geometry``), then ``(x, y)`` is
+    rotated by ``-phi``, so that the axis runs along z through x = y = 0 and the shower's
+    inclination lies in the x-z plane. Returns float32 ``[P, 4]``.
+    """
+    from showerdata.shift_showers import shift_layers
+
+    out = np.array(points, dtype=np.float32, copy=True)
+    if directions is None:
+        return out
+    geometry = slab_detector_geometry() if geometry is None else geometry
+    dirs = np.asarray(directions, dtype=np.float64).reshape(-1, 3)
+    counts = np.asarray(counts, dtype=np.int64)
+    offsets = np.concatenate(([0], np.cumsum(counts)))
+    bottom = np.asarray(geometry.layer_bottom_pos, np.float32)
+    for i in np.flatnonzero(np.hypot(dirs[:, 0], dirs[:, 1]) > 0):
+        lo, hi = offsets[i], offsets[i + 1]
+        shifted = shift_layers(out[lo:hi], dirs[i], bottom, geometry.calo_surface, False)
+        if np.count_nonzero(shifted[:, 3]) != np.count_nonzero(out[lo:hi, 3]):
+            raise ValueError(f"shower {i}: points outside showerdata's shift window")
+        out[lo:hi] = shifted
+    _, phi = angles_from_directions(dirs)
+    phi_point = np.radians(np.repeat(phi, counts))
+    cos, sin = np.cos(phi_point), np.sin(phi_point)
+    x, y = out[:, 0].astype(np.float64), out[:, 1].astype(np.float64)
+    out[:, 0] = cos * x + sin * y
+    out[:, 1] = -sin * x + cos * y
+    return out

@@ -42,9 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data",
         required=True,
+        nargs="+",
         metavar="FILE",
         help="training showers (showerdata or legacy CaloClouds HDF5; x, y in mm, "
-        "layer index, e in GeV; incident energies in GeV)",
+        "layer index, e in GeV; incident energies in GeV); CaloClouds and CaloClouds II take "
+        "several files, concatenated (showers without directions count as normal incidence)",
     )
     p.add_argument(
         "--out", required=True, metavar="DIR", help="output folder (model + checkpoints)"
@@ -90,7 +92,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     q.add_argument("--model", required=True, metavar="DIR", help="trained model folder")
-    q.add_argument("--data", required=True, metavar="FILE", help="Geant4 showers (HDF5)")
+    q.add_argument(
+        "--data",
+        required=True,
+        nargs="+",
+        metavar="FILE",
+        help="Geant4 showers (HDF5); several files: the first N showers of each",
+    )
     q.add_argument(
         "--showers",
         type=positive_int,
@@ -142,8 +150,10 @@ def _register_distill(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument(
         "--data",
         required=True,
+        nargs="+",
         metavar="FILE",
-        help="training showers (the teacher's training file, showerdata or legacy HDF5)",
+        help="training showers (the teacher's training files, showerdata or legacy HDF5; "
+        "several files are concatenated)",
     )
     d.add_argument(
         "--out", required=True, metavar="DIR", help="output folder (model + checkpoints)"
@@ -183,7 +193,7 @@ def _distill(args: argparse.Namespace) -> int:
     summary = distill(
         teacher=args.teacher,
         config=args.config,
-        data=args.data,
+        data=_data(args.data),
         out=args.out,
         resume=args.resume,
         seed=args.seed,
@@ -192,6 +202,11 @@ def _distill(args: argparse.Namespace) -> int:
     )
     _print_summary(summary)
     return 0
+
+
+def _data(files: list[str]) -> str | list[str]:
+    """One ``--data`` file as a path, several as a list."""
+    return files[0] if len(files) == 1 else files
 
 
 def _print_summary(summary: dict) -> None:
@@ -208,7 +223,7 @@ def _train(args: argparse.Namespace) -> int:
     summary = train_model(
         args.model,
         config=args.config,
-        data=args.data,
+        data=_data(args.data),
         out=args.out,
         resume=args.resume,
         seed=args.seed,
@@ -227,7 +242,7 @@ def _fit_occupancy(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     summary = fit_occupancy(
         args.model,
-        args.data,
+        _data(args.data),
         n_showers=args.showers,
         seed=args.seed,
         geometry=args.geometry,
