@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from calogen.cli import finite_float, positive_int
+from calogen.cli import add_num, add_output, add_quiet, finite_float, positive_int
 
 
 def _non_negative_float(text: str) -> float:
@@ -77,34 +77,52 @@ def register(subparsers: Any) -> None:
         metavar="MEV",
         help="cell threshold in MeV (default: 0.1, half a MIP)",
     )
+    add_num(
+        evaluate,
+        old=("--max-showers",),
+        help="use at most the first N showers of each file (default: all)",
+    )
+    add_output(
+        evaluate,
+        metavar="DIR",
+        help="report folder (metrics.json, report.md, report.html, figures)",
+    )
     evaluate.add_argument(
-        "--max-showers",
+        "--batches",
         type=positive_int,
+        default=5,
+        metavar="K",
+        help="disjoint batches for the W1 mean and spread (default: 5)",
+    )
+    evaluate.add_argument(
+        "--folds",
+        type=_folds,
+        default=5,
+        metavar="K",
+        help="classifier cross-validation folds, >= 3 (default: 5)",
+    )
+    evaluate.add_argument(
+        "--layer",
+        type=int,
         default=None,
-        metavar="N",
-        help="use at most N showers of each file",
-    )
-    evaluate.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    evaluate.add_argument(
-        "--batches", type=positive_int, default=5, help="disjoint W1 batches (default: 5)"
-    )
-    evaluate.add_argument(
-        "--folds", type=_folds, default=5, help="classifier folds, >= 3 (default: 5)"
-    )
-    evaluate.add_argument(
-        "--layer", type=int, default=None, help="layer of the cell map (default: shower maximum)"
+        metavar="L",
+        help="layer index 0-29 of the cell map (default: the shower maximum)",
     )
     evaluate.add_argument(
         "--no-fpd-kpd", action="store_true", help="skip FPD and KPD (they take a while)"
     )
     evaluate.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     evaluate.add_argument(
-        "--chunk-size", type=positive_int, default=1000, help="showers read per chunk"
+        "--chunk-size",
+        type=positive_int,
+        default=1000,
+        metavar="N",
+        help="showers read and projected per chunk (bounds the memory)",
     )
     evaluate.add_argument(
         "--overwrite", action="store_true", help="replace a report already in the output folder"
     )
-    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet(evaluate, help="no progress bars")
     evaluate.set_defaults(func=run_evaluate)
 
 
@@ -115,7 +133,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         geometry=args.geometry,
         impact_mm=(float(args.impact[0]), float(args.impact[1])),
         threshold_mev=args.threshold,
-        max_showers=args.max_showers,
+        max_showers=args.num,
         chunk_size=args.chunk_size,
         n_batches=args.batches,
         k_folds=args.folds,
@@ -127,13 +145,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     metrics = evaluate(
         args.reference,
         args.candidate,
-        args.out,
+        args.output,
         labels=args.label,
         reference_label=args.reference_label,
         config=config,
         overwrite=args.overwrite,
     )
-    _print_summary(metrics, args.out)
+    _print_summary(metrics, args.output)
     return 0
 
 
@@ -158,4 +176,6 @@ def _print_summary(metrics: dict, out: str) -> None:
         c = entries[n].get("classifier", {})
         cells.append(f"{c['auc_mean']:.3f}" if "auc_mean" in c else "-")
     print(f"{'classifier AUC':<24}" + "".join(f"{c:>{width + 2}}" for c in cells))
-    print(f"report: {out}/report.html")
+    from pathlib import Path
+
+    print(f"report: {Path(out) / 'report.html'}")

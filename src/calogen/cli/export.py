@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from calogen.cli import positive_int
+from calogen.cli import add_model, add_output, model_dir, positive_int
 
 
 def register(subparsers: Any) -> None:
@@ -22,14 +22,16 @@ def register(subparsers: Any) -> None:
         "shipped model). D, K and M are printed and stored in the file (TorchScript extra file "
         "/ ONNX metadata 'calogen_export.json').",
     )
+    add_model(p, help="CaloClouds II model folder or 'default' (the shipped model)")
     p.add_argument(
-        "--model",
-        default="default",
-        metavar="DIR|default",
-        help="CaloClouds II model folder or 'default' (the shipped model)",
+        "--format",
+        choices=["torchscript", "onnx"],
+        required=True,
+        dest="fmt",
+        help="file format: TorchScript (.pt, for DD4hep DDML's TorchScript backend) or ONNX "
+        "(.onnx)",
     )
-    p.add_argument("--format", choices=["torchscript", "onnx"], required=True, dest="fmt")
-    p.add_argument("-o", "--out", required=True, metavar="FILE", help="output file")
+    add_output(p, metavar="FILE", help="exported model file")
     p.add_argument(
         "--max-points",
         type=positive_int,
@@ -49,16 +51,16 @@ def run_export(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(1)
     info = export_model(
-        None if args.model == "default" else args.model,
+        model_dir(args.model),
         args.fmt,
-        args.out,
+        args.output,
         max_points=args.max_points,
         overwrite=args.overwrite,
     )
     if args.json:
         print(json.dumps(info.to_dict(), indent=2))
         return 0
-    print(f"wrote {args.out} ({info.format}, model {info.model})")
+    print(f"wrote {args.output} ({info.format}, model {info.model})")
     for name, text in info.inputs.items():
         print(f"  input  {name}: {text}")
     print(f"  output showers: {info.output}")

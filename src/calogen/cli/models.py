@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from calogen.cli import positive_int
+from calogen.cli import add_model, add_num, add_output, add_quiet, add_threads, positive_int
+from calogen.errors import UsageError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--config",
         default="small",
+        metavar="small|paper|FILE",
         help="'small' (reduced widths/iterations, < 1 h on a CPU), 'paper' (published "
         "hyperparameters) or a YAML/JSON file with overrides and optional 'base: small|paper' "
         "(default: small)",
@@ -48,9 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "layer index, e in GeV; incident energies in GeV); CaloClouds and CaloClouds II take "
         "several files, concatenated (showers without directions count as normal incidence)",
     )
-    p.add_argument(
-        "--out", required=True, metavar="DIR", help="output folder (model + checkpoints)"
-    )
+    add_output(p, metavar="DIR", help="output folder (model + checkpoints)")
     p.add_argument(
         "--resume",
         action="store_true",
@@ -66,14 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="total training iterations (default: from the config)",
     )
-    p.add_argument(
-        "--threads",
-        type=positive_int,
-        default=None,
-        metavar="T",
-        help="CPU threads for torch (default 2)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_threads(p)
+    add_quiet(p, help="no progress bar (running loss)")
     p.set_defaults(func=_train)
 
     q = subparsers.add_parser(
@@ -91,20 +85,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "occupancy.json)."
         ),
     )
-    q.add_argument("--model", required=True, metavar="DIR", help="trained model folder")
+    add_model(
+        q,
+        default=None,
+        required=True,
+        metavar="DIR",
+        help="trained model folder, updated in place (the shipped 'default' model is "
+        "read-only: copy it first)",
+    )
     q.add_argument(
         "--data",
         required=True,
         nargs="+",
         metavar="FILE",
-        help="Geant4 showers (HDF5); several files: the first N showers of each",
+        help="Geant4 showers (showerdata or legacy CaloClouds HDF5); several files: the first "
+        "N showers of each",
     )
-    q.add_argument(
-        "--showers",
-        type=positive_int,
+    add_num(
+        q,
         default=1000,
-        metavar="N",
-        help="showers used from the data and generated (default 1000)",
+        old=("--showers",),
+        help="showers used from the data and generated (default: 1000)",
     )
     q.add_argument("--seed", type=int, default=0, help="random seed for generation (default 0)")
     q.add_argument(
@@ -113,13 +114,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=("slab", "ild"),
         help="cell geometry for counting hits (default slab)",
     )
-    q.add_argument(
-        "--threads",
-        type=positive_int,
-        default=None,
-        metavar="T",
-        help="CPU threads for torch (default 2)",
-    )
+    add_threads(q)
     q.add_argument(
         "--no-radial",
         dest="radial",
@@ -155,12 +150,11 @@ def _register_distill(subparsers: argparse._SubParsersAction) -> None:
         help="training showers (the teacher's training files, showerdata or legacy HDF5; "
         "several files are concatenated)",
     )
-    d.add_argument(
-        "--out", required=True, metavar="DIR", help="output folder (model + checkpoints)"
-    )
+    add_output(d, metavar="DIR", help="output folder (model + checkpoints)")
     d.add_argument(
         "--config",
         default="small",
+        metavar="small|paper|FILE",
         help="'small' (< 1 h on a CPU), 'paper' or a YAML/JSON file with overrides and optional "
         "'base: small|paper' (default: small)",
     )
@@ -177,10 +171,8 @@ def _register_distill(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="total distillation iterations (default: from the config)",
     )
-    d.add_argument(
-        "--threads", type=positive_int, default=None, metavar="T", help="CPU threads (default 2)"
-    )
-    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_threads(d)
+    add_quiet(d, help="no progress bar (running loss)")
     d.set_defaults(func=_distill)
 
 
@@ -189,16 +181,16 @@ def _distill(args: argparse.Namespace) -> int:
     from calogen.models.training import check_run_folder, set_threads
 
     set_threads(args.threads)
-    check_run_folder(args.out)
+    check_run_folder(args.output)
     summary = distill(
         teacher=args.teacher,
         config=args.config,
         data=_data(args.data),
-        out=args.out,
+        out=args.output,
         resume=args.resume,
         seed=args.seed,
         iterations=args.iterations,
-        progress=not args.no_progress,
+        progress=not args.quiet,
     )
     _print_summary(summary)
     return 0
@@ -224,12 +216,12 @@ def _train(args: argparse.Namespace) -> int:
         args.model,
         config=args.config,
         data=_data(args.data),
-        out=args.out,
+        out=args.output,
         resume=args.resume,
         seed=args.seed,
         iterations=args.iterations,
         threads=args.threads,
-        progress=not args.no_progress,
+        progress=not args.quiet,
     )
     _print_summary(summary)
     return 0
@@ -239,11 +231,16 @@ def _fit_occupancy(args: argparse.Namespace) -> int:
     from calogen.models.registry import fit_occupancy
     from calogen.models.training import set_threads
 
+    if args.model == "default":
+        raise UsageError(
+            "--model default: the shipped model is read-only; copy its folder "
+            "(calogen/default_model) and pass the copy"
+        )
     set_threads(args.threads)
     summary = fit_occupancy(
         args.model,
         _data(args.data),
-        n_showers=args.showers,
+        n_showers=args.num,
         seed=args.seed,
         geometry=args.geometry,
         radial=args.radial,

@@ -22,20 +22,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from calogen.errors import UsageError
-from calogen.generator import Generator
-from calogen.models.training import (
-    CHECKPOINT_DIR,
-    MODEL_JSON,
-    check_format_version,
-    check_run_folder,
-    latest_checkpoint,
-    read_json,
-    read_model_info,
-    set_threads,
-)
+
+if TYPE_CHECKING:  # this module is imported by the CLI parser: no torch at import time
+    from calogen.generator import Generator
 
 
 @dataclass(frozen=True)
@@ -125,6 +117,8 @@ def train_model(
 
     ``data``: one shower file, or several (concatenated) for the point-cloud models.
     """
+    from calogen.models.training import check_run_folder, set_threads
+
     entry = get_entry(name)
     if not isinstance(data, (str, os.PathLike)) and name not in MULTI_FILE_MODELS:
         raise UsageError(f"--data: '{name}' trains on one file, got {len(data)}")
@@ -146,6 +140,13 @@ def train_model(
 
 def check_resume_model(out: str | os.PathLike[str], name: str) -> None:
     """Refuse ``--resume`` of a run of another model type (one line, before any work)."""
+    from calogen.models.training import (
+        CHECKPOINT_DIR,
+        check_format_version,
+        latest_checkpoint,
+        read_json,
+    )
+
     latest = latest_checkpoint(Path(out) / CHECKPOINT_DIR)
     if latest is None:
         return  # the model's train() reports the missing checkpoint
@@ -169,6 +170,8 @@ def load_generator(model_dir: str | os.PathLike[str] | None = None) -> Generator
 
     ``None`` loads the default model shipped with the package (``calogen/default_model``).
     """
+    from calogen.models.training import read_model_info
+
     if model_dir is None:
         if not (DEFAULT_MODEL_DIR / "model.json").exists():
             raise UsageError("no default model is shipped with this installation; pass --model DIR")
@@ -195,6 +198,8 @@ def _with_model_errors(
 ) -> Any:
     """Call ``func`` that reads a model folder; a description that does not fit the model
     type (another model's config, malformed entries) becomes one line naming the folder."""
+    from calogen.models.training import MODEL_JSON
+
     name = info["calogen_model"]
     where = Path(model_dir) / MODEL_JSON
     try:
@@ -225,6 +230,7 @@ def fit_occupancy(
     ``radial``: CaloClouds II models also fit the radial quantile correction first.
     """
     from calogen.data.io import ShowerFile
+    from calogen.models.training import read_model_info
 
     info = read_model_info(model_dir)
     entry = _model_entry(model_dir, info)
