@@ -149,7 +149,8 @@ def register(subparsers: Any) -> None:
 
     merge = subparsers.add_parser(
         "merge",
-        help="join shower files (e.g. generation shards) into one file",
+        help="join shower files (e.g. generation shards) into one file, or cut a range of "
+        "showers out of them",
         description="Concatenate shower files in the given order into one showerdata file, "
         "chunk by chunk (bounded memory). The output appears only when complete.",
     )
@@ -161,6 +162,15 @@ def register(subparsers: Any) -> None:
         default=1000,
         metavar="N",
         help="showers copied per chunk (bounds the memory)",
+    )
+    merge.add_argument(
+        "--range",
+        type=int,
+        nargs=2,
+        metavar=("START", "STOP"),
+        default=None,
+        help="keep only showers START..STOP-1 (0-based) of the inputs joined in order, e.g. "
+        "'--range 9000 10000' for a held-out split (default: all showers)",
     )
     merge.add_argument("--overwrite", action="store_true", help="replace an existing output")
     add_quiet(merge)
@@ -234,6 +244,28 @@ def _directions(args: argparse.Namespace, num: int, seed: int) -> np.ndarray | N
     return check_directions(np.asarray(args.direction, dtype=np.float64), num)
 
 
+def _warn_point_cap(path: Path, generator: Any) -> None:
+    """Warn on stderr when showers in the written file reached the generator's point cap
+    (their number of points, and so of cell hits, is cut off there)."""
+    import sys
+
+    from calogen.data.io import ShowerFile
+
+    cap = int(getattr(generator, "max_points", 0) or 0)
+    if cap <= 0:
+        return
+    with ShowerFile(path) as f:
+        counts = f.num_points()
+    hit = int((counts >= cap).sum())
+    if hit:
+        print(
+            f"calogen: warning: {hit} of {counts.size} showers ({100 * hit / counts.size:.0f} %) "
+            f"reached the cap of {cap} points per shower of '{generator.name}': their number of "
+            "points (and of cell hits) is cut off there",
+            file=sys.stderr,
+        )
+
+
 def run_simulate(args: argparse.Namespace) -> int:
     from calogen.generation import draw_energies, generate_to_file
     from calogen.reference.gflash import GFlash
@@ -252,6 +284,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
+    _warn_point_cap(path, generator)
     print(f"wrote {args.num} {generator.name} showers to {path} (seed {seed})")
     return 0
 
@@ -316,6 +349,7 @@ def run_generate(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         attrs={"shards": args.shards, "shard_index": args.shard_index, "base_seed": seed},
     )
+    _warn_point_cap(path, generator)
     print(f"wrote {part.stop - part.start} {generator.name} showers to {path} (seed {seed})")
     return 0
 
@@ -354,6 +388,8 @@ def run_merge(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         chunk_size=args.chunk_size,
         progress=not args.quiet,
+        showers=None if args.range is None else (args.range[0], args.range[1]),
     )
-    print(f"merged {len(args.inputs)} files into {path}")
+    kept = "" if args.range is None else f" (showers {args.range[0]}-{args.range[1] - 1})"
+    print(f"merged {len(args.inputs)} files{kept} into {path}")
     return 0

@@ -32,19 +32,43 @@ def register(subparsers: Any) -> None:
             "of 1-D Wasserstein distances x100 (with the reference-vs-reference floor), a "
             "classifier test (ROC AUC), FPD and KPD, and plots of the cell-energy spectrum, "
             "radial and longitudinal profiles, centre of gravity, visible energy and number of "
-            "hits, and event displays. Writes DIR/metrics.json, DIR/report.md, DIR/report.html "
-            "and the figures (PNG and PDF)."
+            "hits, and event displays. Inclined showers (directions stored in the files) are "
+            "measured from their axis and get the fitted-axis rows and the angle figures. "
+            "Writes DIR/metrics.json, DIR/report.md, DIR/report.html and the figures (PNG and "
+            "PDF)."
         ),
     )
     evaluate.add_argument(
-        "--reference", required=True, metavar="REF.h5", help="reference shower file (Geant4)"
+        "--reference",
+        required=True,
+        nargs="+",
+        metavar="REF.h5",
+        help="reference shower file (Geant4); several files are concatenated into one "
+        "reference (e.g. Geant4 at 50 GeV and theta 0 15 30 45 60)",
     )
     evaluate.add_argument(
         "--candidate",
         required=True,
         action="append",
+        nargs="+",
         metavar="GEN.h5",
-        help="generated shower file; repeat for several candidates",
+        help="generated shower file(s) of one candidate (several files are concatenated); "
+        "repeat --candidate for several candidates",
+    )
+    evaluate.add_argument(
+        "--theta",
+        type=finite_float,
+        default=None,
+        metavar="DEG",
+        help="polar angle (deg, [0, 90)) of every shower of the candidate files that store no "
+        "directions (or only normal incidence); default: the files' own directions",
+    )
+    evaluate.add_argument(
+        "--phi",
+        type=finite_float,
+        default=None,
+        metavar="DEG",
+        help="azimuth (deg) that goes with --theta (default 0)",
     )
     evaluate.add_argument(
         "--label",
@@ -141,6 +165,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         layer=args.layer,
         progress=not args.quiet,
+        candidate_theta_deg=args.theta,
+        candidate_phi_deg=args.phi,
     )
     metrics = evaluate(
         args.reference,
@@ -156,26 +182,27 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _print_summary(metrics: dict, out: str) -> None:
-    """A short table on stdout: W1 rows, AUC, per candidate and the floor."""
-    from calogen.evaluation.metrics import W1_ROWS
-
-    entries = dict(metrics["candidates"])
-    if metrics.get("floor"):
-        entries["floor"] = metrics["floor"]
-    names = list(entries)
-    width = max(12, *(len(n) for n in names))
-    print(f"{'W1 x100':<24}" + "".join(f"{n:>{width + 2}}" for n in names))
-    for row in W1_ROWS:
-        cells = []
-        for n in names:
-            r = entries[n]["w1"]["rows"][row]
-            cells.append(f"{r['mean']:.1f} ± {r['std']:.1f}")
-        print(f"{row:<24}" + "".join(f"{c:>{width + 2}}" for c in cells))
-    cells = []
-    for n in names:
-        c = entries[n].get("classifier", {})
-        cells.append(f"{c['auc_mean']:.3f}" if "auc_mean" in c else "-")
-    print(f"{'classifier AUC':<24}" + "".join(f"{c:>{width + 2}}" for c in cells))
+    """The report's main table on stdout (every row of report.md: W1 rows, classifier AUC,
+    FPD, KPD; one column per candidate and the reference floor), the features that separate
+    each candidate most, then the warnings."""
+    import sys
     from pathlib import Path
 
+    from calogen.evaluation.report import _table_rows, feature_label
+
+    header, rows = _table_rows(metrics)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        first = f"{row[0]:<{widths[0]}}"
+        print(first + "".join(f"  {c:>{w}}" for c, w in zip(row[1:], widths[1:], strict=True)))
+    for name, entry in metrics["candidates"].items():
+        ranking = entry.get("feature_ranking", [])[:5]
+        if ranking:
+            print(f"features that separate {name} most (single-feature AUC):")
+            for r in ranking:
+                rel = r["relative_difference"]
+                shift = f", mean {100 * rel:+.1f} %" if rel == rel else ""
+                print(f"  {feature_label(r['name']):<36} {r['auc']:.3f}{shift}")
+    for warning in metrics.get("warnings", []):
+        print(f"calogen: warning: {warning}", file=sys.stderr)
     print(f"report: {Path(out) / 'report.html'}")

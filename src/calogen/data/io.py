@@ -581,12 +581,14 @@ def merge_files(
     overwrite: bool = False,
     chunk_size: int = 1000,
     progress: bool = False,
+    showers: tuple[int, int] | None = None,
 ) -> Path:
     """Concatenate shower files (e.g. generation shards) into one showerdata file.
 
     Reads and writes chunk by chunk, so memory stays bounded for any file size. The output
     appears only when complete. Attributes of the first input are kept, with ``merged_from``
-    listing the inputs.
+    listing the inputs. ``showers=(start, stop)`` keeps only showers ``start..stop-1``
+    (0-based) of the inputs joined in order, e.g. a held-out split of one file.
     """
     from tqdm.auto import tqdm
 
@@ -594,14 +596,29 @@ def merge_files(
         raise UsageError("merge: no input files")
     files = [ShowerFile(p) for p in inputs]
     try:
-        total = sum(len(f) for f in files)
-        width = max(max(int(f.num_points().max(initial=0)), 1) for f in files)
+        sizes = [len(f) for f in files]
+        first, last = (0, sum(sizes)) if showers is None else showers
+        if not 0 <= first < last <= sum(sizes):
+            raise UsageError(
+                f"--range {first} {last}: the inputs hold {sum(sizes)} showers (need "
+                f"0 <= START < STOP <= {sum(sizes)})"
+            )
+        offsets = np.cumsum([0, *sizes])
+        parts = [  # (file, local start, local stop) of the kept showers
+            (f, max(first - int(o), 0), min(last - int(o), n))
+            for f, o, n in zip(files, offsets, sizes, strict=False)
+            if min(last - int(o), n) > max(first - int(o), 0)
+        ]
+        width = max(max(int(f.num_points(a, b).max(initial=0)), 1) for f, a, b in parts)
         attrs: dict[str, str | int | float] = dict(files[0].attrs)
         attrs["merged_from"] = ", ".join(str(Path(p).name) for p in inputs)
+        if showers is not None:
+            attrs["merged_range"] = f"showers {first}-{last - 1} of the joined inputs"
+        total = last - first
         bar = tqdm(total=total, unit="shower", disable=not progress, desc="merge")
         with ShowerWriter(output, total, width, overwrite=overwrite, attrs=attrs) as writer:
-            for f in files:
-                for chunk in f.iter_chunks(chunk_size):
+            for f, a, b in parts:
+                for chunk in f.iter_chunks(chunk_size, a, b):
                     writer.write(chunk)
                     bar.update(len(chunk))
         bar.close()
