@@ -182,9 +182,8 @@ def fit_axis(
     }
 
 
-#: Front face of the slab in the frame of :func:`slab_detector_geometry`, mm: any value
-#: works, showerdata only uses ``layer_bottom_pos - calo_surface``; it also keeps points
-#: within ``tan(22.5 deg) * calo_surface`` (here 747 mm) of the axis, far beyond the slab.
+#: Front face of the slab in the frame of :func:`slab_detector_geometry`, mm: showerdata
+#: uses ``layer_bottom_pos - calo_surface`` (float32: depths good to 0.1 um here).
 _SLAB_SURFACE_MM = 1804.0
 
 
@@ -223,7 +222,9 @@ def straighten_points(
     ``points [P, 4]`` (x mm, y mm, layer, e), shower after shower with ``counts [S]`` points;
     ``directions [S, 3]`` (``None``: normal incidence, a copy of the points). Each shower's
     layers are shifted by minus the axis offset (``showerdata.shift_showers.shift_layers``
-    with the slab's :func:`slab_detector_geometry`, or ``geometry``), then ``(x, y)`` is
+    with the slab's :func:`slab_detector_geometry`, or ``geometry``; its inverse shift along
+    the mirrored direction, which keeps every point, where the forward one drops points far
+    from the axis), then ``(x, y)`` is
     rotated by ``-phi``, so that the axis runs along z through x = y = 0 and the shower's
     inclination lies in the x-z plane. Returns float32 ``[P, 4]``.
     """
@@ -237,12 +238,10 @@ def straighten_points(
     counts = np.asarray(counts, dtype=np.int64)
     offsets = np.concatenate(([0], np.cumsum(counts)))
     bottom = np.asarray(geometry.layer_bottom_pos, np.float32)
+    back = dirs * np.array([-1.0, -1.0, 1.0])  # the shift towards the axis, never cropped
     for i in np.flatnonzero(np.hypot(dirs[:, 0], dirs[:, 1]) > 0):
         lo, hi = offsets[i], offsets[i + 1]
-        shifted = shift_layers(out[lo:hi], dirs[i], bottom, geometry.calo_surface, False)
-        if np.count_nonzero(shifted[:, 3]) != np.count_nonzero(out[lo:hi, 3]):
-            raise ValueError(f"shower {i}: points outside showerdata's shift window")
-        out[lo:hi] = shifted
+        out[lo:hi] = shift_layers(out[lo:hi], back[i], bottom, geometry.calo_surface, True)
     _, phi = angles_from_directions(dirs)
     phi_point = np.radians(np.repeat(phi, counts))
     cos, sin = np.cos(phi_point), np.sin(phi_point)
