@@ -20,16 +20,21 @@ def register(subparsers: Any) -> None:
         "in each of the 30 layers, then (x mm, y mm, layer index, E GeV) for each point, "
         "grouped by layer and zero padded to M points (M = the model's max_points, 6000 for the "
         "shipped model). D, K and M are printed and stored in the file (TorchScript extra file "
-        "/ ONNX metadata 'calogen_export.json').",
+        "/ ONNX metadata 'calogen_export.json'). --format ddml writes TorchScript in the "
+        "contract of DD4hep's DDML plug-in (CaloCloudsTwoAngleModel with TorchInference): "
+        "model(energy [1] GeV, theta [1] deg, phi [1] deg) draws its own noise and returns "
+        "35,000 float32: the 30 counts, then (x mm, y mm, layer, E MeV) per point, inclined "
+        "along (theta, phi), at most 8,742 points.",
     )
     add_model(p, help="CaloClouds II model folder or 'default' (the shipped model)")
     p.add_argument(
         "--format",
-        choices=["torchscript", "onnx"],
+        choices=["torchscript", "onnx", "ddml"],
         required=True,
         dest="fmt",
-        help="file format: TorchScript (.pt, for DD4hep DDML's TorchScript backend) or ONNX "
-        "(.onnx)",
+        help="torchscript (.pt) / onnx (.onnx): noise as input, batches; ddml (.pt): "
+        "TorchScript in the contract of DD4hep DDML's CaloCloudsTwoAngleModel (one shower "
+        "per call, noise drawn inside, energy and two angles)",
     )
     add_output(p, metavar="FILE", help="exported model file")
     p.add_argument(
@@ -37,7 +42,8 @@ def register(subparsers: Any) -> None:
         type=positive_int,
         default=None,
         metavar="M",
-        help="maximum points per shower (default: the model's max_points)",
+        help="maximum points per shower (default: the model's max_points; for ddml at most "
+        "8742, the default capped there)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--json", action="store_true", help="print the description as JSON")
@@ -64,4 +70,6 @@ def run_export(args: argparse.Namespace) -> int:
     for name, text in info.inputs.items():
         print(f"  input  {name}: {text}")
     print(f"  output showers: {info.output}")
+    if info.direction:
+        print(f"  direction: {info.direction}")
     return 0
