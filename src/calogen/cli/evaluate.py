@@ -32,19 +32,51 @@ def register(subparsers: Any) -> None:
             "of 1-D Wasserstein distances x100 (with the reference-vs-reference floor), a "
             "classifier test (ROC AUC), FPD and KPD, and plots of the cell-energy spectrum, "
             "radial and longitudinal profiles, centre of gravity, visible energy and number of "
-            "hits, and event displays. Writes DIR/metrics.json, DIR/report.md, DIR/report.html "
-            "and the figures (PNG and PDF)."
+            "hits, and event displays. Inclined showers (directions stored in the files) are "
+            "measured from their axis and get the fitted-axis rows and the angle figures. "
+            "Writes DIR/metrics.json, DIR/report.md, DIR/report.html and the figures (PNG and "
+            "PDF)."
         ),
     )
     evaluate.add_argument(
-        "--reference", required=True, metavar="REF.h5", help="reference shower file (Geant4)"
+        "--reference",
+        required=True,
+        nargs="+",
+        metavar="REF.h5",
+        help="reference shower file (Geant4); several files are concatenated into one "
+        "reference (e.g. Geant4 at 50 GeV and theta 0 15 30 45 60)",
     )
     evaluate.add_argument(
         "--candidate",
         required=True,
         action="append",
+        nargs="+",
         metavar="GEN.h5",
-        help="generated shower file; repeat for several candidates",
+        help="generated shower file(s) of one candidate (several files are concatenated); "
+        "repeat --candidate for several candidates",
+    )
+    evaluate.add_argument(
+        "--theta",
+        type=finite_float,
+        default=None,
+        metavar="DEG",
+        help="polar angle (deg, [0, 90)) of every shower of the candidate files that store no "
+        "directions (or only normal incidence); default: the files' own directions",
+    )
+    evaluate.add_argument(
+        "--phi",
+        type=finite_float,
+        default=None,
+        metavar="DEG",
+        help="azimuth (deg) that goes with --theta (default 0)",
+    )
+    evaluate.add_argument(
+        "--reference-grid",
+        metavar="bibae|l2lflows|MODEL_DIR",
+        default=None,
+        help="also compare every candidate with the reference put through a grid model's voxel "
+        "grid (voxelised, back to one point per voxel): bibae (30x30x30), l2lflows (30x10x10) or "
+        "a trained grid-model folder; the report then holds both comparisons (default: none)",
     )
     evaluate.add_argument(
         "--label",
@@ -141,6 +173,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         layer=args.layer,
         progress=not args.quiet,
+        candidate_theta_deg=args.theta,
+        candidate_phi_deg=args.phi,
+        reference_grid=args.reference_grid,
     )
     metrics = evaluate(
         args.reference,
@@ -157,7 +192,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def _print_summary(metrics: dict, out: str) -> None:
     """The report's main table on stdout (every row of report.md: W1 rows, classifier AUC,
-    FPD, KPD; one column per candidate and the reference floor), then the warnings."""
+    FPD, KPD; one column per candidate and the reference floor), the features that separate
+    each candidate most, then the warnings."""
     import sys
     from pathlib import Path
 
@@ -168,6 +204,30 @@ def _print_summary(metrics: dict, out: str) -> None:
     for row in [header, *rows]:
         first = f"{row[0]:<{widths[0]}}"
         print(first + "".join(f"  {c:>{w}}" for c, w in zip(row[1:], widths[1:], strict=True)))
+    _print_ranking(metrics)
+    within = metrics.get("within_grid")
+    if within:
+        print(f"against {within['reference']['label']}:")
+        header, rows = _table_rows(within)
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        for row in [header, *rows]:
+            first = f"{row[0]:<{widths[0]}}"
+            print(first + "".join(f"  {c:>{w}}" for c, w in zip(row[1:], widths[1:], strict=True)))
+        _print_ranking(within, " on the grid")
     for warning in metrics.get("warnings", []):
         print(f"calogen: warning: {warning}", file=sys.stderr)
     print(f"report: {Path(out) / 'report.html'}")
+
+
+def _print_ranking(metrics: dict, where: str = "") -> None:
+    """The five single features that separate each candidate most."""
+    from calogen.evaluation.report import feature_label
+
+    for name, entry in metrics["candidates"].items():
+        ranking = entry.get("feature_ranking", [])[:5]
+        if ranking:
+            print(f"features that separate {name} most{where} (single-feature AUC):")
+            for r in ranking:
+                rel = r["relative_difference"]
+                shift = f", mean {100 * rel:+.1f} %" if rel == rel else ""
+                print(f"  {feature_label(r['name']):<36} {r['auc']:.3f}{shift}")

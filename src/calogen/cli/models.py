@@ -27,7 +27,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "the same command trains data parallel: each rank draws batches from its shard of "
             "the showers with its own seed, gradients are averaged across ranks (gloo on "
             "CPU, NCCL on GPU), and only rank 0 writes checkpoints, the model and the log. "
-            f"Models: {models_help}."
+            "The CaloClouds models end with their corrections fitted on (up to 1,000 of) the "
+            "training showers (occupancy; CaloClouds II also the radial map): the finished "
+            "model needs no 'calogen fit-occupancy'. 'caloclouds2-cm' runs the whole recipe "
+            "of the shipped default in one command: the teacher (OUT/teacher), its "
+            "distillation into a one-step model (OUT) and the corrections, with progress that "
+            "names the stage and stage markers in OUT/pipeline.json; after a kill at any "
+            "stage, re-running the same command continues (the result is the same as an "
+            "uninterrupted run). A model is specific to the calorimeter and particle of its "
+            f"training data. Models: {models_help}."
         ),
     )
     p.add_argument(
@@ -39,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="small|paper|FILE",
         help="'small' (reduced widths/iterations, < 1 h on a CPU), 'paper' (published "
         "hyperparameters) or a YAML/JSON file with overrides and optional 'base: small|paper' "
+        "(caloclouds2-cm: 'base', and 'teacher' and 'distill' mappings of overrides) "
         "(default: small)",
     )
     p.add_argument(
@@ -64,6 +73,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="total training iterations (default: from the config)",
     )
+    add_num(
+        p,
+        help="train on the first N showers of --data (e.g. to keep the rest as a test split; "
+        "default: the config's max_showers, else all)",
+    )
+    _add_no_corrections(p)
     add_threads(p)
     add_quiet(p, help="no progress bar (running loss)")
     p.set_defaults(func=_train)
@@ -129,12 +144,15 @@ def _register_distill(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Consistency distillation (Song et al. 2303.01469) of a trained 'caloclouds2' "
             "teacher into 'caloclouds2-cm': student and target start from the teacher's EMA "
-            "weights; each update takes one Heun step of the teacher on an 18-step Karras "
-            "grid (sigma 0.002-80, rho 7), the target follows the student as an EMA (0.95). "
+            "weights; each update takes one Heun step of the teacher on a Karras grid (40 "
+            "points in both presets, the paper's 18 are too coarse for a small teacher; sigma "
+            "0.002-80, rho 7), the target follows the student as an EMA (0.95). "
             "Progress, checkpoints (safetensors + JSON), --resume and --seed behave as in "
             "'calogen train'; OUT always holds a usable model for 'calogen generate --model "
             "OUT' (one network evaluation per shower; the teacher's shower flow and "
-            "calibration)."
+            "calibration), and the finished one its own corrections (radial map, occupancy) "
+            "fitted on the training showers. 'calogen train caloclouds2-cm' runs teacher, "
+            "distillation and corrections in one command."
         ),
     )
     d.add_argument("--teacher", required=True, metavar="DIR", help="trained caloclouds2 folder")
@@ -165,9 +183,20 @@ def _register_distill(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="total distillation iterations (default: from the config)",
     )
+    _add_no_corrections(d)
     add_threads(d)
     add_quiet(d, help="no progress bar (running loss)")
     d.set_defaults(func=_distill)
+
+
+def _add_no_corrections(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-corrections",
+        dest="corrections",
+        action="store_false",
+        help="CaloClouds models: do not fit the corrections (radial map, occupancy) on the "
+        "training showers at the end (fit them later with 'calogen fit-occupancy')",
+    )
 
 
 def _distill(args: argparse.Namespace) -> int:
@@ -185,6 +214,7 @@ def _distill(args: argparse.Namespace) -> int:
         seed=args.seed,
         iterations=args.iterations,
         progress=not args.quiet,
+        corrections=args.corrections,
     )
     _print_summary(summary)
     return 0
@@ -211,6 +241,8 @@ def _train(args: argparse.Namespace) -> int:
         iterations=args.iterations,
         threads=args.threads,
         progress=not args.quiet,
+        corrections=args.corrections,
+        n_showers=args.num,
     )
     _print_summary(summary)
     return 0

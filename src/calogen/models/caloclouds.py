@@ -13,8 +13,8 @@ Pieces (paper section 3):
 * Shower Flow (:class:`~calogen.models.shower_flow.ShowerFlow`, feature set
   ``"caloclouds"``): visible energy and points per layer given E, trained at the same time
   with its own optimiser;
-* occupancy correction (:class:`~calogen.calibration.OccupancyCorrection`), fitted after
-  training by ``calogen fit-occupancy``;
+* occupancy correction (:class:`~calogen.calibration.OccupancyCorrection`), fitted at the
+  end of training on the training showers (or again by ``calogen fit-occupancy``);
 * post-diffusion calibration (:func:`~calogen.calibration.calibrate`): negative energies to
   zero, total energy to the Shower Flow's, depth-sorted layer assignment from the per-layer
   counts, centre of gravity (x, y) shifted to the training-data mean.
@@ -571,10 +571,18 @@ def build_model(
 def train(**kwargs: Any) -> dict[str, Any]:
     """Train CaloClouds on a shower file into ``out`` (see :func:`calogen.models.registry.train_model`).
 
-    On ``resume`` the config, seed and normalisation stored in the checkpoint are used
+    The finished model has its occupancy correction fitted on (up to 1,000 of) its training
+    showers (``corrections=False`` skips it; ``calogen fit-occupancy`` refits it). On ``resume`` the config, seed and normalisation stored in the checkpoint are used
     (``iterations`` may still extend the run).
     """
-    return scaffold.train_model(MODEL_NAME, PRESETS, CaloCloudsConfig, _trainer, **kwargs)
+    return scaffold.train_model(
+        MODEL_NAME, PRESETS, CaloCloudsConfig, _trainer, fit_corrections=_fit_corrections, **kwargs
+    )
+
+
+def _fit_corrections(out: Path, data: Any, seed: int, n_showers: int) -> dict[str, Any]:
+    """The end of training: the occupancy correction on the first training showers."""
+    return fit_occupancy(out, data, n_showers=n_showers, seed=seed)
 
 
 def _trainer(

@@ -221,13 +221,23 @@ _OPTIMIZERS = {"adam": torch.optim.Adam, "radam": torch.optim.RAdam}
 
 #: ``paper``: published hyperparameters (RAdam, lr 1e-4, batch 128, widths 128-…-128);
 #: ``small``: CaloClouds3-style widths, point subsets, trains on one CPU thread in < 1 h.
+#: Both carry the recipe of the shipped default model (docs/default_model.md): asinh
+#: compression of the core radius (``core_radius_mm`` 2), the core centre of gravity in the
+#: Shower Flow (``caloclouds2_core``), mirroring; ``small`` trains its Shower Flow for 15,000
+#: iterations. They differ in widths and lengths, not in the method.
 PRESETS: dict[str, CaloClouds2Config] = {
-    "paper": CaloClouds2Config(),
+    "paper": CaloClouds2Config(
+        core_radius_mm=2.0,
+        shower_flow=ShowerFlowConfig(
+            feature_set="caloclouds2_core", blocks=10, affine_per_block=6, spline_per_block=1
+        ).to_dict(),
+    ),
     "small": CaloClouds2Config(
         widths=(32, 64, 128, 64, 32),
         time_features=16,
+        core_radius_mm=2.0,
         shower_flow=ShowerFlowConfig(
-            feature_set="caloclouds2",
+            feature_set="caloclouds2_core",
             blocks=3,
             affine_per_block=2,
             spline_per_block=0,
@@ -244,15 +254,19 @@ PRESETS: dict[str, CaloClouds2Config] = {
         ema_decay=0.999,
         shower_flow_lr_start=2e-3,
         shower_flow_lr_end=1e-5,
-        shower_flow_iterations=5000,
+        shower_flow_iterations=15_000,
         shower_flow_batch=256,
         checkpoint_every=1000,
     ),
 }
 
+#: Distillation: the teacher's ODE on a 40-point Karras grid (the paper's 18 leave each Heun
+#: step too coarse for a small teacher, which needs ~40 Heun steps to converge,
+#: docs/default_model.md); ``small``: RAdam, lr 1e-3 -> 1e-5 cosine, 20,000 iterations.
 DISTILL_PRESETS: dict[str, DistillConfig] = {
-    "paper": DistillConfig(),
+    "paper": DistillConfig(n_grid=40),
     "small": DistillConfig(
+        n_grid=40,
         iterations=20_000,
         batch_size=32,
         points_per_shower=128,
@@ -777,10 +791,19 @@ def build_model(
 def train(**kwargs: Any) -> dict[str, Any]:
     """Train the CaloClouds II teacher on a shower file into ``out``.
 
-    On ``resume`` the config, seed and normalisation stored in the checkpoint are used
+    The finished model has its corrections (:func:`fit_corrections`) unless
+    ``corrections=False``. On ``resume`` the config, seed and normalisation stored in the checkpoint are used
     (``iterations`` may still extend the run).
     """
-    return scaffold.train_model(MODEL_NAME, PRESETS, CaloClouds2Config, _trainer, **kwargs)
+    return scaffold.train_model(
+        MODEL_NAME, PRESETS, CaloClouds2Config, _trainer, fit_corrections=fit_corrections, **kwargs
+    )
+
+
+def fit_corrections(out: Path, data: Any, seed: int, n_showers: int) -> dict[str, Any]:
+    """The end of training (teacher or student): the radial map and the occupancy correction
+    (:func:`fit_occupancy`) on the first ``n_showers`` training showers, seeded by the run."""
+    return fit_occupancy(out, data, n_showers=n_showers, seed=seed)
 
 
 def _trainer(
@@ -796,11 +819,11 @@ def _trainer(
 
 
 def train_cm(**kwargs: Any) -> dict[str, Any]:
-    """Registry hook: the student is made by distillation, not trained from scratch."""
-    raise UsageError(
-        "caloclouds2-cm is distilled from a trained teacher: run "
-        "'calogen distill --teacher DIR --data FILE --out OUT'"
-    )
+    """Registry hook: ``calogen train caloclouds2-cm`` runs the whole recipe (teacher,
+    distillation, corrections; :func:`calogen.models.pipeline.train`)."""
+    from calogen.models import pipeline
+
+    return pipeline.train(**kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -812,8 +835,8 @@ class CaloClouds2DistillTrainer(scaffold.TrainerBase):
     """Consistency distillation of a teacher into a student of the same architecture.
 
     Student and target start from the teacher's (EMA) weights; the teacher is frozen. The
-    exported student is an EMA (``ema_decay``) of the online student; the Shower Flow,
-    normalisation and occupancy correction are the teacher's.
+    exported student is an EMA (``ema_decay``) of the online student; the Shower Flow and
+    normalisation are the teacher's, the corrections its own (fitted after the last iteration).
     """
 
     name = CM_NAME
@@ -870,6 +893,10 @@ class CaloClouds2DistillTrainer(scaffold.TrainerBase):
     def export(self, out: Path) -> None:
         teacher = self.teacher_model
         info = teacher.model_info()
+        # the student's corrections are its own, fitted when the distillation ends: none
+        # inherited from the teacher (whose sampler spreads points differently)
+        info["occupancy"] = OccupancyCorrection.identity().to_dict()
+        info.pop("radial_correction", None)
         info.update(
             {
                 "cm_sigmas": list(self.config.sample_sigmas),
@@ -916,8 +943,8 @@ def distill(
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Distil a trained CaloClouds II teacher folder into a consistency model in ``out``
-    (``data``, ``out``, ``resume``, ``seed``, ``iterations``, ``progress``, ``stop_after`` as
-    for :func:`train`).
+    (``data``, ``out``, ``resume``, ``seed``, ``iterations``, ``progress``, ``stop_after``,
+    ``corrections`` as for :func:`train`: the finished student has its own corrections).
 
     On ``resume`` the distillation config, seed and teacher stored in the checkpoint are used.
     """
@@ -958,6 +985,7 @@ def distill(
         make_trainer,
         config=config,
         key="distill_config",
+        fit_corrections=fit_corrections,
         **kwargs,
     )
 

@@ -69,7 +69,8 @@ MODELS: dict[str, ModelEntry] = {
     "caloclouds2-cm": ModelEntry(
         module="calogen.models.caloclouds2",
         description="CaloClouds II (CM): consistency model distilled from a caloclouds2 "
-        "teacher, one evaluation per shower (made by 'calogen distill', not 'train')",
+        "teacher, one evaluation per shower; 'train caloclouds2-cm' runs the whole recipe "
+        "(teacher in OUT/teacher, distillation, corrections), resumable as a whole",
         train="train_cm",
     ),
     "l2lflows": ModelEntry(
@@ -108,8 +109,14 @@ def train_model(
     iterations: int | None = None,
     threads: int | None = None,
     progress: bool = True,
+    corrections: bool = True,
+    n_showers: int | None = None,
 ) -> dict[str, Any]:
-    """Train model ``name``; returns the model's summary dict (iterations, losses, time)."""
+    """Train model ``name``; returns the model's summary dict (iterations, losses, time).
+
+    ``corrections``: models with post-training corrections (the CaloClouds family) fit them
+    on the training showers at the end; ``n_showers``: train on the first N showers only.
+    """
     from calogen.models.training import check_run_folder, set_threads
 
     entry = get_entry(name)
@@ -126,6 +133,8 @@ def train_model(
         seed=seed,
         iterations=iterations,
         progress=progress,
+        corrections=corrections,
+        n_showers=n_showers,
     )
 
 

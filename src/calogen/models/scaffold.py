@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -30,6 +31,7 @@ from calogen.models.training import (
     CHECKPOINT_DIR,
     MODEL_JSON,
     Trainer,
+    is_main_process,
     latest_checkpoint,
     load_model_tensors,
     lr_schedule,
@@ -40,6 +42,13 @@ from calogen.models.training import (
 )
 
 C = TypeVar("C", bound="ModelConfig")
+
+#: ``fit_corrections(model_dir, data, seed, n_showers) -> summary`` of a model whose
+#: training ends with corrections fitted on its training showers (occupancy, radial map).
+FitCorrections = Callable[[Path, Any, int, int], dict[str, Any]]
+
+#: Training showers (the first ones of the file) that the corrections are fitted on.
+CORRECTION_SHOWERS = 1000
 M = TypeVar("M", bound=nn.Module)
 
 #: Incident energies (GeV) a model folder without ``energy_range_gev`` was trained on.
@@ -115,21 +124,32 @@ def training_config(
     presets: dict[str, C],
     cls: type[C],
     key: str = "config",
+    n_showers: int | None = None,
 ) -> tuple[C, int, dict[str, Any] | None]:
     """``(config, seed, stored)`` of a training run.
 
     A fresh run resolves ``config`` (preset name, file, overrides or a config object; a copy,
     presets are never changed); a resumed one takes the config (under ``key``) and the seed
     stored in the newest checkpoint, which is returned as ``stored``. ``iterations`` overrides
-    the config's and caps a Shower Flow's (``shower_flow_iterations``) at it.
+    the config's and caps a Shower Flow's (``shower_flow_iterations``) at it. ``n_showers``
+    (train on the first N showers of the file) sets ``max_showers`` of a fresh run; a resumed
+    run keeps its own and refuses another.
     """
     stored = None
     if resume:
         stored = stored_checkpoint(out)
         cfg = cls.from_dict(stored[key])
         seed = int(stored["seed"])
+        kept = getattr(cfg, "max_showers", None)
+        if n_showers is not None and int(n_showers) != kept:
+            raise UsageError(
+                f"{out}: the run trains on {kept or 'all'} showers; --num {n_showers} cannot "
+                "change that on --resume"
+            )
     else:
         cfg = copy.deepcopy(resolve_config(config, presets, cls))
+        if n_showers is not None:
+            cfg.max_showers = int(n_showers)  # type: ignore[attr-defined]
     if iterations is not None:
         cfg.iterations = int(iterations)  # type: ignore[attr-defined]
         if hasattr(cfg, "shower_flow_iterations"):
@@ -152,11 +172,23 @@ def train_model(
     progress: bool = True,
     stop_after: int | None = None,
     key: str = "config",
+    n_showers: int | None = None,
+    corrections: bool = True,
+    fit_corrections: FitCorrections | None = None,
+    desc: str | None = None,
 ) -> dict[str, Any]:
     """The ``train`` of a model module: resolve the config (:func:`training_config`), let
     ``make_trainer(config, data, seed, stored)`` load the data and build the model and its
     trainer (``stored``: the checkpoint's JSON on ``resume``, else ``None``), then run it
-    (:func:`run_model_training`) and return the summary."""
+    (:func:`run_model_training`) and return the summary.
+
+    A model with post-training corrections passes ``fit_corrections`` (see
+    :data:`FitCorrections`): once the last iteration is done (not after ``stop_after``) they
+    are fitted on the training showers with the run's seed, unless ``corrections`` is off,
+    and their summary is added under ``"corrections"``. A resumed run that was already
+    complete fits them again, so it ends with the same model as an uninterrupted one.
+    ``desc`` names the progress bar (default ``name``).
+    """
     cfg, seed, stored = training_config(
         config,
         out,
@@ -166,10 +198,11 @@ def train_model(
         presets=presets,
         cls=cls,
         key=key,
+        n_showers=n_showers,
     )
     t0 = time.perf_counter()
     trainer = make_trainer(cfg, data, seed, stored)
-    return run_model_training(
+    summary = run_model_training(
         trainer,
         out,
         cfg,
@@ -178,7 +211,27 @@ def train_model(
         progress=progress,
         stop_after=stop_after,
         t0=t0,
+        desc=desc,
     )
+    n_data = getattr(getattr(trainer, "data", None), "n_showers", None)
+    if n_data is not None:
+        summary["training_showers"] = int(n_data)
+        finished = summary["iterations"] >= cfg.iterations  # type: ignore[attr-defined]
+    if fit_corrections is not None and finished and is_main_process():
+        if corrections:
+            n_fit = min(CORRECTION_SHOWERS, int(trainer.data.n_showers))  # type: ignore[attr-defined]
+            if progress:
+                print(
+                    f"{name}: fitting the corrections on {n_fit} training showers "
+                    "(--no-corrections skips this)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            summary["corrections"] = fit_corrections(Path(out), data, seed, n_fit)
+        else:
+            summary["corrections"] = "off (--no-corrections)"
+        summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    return summary
 
 
 def run_model_training(
@@ -191,6 +244,7 @@ def run_model_training(
     progress: bool,
     stop_after: int | None,
     t0: float,
+    desc: str | None = None,
 ) -> dict[str, Any]:
     """Run ``trainer`` for ``config.iterations`` (checkpoints every ``config.checkpoint_every``)
     into ``out``; the summary every ``train`` returns (iterations, seconds, last losses)."""
@@ -203,7 +257,7 @@ def run_model_training(
         progress=progress,
         log_every=min(50, config.checkpoint_every),
         stop_after=stop_after,
-        desc=name,
+        desc=desc or name,
     )
     history = result["history"]
     return {
@@ -384,7 +438,9 @@ class GeneratorBase:
 
 
 __all__ = [
+    "CORRECTION_SHOWERS",
     "DEFAULT_ENERGY_RANGE_GEV",
+    "FitCorrections",
     "GeneratorBase",
     "ModelConfig",
     "TrainerBase",
