@@ -12,17 +12,21 @@ import showerdata
 
 from calogen.cli import main
 from calogen.data.io import make_showers, read_showers, write_showers
+from calogen.data.voxels import L2LFLOWS_GRID, voxelise, voxels_to_points
 from calogen.directions import directions_from_angles
 from calogen.errors import UsageError
 from calogen.evaluation.metrics import W1_ROWS
+from calogen.evaluation.observables import shower_features
 from calogen.evaluation.report import (
+    GRID_MIN_ENERGY_GEV,
     EvaluationConfig,
     _shuffle,
     collect,
     compute_metrics,
     evaluate,
+    through_grid,
 )
-from calogen.geometry import slab
+from calogen.geometry import project, slab
 
 FIGURES = (
     "cell_energy",
@@ -317,3 +321,86 @@ def test_inclined_bad_inputs(
         err = capsys.readouterr().err.strip()
         assert code == 2 and message in err and err.count("\n") == 0, (extra, err)
         assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# the reference through a grid model's voxel grid
+# ---------------------------------------------------------------------------------------------
+
+
+def test_through_grid_is_voxelise_then_points(fixtures: Path) -> None:
+    """collect(..., grid=) sees exactly the showers voxelised and turned back into points."""
+    showers = read_showers(fixtures / "g4_photons_subset.h5")
+    on_grid = through_grid(showers, L2LFLOWS_GRID)
+    expected = voxels_to_points(
+        voxelise(showers, L2LFLOWS_GRID),
+        L2LFLOWS_GRID,
+        showers.energies.reshape(-1),
+        min_energy_gev=GRID_MIN_ENERGY_GEV,
+    )
+    np.testing.assert_array_equal(on_grid.points, expected.points)
+    # energy outside +-25 mm is gone, every point sits at a voxel centre inside the grid
+    real = on_grid.points[:, :, 3] > 0
+    assert np.abs(on_grid.points[:, :, :2][real]).max() < 5 * 5.0883
+    assert on_grid.points[:, :, 3].sum() < showers.points[:, :, 3].sum()
+    config = EvaluationConfig(progress=False)
+    a = collect(fixtures / "g4_photons_subset.h5", slab(), config, grid=L2LFLOWS_GRID)
+    b = shower_features(project(on_grid, slab()), slab())
+    np.testing.assert_allclose(a.features.radial_mev, b.radial_mev, rtol=1e-12)
+    np.testing.assert_allclose(a.features.visible_energy_mev, b.visible_energy_mev, rtol=1e-12)
+    # the grid reaches 25.4 mm along x and y (36 mm along the diagonal): no energy beyond
+    assert np.all(a.features.radial_mev[:, 7:] == 0)  # bins from 40.1 mm on
+
+
+def test_reference_grid_report(fixtures: Path, tmp_path: Path, capsys) -> None:
+    """A candidate that is the reference on the L2LFlows grid: far from the full reference,
+    close to the reference within the grid; both comparisons in the report."""
+    showers = read_showers(fixtures / "g4_photons_subset.h5")
+    cand = tmp_path / "on_grid.h5"
+    write_showers(cand, through_grid(showers, L2LFLOWS_GRID))
+    out = tmp_path / "rep"
+    code = main(
+        [
+            "evaluate",
+            "--reference",
+            str(fixtures / "g4_photons_subset.h5"),
+            "--candidate",
+            str(cand),
+            "--label",
+            "grid copy",
+            "--reference-grid",
+            "l2lflows",
+            "-o",
+            str(out),
+            "--quiet",
+            "--folds",
+            "3",
+            "--batches",
+            "2",
+            "--no-fpd-kpd",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "against Geant4 on l2lflows grid 30x10x10" in printed
+    m = json.loads((out / "metrics.json").read_text())
+    grid_label = "Geant4 on l2lflows grid 30x10x10"
+    assert set(m["candidates"]) == {grid_label, "grid copy"}
+    within = m["within_grid"]
+    assert within["grid"]["name"] == "l2lflows" and within["grid"]["nx"] == 10
+    assert within["reference"]["label"] == grid_label
+    full = m["candidates"]["grid copy"]["w1"]["rows"]
+    inside = within["candidates"]["grid copy"]["w1"]["rows"]
+    # the same showers: the grid copy matches the reference on the grid ...
+    assert within["candidates"]["grid copy"]["mean_n_hits"] == pytest.approx(
+        within["reference"]["mean_n_hits"]
+    )
+    # ... and the grid alone costs the radial bins against full Geant4
+    assert inside["radial (10 bins)"]["mean"] < 0.5 * full["radial (10 bins)"]["mean"]
+    md = (out / "report.md").read_text()
+    assert "## Against Geant4 on l2lflows grid 30x10x10" in md
+    bad = ["--reference-grid", "hexagons", "-o", str(tmp_path / "bad"), "--quiet"]
+    code = main(["evaluate", "--reference", str(cand), "--candidate", str(cand), *bad])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--reference-grid" in err and err.count("\n") == 0
+    assert not (tmp_path / "bad").exists()

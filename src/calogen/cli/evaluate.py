@@ -71,6 +71,14 @@ def register(subparsers: Any) -> None:
         help="azimuth (deg) that goes with --theta (default 0)",
     )
     evaluate.add_argument(
+        "--reference-grid",
+        metavar="bibae|l2lflows|MODEL_DIR",
+        default=None,
+        help="also compare every candidate with the reference put through a grid model's voxel "
+        "grid (voxelised, back to one point per voxel): bibae (30x30x30), l2lflows (30x10x10) or "
+        "a trained grid-model folder; the report then holds both comparisons (default: none)",
+    )
+    evaluate.add_argument(
         "--label",
         action="append",
         metavar="NAME",
@@ -167,6 +175,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         candidate_theta_deg=args.theta,
         candidate_phi_deg=args.phi,
+        reference_grid=args.reference_grid,
     )
     metrics = evaluate(
         args.reference,
@@ -188,21 +197,37 @@ def _print_summary(metrics: dict, out: str) -> None:
     import sys
     from pathlib import Path
 
-    from calogen.evaluation.report import _table_rows, feature_label
+    from calogen.evaluation.report import _table_rows
 
     header, rows = _table_rows(metrics)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         first = f"{row[0]:<{widths[0]}}"
         print(first + "".join(f"  {c:>{w}}" for c, w in zip(row[1:], widths[1:], strict=True)))
+    _print_ranking(metrics)
+    within = metrics.get("within_grid")
+    if within:
+        print(f"against {within['reference']['label']}:")
+        header, rows = _table_rows(within)
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        for row in [header, *rows]:
+            first = f"{row[0]:<{widths[0]}}"
+            print(first + "".join(f"  {c:>{w}}" for c, w in zip(row[1:], widths[1:], strict=True)))
+        _print_ranking(within, " on the grid")
+    for warning in metrics.get("warnings", []):
+        print(f"calogen: warning: {warning}", file=sys.stderr)
+    print(f"report: {Path(out) / 'report.html'}")
+
+
+def _print_ranking(metrics: dict, where: str = "") -> None:
+    """The five single features that separate each candidate most."""
+    from calogen.evaluation.report import feature_label
+
     for name, entry in metrics["candidates"].items():
         ranking = entry.get("feature_ranking", [])[:5]
         if ranking:
-            print(f"features that separate {name} most (single-feature AUC):")
+            print(f"features that separate {name} most{where} (single-feature AUC):")
             for r in ranking:
                 rel = r["relative_difference"]
                 shift = f", mean {100 * rel:+.1f} %" if rel == rel else ""
                 print(f"  {feature_label(r['name']):<36} {r['auc']:.3f}{shift}")
-    for warning in metrics.get("warnings", []):
-        print(f"calogen: warning: {warning}", file=sys.stderr)
-    print(f"report: {Path(out) / 'report.html'}")

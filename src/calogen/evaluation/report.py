@@ -31,11 +31,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import showerdata
 from numpy.typing import NDArray
 from tqdm import tqdm
 
 from calogen import __version__
 from calogen.data.io import ShowerFile, check_folder_writable
+from calogen.data.voxels import BIBAE_GRID, L2LFLOWS_GRID, VoxelGrid, voxelise, voxels_to_points
 from calogen.directions import directions_from_angles
 from calogen.errors import CalogenError, UsageError
 from calogen.evaluation import metrics as M
@@ -77,6 +79,10 @@ class EvaluationConfig:
         candidate_theta_deg, candidate_phi_deg: incident direction (deg) given to every shower
             of the candidate files that store none (no directions, or normal incidence only);
             None keeps the files' own.
+        reference_grid: also compare with the reference put through a grid model's voxel
+            grid (voxelised, then back to one point per voxel above 1e-5 GeV at the voxel
+            centre): ``bibae`` (30 x 30 x 30), ``l2lflows`` (30 x 10 x 10) or a trained grid
+            model folder (its ``model.json`` grid). None: no grid comparison.
     """
 
     geometry: str = "slab"
@@ -96,6 +102,7 @@ class EvaluationConfig:
     progress: bool = True
     candidate_theta_deg: float | None = None
     candidate_phi_deg: float | None = None
+    reference_grid: str | None = None
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -133,6 +140,53 @@ def default_label(path: str | os.PathLike[str], attrs: dict[str, str] | None = N
     return Path(path).stem
 
 
+#: Voxels at or below this energy (GeV) make no point when the reference is put on a grid
+#: (the grid models' own generation cut, a tenth of the 0.1 MeV cell threshold).
+GRID_MIN_ENERGY_GEV = 1e-5
+
+
+def resolve_grid(spec: str) -> tuple[str, VoxelGrid]:
+    """The voxel grid named by ``--reference-grid``: ``bibae``, ``l2lflows`` or a trained
+    grid-model folder (the ``grid`` of its ``model.json``). Returns (name, grid)."""
+    presets = {"bibae": BIBAE_GRID, "l2lflows": L2LFLOWS_GRID}
+    if spec.lower() in presets:
+        return spec.lower(), presets[spec.lower()]
+    from calogen.models.training import read_model_info
+
+    path = Path(spec)
+    if not path.exists():
+        raise UsageError(
+            f"--reference-grid: '{spec}' is neither a grid preset (bibae, l2lflows) nor a "
+            "model folder"
+        )
+    info = read_model_info(path)
+    grid = info.get("grid")
+    if not isinstance(grid, dict):
+        raise UsageError(f"{path}: model '{info['calogen_model']}' has no voxel grid")
+    try:
+        return f"{info['calogen_model']} ({path.name})", VoxelGrid.from_dict(grid)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{path}: invalid voxel grid in model.json: {exc}") from None
+
+
+def through_grid(showers: showerdata.Showers, grid: VoxelGrid) -> showerdata.Showers:
+    """Showers as a grid model could at best give them back: voxelised on ``grid``, then one
+    point per voxel above :data:`GRID_MIN_ENERGY_GEV` at the voxel centre (energy outside
+    the grid is lost); incident energies and directions are kept."""
+    return voxels_to_points(
+        voxelise(showers, grid),
+        grid,
+        showers.energies.reshape(-1),
+        showers.directions,
+        min_energy_gev=GRID_MIN_ENERGY_GEV,
+    )
+
+
+def grid_label(name: str, grid: VoxelGrid) -> str:
+    """Label of the reference put through a grid, e.g. ``on bibae grid 30x30x30``."""
+    return f"on {name} grid {'x'.join(str(v) for v in grid.shape)}"
+
+
 def stored_directions(f: ShowerFile) -> NDArray[np.float64] | None:
     """The incident directions ``[N, 3]`` stored in an open shower file, or None (the file
     stores none: normal incidence). Validated by :meth:`ShowerFile.check_columns`."""
@@ -152,13 +206,15 @@ def collect(
     label: str | None = None,
     seed: int = 0,
     direction: NDArray[np.floating] | None = None,
+    grid: VoxelGrid | None = None,
 ) -> SampleObservables:
     """Read, project and accumulate the observables of one sample (one or more files).
 
     Several files are one sample (concatenated in order; ``config.max_showers`` applies to
     each file). The incident directions are those stored in the files; ``direction`` (a unit
     vector) replaces them in files that store none or only normal incidence, and is refused
-    for a file with inclined showers of its own.
+    for a file with inclined showers of its own. With ``grid`` every chunk is first put
+    through that voxel grid (:func:`through_grid`).
     """
     paths = [Path(path)] if isinstance(path, (str, os.PathLike)) else [Path(p) for p in path]
     if not paths:
@@ -195,6 +251,8 @@ def collect(
             ) as bar:
                 first = 0
                 for chunk in f.iter_chunks(config.chunk_size, stop=n):
+                    if grid is not None:
+                        chunk = through_grid(chunk, grid)
                     hits = project(
                         chunk,
                         calorimeter,
@@ -653,6 +711,23 @@ def _intro(metrics: dict) -> list[str]:
     ]
 
 
+def _within_title(within: dict) -> str:
+    return f"Against {within['reference']['label']}"
+
+
+def _within_text(within: dict) -> str:
+    g = within["grid"]
+    return (
+        f"The reference put through the {g['name']} grid ({g['n_layers']} layers x {g['nx']} x "
+        f"{g['ny']} cells of {g['cell_size_mm']:g} mm around the impact point): voxelised, "
+        f"then one point per voxel above {GRID_MIN_ENERGY_GEV:g} GeV at the voxel centre; "
+        "energy outside the grid is lost. This is the best a model on that grid can do, and "
+        "the comparison judges a grid model on what its grid can hold; the floor compares two "
+        "halves of the reference on the grid. The main table above carries the reference on "
+        "the grid as a column of its own: what the grid alone costs against the full reference."
+    )
+
+
 def render_markdown(metrics: dict, figures: dict[str, list[Path]]) -> str:
     """The report as Markdown (figures referenced by relative PNG paths)."""
     lines = ["# calogen evaluation report", ""]
@@ -666,6 +741,13 @@ def render_markdown(metrics: dict, figures: dict[str, list[Path]]) -> str:
     conditions = _condition_rows(metrics)
     if conditions is not None:
         lines += ["### Per condition", "", _md_table(*conditions), ""]
+    within = metrics.get("within_grid")
+    if within:
+        lines += [f"## {_within_title(within)}", "", _within_text(within), ""]
+        lines += [_md_table(*_table_rows(within)), ""]
+        for label, header, rows in _ranking_tables(within):
+            lines += [f"### Features that separate {label} from the reference on the grid", ""]
+            lines += [_md_table(header, rows), ""]
     if metrics["warnings"]:
         lines += ["## Warnings", ""] + [f"- {w}" for w in metrics["warnings"]] + [""]
     lines += ["## Figures", ""]
@@ -701,6 +783,16 @@ def render_html(metrics: dict, figures: dict[str, list[Path]]) -> str:
     conditions = _condition_rows(metrics)
     if conditions is not None:
         parts += ["<h3>Per condition</h3>", _html_table(*conditions)]
+    within = metrics.get("within_grid")
+    if within:
+        parts += [f"<h2>{html.escape(_within_title(within))}</h2>"]
+        parts += [f"<p>{html.escape(_within_text(within))}</p>", _html_table(*_table_rows(within))]
+        for label, header, rows in _ranking_tables(within):
+            parts += [
+                f"<h3>Features that separate {html.escape(label)} from the reference on the "
+                "grid</h3>",
+                _html_table(header, rows),
+            ]
     if metrics["warnings"]:
         parts += ["<h2>Warnings</h2><ul>"]
         parts += [f"<li>{html.escape(w)}</li>" for w in metrics["warnings"]] + ["</ul>"]
@@ -851,10 +943,17 @@ def evaluate(
                     f"{path}: the file stores inclined incident directions; --theta/--phi "
                     "only set them for candidate files without directions"
                 )
+    grid = resolve_grid(config.reference_grid) if config.reference_grid is not None else None
     out = _check_out_dir(out_dir, overwrite)  # created only once the metrics are computed
     config = EvaluationConfig(**{**asdict(config), "threshold_mev": threshold})
 
     ref_sample = collect(ref_paths, calorimeter, config, reference_label, seed=config.seed)
+    grid_sample = None
+    if grid is not None:
+        grid_sample = collect(
+            ref_paths, calorimeter, config, ref_sample.label, seed=config.seed, grid=grid[1]
+        )
+        grid_sample.label = f"{ref_sample.label} {grid_label(*grid)}"
     cand_samples = []
     for i, paths in enumerate(cand_paths):
         label = labels[i] if labels else None
@@ -863,10 +962,11 @@ def evaluate(
                 paths, calorimeter, config, label, seed=config.seed + i + 1, direction=direction
             )
         )
-    names = [ref_sample.label] + [c.label for c in cand_samples]
+    extra = [grid_sample] if grid_sample is not None else []
+    names = [ref_sample.label] + [c.label for c in [*extra, *cand_samples]]
     if len(set(names)) != len(names):  # make labels unique for tables and JSON keys
         seen: dict[str, int] = {}
-        for sample in [ref_sample, *cand_samples]:
+        for sample in [ref_sample, *extra, *cand_samples]:
             count = seen.get(sample.label, 0)
             seen[sample.label] = count + 1
             if count:
@@ -875,18 +975,32 @@ def evaluate(
     rng = np.random.default_rng(config.seed)
     ref_shuffled = _shuffle(ref_sample, rng)
     cand_shuffled = [_shuffle(c, rng) for c in cand_samples]
+    grid_shuffled = _shuffle(grid_sample, rng) if grid_sample is not None else None
     try:
-        result = compute_metrics(ref_shuffled, cand_shuffled, config)
+        result = compute_metrics(
+            ref_shuffled, [*([grid_shuffled] if grid_shuffled else []), *cand_shuffled], config
+        )
+        if grid is not None and grid_shuffled is not None:
+            within = compute_metrics(grid_shuffled, cand_shuffled, config)
+            within["grid"] = {"name": grid[0], **grid[1].to_dict()}
+            result["within_grid"] = within
     except ValueError as exc:
         raise CalogenError(f"cannot compute metrics: {exc}") from None
     result["reference"]["path"] = _joined(ref_paths)
     for paths, cand in zip(cand_paths, cand_samples, strict=True):
         result["candidates"][cand.label]["path"] = _joined(paths)
+        if "within_grid" in result:
+            result["within_grid"]["candidates"][cand.label]["path"] = _joined(paths)
+    if grid_sample is not None:
+        result["candidates"][grid_sample.label]["path"] = (
+            f"{_joined(ref_paths)} through the {grid[0]} grid"  # type: ignore[index]
+        )
+        result["within_grid"]["reference"]["path"] = result["candidates"][grid_sample.label]["path"]
 
     out = _prepare_out_dir(out)
     with _Phase(config, "figures"):
         figures = make_all_plots(
-            [ref_sample, *cand_samples],
+            [ref_sample, *extra, *cand_samples],
             out,
             calorimeter,
             threshold_mev=threshold,
