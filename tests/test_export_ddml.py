@@ -193,16 +193,42 @@ def test_ddml_call_is_the_python_shower(ddml_run):
             ref[:, 0], ref[:, 1] = incline_points(
                 ref[:, 0], ref[:, 1], ref[:, 2], theta, phi, depth
             )
-            counts, points = decode_ddml(outputs[name][i])
-            np.testing.assert_array_equal(
-                counts, np.bincount(ref[:, 2].astype(int), minlength=N_LAYERS)
-            )
-            tree = cKDTree(np.c_[points[:, :2], points[:, 2] * 1e4])
-            dist, idx = tree.query(np.c_[ref[:, :2], ref[:, 2] * 1e4])
-            matched = dist <= 1e-3  # mm
-            assert matched.mean() >= 0.998
-            np.testing.assert_allclose(points[idx[matched], 3], ref[matched, 3] * 1e3, rtol=1e-4)
-            np.testing.assert_allclose(points[:, 3].sum(), ref[:, 3].sum() * 1e3, rtol=1e-5)
+            _assert_same_shower(outputs[name][i], ref)
+
+
+def _assert_same_shower(row: np.ndarray, ref: np.ndarray) -> None:
+    """A DDML output row holds the points ``ref [N, 4]`` (x, y mm, layer, E GeV): same counts
+    per layer, every point within 1e-3 mm in its layer (up to 0.2 % that may swap layers at a
+    layer edge, as in tests/test_export.py), E in MeV."""
+    counts, points = decode_ddml(row)
+    np.testing.assert_array_equal(counts, np.bincount(ref[:, 2].astype(int), minlength=N_LAYERS))
+    tree = cKDTree(np.c_[points[:, :2], points[:, 2] * 1e4])
+    dist, idx = tree.query(np.c_[ref[:, :2], ref[:, 2] * 1e4])
+    matched = dist <= 1e-3  # mm
+    assert matched.mean() >= 0.998
+    np.testing.assert_allclose(points[idx[matched], 3], ref[matched, 3] * 1e3, rtol=1e-4)
+    np.testing.assert_allclose(points[:, 3].sum(), ref[:, 3].sum() * 1e3, rtol=1e-5)
+
+
+def test_ddml_wrapper_with_a_multi_step_sampler():
+    """Three consistency steps (the noise of the later steps drawn inside as well): a seeded
+    call of the (eager) wrapper is still the Python model's shower with that seed."""
+    from calogen.export import DDMLShower, ShowerPipeline
+    from calogen.models.registry import load_generator
+
+    model = load_generator(None).model
+    model.cm_sigmas = (80.0, 2.0, 0.3)
+    depth = slab().layer_z_mm
+    shower = DDMLShower(ShowerPipeline(model).eval(), depth).eval()
+    assert shower.noise_tensors == 3
+    for seed, (energy, theta, phi) in ((3, (40.0, 20.0, 10.0)), (4, (75.0, 55.0, -100.0))):
+        packed, _ = model.generate(np.array([energy]), torch.Generator().manual_seed(seed))
+        ref = packed.points.astype(np.float64)
+        ref[:, 0], ref[:, 1] = incline_points(ref[:, 0], ref[:, 1], ref[:, 2], theta, phi, depth)
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            row = shower(*(torch.tensor([v]) for v in (energy, theta, phi))).numpy()
+        _assert_same_shower(row, ref)
 
 
 def _generate(tmp_path, theta: float, phi: float) -> list[np.ndarray]:

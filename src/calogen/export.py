@@ -1,5 +1,10 @@
 """Export of CaloClouds II models for full simulation (DD4hep's DDML plug-in, Geant4 hooks).
 
+Two flavours: noise as input and batches (``torchscript``, ``onnx``: :class:`ShowerPipeline`,
+described below), and ``ddml`` (:class:`DDMLShower`): TorchScript in the contract of DDML's
+``CaloCloudsTwoAngleModel``, one shower per call from energy and two angles, the noise drawn
+inside, the shower inclined by :func:`incline_points_torch`.
+
 :func:`export_model` writes a self-contained TorchScript (``.pt``) or ONNX (``.onnx``) file
 whose graph holds the whole generation pipeline of :meth:`CaloClouds2.generate
 <calogen.models.caloclouds2.CaloClouds2.generate>`: Shower Flow sampling, occupancy
