@@ -182,18 +182,27 @@ def test_ddml_call_is_the_python_shower(ddml_run):
 
     _, outputs = ddml_run
     model = load_generator(None).model
-    depth = slab().layer_z_mm
     for name in ANGLES:
         theta, phi = ANGLES[name]
         for i in range(3):
-            packed, _ = model.generate(
-                np.array([ENERGY]), torch.Generator().manual_seed(SEEDS[name] + i)
-            )
-            ref = packed.points.astype(np.float64)
-            ref[:, 0], ref[:, 1] = incline_points(
-                ref[:, 0], ref[:, 1], ref[:, 2], theta, phi, depth
-            )
+            ref = _python_shower(model, ENERGY, theta, phi, SEEDS[name] + i)
             _assert_same_shower(outputs[name][i], ref)
+
+
+def _python_shower(model, energy: float, theta: float, phi: float, seed: int) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """``CaloClouds2.generate`` of one shower with ``seed``, inclined by (theta, phi): by the
+    model itself if it is angle-aware, else by :func:`incline_points`."""
+    gen = torch.Generator().manual_seed(seed)
+    if getattr(model.config, "directions", False):
+        packed, _ = model.generate(
+            np.array([energy]), gen, theta_deg=np.array([theta]), phi_deg=np.array([phi])
+        )
+        return packed.points.astype(np.float64)
+    packed, _ = model.generate(np.array([energy]), gen)
+    ref = packed.points.astype(np.float64)
+    depth = slab().layer_z_mm
+    ref[:, 0], ref[:, 1] = incline_points(ref[:, 0], ref[:, 1], ref[:, 2], theta, phi, depth)
+    return ref
 
 
 def _assert_same_shower(row: np.ndarray, ref: np.ndarray) -> None:
@@ -222,9 +231,7 @@ def test_ddml_wrapper_with_a_multi_step_sampler():
     shower = DDMLShower(ShowerPipeline(model).eval(), depth).eval()
     assert shower.noise_tensors == 3
     for seed, (energy, theta, phi) in ((3, (40.0, 20.0, 10.0)), (4, (75.0, 55.0, -100.0))):
-        packed, _ = model.generate(np.array([energy]), torch.Generator().manual_seed(seed))
-        ref = packed.points.astype(np.float64)
-        ref[:, 0], ref[:, 1] = incline_points(ref[:, 0], ref[:, 1], ref[:, 2], theta, phi, depth)
+        ref = _python_shower(model, energy, theta, phi, seed)
         torch.manual_seed(seed)
         with torch.inference_mode():
             row = shower(*(torch.tensor([v]) for v in (energy, theta, phi))).numpy()
