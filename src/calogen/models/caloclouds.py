@@ -29,7 +29,8 @@ comes from RNGs seeded with ``(seed, i)``, so a resumed run repeats an uninterru
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -43,6 +44,7 @@ from calogen.calibration import OccupancyCorrection, calibrate, distribute_count
 from calogen.data.io import ShowerFile
 from calogen.data.normalisation import Normalisation
 from calogen.data.packed import PackedPoints, pack, unpack
+from calogen.directions import angles_from_directions, straighten_points
 from calogen.errors import UsageError
 from calogen.generator import check_energies
 from calogen.models import scaffold
@@ -381,31 +383,62 @@ class TrainingData:
 
 
 def load_training_data(
-    path: str | os.PathLike[str], max_showers: int | None = None
+    path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    max_showers: int | None = None,
+    *,
+    straighten: bool = False,
 ) -> TrainingData:
-    """Read a shower file chunk by chunk into packed arrays."""
+    """Read one or several shower files (concatenated; at most the first ``max_showers`` of
+    each) chunk by chunk into packed arrays.
+
+    The features hold ``theta_deg``, the polar angle of each shower's direction (0 for files
+    without directions: normal incidence). With ``straighten`` the points of inclined
+    showers are moved into the axis frame (:func:`calogen.directions.straighten_points`)
+    before the features are computed.
+    """
     chunks, counts, energies = [], [], []
     feats: dict[str, list[NDArray]] = {}
-    with ShowerFile(path) as f:
-        stop = len(f) if max_showers is None else min(len(f), int(max_showers))
-        for chunk in f.iter_chunks(500, 0, stop):
-            packed = pack(chunk)
-            chunks.append(packed.points)
-            counts.append(packed.counts)
-            energies.append(chunk.energies.reshape(-1).astype(np.float64))
-            for key, value in shower_features(chunk).items():
-                feats.setdefault(key, []).append(value)
+    for one in scaffold.data_paths(path):
+        with ShowerFile(one) as f:
+            stop = len(f) if max_showers is None else min(len(f), int(max_showers))
+            for chunk in f.iter_chunks(500, 0, stop):
+                packed = pack(chunk)
+                if straighten and chunk.directions is not None:
+                    packed.points = straighten_points(
+                        packed.points, packed.counts, chunk.directions
+                    )
+                    chunk = unpack(packed, chunk.energies, chunk.directions)
+                chunks.append(packed.points)
+                counts.append(packed.counts)
+                energies.append(chunk.energies.reshape(-1).astype(np.float64))
+                for key, value in shower_features(chunk).items():
+                    feats.setdefault(key, []).append(value)
+                theta = np.zeros(len(packed.counts))
+                if chunk.directions is not None:
+                    theta = angles_from_directions(chunk.directions)[0]
+                feats.setdefault("theta_deg", []).append(theta)
+    label = scaffold.data_label(path)
     if not chunks:
-        raise UsageError(f"{path}: no showers to train on")
+        raise UsageError(f"{label}: no showers to train on")
     counts_all = np.concatenate(counts)
     if np.any(counts_all == 0):
         keep_note = int((counts_all == 0).sum())
-        raise UsageError(f"{path}: {keep_note} showers without points")
+        raise UsageError(f"{label}: {keep_note} showers without points")
     return TrainingData(
         points=np.concatenate(chunks).astype(np.float32),
         offsets=np.concatenate(([0], np.cumsum(counts_all))).astype(np.int64),
         energies=np.concatenate(energies),
         features={k: np.concatenate(v) for k, v in feats.items()},
+    )
+
+
+def fit_normalisation(data: Any, core_radius_mm: float = 0.0) -> Normalisation:
+    """The point normalisation of one file, or of several (their widest energy range)."""
+    fits = [Normalisation.fit(p, core_radius_mm=core_radius_mm) for p in scaffold.data_paths(data)]
+    return replace(
+        fits[0],
+        e_min_gev=min(f.e_min_gev for f in fits),
+        e_max_gev=max(f.e_max_gev for f in fits),
     )
 
 
@@ -591,10 +624,10 @@ def _trainer(
     if stored is not None:
         normalisation = Normalisation.from_dict(stored["normalisation"])
     else:
-        normalisation = Normalisation.fit(data)
+        normalisation = fit_normalisation(data)
     train_data = load_training_data(data, cfg.max_showers)
     model = build_model(cfg, train_data, normalisation, seed)
-    return CaloCloudsTrainer(model, train_data, seed, str(data))
+    return CaloCloudsTrainer(model, train_data, seed, scaffold.data_label(data))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -638,9 +671,9 @@ def fit_occupancy(
     """Fit ``c_N`` from data and generated showers (identity correction while generating)."""
     from calogen.geometry import project
 
-    calorimeter, _, n_data, occ_data, energies = scaffold.occupancy_reference(
-        data, n_showers, geometry
-    )
+    ref = scaffold.occupancy_reference(data, n_showers, geometry)
+    calorimeter, n_data, occ_data, energies = ref.calorimeter, ref.n_points, ref.hits, ref.energies
+
     model_dir = Path(model_dir)
     info = read_model_info(model_dir)
     model = load_model(model_dir, info)

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -104,6 +104,21 @@ class ModelConfig:
 # ---------------------------------------------------------------------------------------------
 # training
 # ---------------------------------------------------------------------------------------------
+
+
+def data_paths(data: Any) -> list[str]:
+    """The training files of ``data``: one path or a sequence of paths (``--data A B``)."""
+    if isinstance(data, (str, os.PathLike)):
+        return [os.fspath(data)]
+    paths = [os.fspath(p) for p in data]
+    if not paths:
+        raise UsageError("--data: no training file given")
+    return paths
+
+
+def data_label(data: Any) -> str:
+    """The training files of ``data`` as one string (comma-separated), for messages and JSON."""
+    return ", ".join(data_paths(data))
 
 
 def stored_checkpoint(out: str | os.PathLike[str]) -> dict[str, Any]:
@@ -379,25 +394,54 @@ def energy_range(info: dict[str, Any]) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def occupancy_reference(
-    data: str | os.PathLike[str], n_showers: int, geometry: str
-) -> tuple[Any, Any, NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-    """What an occupancy fit compares with: ``(calorimeter, showers, points [S], hits [S],
-    incident energies [S] GeV)`` of the first ``n_showers`` showers of ``data`` on the cells
-    of ``geometry`` (``"slab"`` or ``"ild"``)."""
+@dataclass
+class OccupancyReference:
+    """What an occupancy fit compares with (see :func:`occupancy_reference`)."""
+
+    calorimeter: Any
+    packed: Any  #: PackedPoints of the data showers (detector frame)
+    n_points: NDArray[np.float64]  #: [S] points per shower
+    hits: NDArray[np.float64]  #: [S] cells above threshold per shower
+    energies: NDArray[np.float64]  #: [S] incident energies, GeV
+    directions: NDArray[np.float64] | None  #: [S, 3] unit vectors (None: all normal)
+
+
+def occupancy_reference(data: Any, n_showers: int, geometry: str) -> OccupancyReference:
+    """The first ``n_showers`` showers of each file of ``data`` (one path or several) on the
+    cells of ``geometry`` (``"slab"`` or ``"ild"``): points, hits, energies, directions."""
     from calogen.data.io import ShowerFile
+    from calogen.data.packed import PackedPoints, pack
     from calogen.geometry import get_calorimeter, project
 
     try:
         calorimeter = get_calorimeter(geometry)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    with ShowerFile(data) as f:
-        real = f.read(0, min(n_showers, len(f)))
-    n_data = np.asarray(real._num_points, np.float64)
-    occ_data = project(real, calorimeter).hits_per_shower().astype(np.float64)
-    energies = real.energies.reshape(-1).astype(np.float64)
-    return calorimeter, real, n_data, occ_data, energies
+    parts, hits, energies, directions = [], [], [], []
+    for path in data_paths(data):
+        with ShowerFile(path) as f:
+            real = f.read(0, min(n_showers, len(f)))
+        parts.append(pack(real))
+        hits.append(project(real, calorimeter).hits_per_shower().astype(np.float64))
+        energies.append(real.energies.reshape(-1).astype(np.float64))
+        n = len(parts[-1].counts)
+        dirs = real.directions
+        directions.append(np.tile([0.0, 0.0, 1.0], (n, 1)) if dirs is None else dirs)
+    counts = np.concatenate([p.counts for p in parts])
+    packed = PackedPoints(
+        points=np.concatenate([p.points for p in parts]),
+        shower=np.repeat(np.arange(len(counts), dtype=np.int64), counts),
+        counts=counts,
+    )
+    dirs_all = np.concatenate(directions).astype(np.float64)
+    return OccupancyReference(
+        calorimeter=calorimeter,
+        packed=packed,
+        n_points=counts.astype(np.float64),
+        hits=np.concatenate(hits),
+        energies=np.concatenate(energies),
+        directions=None if np.all(dirs_all[:, 2] >= 1.0) else dirs_all,
+    )
 
 
 class GeneratorBase:
@@ -443,7 +487,10 @@ __all__ = [
     "FitCorrections",
     "GeneratorBase",
     "ModelConfig",
+    "OccupancyReference",
     "TrainerBase",
+    "data_label",
+    "data_paths",
     "energy_range",
     "load_folder",
     "occupancy_reference",
