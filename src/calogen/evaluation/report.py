@@ -68,7 +68,8 @@ class EvaluationConfig:
         chunk_size: showers per chunk.
         n_batches: disjoint W1 batches.
         k_folds: classifier folds.
-        classifier_epochs: maximum classifier epochs per fold.
+        classifier_epochs: maximum classifier epochs per fold (early stopping ends most
+            folds after 40-80).
         max_cells: size of the cell-energy subsample kept per file.
         min_floor_showers: compute the reference-vs-reference floor from this many showers on.
         fpd_kpd: compute FPD and KPD.
@@ -92,7 +93,7 @@ class EvaluationConfig:
     chunk_size: int = 1000
     n_batches: int = 5
     k_folds: int = 5
-    classifier_epochs: int = 30
+    classifier_epochs: int = 200
     max_cells: int = 1_000_000
     min_floor_showers: int = 200
     fpd_kpd: bool = True
