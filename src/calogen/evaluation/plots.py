@@ -329,7 +329,8 @@ def plot_cog(samples: Sequence[SampleObservables], out_dir: str | os.PathLike[st
         fig, axes = _ratio_axes(ncols=3, width=6.0)
         for col, (name, xlabel) in enumerate(columns):
             data = [getattr(s.features, name) for s in samples]
-            edges = _edges(data)
+            fewest = min(np.isfinite(np.asarray(d, float)).sum() for d in data)
+            edges = _edges(data, bins=int(np.clip(np.sqrt(fewest), 10, 50)))  # ~sqrt(N) bins
             hists = [_hist(d, edges) for d in data]
             _draw(
                 axes[0, col],
@@ -556,7 +557,7 @@ def plot_event_display(
             outside = int((~inside).sum())
             note = f" ({outside} outside)" if outside else ""
             energy = sample.display.incident_energy_gev if sample.display is not None else 0.0
-            ax.set_title(f"{sample.label}: {energy:.1f} GeV, {len(x)} {what}{note}", fontsize=12)
+            ax.set_title(f"{sample.label}\n{energy:.1f} GeV, {len(x)} {what}{note}", fontsize=12)
         if mappable is not None:
             bar = fig.colorbar(mappable, ax=axes, shrink=0.55, pad=0.04)
             bar.set_label("log10(E / MeV)", fontsize=12)
