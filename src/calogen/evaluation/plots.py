@@ -760,7 +760,7 @@ def plot_angle_response(
             if medians:
                 ax.annotate(
                     group[0],
-                    (medians[0], 1.0),
+                    (max(medians[0], 0.03 * top), 1.0),
                     xytext=(0, -6),
                     textcoords="offset points",
                     ha="center",
