@@ -67,7 +67,7 @@ N_LAYERS = 30
 
 
 @dataclass
-class CaloCloudsConfig(scaffold.ModelConfig):
+class CaloCloudsConfig(scaffold.ShowerFlowTraining):
     """Hyperparameters of CaloClouds (JSON-serialisable; see :data:`PRESETS`)."""
 
     LABEL: ClassVar[str] = "CaloClouds"
@@ -112,10 +112,6 @@ class CaloCloudsConfig(scaffold.ModelConfig):
     grad_clip: float = 10.0
     flow_lr_start: float = 1e-3
     flow_lr_end: float = 1e-4
-    shower_flow_lr_start: float = 1e-3
-    shower_flow_lr_end: float = 1e-5
-    shower_flow_iterations: int = 100_000
-    shower_flow_batch: int = 512
     checkpoint_every: int = 5000
     max_showers: int | None = None
     # generation
@@ -618,16 +614,34 @@ def _fit_corrections(out: Path, data: Any, seed: int, n_showers: int) -> dict[st
     return fit_occupancy(out, data, n_showers=n_showers, seed=seed)
 
 
-def _trainer(
-    cfg: CaloCloudsConfig, data: Any, seed: int, stored: dict[str, Any] | None
-) -> CaloCloudsTrainer:
+def point_trainer(
+    trainer_cls: Any,
+    build: Any,
+    cfg: Any,
+    data: Any,
+    seed: int,
+    stored: dict[str, Any] | None,
+    *,
+    core_radius_mm: float = 0.0,
+    straighten: bool = False,
+) -> Any:
+    """``make_trainer`` of :func:`~calogen.models.scaffold.train_model` for the point-cloud
+    models: the normalisation (the checkpoint's on resume), the training showers
+    (:func:`load_training_data`), ``build(cfg, showers, normalisation, seed)`` and its
+    ``trainer_cls``."""
     if stored is not None:
         normalisation = Normalisation.from_dict(stored["normalisation"])
     else:
-        normalisation = fit_normalisation(data)
-    train_data = load_training_data(data, cfg.max_showers)
-    model = build_model(cfg, train_data, normalisation, seed)
-    return CaloCloudsTrainer(model, train_data, seed, scaffold.data_label(data))
+        normalisation = fit_normalisation(data, core_radius_mm)
+    train_data = load_training_data(data, cfg.max_showers, straighten=straighten)
+    model = build(cfg, train_data, normalisation, seed)
+    return trainer_cls(model, train_data, seed, scaffold.data_label(data))
+
+
+def _trainer(
+    cfg: CaloCloudsConfig, data: Any, seed: int, stored: dict[str, Any] | None
+) -> CaloCloudsTrainer:
+    return point_trainer(CaloCloudsTrainer, build_model, cfg, data, seed, stored)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ from calogen.generator import check_directions, check_energies
 from calogen.geometry import slab
 from calogen.models import scaffold
 from calogen.models.blocks import PointWiseNet
-from calogen.models.caloclouds import TrainingData, fit_normalisation, load_training_data
+from calogen.models.caloclouds import TrainingData, load_training_data, point_trainer
 from calogen.models.configs import resolve_config
 from calogen.models.consistency import (
     ConsistencyDistiller,
@@ -124,7 +124,7 @@ class _PointTraining(scaffold.ModelConfig):
 
 
 @dataclass
-class CaloClouds2Config(_PointTraining):
+class CaloClouds2Config(scaffold.ShowerFlowTraining, _PointTraining):
     """Hyperparameters of the CaloClouds II teacher (JSON-serialisable; see :data:`PRESETS`)."""
 
     LABEL: ClassVar[str] = "CaloClouds II"
@@ -154,10 +154,6 @@ class CaloClouds2Config(_PointTraining):
     # optimisation (see _PointTraining)
     ema_decay: float = 0.9999
     ema_warmup: bool = True
-    shower_flow_lr_start: float = 1e-3
-    shower_flow_lr_end: float = 1e-5
-    shower_flow_iterations: int = 100_000
-    shower_flow_batch: int = 512
     checkpoint_every: int = 5000
     max_showers: int | None = None
     # generation
@@ -916,13 +912,16 @@ def fit_corrections(out: Path, data: Any, seed: int, n_showers: int) -> dict[str
 def _trainer(
     cfg: CaloClouds2Config, data: Any, seed: int, stored: dict[str, Any] | None
 ) -> CaloClouds2Trainer:
-    if stored is not None:
-        normalisation = Normalisation.from_dict(stored["normalisation"])
-    else:
-        normalisation = fit_normalisation(data, cfg.core_radius_mm)
-    train_data = load_training_data(data, cfg.max_showers, straighten=cfg.directions)
-    model = build_model(cfg, train_data, normalisation, seed)
-    return CaloClouds2Trainer(model, train_data, seed, scaffold.data_label(data))
+    return point_trainer(
+        CaloClouds2Trainer,
+        build_model,
+        cfg,
+        data,
+        seed,
+        stored,
+        core_radius_mm=cfg.core_radius_mm,
+        straighten=cfg.directions,
+    )
 
 
 def train_cm(**kwargs: Any) -> dict[str, Any]:
