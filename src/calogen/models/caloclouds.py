@@ -54,12 +54,10 @@ from calogen.models.ddpm import DDPM
 from calogen.models.flows import LatentFlow
 from calogen.models.shower_flow import ShowerFlow, ShowerFlowConfig, shower_features
 from calogen.models.training import (
-    MODEL_JSON,
     lr_schedule,
     read_model_info,
     save_model,
     set_lr,
-    write_json,
 )
 
 MODEL_NAME = "caloclouds"
@@ -697,18 +695,7 @@ def fit_occupancy(
     n_gen = np.asarray(fake._num_points, np.float64)
     occ_gen = project(fake, calorimeter).hits_per_shower().astype(np.float64)
     corr = OccupancyCorrection.fit(n_data, occ_data, n_gen, occ_gen)
-    info["occupancy"] = corr.to_dict()
-    corr.save(model_dir / "occupancy.json")
-    write_json(model_dir / MODEL_JSON, info)
-    return {
-        "model": str(model_dir),
-        "showers": len(energies),
-        "mean_hits_data": float(occ_data.mean()),
-        "mean_hits_generated_uncorrected": float(occ_gen.mean()),
-        "mean_points_data": float(n_data.mean()),
-        "mean_points_generated": float(n_gen.mean()),
-        "factor_at_mean_points": float(corr.factor([n_data.mean()])[0]),
-    }
+    return scaffold.save_occupancy(model_dir, info, corr, ref, n_gen, occ_gen)
 
 
 __all__ = [

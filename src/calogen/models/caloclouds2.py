@@ -86,12 +86,10 @@ from calogen.models.shower_flow import (
     ShowerFlowConfig,
 )
 from calogen.models.training import (
-    MODEL_JSON,
     lr_schedule,
     read_model_info,
     save_model,
     set_lr,
-    write_json,
 )
 
 MODEL_NAME = "caloclouds2"
@@ -316,14 +314,8 @@ DISTILL_PRESETS: dict[str, DistillConfig] = {
 }
 
 
-#: distillation of the angle-aware teachers: ``small-angles`` with the default model's
-#: 40-point teacher grid (docs/default_model.md)
-DISTILL_PRESETS.update(
-    {
-        "small-angles": replace(DISTILL_PRESETS["small"], n_grid=40),
-        "paper-angles": DISTILL_PRESETS["paper"],
-    }
-)
+#: distillation of the angle-aware teachers (docs/angles.md): the same method and lengths
+DISTILL_PRESETS.update({f"{name}-angles": DISTILL_PRESETS[name] for name in ("small", "paper")})
 
 
 def get_config(spec: str | dict[str, Any] | CaloClouds2Config) -> CaloClouds2Config:
@@ -1232,25 +1224,21 @@ def fit_occupancy(
     n_k, occ_k = generate(corr)
     history.append({"mean_hits": float(occ_k.mean()), "mean_points": float(n_k.mean())})
     model.occupancy = OccupancyCorrection.identity()
-    info["occupancy"] = corr.to_dict()
     info.pop("radial_correction", None)
     if model.radial is not None:
         info["radial_correction"] = model.radial.to_dict()
-    corr.save(model_dir / "occupancy.json")
-    write_json(model_dir / MODEL_JSON, info)
-    return {
-        "model": str(model_dir),
-        "showers": len(energies),
-        "mean_hits_data": float(occ_data.mean()),
-        "mean_hits_target": float(target.mean()),
-        "mean_hits_generated_uncorrected": float(occ_gen.mean()),
-        "mean_hits_generated_corrected": history[-1]["mean_hits"],
-        "refinement": history,
-        "mean_points_data": float(n_data.mean()),
-        "mean_points_generated": float(n_gen.mean()),
-        "factor_at_mean_points": float(corr.factor([n_data.mean()])[0]),
-        "radial_correction": model.radial is not None,
-    }
+    return scaffold.save_occupancy(
+        model_dir,
+        info,
+        corr,
+        ref,
+        n_gen,
+        occ_gen,
+        mean_hits_target=float(target.mean()),
+        mean_hits_generated_corrected=history[-1]["mean_hits"],
+        refinement=history,
+        radial_correction=model.radial is not None,
+    )
 
 
 __all__ = [

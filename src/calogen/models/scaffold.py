@@ -506,6 +506,36 @@ def occupancy_reference(data: Any, n_showers: int, geometry: str) -> OccupancyRe
     )
 
 
+def save_occupancy(
+    model_dir: Path,
+    info: dict[str, Any],
+    correction: Any,
+    ref: OccupancyReference,
+    n_generated: NDArray[np.float64],
+    hits_generated: NDArray[np.float64],
+    **more: Any,
+) -> dict[str, Any]:
+    """Store a fitted occupancy correction in ``model_dir`` (``occupancy.json`` and the
+    ``occupancy`` entry of ``info``, written to ``model.json``) and return the fit's summary:
+    data and uncorrected generated showers (``n_generated``, ``hits_generated``), plus
+    ``more``."""
+    from calogen.models.training import write_json
+
+    info["occupancy"] = correction.to_dict()
+    correction.save(model_dir / "occupancy.json")
+    write_json(model_dir / MODEL_JSON, info)
+    return {
+        "model": str(model_dir),
+        "showers": len(ref.energies),
+        "mean_hits_data": float(ref.hits.mean()),
+        "mean_hits_generated_uncorrected": float(hits_generated.mean()),
+        "mean_points_data": float(ref.n_points.mean()),
+        "mean_points_generated": float(n_generated.mean()),
+        "factor_at_mean_points": float(correction.factor([ref.n_points.mean()])[0]),
+        **more,
+    }
+
+
 class GeneratorBase:
     """The common part of the models' :class:`~calogen.generator.Generator` classes.
 
@@ -560,6 +590,7 @@ __all__ = [
     "load_folder",
     "occupancy_reference",
     "run_model_training",
+    "save_occupancy",
     "shower_flow_step",
     "stored_checkpoint",
     "train_model",
