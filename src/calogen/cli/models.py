@@ -73,7 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=positive_int,
         default=None,
         metavar="N",
-        help="total training iterations (default: from the config)",
+        help="total training iterations (caloclouds2-cm: of the teacher and of the "
+        "distillation each) (default: from the config)",
     )
     add_num(
         p,

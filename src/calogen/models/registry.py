@@ -90,7 +90,7 @@ MODELS: dict[str, ModelEntry] = {
 
 
 #: Models whose training takes several --data files.
-MULTI_FILE_MODELS = ("caloclouds", "caloclouds2")
+MULTI_FILE_MODELS = ("caloclouds", "caloclouds2", "caloclouds2-cm")
 
 
 def get_entry(name: str) -> ModelEntry:

@@ -121,6 +121,14 @@ def data_label(data: Any) -> str:
     return ", ".join(data_paths(data))
 
 
+def correction_showers(config: Any, n_train: int) -> int:
+    """How many of the first showers of each training file the corrections are fitted on:
+    :data:`CORRECTION_SHOWERS`, at most the showers trained on (``max_showers`` per file,
+    ``n_train`` in all), so that they are all training showers."""
+    per_file = getattr(config, "max_showers", None)
+    return int(min(CORRECTION_SHOWERS, n_train, per_file or n_train))
+
+
 def stored_checkpoint(out: str | os.PathLike[str]) -> dict[str, Any]:
     """The ``extra`` JSON of the newest complete checkpoint in ``out`` (for ``--resume``)."""
     latest = latest_checkpoint(Path(out) / CHECKPOINT_DIR)
@@ -234,7 +242,7 @@ def train_model(
         finished = summary["iterations"] >= cfg.iterations  # type: ignore[attr-defined]
     if fit_corrections is not None and finished and is_main_process():
         if corrections:
-            n_fit = min(CORRECTION_SHOWERS, int(trainer.data.n_showers))  # type: ignore[attr-defined]
+            n_fit = correction_showers(cfg, int(trainer.data.n_showers))  # type: ignore[attr-defined]
             if progress:
                 print(
                     f"{name}: fitting the corrections on {n_fit} training showers "
@@ -582,6 +590,7 @@ __all__ = [
     "OccupancyReference",
     "ShowerFlowTraining",
     "TrainerBase",
+    "correction_showers",
     "data_label",
     "data_paths",
     "energy_range",
