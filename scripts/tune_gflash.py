@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from scipy.optimize import minimize
 
 from calogen.data.io import ShowerFile
 from calogen.data.packed import pack
+from calogen.directions import angles_from_directions, fit_axis
 from calogen.geometry import project, slab
 from calogen.reference.gflash import (
     GFlash,
@@ -52,6 +54,9 @@ from calogen.reference.gflash import (
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("CALOGEN_SHARED_DATA", REPO.parent / "shared" / "data"))
+#: fixed-energy, fixed-angle Geant4 test sets ``g4_<E>GeV_t<theta>[_p<phi>].h5`` (seeds 2001+)
+DEFAULT_ANGLE_DATA = Path(os.environ.get("CALOGEN_G4_ANGLES", "/work/g4data"))
+ANGLE_SET = re.compile(r"^g4_(\d+)GeV_t(\d+)(?:_p(\d+))?\.h5$")
 TRAIN = "g4_photons_10-90GeV_train.h5"
 FIXED = "g4_photon_steps_10-50-90GeV_clustered.h5"
 CENTRES = (10.0, 50.0, 90.0)
@@ -455,6 +460,154 @@ def print_table(rows: dict) -> None:
                 print(f"  {key} profile x1e3 {sim:7s} " + " ".join(f"{v:.2f}" for v in p))
 
 
+# -----------------------------------------------------------------------------------------
+# inclined showers: visible energy and fitted axis against fixed-angle Geant4 sets
+# -----------------------------------------------------------------------------------------
+
+
+def fitted_axis(showers) -> dict[str, np.ndarray]:
+    """Fitted shower axis of each shower (the definition of ``calogen.evaluation``).
+
+    Showers are projected into the slab (cells >= 0.1 MeV); per layer the energy-weighted
+    centroid of the cells, weighted by the layer's cell energy, is fitted against the layer
+    depth (``slab().layer_z_mm``) with :func:`calogen.directions.fit_axis`.
+    """
+    cal = slab()
+    hits = project(showers, cal)
+    n = len(showers)
+    key = hits.shower * N_LAYERS + hits.layer
+    e = hits.energy_mev.astype(np.float64)
+    w = np.bincount(key, e, n * N_LAYERS).reshape(n, N_LAYERS)
+    sx = np.bincount(key, e * hits.x_mm, n * N_LAYERS).reshape(n, N_LAYERS)
+    sy = np.bincount(key, e * hits.y_mm, n * N_LAYERS).reshape(n, N_LAYERS)
+    safe = np.where(w > 0, w, 1.0)
+    return fit_axis(sx / safe, sy / safe, w, cal.layer_z_mm)
+
+
+def read_angle_set(path: Path, n: int):
+    """Up to ``n`` showers of a Geant4 set with their directions ``[n, 3]``."""
+    import h5py
+
+    with ShowerFile(path) as f:
+        showers = f.read(0, n)
+    directions = showers.directions
+    with h5py.File(path, "r") as h5:
+        if "directions" in h5:  # legacy layout: the reader may not return them
+            directions = h5["directions"][: len(showers)].astype(np.float64)
+    if directions is None:
+        directions = np.tile([0.0, 0.0, 1.0], (len(showers), 1))
+    return showers, np.asarray(directions, np.float64).reshape(-1, 3)
+
+
+def angle_stats(showers) -> dict[str, float]:
+    """Mean visible energy (MeV), its standard error, and the fitted axis angle (deg)."""
+    e_vis = summarise_evis(showers) * 1e3
+    axis = fitted_axis(showers)
+    theta = axis["theta_deg"][np.isfinite(axis["theta_deg"])]
+    return {
+        "n": len(showers),
+        "evis_mev": float(e_vis.mean()),
+        "evis_err": float(e_vis.std() / np.sqrt(e_vis.size)),
+        "theta_fit": float(theta.mean()),
+        "theta_fit_sd": float(theta.std()),
+        "theta_fit_err": float(theta.std() / np.sqrt(max(theta.size, 1))),
+    }
+
+
+def summarise_evis(showers) -> np.ndarray:
+    """Visible energy (sum of point energies) per shower, GeV."""
+    packed = pack(showers)
+    return np.bincount(packed.shower, packed.points[:, 3].astype(np.float64), len(showers))
+
+
+def angle_sets(folder: Path) -> list[tuple[str, float, float, Path]]:
+    """``(name, energy GeV, theta deg, path)`` of the Geant4 angle sets with phi = 0."""
+    out = []
+    for path in sorted(folder.glob("g4_*GeV_t*.h5")):
+        m = ANGLE_SET.match(path.name)
+        if m and (m.group(3) in (None, "0")):
+            out.append((path.stem, float(m.group(1)), float(m.group(2)), path))
+    return sorted(out, key=lambda r: (r[1], r[2]))
+
+
+def compare_angles(
+    par: GFlashParameters, folder: Path, n: int, seed: int = 21
+) -> dict[str, dict[str, object]]:
+    """GFlash against every Geant4 angle set: same energies and directions, ``n`` showers."""
+    gen = GFlash(par)
+    rows: dict[str, dict[str, object]] = {}
+    for name, energy, theta, path in angle_sets(folder):
+        g4, directions = read_angle_set(path, n)
+        energies = g4.energies.reshape(-1).astype(np.float64)
+        gf = gen.sample(energies, directions, seed=seed)
+        rows[name] = {
+            "energy": energy,
+            "theta": theta,
+            "theta_requested": float(angles_from_directions(directions)[0].mean()),
+            "geant4": angle_stats(g4),
+            "gflash": angle_stats(gf),
+        }
+    return rows
+
+
+def print_angle_table(rows: dict, label: str = "GFlash") -> None:
+    """Markdown table: visible energy and fitted axis angle, Geant4 against GFlash."""
+    print(
+        f"| set | n | E_vis G4 (MeV) | E_vis {label} | diff | theta_fit G4 (deg) "
+        f"| theta_fit {label} | diff (deg) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows.values():
+        g, f = r["geant4"], r["gflash"]
+        diff = 100 * (f["evis_mev"] / g["evis_mev"] - 1)
+        print(
+            f"| {r['energy']:.0f} GeV, {r['theta']:.0f} deg | {g['n']} "
+            f"| {g['evis_mev']:.1f} ± {g['evis_err']:.1f} | {f['evis_mev']:.1f} | {diff:+.1f} % "
+            f"| {g['theta_fit']:.2f} (sd {g['theta_fit_sd']:.2f}) "
+            f"| {f['theta_fit']:.2f} (sd {f['theta_fit_sd']:.2f}) "
+            f"| {f['theta_fit'] - g['theta_fit']:+.2f} |"
+        )
+
+
+def tune_angles(par: GFlashParameters, folder: Path, n: int) -> GFlashParameters:
+    """Fit ``sampling_path_exponent`` and ``max_radius_moliere`` to the Geant4 angle sets.
+
+    1. ``max_radius_moliere`` from a scan: the value whose fitted axis angles are closest to
+       Geant4's (sum of squared differences over the inclined sets);
+    2. ``sampling_path_exponent`` ``kappa`` by least squares of
+       ``ln(E_vis,G4 / E_vis,GFlash(kappa=0)) - ln(E_vis,G4 / E_vis,GFlash)|normal``
+       against ``ln(1/cos theta)``, so that normal incidence is untouched.
+    """
+    best, best_loss = par.max_radius_moliere, np.inf
+    for r_max in (3.5, 4.0, 4.5, 5.0, 5.5, 6.5, 8.0):
+        rows = compare_angles(par.replace(max_radius_moliere=r_max), folder, n)
+        loss = sum(
+            (r["gflash"]["theta_fit"] - r["geant4"]["theta_fit"]) ** 2
+            for r in rows.values()
+            if r["theta"] > 0
+        )
+        print(f"  max_radius_moliere {r_max}: sum of squared axis-angle differences {loss:.3f}")
+        if loss < best_loss:
+            best, best_loss = r_max, loss
+    par = par.replace(max_radius_moliere=best)
+    rows = compare_angles(par.replace(sampling_path_exponent=0.0), folder, n)
+    x, y = [], []
+    normal = {
+        r["energy"]: np.log(r["geant4"]["evis_mev"] / r["gflash"]["evis_mev"])
+        for r in rows.values()
+        if r["theta"] == 0
+    }
+    for r in rows.values():
+        if r["theta"] > 0:
+            offset = normal.get(r["energy"], 0.0)
+            x.append(-np.log(np.cos(np.radians(r["theta"]))))
+            y.append(np.log(r["geant4"]["evis_mev"] / r["gflash"]["evis_mev"]) - offset)
+    x_arr, y_arr = np.asarray(x), np.asarray(y)
+    kappa = float((x_arr * y_arr).sum() / (x_arr**2).sum()) if x_arr.size else 0.0
+    print(f"  max_radius_moliere = {best}, sampling_path_exponent = {kappa:.4f}")
+    return par.replace(sampling_path_exponent=kappa)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="shared data folder")
@@ -463,7 +616,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-full", type=int, default=60, help="showers/energy in steps 2-3")
     parser.add_argument("--reps", type=int, default=2, help="GFlash showers per G4 shower")
     parser.add_argument("--json", type=Path, help="write parameters and comparison here")
+    parser.add_argument(
+        "--angles", action="store_true", help="compare with the fixed-angle Geant4 sets only"
+    )
+    parser.add_argument(
+        "--tune-angles", action="store_true", help="tune the two angle parameters, then compare"
+    )
+    parser.add_argument(
+        "--angle-data", type=Path, default=DEFAULT_ANGLE_DATA, help="folder of g4_*GeV_t*.h5"
+    )
+    parser.add_argument("--angle-showers", type=int, default=500, help="showers per angle set")
     args = parser.parse_args(argv)
+    if args.angles or args.tune_angles:
+        return main_angles(args)
     if not (args.data / TRAIN).exists():
         print(f"{args.data / TRAIN}: not found (set --data)", file=sys.stderr)
         return 2
@@ -487,6 +652,21 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(
             json.dumps({"parameters": par.as_dict(), "comparison": rows, "timing": tim}, indent=1)
         )
+    return 0
+
+
+def main_angles(args: argparse.Namespace) -> int:
+    """``--angles`` / ``--tune-angles``: GFlash against the fixed-angle Geant4 sets."""
+    if not angle_sets(args.angle_data):
+        print(f"{args.angle_data}: no g4_<E>GeV_t<theta>.h5 sets found", file=sys.stderr)
+        return 2
+    par = GFlashParameters()
+    if args.tune_angles:
+        par = tune_angles(par, args.angle_data, args.angle_showers)
+    rows = compare_angles(par, args.angle_data, args.angle_showers)
+    print_angle_table(rows)
+    if args.json:
+        args.json.write_text(json.dumps({"parameters": par.as_dict(), "angles": rows}, indent=1))
     return 0
 
 
