@@ -504,10 +504,13 @@ def angle_stats(showers) -> dict[str, float]:
     e_vis = summarise_evis(showers) * 1e3
     axis = fitted_axis(showers)
     theta = axis["theta_deg"][np.isfinite(axis["theta_deg"])]
+    phi = (axis["phi_deg"][np.isfinite(axis["phi_deg"])] + 180.0) % 360.0 - 180.0
     return {
         "n": len(showers),
         "evis_mev": float(e_vis.mean()),
         "evis_err": float(e_vis.std() / np.sqrt(e_vis.size)),
+        "evis_rel_sd": float(e_vis.std() / e_vis.mean()),
+        "phi_fit": float(phi.mean()),
         "theta_fit": float(theta.mean()),
         "theta_fit_sd": float(theta.std()),
         "theta_fit_err": float(theta.std() / np.sqrt(max(theta.size, 1))),
@@ -520,14 +523,15 @@ def summarise_evis(showers) -> np.ndarray:
     return np.bincount(packed.shower, packed.points[:, 3].astype(np.float64), len(showers))
 
 
-def angle_sets(folder: Path) -> list[tuple[str, float, float, Path]]:
-    """``(name, energy GeV, theta deg, path)`` of the Geant4 angle sets with phi = 0."""
+def angle_sets(folder: Path) -> list[tuple[str, float, float, float, Path]]:
+    """``(name, energy GeV, theta deg, phi deg, path)`` of the Geant4 fixed-angle sets."""
     out = []
     for path in sorted(folder.glob("g4_*GeV_t*.h5")):
         m = ANGLE_SET.match(path.name)
-        if m and (m.group(3) in (None, "0")):
-            out.append((path.stem, float(m.group(1)), float(m.group(2)), path))
-    return sorted(out, key=lambda r: (r[1], r[2]))
+        if m:
+            phi = float(m.group(3) or 0)
+            out.append((path.stem, float(m.group(1)), float(m.group(2)), phi, path))
+    return sorted(out, key=lambda r: (r[3], r[1], r[2]))
 
 
 def compare_angles(
@@ -536,13 +540,14 @@ def compare_angles(
     """GFlash against every Geant4 angle set: same energies and directions, ``n`` showers."""
     gen = GFlash(par)
     rows: dict[str, dict[str, object]] = {}
-    for name, energy, theta, path in angle_sets(folder):
+    for name, energy, theta, phi, path in angle_sets(folder):
         g4, directions = read_angle_set(path, n)
         energies = g4.energies.reshape(-1).astype(np.float64)
         gf = gen.sample(energies, directions, seed=seed)
         rows[name] = {
             "energy": energy,
             "theta": theta,
+            "phi": phi,
             "theta_requested": float(angles_from_directions(directions)[0].mean()),
             "geant4": angle_stats(g4),
             "gflash": angle_stats(gf),
@@ -553,16 +558,20 @@ def compare_angles(
 def print_angle_table(rows: dict, label: str = "GFlash") -> None:
     """Markdown table: visible energy and fitted axis angle, Geant4 against GFlash."""
     print(
-        f"| set | n | E_vis G4 (MeV) | E_vis {label} | diff | theta_fit G4 (deg) "
-        f"| theta_fit {label} | diff (deg) |"
+        f"| set | n | E_vis G4 (MeV) | E_vis {label} | diff | sd/mean G4, {label} "
+        f"| theta_fit G4 (deg) | theta_fit {label} | diff (deg) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows.values():
         g, f = r["geant4"], r["gflash"]
         diff = 100 * (f["evis_mev"] / g["evis_mev"] - 1)
+        where = f"{r['energy']:.0f} GeV, {r['theta']:.0f} deg"
+        if r["phi"]:
+            where += f", phi {r['phi']:.0f} deg"
         print(
-            f"| {r['energy']:.0f} GeV, {r['theta']:.0f} deg | {g['n']} "
+            f"| {where} | {g['n']} "
             f"| {g['evis_mev']:.1f} ± {g['evis_err']:.1f} | {f['evis_mev']:.1f} | {diff:+.1f} % "
+            f"| {g['evis_rel_sd']:.3f}, {f['evis_rel_sd']:.3f} "
             f"| {g['theta_fit']:.2f} (sd {g['theta_fit_sd']:.2f}) "
             f"| {f['theta_fit']:.2f} (sd {f['theta_fit_sd']:.2f}) "
             f"| {f['theta_fit'] - g['theta_fit']:+.2f} |"
