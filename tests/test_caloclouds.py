@@ -66,6 +66,14 @@ def trained(tmp_path_factory, subset):  # type: ignore[no-untyped-def]
     return out
 
 
+def test_training_ends_with_the_occupancy_correction(trained) -> None:  # type: ignore[no-untyped-def]
+    """The finished model carries its occupancy correction, fitted on the training showers
+    (no separate 'calogen fit-occupancy')."""
+    info = json.loads((trained / "model.json").read_text())
+    assert info["occupancy"]["p_data"] != [0.0, 0.0, 1.0, 0.0]  # not the identity
+    assert json.loads((trained / "occupancy.json").read_text()) == info["occupancy"]
+
+
 def test_presets() -> None:
     paper = get_config("paper")
     assert paper.widths == (128, 256, 512, 256, 128)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,7 +85,14 @@ def test_presets_and_config_round_trip() -> None:
     assert small.widths == (32, 64, 128, 64, 32)
     assert cc2.CaloClouds2Config.from_dict(small.to_dict()) == small
     d = cc2.get_distill_config("paper")
-    assert (d.n_grid, d.target_decay, d.sample_sigmas) == (18, 0.95, (80.0,))
+    assert (d.n_grid, d.target_decay, d.sample_sigmas) == (40, 0.95, (80.0,))
+    # both presets carry the recipe of the shipped default (docs/default_model.md)
+    for name in ("small", "paper"):
+        cfg = cc2.get_config(name)
+        assert cfg.core_radius_mm == 2.0 and cfg.mirror
+        assert cfg.shower_flow["feature_set"] == "caloclouds2_core"
+        assert cc2.get_distill_config(name).n_grid == 40
+    assert small.shower_flow_iterations == 15_000
     assert cc2.DistillConfig.from_dict(d.to_dict()) == d
     with pytest.raises(Exception, match="unknown"):
         cc2.get_config({"base": "small", "no_such_key": 1})
@@ -132,8 +140,9 @@ def test_registry_and_cli_entries(capsys) -> None:
     assert exc.value.code == 0
     assert "--teacher" in capsys.readouterr().out
     code = cli_main(["train", "caloclouds2-cm", "--data", "x.h5", "--out", "y"])
-    assert code == 2
-    assert "calogen distill" in capsys.readouterr().err
+    assert code == 2  # the whole recipe in one command; its data are checked first
+    assert "x.h5: no such file" in capsys.readouterr().err
+    assert not Path("y").exists()
 
 
 # -- end to end -------------------------------------------------------------------------------

@@ -45,6 +45,10 @@ BAD_FILES: dict[str, str] = {
     "non-unit direction": "direction of shower 2 is (0, 0, 2)",
     "sideways direction": "direction of shower 2 is (1, 0, 0)",
     "NaN direction": "direction of shower 0 is (nan, 0, 1)",
+    "legacy NaN direction": "direction of shower 4 is (nan, 0, 1)",
+    "legacy direction away": "direction of shower 4 is (0, 0.6, -0.8)",
+    "legacy directions wrong shape": "'directions' must have shape [N, 3] = [10, 3]",
+    "directions wrong shape (showerdata)": "'directions' must have shape [N, 3] = [6, 3]",
 }
 
 
@@ -121,6 +125,25 @@ def files(tmp_path_factory: pytest.TempPathFactory, fixtures: Path) -> dict[str,
     ):
         made[name] = root / f"{name.replace(' ', '_').replace('(', '').replace(')', '')}.h5"
         _showerdata_copy(legacy, made[name], **datasets)
+    normal = np.tile([0.0, 0.0, 1.0], (10, 1))
+    nan_direction, away = normal.copy(), normal.copy()
+    nan_direction[4, 0] = np.nan
+    away[4] = [0.0, 0.6, -0.8]
+    for name, directions in (
+        ("legacy NaN direction", nan_direction),
+        ("legacy direction away", away),
+        ("legacy directions wrong shape", normal[:, :2]),
+        ("directions wrong shape (showerdata)", normal[:6, :2]),
+    ):
+        made[name] = root / f"{name.replace(' ', '_').replace('(', '').replace(')', '')}.h5"
+        if name.startswith("legacy"):
+            _legacy_copy(legacy, made[name], lambda events, energy: None)
+        else:
+            write_showers(made[name], read_showers(legacy, 0, 6))
+        with h5py.File(made[name], "a") as f:
+            if "directions" in f:
+                del f["directions"]
+            f["directions"] = directions
     made["no showers"] = write_showers(
         root / "no_showers.h5", make_showers(np.zeros((0, 1, 4), np.float32), [], [])
     )
@@ -322,8 +345,8 @@ BAD_SAMPLING = {
     "energy zero": (["--energy", "0", "--num", "3"], "argument --energy: must be > 0"),
     "energy not a number": (["--energy", "ten", "--num", "3"], "expected a number"),
     "three energies": (["--energy", "10", "20", "30", "--num", "3"], "one value or a range of two"),
-    "num zero": (["--energy", "10", "--num", "0"], "argument --num/-n: must be > 0"),
-    "num negative": (["--energy", "10", "--num", "-2"], "argument --num/-n: must be > 0"),
+    "num zero": (["--energy", "10", "--num", "0"], "argument -n/--num: must be > 0"),
+    "num negative": (["--energy", "10", "--num", "-2"], "argument -n/--num: must be > 0"),
     "chunk size zero": (["--energy", "10", "--num", "3", "--chunk-size", "0"], "must be > 0"),
     "threads zero": (["--energy", "10", "--num", "3", "--threads", "0"], "must be > 0"),
     "direction not unit": (
@@ -355,7 +378,7 @@ def test_generate_specific_options(model: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.h5"
     base = ["generate", "--energy", "50", "--num", "4", "-o", out, "--quiet", "--threads", "1"]
     cases = [
-        (["--model", model, "--direction", "0.6", "0", "0.8", "--seed", "1"], "does not support --direction"),
+        (["--model", model, "--direction", "0.6", "0", "0.8", "--seed", "1"], "supports only normal incidence"),
         (["--model", model, "--shards", "2", "--shard-index", "2", "--seed", "1"], "--shard-index must be in 0..1"),
         (["--model", model, "--shards", "2", "--shard-index", "-1", "--seed", "1"], "--shard-index must be in 0..1"),
         (["--model", model, "--shards", "2"], "--seed is required with shards"),
@@ -457,7 +480,9 @@ def test_model_of_the_wrong_kind(
         "teacher must be a 'caloclouds2' model",
         [out],
     )
-    audit(["bench", "--model", models["good"], "--num", "0"], 2, "argument --num: must be > 0", [])
+    audit(
+        ["bench", "--model", models["good"], "--num", "0"], 2, "argument -n/--num: must be > 0", []
+    )
 
 
 # -- training runs -------------------------------------------------------------------------------

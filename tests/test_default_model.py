@@ -77,7 +77,7 @@ def test_direction_refused_and_range_warning(tmp_path: Path, capsys) -> None:
             str(out),
         ]
     )
-    assert code == 2 and "does not support --direction" in capsys.readouterr().err
+    assert code == 2 and "supports only normal incidence" in capsys.readouterr().err
     assert (
         main(
             [

@@ -83,3 +83,60 @@ def test_presets_by_name() -> None:
     with pytest.raises(ValueError, match="unknown geometry"):
         get_calorimeter("atlas")
     assert np.all(np.diff(slab().layer_z_mm) > 0)
+
+
+@pytest.mark.parametrize(("wafers_x", "towers_y"), [(0, 0), (-3, 1), (2, -2)])
+def test_inclined_shower_crossing_a_wafer_gap(wafers_x: int, towers_y: int) -> None:
+    """A line of points along the axis of a shower at theta = 45 deg, phi = 0 crosses the 1 mm
+    x gap of the ILD-like ECAL: the energy in the gap is dropped, the energy on either side
+    lands in the cells next to the gap, at any impact point (shifted by whole wafers/towers)."""
+    from calogen.directions import axis_offset_mm, directions_from_angles
+
+    ild = ild_ecal()
+    wafer = ild.wafer_cells * CELL_SIZE_MM
+    period_x, period_y = wafer + ild.gap_x_mm, wafer + ild.gap_y_mm
+    depth = ild.layer_z_mm
+    axis_x = axis_offset_mm(directions_from_angles([45.0], [0.0]), depth)[0, :, 0]
+    np.testing.assert_allclose(axis_x, depth)  # tan 45 deg = 1
+    crossing = 10  # the axis crosses the gap after wafer `wafers_x` in the middle of layer 10
+    gap_lo = ild.grid_origin_mm[0] + wafers_x * period_x + wafer + np.asarray(ild.stagger_x_mm)
+    impact = (gap_lo[crossing] + 0.5 - axis_x[crossing], 10.0 + towers_y * period_y)
+    # per layer: 32 points of 1 MeV every 0.25 mm within 4 mm of the axis, all at y = 0
+    offsets = np.arange(-4.0, 4.0, 0.25) + 0.125
+    layer = np.repeat(np.arange(ild.n_layers), offsets.size)
+    x = (axis_x[:, None] + offsets[None, :]).reshape(-1)
+    points = np.stack([x, np.zeros_like(x), layer, np.full_like(x, 1e-3)], axis=1)
+    hits = project(_showers(points.tolist(), energy=50.0), ild, impact, threshold_mev=0.0)
+
+    # expected, from the wafer layout around the gap of each layer (detector frame, mm)
+    x_det = x + impact[0]
+    lo = gap_lo[layer]
+    hi = lo + ild.gap_x_mm
+    in_gap = (x_det >= lo) & (x_det < hi)
+    assert in_gap[layer == crossing].sum() == 4  # 1 mm of gap / 0.25 mm spacing
+    left = np.floor((lo - x_det) / CELL_SIZE_MM)  # cells counted away from the gap
+    right = np.floor((x_det - hi) / CELL_SIZE_MM)
+    centre = np.where(
+        x_det < lo, lo - (left + 0.5) * CELL_SIZE_MM, hi + (right + 0.5) * CELL_SIZE_MM
+    )
+    cells, inverse = np.unique(
+        np.stack([layer, np.round((centre - impact[0]) * 1000.0)], axis=1)[~in_gap],
+        axis=0,
+        return_inverse=True,
+    )
+    expected_mev = np.bincount(inverse.reshape(-1), minlength=len(cells)).astype(np.float64)
+    order = np.lexsort((hits.x_mm, hits.layer))  # hits sorted like the unique cells
+    assert len(hits) == len(cells)
+    np.testing.assert_array_equal(hits.layer[order], cells[:, 0])
+    np.testing.assert_allclose(hits.x_mm[order], cells[:, 1] / 1000.0, atol=2e-3)
+    np.testing.assert_allclose(hits.energy_mev[order], expected_mev, rtol=1e-5)
+    np.testing.assert_allclose(hits.energy_mev.sum(), (~in_gap).sum(), rtol=1e-5)
+    # in the crossing layer the energy is split between the last cell of one wafer and the
+    # first cell of the next, on either side of the gap
+    row = hits.layer == crossing
+    assert sorted((hits.ix[row] - 18 * wafers_x).tolist()) == [17, 18]
+    below = hits.x_mm[row] + impact[0] < gap_lo[crossing]
+    assert sorted(hits.ix[row][below] - 18 * wafers_x) == [17]
+    # y: every point sits at the impact point's y, well inside one tower
+    assert np.unique(hits.iy).size == 1
+    np.testing.assert_allclose(hits.y_mm + impact[1], hits.y_mm[0] + impact[1])

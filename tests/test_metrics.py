@@ -7,10 +7,12 @@ import pytest
 import torch
 
 from calogen.evaluation.metrics import (
+    W1_AXIS_ROWS,
     W1_EXTRA_ROWS,
     W1_ROWS,
     classifier_test,
     combine_scores,
+    feature_ranking,
     fpd,
     frechet_distance,
     kpd,
@@ -86,6 +88,41 @@ def test_classifier_auc_same_and_different() -> None:
     assert torch.get_num_threads() == threads_before  # restored
     with pytest.raises(ValueError):
         classifier_test(data[:10], data[10:20], k_folds=2)
+
+
+def test_classifier_reports_its_network() -> None:
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=(300, 6)), rng.normal(size=(300, 6))
+    b[:, 2] *= 2.5  # a difference in width only: invisible to the mean, visible to an MLP
+    result = classifier_test(a, b, k_folds=5, seed=1)
+    assert "6 -> 64 -> 32 -> 1" in result.network
+    assert len(result.aucs) == 5 and result.n_per_class == 300
+    assert result.auc_mean > 0.68  # optimal AUC P(|2.5 y| > |x|) = 0.76
+    assert all(1 <= e <= 200 for e in result.epochs)
+    with pytest.raises(ValueError, match="validation_fraction"):
+        classifier_test(a, b, validation_fraction=1.0)
+
+
+def test_feature_ranking_orders_by_single_feature_auc() -> None:
+    rng = np.random.default_rng(5)
+    ref = rng.normal(size=(2000, 3))
+    cand = rng.normal(size=(1500, 3))
+    cand[:, 1] += 1.0  # AUC Phi(1 / sqrt 2) = 0.760
+    cand[:, 2] -= 0.3  # AUC Phi(-0.3 / sqrt 2) = 0.416
+    ranking = feature_ranking(ref, cand, ["a", "b", "c"])
+    assert [r["name"] for r in ranking] == ["b", "c", "a"]
+    assert ranking[0]["auc"] == pytest.approx(0.760, abs=0.02)
+    assert ranking[1]["auc"] == pytest.approx(0.416, abs=0.02)
+    assert ranking[2]["separation"] < 0.03
+    # the Mann-Whitney statistic by brute force on the top feature
+    x, y = ref[:, 1], cand[:, 1]
+    pairs = (y[:, None] > x[None, :]).mean()
+    assert ranking[0]["auc"] == pytest.approx(pairs)
+    assert ranking[0]["candidate_mean"] - ranking[0]["reference_mean"] == pytest.approx(
+        1.0, abs=0.1
+    )
+    with pytest.raises(ValueError):
+        feature_ranking(ref, cand, ["a", "b"])
 
 
 def test_frechet_distance_closed_form() -> None:
@@ -168,9 +205,9 @@ def test_w1_table_rows() -> None:
     f = shower_features(hits)
     cells = hits.energy_mev.astype(np.float64)
     table = w1_table(f, f, cells, cells, n_batches=4)
-    assert list(table.rows) == [*W1_ROWS, *W1_EXTRA_ROWS]
+    assert list(table.rows) == [*W1_ROWS, *W1_AXIS_ROWS, *W1_EXTRA_ROWS]
     assert all(r.mean == 0.0 for r in table.rows.values())
-    assert table.shower_batch_size == 100 and len(table.per_feature) == 25
+    assert table.shower_batch_size == 100 and len(table.per_feature) == 25 + 3
     other_hits = _random_hits(rng, 400, scale=1.5)
     g = shower_features(other_hits)
     t2 = w1_table(f, g, cells, other_hits.energy_mev, n_batches=4)

@@ -8,10 +8,13 @@ RUNS=${1:-runs}
 mkdir -p "$RUNS"
 
 # 1. teacher (EDM) on showers 0-8999, then consistency distillation to one step
+#    (--no-corrections: the shipped model's corrections were fitted by the separate command
+#    below with seed 0; 'calogen train caloclouds2-cm --config small -n 9000 --seed 7' runs
+#    the same recipe in one command, fitting them with the run's seed)
 calogen train caloclouds2 --config scripts/default_model/teacher.yaml --data "$DATA" \
-    --out "$RUNS/default_teacher" --seed 7 --threads 1
+    --out "$RUNS/default_teacher" --seed 7 --threads 1 --no-corrections
 calogen distill --teacher "$RUNS/default_teacher" --config scripts/default_model/distill.yaml \
-    --data "$DATA" --out "$RUNS/default_student" --seed 7 --threads 1
+    --data "$DATA" --out "$RUNS/default_student" --seed 7 --threads 1 --no-corrections
 # radial quantile correction, then the occupancy correction (CaloClouds section 3.3, refined in
 # closed loop), both from the first 1,000 training showers
 calogen fit-occupancy --model "$RUNS/default_student" --data "$DATA" --showers 1000 --seed 0 \

@@ -82,9 +82,15 @@ class BenchResult:
             f"throughput:       {self.showers_per_s:.1f} showers/s, "
             f"{self.points_per_s / 1e6:.2f} M points/s ({self.mean_points_per_shower:.0f} points/shower)",
             f"peak memory:      {self.peak_rss_mb:.0f} MB (resident set)",
-            f"network:          {self.network_gflop_per_shower * 1e3:.2f} MFLOP/shower, "
-            f"{self.network_gflops:.2f} GFLOP/s = {100 * self.flop_fraction:.1f} % of the "
-            f"measured matmul peak {self.matmul_peak_gflops:.1f} GFLOP/s",
+            *(  # generators without a network (GFlash) have no FLOP rate to report
+                [
+                    f"network:          {self.network_gflop_per_shower * 1e3:.2f} MFLOP/shower, "
+                    f"{self.network_gflops:.2f} GFLOP/s = {100 * self.flop_fraction:.1f} % of "
+                    f"the measured matmul peak {self.matmul_peak_gflops:.1f} GFLOP/s"
+                ]
+                if self.network_gflop_per_shower > 0
+                else []
+            ),
             *(
                 [
                     f"network only:     {self.network_ms_per_shower:.3f} ms/shower inside the "
@@ -204,7 +210,8 @@ def benchmark(
                 generator.sample(energies[first : min(first + batch, sample_n)], seed=seed)
         flop_per_shower = counter.get_total_flops() / sample_n
     median = statistics.median(times)
-    peak = matmul_peak_gflops(device, dtype=dtype)
+    # the peak is only needed to put network FLOPs in proportion
+    peak = matmul_peak_gflops(device, dtype=dtype) if flop_per_shower > 0 else 0.0
     return BenchResult(
         generator=generator.name,
         device=device,

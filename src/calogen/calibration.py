@@ -287,7 +287,8 @@ class OccupancyCorrection:
         n = np.clip(np.asarray(n_points, np.float64), *self.n_range)
         n = np.maximum(n, 1.0)
         corrected = np.polyval(self.p_gen, np.polyval(self.p_data, n))
-        refine = np.exp(np.polyval(self.p_refine, n / 1000.0))
+        # clipped before exp: beyond +-50 the factor is clipped to factor_range anyway
+        refine = np.exp(np.clip(np.polyval(self.p_refine, n / 1000.0), -50.0, 50.0))
         return np.clip(corrected / n * refine, *self.factor_range)
 
     def target_hits(self, n_points: NDArray) -> NDArray[np.float64]:

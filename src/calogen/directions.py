@@ -97,6 +97,36 @@ def axis_offset_mm(
     return depth * slopes[:, None, :]
 
 
+def incline_points(
+    x_mm: ArrayLike,
+    y_mm: ArrayLike,
+    layer: ArrayLike,
+    theta_deg: ArrayLike,
+    phi_deg: ArrayLike,
+    layer_depth_mm: ArrayLike,
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Points generated around the shower axis -> the calorimeter frame of an inclined shower.
+
+    The points ``(x, y)`` (mm, ``[P]``) of layer ``layer`` (index, ``[P]``) are relative to
+    where the axis crosses their layer, in the frame whose x axis is the axis' azimuth (the
+    shower inclined in the x-z plane). Each point is shifted by ``depth_l * tan(theta)`` along
+    x, then ``(x, y)`` is rotated by ``phi``: the axis then crosses layer ``l`` at
+    ``depth_l * tan(theta) * (cos phi, sin phi)`` (:func:`axis_offset_mm`). ``theta_deg`` and
+    ``phi_deg`` broadcast against the points (one value, or one per point). At
+    ``theta = phi = 0`` the points are unchanged.
+
+    The exported models apply the same transform in torch
+    (:func:`calogen.export.incline_points_torch`; tests/test_export.py checks they agree).
+    """
+    depth = np.asarray(layer_depth_mm, dtype=np.float64)[np.asarray(layer).astype(np.int64)]
+    theta = np.radians(np.asarray(theta_deg, dtype=np.float64))
+    phi = np.radians(np.asarray(phi_deg, dtype=np.float64))
+    x = np.asarray(x_mm, dtype=np.float64) + depth * np.tan(theta)
+    y = np.asarray(y_mm, dtype=np.float64)
+    cos, sin = np.cos(phi), np.sin(phi)
+    return cos * x - sin * y, sin * x + cos * y
+
+
 def fit_axis(
     centroid_x_mm: NDArray[np.floating],
     centroid_y_mm: NDArray[np.floating],

@@ -5,14 +5,22 @@ Each group of sub-commands lives in its own module (``cli/data.py``, ``cli/model
 gets ``func=`` set to a function ``(args) -> int``. Errors the user can act on are
 :class:`calogen.errors.CalogenError` and are printed as one line (no traceback unless
 ``--debug``); usage errors exit with 2, runtime failures with 1.
+
+Options that several sub-commands share are added with the helpers below (:func:`add_output`,
+:func:`add_quiet`, :func:`add_threads`, :func:`add_num`, :func:`add_model`) so that they are
+spelled the same everywhere (:data:`SHARED_OPTIONS`, docs/cli.md); old spellings stay accepted
+as hidden aliases for one release. Importing this package and building the parser imports
+neither torch nor numpy: ``calogen --version`` and ``--help`` answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from calogen import __version__
 from calogen.errors import CalogenError, UsageError
@@ -27,14 +35,164 @@ COMMAND_MODULES = (
 )
 
 
+#: Default of ``--threads`` in every sub-command: one torch thread (batch farms run one
+#: process per core; pass more for interactive use).
+THREADS_DEFAULT = 1
+
+#: Options shared by several sub-commands: destination -> (option strings, hidden old
+#: spellings still accepted for one release). tests/test_cli_options.py holds every
+#: sub-command to these spellings.
+SHARED_OPTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "output": (("-o", "--output"), ("--out",)),
+    "quiet": (("--quiet",), ("--no-progress",)),
+    "threads": (("--threads",), ()),
+    "num": (("-n", "--num"), ("--showers", "--max-showers")),
+    "model": (("--model",), ()),
+    "seed": (("--seed",), ()),
+    "overwrite": (("--overwrite",), ()),
+    "chunk_size": (("--chunk-size",), ()),
+    "json": (("--json",), ()),
+    "data": (("--data",), ()),
+    "geometry": (("--geometry",), ()),
+    "energy": (("--energy",), ()),
+    "config": (("--config",), ()),
+    "resume": (("--resume",), ()),
+    "iterations": (("--iterations",), ()),
+}
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to an option's help unless the help already names its default,
+    the default is None (required or computed) or the option is a flag."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            default is None
+            or default is argparse.SUPPRESS
+            or isinstance(default, bool)
+            or not action.option_strings
+            or "default" in text.lower()
+        ):
+            return action.help
+        if isinstance(default, list | tuple):
+            default = " ".join(str(v) for v in default)
+        return f"{text} (default: {str(default).replace('%', '%%')})"
+
+
 class _Parser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are one line and exit code 2."""
+    """ArgumentParser whose errors are one line and exit code 2, and whose help shows the
+    defaults of all options."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        # a required option with a hidden old spelling is a required one-member group
+        match = re.fullmatch(r"one of the arguments (\S+) is required", message)
+        if match:
+            message = f"the following arguments are required: {match.group(1)}"
         self.exit(2, f"calogen: error: {message} (see '{self.prog} --help')\n")
 
 
+def _with_aliases(
+    parser: argparse.ArgumentParser,
+    dest: str,
+    required: bool,
+    old: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> argparse.Action:
+    """Add the shared option ``dest`` with its canonical spelling and hidden aliases (``old``,
+    a subset of its old spellings; default all of them)."""
+    names, aliases = SHARED_OPTIONS[dest]
+    if old is not None:
+        assert set(old) <= set(aliases), f"{old}: not old spellings of --{dest}"
+        aliases = tuple(old)
+    holder: Any = parser.add_mutually_exclusive_group(required=True) if required else parser
+    action = holder.add_argument(*names, dest=dest, **kwargs)
+    hidden = {k: v for k, v in kwargs.items() if k in ("action", "type", "nargs", "metavar")}
+    for alias in aliases:
+        if alias in parser._option_string_actions:
+            continue
+        holder.add_argument(
+            alias, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **hidden
+        )
+    return action
+
+
+def add_output(
+    parser: argparse.ArgumentParser,
+    *,
+    metavar: str = "OUT.h5",
+    help: str = "output file (written under a temporary name, renamed when complete)",
+    required: bool = True,
+) -> argparse.Action:
+    """``-o/--output`` (old spelling ``--out`` hidden)."""
+    return _with_aliases(parser, "output", required, metavar=metavar, help=help)
+
+
+def add_quiet(parser: argparse.ArgumentParser, *, help: str = "no progress bar") -> argparse.Action:
+    """``--quiet`` (old spelling ``--no-progress`` hidden)."""
+    return _with_aliases(parser, "quiet", False, action="store_true", help=help)
+
+
+def add_threads(
+    parser: argparse.ArgumentParser,
+    *,
+    help: str = "CPU threads for torch (default: {default}; batch farms run one process per core)",
+) -> argparse.Action:
+    """``--threads`` with the same default in every sub-command."""
+    return _with_aliases(
+        parser,
+        "threads",
+        False,
+        type=positive_int,
+        default=THREADS_DEFAULT,
+        metavar="T",
+        help=help.format(default=THREADS_DEFAULT),
+    )
+
+
+def add_num(
+    parser: argparse.ArgumentParser,
+    *,
+    help: str,
+    default: int | None = None,
+    required: bool = False,
+    old: Sequence[str] = (),
+) -> argparse.Action:
+    """``-n/--num``: a number of showers (``old``: the sub-command's former spelling, kept
+    hidden)."""
+    return _with_aliases(
+        parser, "num", required, old, type=positive_int, default=default, metavar="N", help=help
+    )
+
+
+def add_model(
+    parser: argparse.ArgumentParser,
+    *,
+    help: str = "trained model folder, or 'default' for the model shipped with calogen",
+    metavar: str = "DIR|default",
+    default: str | None = "default",
+    required: bool = False,
+) -> argparse.Action:
+    """``--model DIR|default``; :func:`model_dir` turns ``default`` into ``None``."""
+    if default is not None:
+        help = f"{help} (default: {default})"
+    return parser.add_argument(
+        "--model", default=default, required=required, metavar=metavar, help=help
+    )
+
+
+def model_dir(value: str | None) -> str | None:
+    """The folder named by ``--model``: ``None`` (the shipped model) for ``default``."""
+    return None if value in (None, "default") else value
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``calogen`` parser with every sub-command (imports no torch or numpy)."""
     parser = _Parser(
         prog="calogen",
         description=(
@@ -124,7 +282,22 @@ def positive_float(text: str) -> float:
     return value
 
 
-__all__ = ["UsageError", "build_parser", "finite_float", "main", "positive_float", "positive_int"]
+__all__ = [
+    "SHARED_OPTIONS",
+    "THREADS_DEFAULT",
+    "UsageError",
+    "add_model",
+    "add_num",
+    "add_output",
+    "add_quiet",
+    "add_threads",
+    "build_parser",
+    "finite_float",
+    "main",
+    "model_dir",
+    "positive_float",
+    "positive_int",
+]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from calogen.cli import positive_int
+from calogen.cli import add_model, add_num, add_threads, model_dir, positive_int
 from calogen.errors import UsageError
 
 
@@ -19,18 +19,34 @@ def register(subparsers: Any) -> None:
         "peak memory, and the networks' FLOP rate against this machine's measured dense-matmul "
         "peak on the same threads.",
     )
-    bench.add_argument(
-        "--model",
-        default="default",
+    add_model(
+        bench,
         metavar="DIR|default|gflash",
-        help="trained model folder, 'default' (the shipped model) or 'gflash'",
+        help="trained model folder, 'default' (the shipped model) or 'gflash' (the "
+        "parameterised reference simulator)",
     )
-    bench.add_argument("--num", type=positive_int, default=100, help="showers per repeat")
-    bench.add_argument("--batch", type=positive_int, default=1, help="showers per sample() call")
-    bench.add_argument("--threads", type=positive_int, default=1, help="torch threads")
-    bench.add_argument("--repeats", type=positive_int, default=3, help="timed repeats")
-    bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    bench.add_argument("--seed", type=int, default=0)
+    add_num(bench, default=100, help="showers per timed repeat")
+    bench.add_argument(
+        "--batch",
+        type=positive_int,
+        default=1,
+        metavar="B",
+        help="showers per sample() call (1: one shower at a time, as in full simulation)",
+    )
+    add_threads(bench)
+    bench.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=3,
+        metavar="R",
+        help="timed repeats (after one untimed warm-up)",
+    )
+    bench.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cpu", help="where the generator runs"
+    )
+    bench.add_argument(
+        "--seed", type=int, default=0, help="random seed of the energies and the showers"
+    )
     bench.add_argument(
         "--precision",
         choices=["float32", "bfloat16"],
@@ -50,7 +66,7 @@ def load_for_bench(model: str, device: str) -> Any:
         return GFlash()
     from calogen.models.registry import load_generator
 
-    generator = load_generator(None if model == "default" else model)
+    generator = load_generator(model_dir(model))
     if device != "cpu":
         to = getattr(generator, "to", None)
         if to is None:

@@ -6,16 +6,37 @@ import argparse
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from calogen.cli import finite_float, positive_float, positive_int
+from calogen.cli import (
+    add_model,
+    add_num,
+    add_output,
+    add_quiet,
+    add_threads,
+    finite_float,
+    model_dir,
+    positive_float,
+    positive_int,
+)
 from calogen.errors import UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 ENERGY_HELP = (
     "incident energy in GeV: one value fixes it, two values (MIN MAX) draw it uniformly "
     "in that range"
+)
+THETA_HELP = (
+    "polar angle of the incident photon to the calorimeter normal in deg, in [0, 90): one "
+    "value fixes it, two values (MIN MAX) draw it uniformly in that range (default: normal "
+    "incidence, theta = 0). Models that support only normal incidence accept only 0"
+)
+PHI_HELP = (
+    "azimuth of the incident direction in deg, any finite value (wrapped to [0, 360)): one "
+    "value fixes it, two values (MIN MAX) draw it uniformly in that range (default 0; needs "
+    "--theta)"
 )
 
 
@@ -24,7 +45,8 @@ def register(subparsers: Any) -> None:
         "info",
         help="print what a shower file holds",
         description="Print the number of showers, the incident-energy range (GeV), the points "
-        "per shower and the layout (showerdata or legacy CaloClouds) of shower files.",
+        "per shower, the range of the incident angles theta and phi (deg) when the file stores "
+        "directions, and the layout (showerdata or legacy CaloClouds) of shower files.",
     )
     info.add_argument("files", nargs="+", metavar="FILE", help="HDF5 shower file(s)")
     info.set_defaults(func=run_info)
@@ -38,6 +60,11 @@ def register(subparsers: Any) -> None:
     )
     simulate.add_argument("simulator", choices=["gflash"], help="reference simulator")
     _add_sampling_arguments(simulate)
+    add_threads(
+        simulate,
+        help="CPU threads (default: {default}; GFlash runs on one thread, accepted for the same "
+        "command line as generate)",
+    )
     simulate.set_defaults(func=run_simulate)
 
     generate = subparsers.add_parser(
@@ -47,10 +74,9 @@ def register(subparsers: Any) -> None:
         "to the impact point, layer index, energy in GeV) with a trained model. Without "
         "--model the default model shipped with calogen is used.",
     )
-    generate.add_argument(
-        "--model", metavar="DIR", default=None, help="trained model folder (default: shipped model)"
-    )
+    add_model(generate)
     _add_sampling_arguments(generate)
+    add_threads(generate)
     generate.add_argument(
         "--strict",
         action="store_true",
@@ -60,12 +86,17 @@ def register(subparsers: Any) -> None:
         "--shards",
         type=positive_int,
         default=1,
+        metavar="K",
         help="split the job into K shards of whole chunks (batch farms: HTCondor/SLURM arrays); "
         "all shards use the same --seed and their files joined in order by 'calogen merge' equal "
         "a single run. Under torchrun each rank makes one shard, written to OUT.rankNNN.h5",
     )
     generate.add_argument(
-        "--shard-index", type=int, default=0, help="which shard (0..K-1) this process makes"
+        "--shard-index",
+        type=int,
+        default=0,
+        metavar="I",
+        help="which shard (0..K-1) this process makes",
     )
     generate.add_argument(
         "--steps",
@@ -92,28 +123,57 @@ def register(subparsers: Any) -> None:
         description="Sum raw Geant4 steps per layer on a grid GRANULARITY times finer than the "
         "5.0883 mm cell, keep |x|, |y| < HALF_WIDTH mm, and write the clustered point clouds.",
     )
-    cluster.add_argument("input", metavar="STEPS.h5", help="raw steps (showerdata or legacy)")
-    cluster.add_argument("-o", "--output", required=True, metavar="OUT.h5")
     cluster.add_argument(
-        "--granularity", type=positive_int, default=6, help="sub-cells per cell side"
+        "input",
+        metavar="STEPS.h5",
+        help="raw Geant4 steps (showerdata or legacy CaloClouds layout; x, y in mm relative to "
+        "the impact point, layer index, energy in GeV)",
+    )
+    add_output(cluster, help="clustered showers (showerdata HDF5)")
+    cluster.add_argument(
+        "--granularity",
+        type=positive_int,
+        default=6,
+        metavar="G",
+        help="sub-cells per cell side (6: 0.848 mm sub-cells)",
     )
     cluster.add_argument(
-        "--half-width", type=positive_float, default=200.0, help="bounding box half width, mm"
+        "--half-width",
+        type=positive_float,
+        default=200.0,
+        metavar="MM",
+        help="half width of the kept box in x and y, mm",
     )
     cluster.add_argument("--overwrite", action="store_true", help="replace an existing output")
     cluster.set_defaults(func=run_cluster)
 
     merge = subparsers.add_parser(
         "merge",
-        help="join shower files (e.g. generation shards) into one file",
+        help="join shower files (e.g. generation shards) into one file, or cut a range of "
+        "showers out of them",
         description="Concatenate shower files in the given order into one showerdata file, "
         "chunk by chunk (bounded memory). The output appears only when complete.",
     )
     merge.add_argument("inputs", nargs="+", metavar="IN.h5", help="files to join, in order")
-    merge.add_argument("-o", "--output", required=True, metavar="OUT.h5")
-    merge.add_argument("--chunk-size", type=positive_int, default=1000)
+    add_output(merge, help="joined showers (showerdata HDF5)")
+    merge.add_argument(
+        "--chunk-size",
+        type=positive_int,
+        default=1000,
+        metavar="N",
+        help="showers copied per chunk (bounds the memory)",
+    )
+    merge.add_argument(
+        "--range",
+        type=int,
+        nargs=2,
+        metavar=("START", "STOP"),
+        default=None,
+        help="keep only showers START..STOP-1 (0-based) of the inputs joined in order, e.g. "
+        "'--range 9000 10000' for a held-out split (default: all showers)",
+    )
     merge.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    merge.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet(merge)
     merge.set_defaults(func=run_merge)
 
 
@@ -121,30 +181,37 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--energy", type=positive_float, nargs="+", required=True, metavar="GEV", help=ENERGY_HELP
     )
-    parser.add_argument(
-        "--num", "-n", type=positive_int, required=True, help="number of showers to make"
+    add_num(parser, required=True, help="number of showers to make")
+    angles = parser.add_mutually_exclusive_group()
+    angles.add_argument(
+        "--theta", type=finite_float, nargs="+", metavar="DEG", default=None, help=THETA_HELP
     )
     parser.add_argument(
+        "--phi", type=finite_float, nargs="+", metavar="DEG", default=None, help=PHI_HELP
+    )
+    angles.add_argument(
         "--direction",
         type=finite_float,
         nargs=3,
         metavar=("DX", "DY", "DZ"),
         default=None,
-        help="incident direction as a unit vector (only for models that support it)",
+        help="incident direction as a unit vector in the calorimeter frame, z along the depth, "
+        "DZ > 0: the alternative to --theta/--phi (default: (0, 0, 1), perpendicular to the "
+        "front face)",
     )
-    parser.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT.h5", help="output file")
     parser.add_argument(
-        "--chunk-size", type=positive_int, default=1000, help="showers generated per chunk"
+        "--seed", type=int, default=None, help="random seed (default: random, printed)"
+    )
+    add_output(parser, help="output shower file (showerdata HDF5)")
+    parser.add_argument(
+        "--chunk-size",
+        type=positive_int,
+        default=1000,
+        metavar="N",
+        help="showers generated and written per chunk",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "--threads",
-        type=positive_int,
-        default=1,
-        help="CPU threads for torch (default 1: run one process per core on batch farms)",
-    )
+    add_quiet(parser)
 
 
 def run_info(args: argparse.Namespace) -> int:
@@ -163,12 +230,40 @@ def _seed(args: argparse.Namespace) -> int:
     return int(args.seed) if args.seed is not None else secrets.randbits(31)
 
 
-def _directions(args: argparse.Namespace, num: int) -> np.ndarray | None:
-    if args.direction is None:
-        return None
+def _directions(args: argparse.Namespace, num: int, seed: int) -> np.ndarray | None:
+    """``[num, 3]`` incident directions from --direction or --theta/--phi (None: normal)."""
+    import numpy as np
+
+    from calogen.generation import draw_directions
     from calogen.generator import check_directions
 
+    if args.direction is None:
+        return draw_directions(args.theta, args.phi, num, seed)
+    if args.phi is not None:
+        raise UsageError("--phi goes with --theta, not with --direction")
     return check_directions(np.asarray(args.direction, dtype=np.float64), num)
+
+
+def _warn_point_cap(path: Path, generator: Any) -> None:
+    """Warn on stderr when showers in the written file reached the generator's point cap
+    (their number of points, and so of cell hits, is cut off there)."""
+    import sys
+
+    from calogen.data.io import ShowerFile
+
+    cap = int(getattr(generator, "max_points", 0) or 0)
+    if cap <= 0:
+        return
+    with ShowerFile(path) as f:
+        counts = f.num_points()
+    hit = int((counts >= cap).sum())
+    if hit:
+        print(
+            f"calogen: warning: {hit} of {counts.size} showers ({100 * hit / counts.size:.0f} %) "
+            f"reached the cap of {cap} points per shower of '{generator.name}': their number of "
+            "points (and of cell hits) is cut off there",
+            file=sys.stderr,
+        )
 
 
 def run_simulate(args: argparse.Namespace) -> int:
@@ -177,17 +272,19 @@ def run_simulate(args: argparse.Namespace) -> int:
 
     seed = _seed(args)
     energies = draw_energies(args.energy, args.num, seed)
+    directions = _directions(args, args.num, seed)
     generator = GFlash()
     path = generate_to_file(
         generator,
         energies,
         args.output,
         seed=seed,
-        directions=_directions(args, args.num),
+        directions=directions,
         chunk_size=args.chunk_size,
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
+    _warn_point_cap(path, generator)
     print(f"wrote {args.num} {generator.name} showers to {path} (seed {seed})")
     return 0
 
@@ -195,7 +292,13 @@ def run_simulate(args: argparse.Namespace) -> int:
 def run_generate(args: argparse.Namespace) -> int:
     import sys
 
-    from calogen.generation import check_energy_range, draw_energies, generate_to_file, shard_slice
+    from calogen.generation import (
+        check_energy_range,
+        directions_for_model,
+        draw_energies,
+        generate_to_file,
+        shard_slice,
+    )
     from calogen.models.registry import load_generator
 
     output = args.output
@@ -216,7 +319,8 @@ def run_generate(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     seed = _seed(args)
     energies = draw_energies(args.energy, args.num, seed)
-    generator = load_generator(args.model)
+    directions = _directions(args, args.num, seed)
+    generator = load_generator(model_dir(args.model))
     if args.steps is not None or args.cm_sigmas is not None:
         set_sampler = getattr(generator, "set_sampler", None)
         if set_sampler is None:
@@ -224,9 +328,7 @@ def run_generate(args: argparse.Namespace) -> int:
                 f"--steps and --cm-sigmas apply to CaloClouds II models, not '{generator.name}'"
             )
         set_sampler(args.steps, args.cm_sigmas)
-    directions = _directions(args, args.num)
-    if directions is not None and not generator.supports_direction:
-        raise UsageError(f"model '{generator.name}' does not support --direction")
+    directions_for_model(generator, directions)  # refuse inclined showers before any work
     warning = check_energy_range(generator, energies, strict=args.strict)
     if warning:
         print(f"calogen: warning: {warning} (use --strict to refuse)", file=sys.stderr)
@@ -243,6 +345,7 @@ def run_generate(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         attrs={"shards": args.shards, "shard_index": args.shard_index, "base_seed": seed},
     )
+    _warn_point_cap(path, generator)
     print(f"wrote {part.stop - part.start} {generator.name} showers to {path} (seed {seed})")
     return 0
 
@@ -281,6 +384,8 @@ def run_merge(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         chunk_size=args.chunk_size,
         progress=not args.quiet,
+        showers=None if args.range is None else (args.range[0], args.range[1]),
     )
-    print(f"merged {len(args.inputs)} files into {path}")
+    kept = "" if args.range is None else f" (showers {args.range[0]}-{args.range[1] - 1})"
+    print(f"merged {len(args.inputs)} files{kept} into {path}")
     return 0

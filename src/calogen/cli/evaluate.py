@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from calogen.cli import finite_float, positive_int
+from calogen.cli import add_num, add_output, add_quiet, finite_float, positive_int
 
 
 def _non_negative_float(text: str) -> float:
@@ -32,19 +32,51 @@ def register(subparsers: Any) -> None:
             "of 1-D Wasserstein distances x100 (with the reference-vs-reference floor), a "
             "classifier test (ROC AUC), FPD and KPD, and plots of the cell-energy spectrum, "
             "radial and longitudinal profiles, centre of gravity, visible energy and number of "
-            "hits, and event displays. Writes DIR/metrics.json, DIR/report.md, DIR/report.html "
-            "and the figures (PNG and PDF)."
+            "hits, and event displays. Inclined showers (directions stored in the files) are "
+            "measured from their axis and get the fitted-axis rows and the angle figures. "
+            "Writes DIR/metrics.json, DIR/report.md, DIR/report.html and the figures (PNG and "
+            "PDF)."
         ),
     )
     evaluate.add_argument(
-        "--reference", required=True, metavar="REF.h5", help="reference shower file (Geant4)"
+        "--reference",
+        required=True,
+        nargs="+",
+        metavar="REF.h5",
+        help="reference shower file (Geant4); several files are concatenated into one "
+        "reference (e.g. Geant4 at 50 GeV and theta 0 15 30 45 60)",
     )
     evaluate.add_argument(
         "--candidate",
         required=True,
         action="append",
+        nargs="+",
         metavar="GEN.h5",
-        help="generated shower file; repeat for several candidates",
+        help="generated shower file(s) of one candidate (several files are concatenated); "
+        "repeat --candidate for several candidates",
+    )
+    evaluate.add_argument(
+        "--theta",
+        type=finite_float,
+        default=None,
+        metavar="DEG",
+        help="polar angle (deg, [0, 90)) of every shower of the candidate files that store no "
+        "directions (or only normal incidence); default: the files' own directions",
+    )
+    evaluate.add_argument(
+        "--phi",
+        type=finite_float,
+        default=None,
+        metavar="DEG",
+        help="azimuth (deg) that goes with --theta (default 0)",
+    )
+    evaluate.add_argument(
+        "--reference-grid",
+        metavar="bibae|l2lflows|MODEL_DIR",
+        default=None,
+        help="also compare every candidate with the reference put through a grid model's voxel "
+        "grid (voxelised, back to one point per voxel): bibae (30x30x30), l2lflows (30x10x10) or "
+        "a trained grid-model folder; the report then holds both comparisons (default: none)",
     )
     evaluate.add_argument(
         "--label",
@@ -77,34 +109,52 @@ def register(subparsers: Any) -> None:
         metavar="MEV",
         help="cell threshold in MeV (default: 0.1, half a MIP)",
     )
+    add_num(
+        evaluate,
+        old=("--max-showers",),
+        help="use at most the first N showers of each file (default: all)",
+    )
+    add_output(
+        evaluate,
+        metavar="DIR",
+        help="report folder (metrics.json, report.md, report.html, figures)",
+    )
     evaluate.add_argument(
-        "--max-showers",
+        "--batches",
         type=positive_int,
+        default=5,
+        metavar="K",
+        help="disjoint batches for the W1 mean and spread (default: 5)",
+    )
+    evaluate.add_argument(
+        "--folds",
+        type=_folds,
+        default=5,
+        metavar="K",
+        help="classifier cross-validation folds, >= 3 (default: 5)",
+    )
+    evaluate.add_argument(
+        "--layer",
+        type=int,
         default=None,
-        metavar="N",
-        help="use at most N showers of each file",
-    )
-    evaluate.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    evaluate.add_argument(
-        "--batches", type=positive_int, default=5, help="disjoint W1 batches (default: 5)"
-    )
-    evaluate.add_argument(
-        "--folds", type=_folds, default=5, help="classifier folds, >= 3 (default: 5)"
-    )
-    evaluate.add_argument(
-        "--layer", type=int, default=None, help="layer of the cell map (default: shower maximum)"
+        metavar="L",
+        help="layer index 0-29 of the cell map (default: the shower maximum)",
     )
     evaluate.add_argument(
         "--no-fpd-kpd", action="store_true", help="skip FPD and KPD (they take a while)"
     )
     evaluate.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     evaluate.add_argument(
-        "--chunk-size", type=positive_int, default=1000, help="showers read per chunk"
+        "--chunk-size",
+        type=positive_int,
+        default=1000,
+        metavar="N",
+        help="showers read and projected per chunk (bounds the memory)",
     )
     evaluate.add_argument(
         "--overwrite", action="store_true", help="replace a report already in the output folder"
     )
-    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet(evaluate, help="no progress bars")
     evaluate.set_defaults(func=run_evaluate)
 
 
@@ -115,7 +165,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         geometry=args.geometry,
         impact_mm=(float(args.impact[0]), float(args.impact[1])),
         threshold_mev=args.threshold,
-        max_showers=args.max_showers,
+        max_showers=args.num,
         chunk_size=args.chunk_size,
         n_batches=args.batches,
         k_folds=args.folds,
@@ -123,39 +173,61 @@ def run_evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         layer=args.layer,
         progress=not args.quiet,
+        candidate_theta_deg=args.theta,
+        candidate_phi_deg=args.phi,
+        reference_grid=args.reference_grid,
     )
     metrics = evaluate(
         args.reference,
         args.candidate,
-        args.out,
+        args.output,
         labels=args.label,
         reference_label=args.reference_label,
         config=config,
         overwrite=args.overwrite,
     )
-    _print_summary(metrics, args.out)
+    _print_summary(metrics, args.output)
     return 0
 
 
 def _print_summary(metrics: dict, out: str) -> None:
-    """A short table on stdout: W1 rows, AUC, per candidate and the floor."""
-    from calogen.evaluation.metrics import W1_ROWS
+    """The report's main table on stdout (every row of report.md: W1 rows, classifier AUC,
+    FPD, KPD; one column per candidate and the reference floor), the features that separate
+    each candidate most, then the warnings."""
+    import sys
+    from pathlib import Path
 
-    entries = dict(metrics["candidates"])
-    if metrics.get("floor"):
-        entries["floor"] = metrics["floor"]
-    names = list(entries)
-    width = max(12, *(len(n) for n in names))
-    print(f"{'W1 x100':<24}" + "".join(f"{n:>{width + 2}}" for n in names))
-    for row in W1_ROWS:
-        cells = []
-        for n in names:
-            r = entries[n]["w1"]["rows"][row]
-            cells.append(f"{r['mean']:.1f} ± {r['std']:.1f}")
-        print(f"{row:<24}" + "".join(f"{c:>{width + 2}}" for c in cells))
-    cells = []
-    for n in names:
-        c = entries[n].get("classifier", {})
-        cells.append(f"{c['auc_mean']:.3f}" if "auc_mean" in c else "-")
-    print(f"{'classifier AUC':<24}" + "".join(f"{c:>{width + 2}}" for c in cells))
-    print(f"report: {out}/report.html")
+    from calogen.evaluation.report import _table_rows
+
+    header, rows = _table_rows(metrics)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        first = f"{row[0]:<{widths[0]}}"
+        print(first + "".join(f"  {c:>{w}}" for c, w in zip(row[1:], widths[1:], strict=True)))
+    _print_ranking(metrics)
+    within = metrics.get("within_grid")
+    if within:
+        print(f"against {within['reference']['label']}:")
+        header, rows = _table_rows(within)
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        for row in [header, *rows]:
+            first = f"{row[0]:<{widths[0]}}"
+            print(first + "".join(f"  {c:>{w}}" for c, w in zip(row[1:], widths[1:], strict=True)))
+        _print_ranking(within, " on the grid")
+    for warning in metrics.get("warnings", []):
+        print(f"calogen: warning: {warning}", file=sys.stderr)
+    print(f"report: {Path(out) / 'report.html'}")
+
+
+def _print_ranking(metrics: dict, where: str = "") -> None:
+    """The five single features that separate each candidate most."""
+    from calogen.evaluation.report import feature_label
+
+    for name, entry in metrics["candidates"].items():
+        ranking = entry.get("feature_ranking", [])[:5]
+        if ranking:
+            print(f"features that separate {name} most{where} (single-feature AUC):")
+            for r in ranking:
+                rel = r["relative_difference"]
+                shift = f", mean {100 * rel:+.1f} %" if rel == rel else ""
+                print(f"  {feature_label(r['name']):<36} {r['auc']:.3f}{shift}")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from calogen.cli import positive_int
+from calogen.cli import add_model, add_num, add_output, add_quiet, add_threads, positive_int
+from calogen.errors import UsageError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +27,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "the same command trains data parallel: each rank draws batches from its shard of "
             "the showers with its own seed, gradients are averaged across ranks (gloo on "
             "CPU, NCCL on GPU), and only rank 0 writes checkpoints, the model and the log. "
-            f"Models: {models_help}."
+            "The CaloClouds models end with their corrections fitted on (up to 1,000 of) the "
+            "training showers (occupancy; CaloClouds II also the radial map): the finished "
+            "model needs no 'calogen fit-occupancy'. 'caloclouds2-cm' runs the whole recipe "
+            "of the shipped default in one command: the teacher (OUT/teacher), its "
+            "distillation into a one-step model (OUT) and the corrections, with progress that "
+            "names the stage and stage markers in OUT/pipeline.json; after a kill at any "
+            "stage, re-running the same command continues (the result is the same as an "
+            "uninterrupted run). A model is specific to the calorimeter and particle of its "
+            f"training data. Models: {models_help}."
         ),
     )
     p.add_argument(
@@ -35,8 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--config",
         default="small",
+        metavar="small|paper|FILE",
         help="'small' (reduced widths/iterations, < 1 h on a CPU), 'paper' (published "
         "hyperparameters) or a YAML/JSON file with overrides and optional 'base: small|paper' "
+        "(caloclouds2-cm: 'base', and 'teacher' and 'distill' mappings of overrides) "
         "(default: small)",
     )
     p.add_argument(
@@ -46,9 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="training showers (showerdata or legacy CaloClouds HDF5; x, y in mm, "
         "layer index, e in GeV; incident energies in GeV)",
     )
-    p.add_argument(
-        "--out", required=True, metavar="DIR", help="output folder (model + checkpoints)"
-    )
+    add_output(p, metavar="DIR", help="output folder (model + checkpoints)")
     p.add_argument(
         "--resume",
         action="store_true",
@@ -64,14 +73,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="total training iterations (default: from the config)",
     )
-    p.add_argument(
-        "--threads",
-        type=positive_int,
-        default=None,
-        metavar="T",
-        help="CPU threads for torch (default 2)",
+    add_num(
+        p,
+        help="train on the first N showers of --data (e.g. to keep the rest as a test split; "
+        "default: the config's max_showers, else all)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_no_corrections(p)
+    add_threads(p)
+    add_quiet(p, help="no progress bar (running loss)")
     p.set_defaults(func=_train)
 
     q = subparsers.add_parser(
@@ -89,14 +98,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "occupancy.json)."
         ),
     )
-    q.add_argument("--model", required=True, metavar="DIR", help="trained model folder")
-    q.add_argument("--data", required=True, metavar="FILE", help="Geant4 showers (HDF5)")
+    add_model(
+        q,
+        default=None,
+        required=True,
+        metavar="DIR",
+        help="trained model folder, updated in place (the shipped 'default' model is "
+        "read-only: copy it first)",
+    )
     q.add_argument(
-        "--showers",
-        type=positive_int,
+        "--data",
+        required=True,
+        metavar="FILE",
+        help="Geant4 showers (showerdata or legacy CaloClouds HDF5)",
+    )
+    add_num(
+        q,
         default=1000,
-        metavar="N",
-        help="showers used from the data and generated (default 1000)",
+        old=("--showers",),
+        help="showers used from the data and generated (default: 1000)",
     )
     q.add_argument("--seed", type=int, default=0, help="random seed for generation (default 0)")
     q.add_argument(
@@ -105,13 +125,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=("slab", "ild"),
         help="cell geometry for counting hits (default slab)",
     )
-    q.add_argument(
-        "--threads",
-        type=positive_int,
-        default=None,
-        metavar="T",
-        help="CPU threads for torch (default 2)",
-    )
+    add_threads(q)
     q.add_argument(
         "--no-radial",
         dest="radial",
@@ -130,12 +144,15 @@ def _register_distill(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Consistency distillation (Song et al. 2303.01469) of a trained 'caloclouds2' "
             "teacher into 'caloclouds2-cm': student and target start from the teacher's EMA "
-            "weights; each update takes one Heun step of the teacher on an 18-step Karras "
-            "grid (sigma 0.002-80, rho 7), the target follows the student as an EMA (0.95). "
+            "weights; each update takes one Heun step of the teacher on a Karras grid (40 "
+            "points in both presets, the paper's 18 are too coarse for a small teacher; sigma "
+            "0.002-80, rho 7), the target follows the student as an EMA (0.95). "
             "Progress, checkpoints (safetensors + JSON), --resume and --seed behave as in "
             "'calogen train'; OUT always holds a usable model for 'calogen generate --model "
             "OUT' (one network evaluation per shower; the teacher's shower flow and "
-            "calibration)."
+            "calibration), and the finished one its own corrections (radial map, occupancy) "
+            "fitted on the training showers. 'calogen train caloclouds2-cm' runs teacher, "
+            "distillation and corrections in one command."
         ),
     )
     d.add_argument("--teacher", required=True, metavar="DIR", help="trained caloclouds2 folder")
@@ -145,12 +162,11 @@ def _register_distill(subparsers: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="training showers (the teacher's training file, showerdata or legacy HDF5)",
     )
-    d.add_argument(
-        "--out", required=True, metavar="DIR", help="output folder (model + checkpoints)"
-    )
+    add_output(d, metavar="DIR", help="output folder (model + checkpoints)")
     d.add_argument(
         "--config",
         default="small",
+        metavar="small|paper|FILE",
         help="'small' (< 1 h on a CPU), 'paper' or a YAML/JSON file with overrides and optional "
         "'base: small|paper' (default: small)",
     )
@@ -167,11 +183,20 @@ def _register_distill(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="total distillation iterations (default: from the config)",
     )
-    d.add_argument(
-        "--threads", type=positive_int, default=None, metavar="T", help="CPU threads (default 2)"
-    )
-    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_no_corrections(d)
+    add_threads(d)
+    add_quiet(d, help="no progress bar (running loss)")
     d.set_defaults(func=_distill)
+
+
+def _add_no_corrections(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-corrections",
+        dest="corrections",
+        action="store_false",
+        help="CaloClouds models: do not fit the corrections (radial map, occupancy) on the "
+        "training showers at the end (fit them later with 'calogen fit-occupancy')",
+    )
 
 
 def _distill(args: argparse.Namespace) -> int:
@@ -179,16 +204,17 @@ def _distill(args: argparse.Namespace) -> int:
     from calogen.models.training import check_run_folder, set_threads
 
     set_threads(args.threads)
-    check_run_folder(args.out)
+    check_run_folder(args.output)
     summary = distill(
         teacher=args.teacher,
         config=args.config,
         data=args.data,
-        out=args.out,
+        out=args.output,
         resume=args.resume,
         seed=args.seed,
         iterations=args.iterations,
-        progress=not args.no_progress,
+        progress=not args.quiet,
+        corrections=args.corrections,
     )
     _print_summary(summary)
     return 0
@@ -209,12 +235,14 @@ def _train(args: argparse.Namespace) -> int:
         args.model,
         config=args.config,
         data=args.data,
-        out=args.out,
+        out=args.output,
         resume=args.resume,
         seed=args.seed,
         iterations=args.iterations,
         threads=args.threads,
-        progress=not args.no_progress,
+        progress=not args.quiet,
+        corrections=args.corrections,
+        n_showers=args.num,
     )
     _print_summary(summary)
     return 0
@@ -224,11 +252,16 @@ def _fit_occupancy(args: argparse.Namespace) -> int:
     from calogen.models.registry import fit_occupancy
     from calogen.models.training import set_threads
 
+    if args.model == "default":
+        raise UsageError(
+            "--model default: the shipped model is read-only; copy its folder "
+            "(calogen/default_model) and pass the copy"
+        )
     set_threads(args.threads)
     summary = fit_occupancy(
         args.model,
         args.data,
-        n_showers=args.showers,
+        n_showers=args.num,
         seed=args.seed,
         geometry=args.geometry,
         radial=args.radial,

@@ -1,7 +1,8 @@
 """Torch dataset over shower files and a sampler that batches showers of similar size.
 
 The dataset holds the showers packed in memory (``points [P, 4]`` float32 + offsets; the
-10k-shower training file takes about 0.4 GB) and returns raw points. Normalisation, depth
+10k-shower training file takes about 0.4 GB) with their incident energies and directions
+(unit vectors; ``(0, 0, 1)`` for files without directions) and returns raw points. Normalisation, depth
 smearing and the optional random subset of points per shower happen in :meth:`collate`
 with torch's global RNG, so a training loop that checkpoints the torch RNG state resumes
 exactly. :class:`BucketBatchSampler` maps a global step number to a batch
@@ -56,7 +57,7 @@ class ShowerDataset(Dataset):
             raise UsageError(f"invalid shard: rank {rank} of world size {world_size}")
         self.normalisation = normalisation
         self.max_points_per_shower = max_points_per_shower
-        points, counts, energies = [], [], []
+        points, counts, energies, directions = [], [], [], []
         with ShowerFile(path) as f:
             stop = len(f) if max_showers is None else min(len(f), max_showers)
             for start in range(0, stop, chunk_size):
@@ -67,11 +68,14 @@ class ShowerDataset(Dataset):
                 points.append(packed.points)
                 counts.append(packed.counts)
                 energies.append(chunk.energies.reshape(-1))
+                directions.append(np.asarray(chunk.directions, np.float32).reshape(-1, 3))
         if not counts or sum(len(c) for c in counts) == 0:
             raise UsageError(f"{path}: no showers to train on")
         self.points = np.concatenate(points).astype(np.float32)
         self.counts = np.concatenate(counts).astype(np.int64)
         self.energies = np.concatenate(energies).astype(np.float32)
+        #: incident directions ``[N, 3]`` (unit vectors)
+        self.directions = np.concatenate(directions).astype(np.float32)
         self.offsets = np.concatenate(([0], np.cumsum(self.counts))).astype(np.int64)
 
     def __len__(self) -> int:
@@ -82,6 +86,7 @@ class ShowerDataset(Dataset):
         return {
             "points": torch.from_numpy(self.points[lo:hi]),
             "energy": float(self.energies[index]),
+            "direction": torch.from_numpy(self.directions[index]),
             "n_points": int(self.counts[index]),
         }
 
@@ -101,7 +106,8 @@ def collate_padded(
     Returns:
         ``points [B, P, 4]`` (normalised if ``normalisation`` is given, zero padding),
         ``mask [B, P]`` (True for real points), ``energy [B]`` incident energy in GeV,
-        ``n_points [B]`` the showers' full numbers of points (before any subset).
+        ``n_points [B]`` the showers' full numbers of points (before any subset) and, when
+        the items carry one, ``direction [B, 3]`` the incident unit vectors.
     """
     chosen = []
     for item in items:
@@ -118,12 +124,15 @@ def collate_padded(
     if normalisation is not None:
         batch = normalisation.forward(batch, rng=generator)
         batch = batch * mask[..., None]
-    return {
+    out = {
         "points": batch,
         "mask": mask,
         "energy": torch.tensor([float(i["energy"]) for i in items]),
         "n_points": torch.tensor([int(i["n_points"]) for i in items]),
     }
+    if items and all("direction" in i for i in items):
+        out["direction"] = torch.stack([torch.as_tensor(i["direction"]) for i in items])
+    return out
 
 
 class BucketBatchSampler(Sampler[list[int]]):

@@ -6,7 +6,12 @@ Two on-disk layouts are understood:
   ``energies [N,1]``, ``directions [N,3]``); this is the format calogen writes.
 * ``legacy`` — the CaloClouds training layout: ``events [N, 4, max_points]`` float32 with
   channels (x, y, z, e) and zero padding at the FRONT, ``energy [N, 1]`` in GeV and
-  optionally ``n_points [N]``.
+  optionally ``n_points [N]`` and ``directions [N, 3]`` (unit vectors of the incident
+  particle, as in the shared file of inclined Geant4 showers).
+
+Incident directions travel with the showers through every reader and writer; a legacy file
+without ``directions`` holds showers at normal incidence ``(0, 0, 1)`` (see
+:mod:`calogen.directions` for the frame).
 
 In memory every shower set is a :class:`showerdata.Showers` with 4 channels
 ``(x [mm], y [mm], layer, e [GeV])`` padded at the end. Large files are read in chunks
@@ -108,6 +113,10 @@ class FileSummary:
     points_max: int
     max_points_stored: int
     attrs: dict[str, str]
+    #: polar angle (deg) range of the stored directions, ``None`` if the file has none
+    theta_range_deg: tuple[float, float] | None = None
+    #: azimuth (deg, in [0, 360)) range of the stored directions, ``None`` if none
+    phi_range_deg: tuple[float, float] | None = None
 
     def lines(self) -> list[str]:
         out = [
@@ -122,9 +131,19 @@ class FileSummary:
                 f"points:      {self.points_min} - {self.points_max} per shower "
                 f"(mean {self.points_mean:.1f}; stored width {self.max_points_stored})",
             ]
+            out += self._direction_lines()
         for key, value in self.attrs.items():
             out.append(f"attr {key}: {value}")
         return out
+
+    def _direction_lines(self) -> list[str]:
+        if self.theta_range_deg is None or self.phi_range_deg is None:
+            return ["directions:  none stored (normal incidence)"]
+        (t_lo, t_hi), (p_lo, p_hi) = self.theta_range_deg, self.phi_range_deg
+        return [
+            f"theta:       {t_lo:.2f} - {t_hi:.2f} deg (polar angle to the calorimeter normal)",
+            f"phi:         {p_lo:.2f} - {p_hi:.2f} deg (azimuth)",
+        ]
 
 
 class ShowerFile:
@@ -164,6 +183,19 @@ class ShowerFile:
             shape = h5["shape"][...]
             if shape.shape != (3,) or int(shape[2]) not in (4, 5):
                 raise UsageError(f"{self.path}: invalid showerdata 'shape' dataset {shape}")
+        self._check_directions_layout()
+
+    def _check_directions_layout(self) -> None:
+        """A ``directions`` dataset, if present, must be ``[N, 3]`` (one vector per shower)."""
+        if "directions" not in self._h5:
+            return
+        directions = self._h5["directions"]
+        shape = getattr(directions, "shape", None)
+        if not isinstance(directions, h5py.Dataset) or shape != (len(self), 3):
+            raise UsageError(
+                f"{self.path}: 'directions' must have shape [N, 3] = [{len(self)}, 3] (one unit "
+                f"vector per shower), got {shape}"
+            )
 
     def __enter__(self) -> ShowerFile:
         return self
@@ -190,7 +222,22 @@ class ShowerFile:
             return int(self._h5["shape"][1])
         return int(self._h5["events"].shape[2])
 
+    @property
+    def has_directions(self) -> bool:
+        """Whether the file stores incident directions (else: normal incidence)."""
+        return "directions" in self._h5
+
     # -- cheap per-shower columns -----------------------------------------------------------
+    def incident_directions(self, start: int = 0, stop: int | None = None) -> NDArray[np.float32]:
+        """Incident directions (unit vectors), shape ``[n, 3]``; ``(0, 0, 1)`` (normal
+        incidence) for a file without directions. Not validated (see :meth:`check_columns`)."""
+        if self.has_directions:
+            return np.asarray(self._h5["directions"][start:stop], dtype=np.float32).reshape(-1, 3)
+        n = len(range(*slice(start, stop).indices(len(self))))
+        normal = np.zeros((n, 3), np.float32)
+        normal[:, 2] = 1.0
+        return normal
+
     def incident_energies(self, start: int = 0, stop: int | None = None) -> NDArray[np.float32]:
         """Incident energies in GeV, shape ``[n]``."""
         key = "energies" if self.format == "showerdata" else "energy"
@@ -241,11 +288,13 @@ class ShowerFile:
             counts = self.num_points(start, stop)
             points = _legacy_to_points(events, counts)
             energies = self.incident_energies(start, stop).reshape(-1, 1)
+            directions = self.incident_directions(start, stop)
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise UsageError(f"{self.path}: cannot read showers {start}:{stop}: {exc}") from None
         showers = showerdata.Showers(
             points=points,
             energies=energies,
+            directions=directions,
             pdg=22,
             shower_ids=np.arange(start, stop, dtype=np.int32),
             num_points=counts.astype(np.int32),
@@ -276,14 +325,24 @@ class ShowerFile:
         for first in range(0, n, 1 << 20):
             last = min(first + (1 << 20), n)
             _check_energies(self.incident_energies(first, last), str(self.path), first)
-            if self.format == "showerdata" and "directions" in self._h5:
-                directions = np.asarray(self._h5["directions"][first:last], np.float64)
+            if self.has_directions:
+                directions = np.asarray(self.incident_directions(first, last), np.float64)
                 _check_directions(directions, str(self.path), first)
 
     def summary(self) -> FileSummary:
+        """What the file holds; the angle ranges come from the stored directions (unchecked:
+        :meth:`check_columns` refuses bad ones)."""
+        from calogen.directions import angles_from_directions
+
         n = len(self)
         energies = self.incident_energies()
         counts = self.num_points()
+        theta_range = phi_range = None
+        if n and self.has_directions:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                theta, phi = angles_from_directions(self.incident_directions())
+            theta_range = (float(theta.min()), float(theta.max()))
+            phi_range = (float(phi.min()), float(phi.max()))
         return FileSummary(
             path=str(self.path),
             format=self.format,
@@ -296,6 +355,8 @@ class ShowerFile:
             points_max=int(counts.max()) if n else 0,
             max_points_stored=self.max_points,
             attrs=self.attrs,
+            theta_range_deg=theta_range,
+            phi_range_deg=phi_range,
         )
 
 
@@ -320,6 +381,13 @@ def validate_showers(showers: showerdata.Showers, what: str = "showers") -> None
         raise CalogenError(f"{what}: incident energies must be finite and positive")
     if not np.all(np.isfinite(showers.points)):
         raise CalogenError(f"{what}: points contain NaN or inf")
+    directions = np.asarray(showers.directions, np.float64).reshape(-1, 3)
+    with np.errstate(invalid="ignore"):
+        unit = np.abs(np.linalg.norm(directions, axis=1) - 1.0) <= 1e-3
+        if not np.all(unit & (directions[:, 2] > 0)):
+            raise CalogenError(
+                f"{what}: directions must be finite unit vectors into the calorimeter (dz > 0)"
+            )
 
 
 def _check_energies(energies: NDArray, what: str, first: int) -> None:
@@ -513,12 +581,14 @@ def merge_files(
     overwrite: bool = False,
     chunk_size: int = 1000,
     progress: bool = False,
+    showers: tuple[int, int] | None = None,
 ) -> Path:
     """Concatenate shower files (e.g. generation shards) into one showerdata file.
 
     Reads and writes chunk by chunk, so memory stays bounded for any file size. The output
     appears only when complete. Attributes of the first input are kept, with ``merged_from``
-    listing the inputs.
+    listing the inputs. ``showers=(start, stop)`` keeps only showers ``start..stop-1``
+    (0-based) of the inputs joined in order, e.g. a held-out split of one file.
     """
     from tqdm.auto import tqdm
 
@@ -526,14 +596,29 @@ def merge_files(
         raise UsageError("merge: no input files")
     files = [ShowerFile(p) for p in inputs]
     try:
-        total = sum(len(f) for f in files)
-        width = max(max(int(f.num_points().max(initial=0)), 1) for f in files)
+        sizes = [len(f) for f in files]
+        first, last = (0, sum(sizes)) if showers is None else showers
+        if not 0 <= first < last <= sum(sizes):
+            raise UsageError(
+                f"--range {first} {last}: the inputs hold {sum(sizes)} showers (need "
+                f"0 <= START < STOP <= {sum(sizes)})"
+            )
+        offsets = np.cumsum([0, *sizes])
+        parts = [  # (file, local start, local stop) of the kept showers
+            (f, max(first - int(o), 0), min(last - int(o), n))
+            for f, o, n in zip(files, offsets, sizes, strict=False)
+            if min(last - int(o), n) > max(first - int(o), 0)
+        ]
+        width = max(max(int(f.num_points(a, b).max(initial=0)), 1) for f, a, b in parts)
         attrs: dict[str, str | int | float] = dict(files[0].attrs)
         attrs["merged_from"] = ", ".join(str(Path(p).name) for p in inputs)
+        if showers is not None:
+            attrs["merged_range"] = f"showers {first}-{last - 1} of the joined inputs"
+        total = last - first
         bar = tqdm(total=total, unit="shower", disable=not progress, desc="merge")
         with ShowerWriter(output, total, width, overwrite=overwrite, attrs=attrs) as writer:
-            for f in files:
-                for chunk in f.iter_chunks(chunk_size):
+            for f, a, b in parts:
+                for chunk in f.iter_chunks(chunk_size, a, b):
                     writer.write(chunk)
                     bar.update(len(chunk))
         bar.close()

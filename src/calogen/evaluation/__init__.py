@@ -2,7 +2,10 @@
 
 * :mod:`calogen.evaluation.observables` — per-shower observables from projected cell hits
   (:func:`shower_features`, :class:`ShowerFeatures`) and their chunked accumulation.
-* :mod:`calogen.evaluation.metrics` — W1 table of CaloClouds II, classifier AUC, FPD, KPD.
+* :mod:`calogen.evaluation.metrics` — W1 table of CaloClouds II (plus the fitted-axis rows),
+  classifier AUC, single-feature ranking, FPD, KPD.
+* :mod:`calogen.evaluation.angles` — groups of incident energy and angle, the per-condition
+  table and the centroid along the tilt of inclined showers.
 * :mod:`calogen.evaluation.plots` — comparison figures (PNG + PDF).
 * :mod:`calogen.evaluation.report` — :func:`evaluate`, behind ``calogen evaluate``.
 

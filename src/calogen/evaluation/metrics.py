@@ -11,9 +11,10 @@
   standardises the LINEAR cell energies (MeV) with the reference mean and std of all cells,
   as the paper does; because that W1 is dominated by the few high-energy core cells, the
   table also carries an extra row ``cell energy (log10)`` computed on log10(E_cell / MeV).
-* :func:`classifier_test` — a small MLP (25 -> 32 -> 16 -> 1, LeakyReLU 0.2, as in the
-  CaloClouds II classifier) on the standardised per-shower features, k-fold; ROC AUC
-  (0.5 = indistinguishable) from the rank formula (:func:`roc_auc`).
+* :func:`classifier_test` — an MLP (hidden layers 64 and 32, LeakyReLU 0.2; wider than the
+  25-32-16-1 of CaloClouds II) on the standardised per-shower features and conditions,
+  k-fold; ROC AUC (0.5 = indistinguishable) from the rank formula (:func:`roc_auc`).
+* :func:`feature_ranking` — the single features ranked by their own AUC (Mann-Whitney).
 * :func:`fpd` and :func:`kpd` — Fréchet and kernel physics distances (Kansal et al.,
   arXiv:2211.10295) implemented after the ``jetnet`` package (jetnet is not a dependency):
   features divided by the maximum absolute reference value; FPD = Fréchet distance of
@@ -56,6 +57,8 @@ W1_ROWS: tuple[str, ...] = (
     "CoG y",
     "CoG z",
 )
+#: Rows of the fitted shower axis (not in the paper): polar angle (deg), slopes dx/dz, dy/dz.
+W1_AXIS_ROWS: tuple[str, ...] = ("axis theta", "axis slope x", "axis slope y")
 #: Extra row (not in the paper): W1 of log10 cell energies.
 W1_EXTRA_ROWS: tuple[str, ...] = ("cell energy (log10)",)
 
@@ -164,7 +167,8 @@ class Standardisation:
     """Reference statistics used to standardise features for the W1 table.
 
     Attributes:
-        mean, std: of the 25 per-shower features ``[25]`` (:func:`feature_names` order).
+        mean, std: of the 25 per-shower features and the 3 fitted-axis observables ``[28]``
+            (:func:`~calogen.evaluation.observables.observable_names` order).
         cell_mean, cell_std: of all reference cell energies, MeV.
         log_cell_mean, log_cell_std: of log10(cell energy / MeV).
     """
@@ -185,7 +189,7 @@ class Standardisation:
     ) -> Standardisation:
         """Statistics of a reference sample; cell moments from ``cell_moments`` if given
         (exact, over all cells) else from the ``cells_mev`` sample."""
-        matrix, _ = features.matrix()
+        matrix, _ = features.matrix(axis=True)
         mean, std = mean_std(matrix)
         if cell_moments is None:
             if cells_mev is None:
@@ -214,8 +218,10 @@ class W1Table:
     """The CaloClouds II Wasserstein table of one comparison.
 
     Attributes:
-        rows: :data:`W1_ROWS` + :data:`W1_EXTRA_ROWS` -> :class:`W1Result` (x100, standardised).
-        per_feature: every one of the 25 per-shower features -> :class:`W1Result`.
+        rows: :data:`W1_ROWS` + :data:`W1_AXIS_ROWS` + :data:`W1_EXTRA_ROWS` ->
+            :class:`W1Result` (x100, standardised).
+        per_feature: every one of the 25 per-shower features and the 3 fitted-axis
+            observables -> :class:`W1Result`.
         shower_batch_size, cell_batch_size: rows per batch.
     """
 
@@ -244,7 +250,7 @@ def w1_table(
     batch_size: int | None = None,
     cell_batch_size: int | None = None,
 ) -> W1Table:
-    """W1 x 100 table of CaloClouds II for one candidate against the reference.
+    """W1 x 100 table of CaloClouds II (plus the fitted-axis rows) for one candidate.
 
     Args:
         reference, candidate: per-shower features (rows in random order: consecutive batches).
@@ -258,8 +264,12 @@ def w1_table(
     """
     if standardisation is None:
         standardisation = Standardisation.from_reference(reference, reference_cells_mev)
-    ref_matrix, names = reference.matrix()
-    cand_matrix, _ = candidate.matrix()
+    ref_matrix, names = reference.matrix(axis=True)
+    cand_matrix, _ = candidate.matrix(axis=True)
+    if len(standardisation.mean) != len(names):
+        raise ValueError(
+            f"standardisation has {len(standardisation.mean)} columns, the features {len(names)}"
+        )
     per_feature = {
         name: wasserstein_batched(
             ref_matrix[:, j],
@@ -300,6 +310,9 @@ def w1_table(
         "CoG x": per_feature["cog_x"],
         "CoG y": per_feature["cog_y"],
         "CoG z": per_feature["cog_z"],
+        "axis theta": per_feature["axis_theta"],
+        "axis slope x": per_feature["axis_slope_x"],
+        "axis slope y": per_feature["axis_slope_y"],
         "cell energy (log10)": log_cell,
     }
     return W1Table(
@@ -332,6 +345,20 @@ def roc_auc(labels: NDArray, scores: NDArray[np.floating]) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+#: Hidden layer widths of the classifier of ``calogen evaluate``.
+CLASSIFIER_HIDDEN: tuple[int, ...] = (64, 32)
+
+
+def describe_classifier(n_features: int, hidden: Sequence[int] = CLASSIFIER_HIDDEN) -> str:
+    """One line describing the network of :func:`classifier_test` (for reports)."""
+    widths = " -> ".join(str(w) for w in (n_features, *hidden, 1))
+    return (
+        f"MLP {widths} (LeakyReLU 0.2), inputs standardised with the reference mean and std; "
+        "Adam lr 1e-3, weight decay 1e-4, batch 128, BCE; up to 200 epochs, early stopping "
+        "(patience 15) on 15 % of the training folds"
+    )
+
+
 @dataclass
 class ClassifierResult:
     """Outcome of :func:`classifier_test`.
@@ -341,7 +368,8 @@ class ClassifierResult:
         aucs: per-fold AUCs.
         n_per_class: showers of each sample used.
         k_folds: number of folds.
-        epochs: epochs trained per fold (early stopping on the validation fold).
+        epochs: epochs trained per fold (early stopping on the validation part).
+        network: description of the network and its training.
     """
 
     auc_mean: float
@@ -350,6 +378,7 @@ class ClassifierResult:
     n_per_class: int
     k_folds: int
     epochs: list[int] = field(default_factory=list)
+    network: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -370,11 +399,13 @@ def classifier_test(
     candidate: NDArray[np.floating],
     *,
     k_folds: int = 5,
-    epochs: int = 30,
-    patience: int = 5,
-    batch_size: int = 256,
+    epochs: int = 200,
+    patience: int = 15,
+    batch_size: int = 128,
     lr: float = 1e-3,
-    hidden: Sequence[int] = (32, 16),
+    weight_decay: float = 1e-4,
+    hidden: Sequence[int] = CLASSIFIER_HIDDEN,
+    validation_fraction: float = 0.15,
     max_per_class: int | None = None,
     seed: int = 0,
 ) -> ClassifierResult:
@@ -383,24 +414,29 @@ def classifier_test(
     Features are standardised with the reference mean/std (non-finite values set to 0 after
     standardisation). Both classes get the same number of rows
     (``min(len(reference), len(candidate), max_per_class)``, a random subset). For fold ``i``:
-    fold ``i`` is the test set, fold ``i+1`` the validation set (best epoch by validation
-    loss, early stopping after ``patience`` epochs without improvement), the others train a
-    fresh MLP (Adam, BCE with logits). Runs on one CPU thread; the caller's torch thread
-    setting is restored afterwards.
+    fold ``i`` is the test set; the other folds are pooled, ``validation_fraction`` of each
+    class's pool picks the best epoch (early stopping after ``patience`` epochs without a lower
+    validation loss) and the rest trains a fresh MLP (Adam with weight decay, BCE with
+    logits). The AUC of every test fold is computed from the scores of the best epoch. Runs on
+    one CPU thread; the caller's torch thread setting is restored afterwards.
 
     Args:
-        reference, candidate: ``[N, F]`` per-shower features.
+        reference, candidate: ``[N, F]`` per-shower features (and conditions).
         k_folds: number of folds (>= 3).
         epochs: maximum epochs per fold.
         patience: early-stopping patience, epochs.
         batch_size: training batch size.
         lr: Adam learning rate.
+        weight_decay: Adam weight decay (L2).
         hidden: hidden layer widths.
+        validation_fraction: share of the training pool kept for early stopping.
         max_per_class: cap on the rows per class.
         seed: seeds subsets, folds, initialisation and shuffling.
     """
     if k_folds < 3:
-        raise ValueError(f"k_folds must be >= 3 (test, validation, training), got {k_folds}")
+        raise ValueError(f"k_folds must be >= 3, got {k_folds}")
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must lie in (0, 1), got {validation_fraction}")
     ref = np.asarray(reference, dtype=np.float64)
     cand = np.asarray(candidate, dtype=np.float64)
     if ref.ndim != 2 or cand.ndim != 2 or ref.shape[1] != cand.shape[1]:
@@ -409,22 +445,20 @@ def classifier_test(
     n = min(len(ref), len(cand))
     if max_per_class is not None:
         n = min(n, int(max_per_class))
-    if n < k_folds:
-        raise ValueError(f"classifier_test needs at least {k_folds} rows per class, got {n}")
+    if n < 2 * k_folds:
+        raise ValueError(f"classifier_test needs at least {2 * k_folds} rows per class, got {n}")
     ref = ref[rng.permutation(len(ref))[:n]]
     cand = cand[rng.permutation(len(cand))[:n]]
     mean, std = mean_std(np.where(np.isfinite(ref), ref, 0.0))
     ref = np.nan_to_num((ref - mean) / std, nan=0.0, posinf=0.0, neginf=0.0)
     cand = np.nan_to_num((cand - mean) / std, nan=0.0, posinf=0.0, neginf=0.0)
-    folds_ref = np.array_split(np.arange(n), k_folds)
-    folds_cand = np.array_split(np.arange(n), k_folds)
+    folds = np.array_split(np.arange(n), k_folds)
 
-    def fold(i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = np.concatenate([ref[folds_ref[i]], cand[folds_cand[i]]])
-        y = np.concatenate([np.zeros(len(folds_ref[i])), np.ones(len(folds_cand[i]))])
+    def tensors(rows_ref: NDArray, rows_cand: NDArray) -> tuple[torch.Tensor, torch.Tensor]:
+        x = np.concatenate([ref[rows_ref], cand[rows_cand]])
+        y = np.concatenate([np.zeros(len(rows_ref)), np.ones(len(rows_cand))])
         return torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
 
-    data = [fold(i) for i in range(k_folds)]
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     aucs: list[float] = []
@@ -434,12 +468,15 @@ def classifier_test(
         for i in range(k_folds):
             generator = torch.Generator().manual_seed(seed * 1000 + i)
             torch.manual_seed(seed * 1000 + i)
-            test, val = data[i], data[(i + 1) % k_folds]
-            train_idx = [j for j in range(k_folds) if j not in (i, (i + 1) % k_folds)]
-            x_train = torch.cat([data[j][0] for j in train_idx])
-            y_train = torch.cat([data[j][1] for j in train_idx])
+            fold_rng = np.random.default_rng(seed * 1000 + i)
+            test = tensors(folds[i], folds[i])
+            pool = np.concatenate([folds[j] for j in range(k_folds) if j != i])
+            pool_ref, pool_cand = fold_rng.permutation(pool), fold_rng.permutation(pool)
+            n_val = max(1, round(validation_fraction * len(pool)))
+            val = tensors(pool_ref[:n_val], pool_cand[:n_val])
+            x_train, y_train = tensors(pool_ref[n_val:], pool_cand[n_val:])
             model = _mlp(ref.shape[1], hidden)
-            optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+            optimiser = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
             best_loss, best_state, best_epoch, epoch = float("inf"), None, 0, 0
             for epoch in range(1, epochs + 1):
                 model.train()
@@ -474,7 +511,51 @@ def classifier_test(
         n_per_class=int(n),
         k_folds=int(k_folds),
         epochs=trained,
+        network=describe_classifier(ref.shape[1], hidden),
     )
+
+
+def feature_ranking(
+    reference: NDArray[np.floating],
+    candidate: NDArray[np.floating],
+    names: Sequence[str],
+) -> list[dict[str, float | str]]:
+    """Single features ranked by how well each alone separates candidate from reference.
+
+    For every column the ROC AUC of the feature value as a score (candidate = positive) is the
+    Mann-Whitney statistic ``U / (n_ref n_cand)`` (:func:`roc_auc`, ties count half): above 0.5
+    the candidate's values tend to be larger. Ranked by ``|AUC - 0.5|``, largest first.
+    Non-finite values are left out of their column.
+
+    Returns:
+        One dict per feature: ``name``, ``auc``, ``separation`` (``|AUC - 0.5|``),
+        ``reference_mean``, ``candidate_mean``, ``relative_difference``
+        (``candidate_mean / reference_mean - 1``; NaN when the reference mean is 0).
+    """
+    ref = np.asarray(reference, dtype=np.float64)
+    cand = np.asarray(candidate, dtype=np.float64)
+    if ref.ndim != 2 or cand.ndim != 2 or not ref.shape[1] == cand.shape[1] == len(names):
+        raise ValueError("feature_ranking needs two [N, F] arrays and F names")
+    out: list[dict[str, float | str]] = []
+    for j, name in enumerate(names):
+        a, b = ref[:, j][np.isfinite(ref[:, j])], cand[:, j][np.isfinite(cand[:, j])]
+        if a.size == 0 or b.size == 0:
+            continue
+        labels = np.concatenate([np.zeros(a.size, bool), np.ones(b.size, bool)])
+        auc = roc_auc(labels, np.concatenate([a, b]))
+        mean_a, mean_b = float(a.mean()), float(b.mean())
+        out.append(
+            {
+                "name": str(name),
+                "auc": auc,
+                "separation": abs(auc - 0.5),
+                "reference_mean": mean_a,
+                "candidate_mean": mean_b,
+                "relative_difference": mean_b / mean_a - 1.0 if mean_a != 0 else float("nan"),
+            }
+        )
+    out.sort(key=lambda r: -float(r["separation"]))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -671,6 +752,8 @@ def kpd(
 
 
 __all__ = [
+    "CLASSIFIER_HIDDEN",
+    "W1_AXIS_ROWS",
     "W1_EXTRA_ROWS",
     "W1_ROWS",
     "ClassifierResult",
@@ -679,7 +762,9 @@ __all__ = [
     "W1Table",
     "classifier_test",
     "combine_scores",
+    "describe_classifier",
     "feature_names",
+    "feature_ranking",
     "fpd",
     "frechet_distance",
     "kpd",

@@ -15,10 +15,21 @@ Per-shower observables (:class:`ShowerFeatures`):
   :meth:`ShowerFeatures.matrix`;
 * energy and hits per layer ``[N, n_layers]`` (MeV, counts);
 * the radial profile ``[N, n_radial]``: energy (MeV) per bin of the distance of the cell
-  centre to the shower axis (the impact point, x = y = 0), in fine bins for plots;
+  centre to the shower axis in its layer, in fine bins for plots. The axis is the line of
+  the incident direction through the impact point: it crosses layer ``l`` at
+  ``depth_l * tan(theta) * (cos phi, sin phi)`` (:func:`calogen.directions.axis_offset_mm`),
+  so for normal incidence it is x = y = 0 and the numbers are those of the z axis;
+* the fitted shower axis: a straight line fitted to the energy-weighted centroids of the
+  cells of each layer against the layer depth, weighted by the layer energy
+  (:func:`calogen.directions.fit_axis`): its polar angle ``axis_theta_deg``, its slopes
+  ``axis_slope_x = dx/dz`` and ``axis_slope_y = dy/dz`` and its azimuth ``axis_phi_deg``
+  (circular and undefined at theta = 0, so no W1 row); the per-layer centroids are kept too;
 * the 25 per-shower features of the CaloClouds II evaluation (arXiv:2309.05704):
   occupancy, sampling fraction ``E_vis / E_inc`` (both in MeV), 10 longitudinal energy bins,
-  10 radial energy bins, CoG x, y, z (:meth:`ShowerFeatures.matrix`).
+  10 radial energy bins, CoG x, y, z (:meth:`ShowerFeatures.matrix`), and with
+  ``axis=True`` the three fitted-axis observables after them (:data:`AXIS_FEATURE_NAMES`);
+* the conditions of each shower, as a classifier sees them (:meth:`ShowerFeatures.conditions`):
+  log(E_inc / GeV), cos(theta) and the two slopes of the incident direction.
 
 The "26th feature" of CaloClouds II is the cell energy. It is a per-*cell* quantity (a
 shower has hundreds to thousands of values), so it is not a column of the per-shower feature
@@ -45,7 +56,8 @@ import showerdata
 from numpy.typing import NDArray
 
 from calogen.data.packed import pack
-from calogen.geometry import Calorimeter, CellHits
+from calogen.directions import axis_slopes, fit_axis
+from calogen.geometry import Calorimeter, CellHits, slab
 
 #: Layer edges of the 10 longitudinal energy bins of CaloClouds II (last edge inclusive).
 LONGITUDINAL_EDGES: tuple[int, ...] = (0, 8, 11, 13, 15, 16, 18, 19, 21, 24, 29)
@@ -71,6 +83,12 @@ CELL_ENERGY_EDGES_MEV: NDArray[np.float64] = np.logspace(-2.0, 4.0, 121)
 N_LONGITUDINAL = len(LONGITUDINAL_EDGES) - 1
 N_RADIAL = len(RADIAL_EDGES_MM) - 1
 
+#: Names of the fitted-axis observables appended by ``ShowerFeatures.matrix(axis=True)``:
+#: polar angle of the fitted axis (deg) and its slopes dx/dz, dy/dz.
+AXIS_FEATURE_NAMES: tuple[str, ...] = ("axis_theta", "axis_slope_x", "axis_slope_y")
+#: Names of the condition columns of :meth:`ShowerFeatures.conditions`.
+CONDITION_NAMES: tuple[str, ...] = ("log_energy", "cos_theta", "slope_x", "slope_y")
+
 
 def feature_names() -> list[str]:
     """Names of the 25 per-shower features, in the column order of :meth:`ShowerFeatures.matrix`."""
@@ -80,6 +98,11 @@ def feature_names() -> list[str]:
         + [f"radial_{k}" for k in range(N_RADIAL)]
         + ["cog_x", "cog_y", "cog_z"]
     )
+
+
+def observable_names(axis: bool = True) -> list[str]:
+    """:func:`feature_names` followed (``axis=True``) by :data:`AXIS_FEATURE_NAMES`."""
+    return feature_names() + (list(AXIS_FEATURE_NAMES) if axis else [])
 
 
 def longitudinal_bin_labels() -> list[str]:
@@ -124,9 +147,49 @@ def _binned_sum(
     return np.bincount(flat, weights=w, minlength=n_showers * n_bins).reshape(n_showers, n_bins)
 
 
-def cell_radius_mm(hits: CellHits) -> NDArray[np.float64]:
-    """Distance (mm) of every hit cell centre to the shower axis (x = y = 0), ``[H]``."""
-    return np.hypot(hits.x_mm.astype(np.float64), hits.y_mm.astype(np.float64))
+def _depth_mm(calorimeter: Calorimeter | None, n_layers: int) -> NDArray[np.float64]:
+    """Layer depths (mm) of ``calorimeter`` (the slab's when None), ``[n_layers]``."""
+    depth = np.asarray((calorimeter or slab()).layer_z_mm, dtype=np.float64)
+    if depth.size < n_layers:
+        raise ValueError(f"geometry has {depth.size} layers, the hits {n_layers}")
+    return depth[:n_layers]
+
+
+def axis_relative_xy(
+    hits: CellHits,
+    directions: NDArray[np.floating] | None = None,
+    calorimeter: Calorimeter | None = None,
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Cell centres (mm) relative to the shower axis in their layer, ``[H]`` each.
+
+    ``directions`` ``[n_showers, 3]``: incident unit vectors; None means normal incidence (the
+    axis is x = y = 0 and the positions are returned unchanged). The axis crosses layer ``l``
+    at ``depth_l * (dx/dz, dy/dz)`` with the depths of ``calorimeter`` (the slab's if None).
+    """
+    x = np.asarray(hits.x_mm, dtype=np.float64)
+    y = np.asarray(hits.y_mm, dtype=np.float64)
+    if directions is None:
+        return x, y
+    slopes = axis_slopes(directions)
+    if slopes.shape[0] != hits.n_showers:
+        raise ValueError(f"{slopes.shape[0]} directions for {hits.n_showers} showers")
+    depth = _depth_mm(calorimeter, hits.n_layers)
+    layer = np.clip(np.asarray(hits.layer, dtype=np.int64), 0, hits.n_layers - 1)
+    shower = np.asarray(hits.shower, dtype=np.int64)
+    return x - slopes[shower, 0] * depth[layer], y - slopes[shower, 1] * depth[layer]
+
+
+def cell_radius_mm(
+    hits: CellHits,
+    directions: NDArray[np.floating] | None = None,
+    calorimeter: Calorimeter | None = None,
+) -> NDArray[np.float64]:
+    """Distance (mm) of every hit cell centre to the shower axis in its layer, ``[H]``.
+
+    Normal incidence (``directions`` None): the distance to x = y = 0. See
+    :func:`axis_relative_xy`.
+    """
+    return np.hypot(*axis_relative_xy(hits, directions, calorimeter))
 
 
 def cell_energies(hits: CellHits) -> NDArray[np.float32]:
@@ -158,9 +221,16 @@ class ShowerFeatures:
         energy_per_layer_mev: ``[N, n_layers]`` energy per layer, MeV.
         hits_per_layer: ``[N, n_layers]`` hits per layer.
         longitudinal_mev: ``[N, 10]`` energy in the CaloClouds II layer bins, MeV.
-        radial_mev: ``[N, 10]`` energy in the CaloClouds II radial bins, MeV.
+        radial_mev: ``[N, 10]`` energy in the CaloClouds II radial bins (radius from the
+            shower axis in each layer), MeV.
         radial_profile_mev: ``[N, n_fine]`` energy in the fine radial bins
             :data:`RADIAL_PROFILE_EDGES_MM`, MeV.
+        directions: ``[N, 3]`` incident unit vectors (``(0, 0, 1)``: normal incidence).
+        layer_cog_x_mm, layer_cog_y_mm: ``[N, n_layers]`` energy-weighted centroid of the
+            cells of each layer, mm from the impact point (NaN for empty layers).
+        axis_slope_x, axis_slope_y: slopes dx/dz, dy/dz of the fitted shower axis
+            (NaN with fewer than two layers hit).
+        axis_theta_deg, axis_phi_deg: polar angle and azimuth of the fitted axis, deg.
     """
 
     incident_energy_gev: NDArray[np.float64]
@@ -175,6 +245,13 @@ class ShowerFeatures:
     longitudinal_mev: NDArray[np.float64]
     radial_mev: NDArray[np.float64]
     radial_profile_mev: NDArray[np.float64]
+    directions: NDArray[np.float64]
+    layer_cog_x_mm: NDArray[np.float64]
+    layer_cog_y_mm: NDArray[np.float64]
+    axis_slope_x: NDArray[np.float64]
+    axis_slope_y: NDArray[np.float64]
+    axis_theta_deg: NDArray[np.float64]
+    axis_phi_deg: NDArray[np.float64]
     radial_profile_edges_mm: NDArray[np.float64] = field(
         default_factory=lambda: RADIAL_PROFILE_EDGES_MM.copy()
     )
@@ -187,12 +264,30 @@ class ShowerFeatures:
         """``E_vis / E_inc`` (both in MeV), dimensionless."""
         return self.visible_energy_mev / (self.incident_energy_gev * 1000.0)
 
-    def matrix(self, nan_to: float = 0.0) -> tuple[NDArray[np.float64], list[str]]:
+    @property
+    def incident_theta_deg(self) -> NDArray[np.float64]:
+        """Polar angle of the incident direction to the calorimeter normal, deg."""
+        d = np.asarray(self.directions, dtype=np.float64)
+        norm = np.linalg.norm(d, axis=1)
+        return np.degrees(np.arccos(np.clip(d[:, 2] / np.where(norm > 0, norm, 1.0), -1, 1)))
+
+    @property
+    def incident_phi_deg(self) -> NDArray[np.float64]:
+        """Azimuth of the incident direction in [0, 360) deg (0 at normal incidence)."""
+        d = np.asarray(self.directions, dtype=np.float64)
+        return np.mod(np.degrees(np.arctan2(d[:, 1], d[:, 0])), 360.0)
+
+    def matrix(
+        self, nan_to: float = 0.0, *, axis: bool = False
+    ) -> tuple[NDArray[np.float64], list[str]]:
         """The 25 per-shower features ``[N, 25]`` and their names (:func:`feature_names`).
 
         Columns: occupancy (hits), sampling fraction (E_vis/E_inc), 10 longitudinal bins (MeV),
-        10 radial bins (MeV), CoG x (mm), CoG y (mm), CoG z (layer index). Undefined values (the
-        centre of gravity of showers without hits) are replaced by ``nan_to``.
+        10 radial bins (MeV, radius from the shower axis), CoG x (mm), CoG y (mm), CoG z (layer
+        index); with ``axis`` also the fitted-axis polar angle (deg) and slopes dx/dz, dy/dz
+        (:data:`AXIS_FEATURE_NAMES`, ``[N, 28]``). Undefined values (the centre of gravity of
+        showers without hits, the axis of showers with fewer than two layers hit) are
+        replaced by ``nan_to``.
         """
         columns = [
             self.n_hits[:, None].astype(np.float64),
@@ -203,9 +298,28 @@ class ShowerFeatures:
             self.cog_y_mm[:, None],
             self.cog_z_layer[:, None],
         ]
+        if axis:
+            columns += [
+                self.axis_theta_deg[:, None],
+                self.axis_slope_x[:, None],
+                self.axis_slope_y[:, None],
+            ]
         matrix = np.concatenate(columns, axis=1).astype(np.float64)
         matrix[~np.isfinite(matrix)] = nan_to
-        return matrix, feature_names()
+        return matrix, observable_names(axis)
+
+    def conditions(self) -> tuple[NDArray[np.float64], list[str]]:
+        """What each shower was asked for, ``[N, 4]``: log(E_inc / GeV), cos(theta) and the
+        slopes dx/dz, dy/dz of the incident direction (:data:`CONDITION_NAMES`)."""
+        d = np.asarray(self.directions, dtype=np.float64)
+        d = d / np.linalg.norm(d, axis=1, keepdims=True)
+        slopes = axis_slopes(d)
+        columns = [
+            np.log(np.asarray(self.incident_energy_gev, np.float64))[:, None],
+            d[:, 2:3],
+            slopes,
+        ]
+        return np.concatenate(columns, axis=1), list(CONDITION_NAMES)
 
     def select(self, mask_or_index: NDArray[np.bool_] | NDArray[np.integer]) -> ShowerFeatures:
         """Subset of showers by a boolean mask or an index array."""
@@ -233,14 +347,17 @@ def shower_features(
     hits: CellHits,
     calorimeter: Calorimeter | None = None,
     radial_profile_edges_mm: NDArray[np.floating] = RADIAL_PROFILE_EDGES_MM,
+    directions: NDArray[np.floating] | None = None,
 ) -> ShowerFeatures:
     """Per-shower observables of all showers in ``hits`` (vectorised, no per-shower loops).
 
     Args:
         hits: projected cell hits (energies in MeV, positions in mm from the impact point).
-        calorimeter: used for ``cog_z_mm`` (``Calorimeter.layer_z_mm``); ``cog_z_mm`` is NaN
-            when it is None.
+        calorimeter: used for ``cog_z_mm`` and the layer depths of the shower axis
+            (``Calorimeter.layer_z_mm``; the slab's depths when None, and ``cog_z_mm`` NaN).
         radial_profile_edges_mm: fine radial bins for :attr:`ShowerFeatures.radial_profile_mev`.
+        directions: ``[n_showers, 3]`` incident unit vectors; None = normal incidence. Radii
+            are measured from the shower axis in each layer (:func:`axis_relative_xy`).
 
     Returns:
         :class:`ShowerFeatures` of ``hits.n_showers`` showers.
@@ -274,10 +391,21 @@ def shower_features(
     long_index = _bin_index(layer.astype(np.float64), np.asarray(LONGITUDINAL_EDGES, np.float64))
     e_long = _binned_sum(shower, long_index, energy, n, N_LONGITUDINAL)
 
-    radius = np.hypot(x, y)
+    radius = np.hypot(*axis_relative_xy(hits, directions, calorimeter))
     e_radial = _binned_sum(shower, _bin_index(radius, RADIAL_EDGES_MM), energy, n, N_RADIAL)
     fine = np.asarray(radial_profile_edges_mm, dtype=np.float64)
     e_profile = _binned_sum(shower, _bin_index(radius, fine), energy, n, len(fine) - 1)
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        layer_norm = np.where(e_layer > 0, e_layer, np.nan)
+        layer_cog_x = _binned_sum(shower, layer_index, energy * x, n, n_layers) / layer_norm
+        layer_cog_y = _binned_sum(shower, layer_index, energy * y, n, n_layers) / layer_norm
+    axis = fit_axis(layer_cog_x, layer_cog_y, e_layer, _depth_mm(calorimeter, n_layers))
+    if directions is None:
+        dirs = np.zeros((n, 3))
+        dirs[:, 2] = 1.0
+    else:
+        dirs = np.asarray(directions, dtype=np.float64).reshape(n, 3)
 
     return ShowerFeatures(
         incident_energy_gev=np.asarray(hits.incident_energy_gev, dtype=np.float64).reshape(-1),
@@ -292,15 +420,27 @@ def shower_features(
         longitudinal_mev=e_long,
         radial_mev=e_radial,
         radial_profile_mev=e_profile,
+        directions=dirs,
+        layer_cog_x_mm=layer_cog_x,
+        layer_cog_y_mm=layer_cog_y,
+        axis_slope_x=axis["slope_x"],
+        axis_slope_y=axis["slope_y"],
+        axis_theta_deg=axis["theta_deg"],
+        axis_phi_deg=axis["phi_deg"],
         radial_profile_edges_mm=fine.copy(),
     )
 
 
 def radial_profile(
-    hits: CellHits, edges_mm: NDArray[np.floating] = RADIAL_PROFILE_EDGES_MM
+    hits: CellHits,
+    edges_mm: NDArray[np.floating] = RADIAL_PROFILE_EDGES_MM,
+    directions: NDArray[np.floating] | None = None,
+    calorimeter: Calorimeter | None = None,
 ) -> NDArray[np.float64]:
-    """Total energy (MeV, summed over all showers) per radial bin of ``edges_mm``."""
-    index = _bin_index(cell_radius_mm(hits), np.asarray(edges_mm, np.float64))
+    """Total energy (MeV, summed over all showers) per radial bin of ``edges_mm``; radius from
+    the shower axis in each layer (``directions`` None: normal incidence)."""
+    radius = cell_radius_mm(hits, directions, calorimeter)
+    index = _bin_index(radius, np.asarray(edges_mm, np.float64))
     inside = index >= 0
     return np.bincount(
         index[inside],
@@ -417,9 +557,20 @@ class ObservableAccumulator:
         self._n_showers = 0
         self.display: DisplayShower | None = None
 
-    def add(self, hits: CellHits, showers: showerdata.Showers | None = None) -> None:
-        """Add the cell hits of one chunk (and its point clouds, for the event display)."""
-        self._parts.append(shower_features(hits, self.calorimeter))
+    def add(
+        self,
+        hits: CellHits,
+        showers: showerdata.Showers | None = None,
+        directions: NDArray[np.floating] | None = None,
+    ) -> None:
+        """Add the cell hits of one chunk (and its point clouds, for the event display).
+
+        ``directions`` ``[n, 3]``: incident directions of the chunk's showers; default those of
+        ``showers`` (normal incidence without either).
+        """
+        if directions is None and showers is not None and showers.directions is not None:
+            directions = showers.directions
+        self._parts.append(shower_features(hits, self.calorimeter, directions=directions))
         energy = np.asarray(hits.energy_mev, dtype=np.float64)
         self._counts += np.histogram(energy, bins=self.cell_edges_mev)[0]
         self._n_cells += energy.size

@@ -17,6 +17,17 @@ Plots (function -> file stem):
 * :func:`plot_event_display` -> ``event_display``: 3-D points of one shower per sample;
 * :func:`plot_layer_map` -> ``layer_map``: cell energies of one layer of that shower with its
   points overlaid and the dead gaps of the geometry drawn (like figure 9 of CaloClouds).
+
+Inclined showers (made when the reference holds showers at a polar angle above 0.1 deg):
+
+* :func:`plot_angle_response` -> ``angle_response``: distribution of the fitted axis angle for
+  the groups of requested theta (at 50 GeV when the reference has that energy), reference
+  against every candidate in one panel (as the BIB-AE "New Angles" paper), and the mean
+  fitted-minus-requested angle per group;
+* :func:`plot_visible_energy_at_angle` -> ``visible_energy_60deg``: visible energy at
+  theta = 60 deg for 20, 50 and 90 GeV (those present);
+* :func:`plot_cog_along_tilt` -> ``cog_along_tilt``: mean centroid of each layer along the
+  tilt direction against layer, per inclined theta group, with the incident axis dotted.
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.patches import Rectangle
 from numpy.typing import NDArray
 
+from calogen.evaluation import angles as A
 from calogen.evaluation.observables import SampleObservables, ShowerFeatures
 from calogen.geometry import THRESHOLD_MEV, Calorimeter
 
@@ -554,6 +566,228 @@ def plot_layer_map(
         return save_figure(fig, out_dir, "layer_map")
 
 
+# ---------------------------------------------------------------------------------------------
+# inclined showers
+# ---------------------------------------------------------------------------------------------
+
+
+def _sample_color(index: int) -> str:
+    """Colour of sample ``index`` (0 = reference)."""
+    return "0.25" if index == 0 else color(index - 1)
+
+
+def plot_angle_response(
+    samples: Sequence[SampleObservables], out_dir: str | os.PathLike[str]
+) -> list[Path]:
+    """Fitted axis angle per group of requested theta, reference against every candidate.
+
+    Left: unit-area distributions of the fitted axis polar angle (deg) for each theta group of
+    the reference (at 50 GeV when the reference has that energy, else all energies). Right:
+    mean fitted minus requested angle per group (error bars: standard deviation of the
+    showers; the mean's own error is far smaller).
+    """
+    ref = samples[0].features
+    egroup = A.response_energy(ref)
+    groups = A.theta_groups(A.select(ref, egroup, None).incident_theta_deg)
+    top = max((g[2] for g in groups), default=60.0) + 12.0
+    edges = np.arange(0.0, top + 0.5, 0.5)
+    with _style():
+        fig, (ax, rax) = plt.subplots(
+            1, 2, figsize=(16, 6.5), gridspec_kw={"width_ratios": [2.2, 1], "wspace": 0.25}
+        )
+        for gi, group in enumerate(groups):
+            medians = []
+            for k, sample in enumerate(samples):
+                sel = A.select(sample.features, egroup, group)
+                values = sel.axis_theta_deg[np.isfinite(sel.axis_theta_deg)]
+                label = sample.label if gi == 0 else None
+                if values.size:
+                    density, _ = _hist(values, edges)
+                    if k == 0:
+                        ax.stairs(
+                            density,
+                            edges,
+                            fill=True,
+                            color=REFERENCE_COLOR,
+                            alpha=0.55,
+                            label=label,
+                        )
+                        medians.append(float(np.median(values)))
+                    else:
+                        ax.stairs(density, edges, color=color(k - 1), lw=1.8, label=label)
+                    diff = sel.axis_theta_deg - sel.incident_theta_deg
+                    diff = diff[np.isfinite(diff)]
+                    rax.errorbar(
+                        group[3] + (k - (len(samples) - 1) / 2) * 0.8,
+                        diff.mean(),
+                        yerr=diff.std(),
+                        fmt="o" if k == 0 else "s",
+                        color=_sample_color(k),
+                        ms=6,
+                        capsize=3,
+                        label=label,
+                    )
+            if medians:
+                ax.annotate(
+                    group[0],
+                    (medians[0], 1.0),
+                    xytext=(0, -6),
+                    textcoords="offset points",
+                    ha="center",
+                    va="top",
+                    fontsize=11,
+                    color="0.3",
+                    xycoords=("data", "axes fraction"),
+                )
+        energy = egroup[0] if egroup is not None else "all energies"
+        ax.set_xlim(0.0, top)
+        ax.set_xlabel("fitted shower axis angle theta [deg]")
+        ax.set_ylabel("fraction of showers per deg (per group)")
+        ax.set_title(f"angle response, {energy}", fontsize=14)
+        ax.legend(fontsize=12, frameon=False, loc="center right")
+        rax.axhline(0.0, color="k", lw=0.8, ls="--")
+        if groups:
+            rax.set_xlim(min(g[3] for g in groups) - 7.5, max(g[3] for g in groups) + 7.5)
+        rax.set_xlabel("requested theta [deg]")
+        rax.set_ylabel("fitted - requested theta [deg]")
+        return save_figure(fig, out_dir, "angle_response")
+
+
+def steep_groups(
+    reference: ShowerFeatures,
+) -> tuple[A.Group | None, list[A.Group]]:
+    """The theta group at 60 deg and the energy groups at 20, 50, 90 GeV of the reference that
+    hold at least :data:`~calogen.evaluation.angles.MIN_GROUP_SHOWERS` showers at 60 deg."""
+    tgroup = next(
+        (
+            g
+            for g in A.theta_groups(reference.incident_theta_deg)
+            if g[1] <= A.STEEP_THETA_DEG <= g[2]
+        ),
+        None,
+    )
+    if tgroup is None:
+        return None, []
+    steep = A.select(reference, None, tgroup)
+    egroups = [
+        g
+        for g in A.energy_groups(steep.incident_energy_gev)
+        if any(g[1] <= e <= g[2] for e in A.ANGLE_ENERGIES_GEV)
+    ]
+    return tgroup, egroups
+
+
+def plot_visible_energy_at_angle(
+    samples: Sequence[SampleObservables], out_dir: str | os.PathLike[str]
+) -> list[Path]:
+    """Visible energy (MeV) at theta = 60 deg for 20, 50 and 90 GeV (those in the reference)."""
+    tgroup, egroups = steep_groups(samples[0].features)
+    with _style():
+        fig, axes = _ratio_axes(width=9.0)
+        ax, rax = axes[0, 0], axes[1, 0]
+        per_group = [
+            [A.select(s.features, g, tgroup).visible_energy_mev for s in samples] for g in egroups
+        ]
+        ref_all = np.concatenate([p[0] for p in per_group]) if per_group else np.zeros(1)
+        lo, hi = float(ref_all.min()), float(ref_all.max())
+        span = max(hi - lo, 1.0)
+        edges = np.linspace(max(lo - 0.15 * span, 0.0), hi + 0.15 * span, 120)
+        totals = [np.zeros(len(edges) - 1) for _ in samples]
+        errs2 = [np.zeros(len(edges) - 1) for _ in samples]
+        for group, data in zip(egroups, per_group, strict=True):
+            for k, values in enumerate(data):
+                counts, _ = np.histogram(values, bins=edges)
+                norm = max(counts.sum(), 1)
+                totals[k] += counts / norm
+                errs2[k] += counts / norm**2
+            ax.annotate(
+                group[0],
+                (float(np.median(data[0])), 1.0),
+                xytext=(0, -6),
+                textcoords="offset points",
+                ha="center",
+                va="top",
+                fontsize=11,
+                color="0.3",
+                xycoords=("data", "axes fraction"),
+            )
+        _draw(ax, rax, edges, totals, [np.sqrt(e) for e in errs2], _labels(samples))
+        title = tgroup[0] if tgroup is not None else ""
+        ax.set_title(f"visible energy at theta = {title}", fontsize=14)
+        ax.set_ylabel("fraction of showers (per energy)")
+        rax.set_xlabel("visible energy [MeV]")
+        return save_figure(fig, out_dir, "visible_energy_60deg")
+
+
+def plot_cog_along_tilt(
+    samples: Sequence[SampleObservables],
+    out_dir: str | os.PathLike[str],
+    calorimeter: Calorimeter,
+) -> list[Path]:
+    """Mean centroid of each layer along the tilt direction (mm) against layer.
+
+    One curve per inclined theta group of the reference (at 50 GeV when the reference has that
+    energy): reference as markers, candidates as lines, the incident axis
+    ``depth_l tan(theta)`` dotted; below, candidate minus reference (mm).
+    """
+    ref = samples[0].features
+    egroup = A.response_energy(ref)
+    groups = [
+        g
+        for g in A.theta_groups(A.select(ref, egroup, None).incident_theta_deg)
+        if g[3] > A.NORMAL_THETA_DEG
+    ]
+    n_layers = ref.layer_cog_x_mm.shape[1]
+    layers = np.arange(n_layers)
+    depth = np.asarray(calorimeter.layer_z_mm, dtype=np.float64)[:n_layers]
+    markers = ("o", "s", "^", "D", "v", "P", "X", "*")
+    with _style():
+        fig, axes = _ratio_axes(width=9.0)
+        ax, rax = axes[0, 0], axes[1, 0]
+        for gi, group in enumerate(groups):
+            profiles = [A.tilt_profile(A.select(s.features, egroup, group)) for s in samples]
+            ref_mean, ref_sem = profiles[0]
+            ax.plot(
+                layers,
+                depth * np.tan(np.radians(group[3])),
+                color="0.6",
+                ls=":",
+                lw=1.2,
+                label="incident axis" if gi == 0 else None,
+            )
+            ax.errorbar(
+                layers,
+                ref_mean,
+                yerr=ref_sem,
+                fmt=markers[gi % len(markers)],
+                color="0.25",
+                ms=4,
+                label=f"{samples[0].label}, {group[0]}",
+            )
+            for k, (mean, _sem) in enumerate(profiles[1:]):
+                c = color(k)
+                ax.plot(
+                    layers, mean, color=c, lw=1.6, label=samples[k + 1].label if gi == 0 else None
+                )
+                rax.plot(
+                    layers,
+                    mean - ref_mean,
+                    color=c,
+                    lw=1.4,
+                    marker=markers[gi % len(markers)],
+                    ms=3,
+                )
+        rax.axhline(0.0, color="k", lw=0.8, ls="--")
+        energy = egroup[0] if egroup is not None else "all energies"
+        ax.set_title(f"centre of gravity along the tilt per layer, {energy}", fontsize=14)
+        ax.set_ylabel("mean layer centroid along tilt [mm]")
+        ax.legend(fontsize=10, frameon=False, loc="upper left")
+        rax.set_ylabel("cand. - ref. [mm]", fontsize=13)
+        rax.set_xlabel("layer")
+        ax.set_xlim(-0.5, n_layers - 0.5)
+        return save_figure(fig, out_dir, "cog_along_tilt")
+
+
 def make_all_plots(
     samples: Sequence[SampleObservables],
     out_dir: str | os.PathLike[str],
@@ -563,8 +797,11 @@ def make_all_plots(
     impact_mm: tuple[float, float] = (0.0, 0.0),
     layer: int | None = None,
 ) -> dict[str, list[Path]]:
-    """All comparison plots; ``samples[0]`` is the reference. Returns stem -> [png, pdf]."""
-    return {
+    """All comparison plots; ``samples[0]`` is the reference. Returns stem -> [png, pdf].
+
+    The figures of inclined showers are added when the reference holds any.
+    """
+    figures = {
         "cell_energy": plot_cell_energy(samples, out_dir, threshold_mev),
         "radial_profile": plot_radial_profile(samples, out_dir),
         "longitudinal_profile": plot_longitudinal_profile(samples, out_dir),
@@ -575,3 +812,10 @@ def make_all_plots(
             samples, out_dir, calorimeter, layer=layer, impact_mm=impact_mm
         ),
     }
+    reference = samples[0].features
+    if A.is_inclined(reference):
+        figures["angle_response"] = plot_angle_response(samples, out_dir)
+        figures["cog_along_tilt"] = plot_cog_along_tilt(samples, out_dir, calorimeter)
+        if steep_groups(reference)[1]:
+            figures["visible_energy_60deg"] = plot_visible_energy_at_angle(samples, out_dir)
+    return figures

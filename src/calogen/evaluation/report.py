@@ -24,18 +24,24 @@ import html
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import showerdata
+from numpy.typing import NDArray
 from tqdm import tqdm
 
 from calogen import __version__
 from calogen.data.io import ShowerFile, check_folder_writable
+from calogen.data.voxels import BIBAE_GRID, L2LFLOWS_GRID, VoxelGrid, voxelise, voxels_to_points
+from calogen.directions import directions_from_angles
 from calogen.errors import CalogenError, UsageError
 from calogen.evaluation import metrics as M
+from calogen.evaluation.angles import condition_table
 from calogen.evaluation.observables import (
     ObservableAccumulator,
     SampleObservables,
@@ -70,6 +76,13 @@ class EvaluationConfig:
         display_energy_gev: incident energy of the displayed shower.
         layer: layer of the cell map (default: the layer of maximum energy).
         progress: show tqdm progress bars (stderr).
+        candidate_theta_deg, candidate_phi_deg: incident direction (deg) given to every shower
+            of the candidate files that store none (no directions, or normal incidence only);
+            None keeps the files' own.
+        reference_grid: also compare with the reference put through a grid model's voxel
+            grid (voxelised, then back to one point per voxel above 1e-5 GeV at the voxel
+            centre): ``bibae`` (30 x 30 x 30), ``l2lflows`` (30 x 10 x 10) or a trained grid
+            model folder (its ``model.json`` grid). None: no grid comparison.
     """
 
     geometry: str = "slab"
@@ -87,6 +100,9 @@ class EvaluationConfig:
     display_energy_gev: float = 90.0
     layer: int | None = None
     progress: bool = True
+    candidate_theta_deg: float | None = None
+    candidate_phi_deg: float | None = None
+    reference_grid: str | None = None
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -98,6 +114,24 @@ def _atomic_write_text(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+class _Phase:
+    """A long silent phase on stderr: ``what ...`` when it starts, ``N.N s`` when it ends
+    (only with ``config.progress``)."""
+
+    def __init__(self, config: EvaluationConfig, what: str) -> None:
+        self.show, self.what = config.progress, what
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+        if self.show:
+            print(f"evaluate: {self.what} ...", end="", file=sys.stderr, flush=True)
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if self.show:
+            done = "failed" if exc_type else f"{time.perf_counter() - self.start:.1f} s"
+            print(f" {done}", file=sys.stderr, flush=True)
+
+
 def default_label(path: str | os.PathLike[str], attrs: dict[str, str] | None = None) -> str:
     """Label of a file: ``Geant4`` if its ``generator`` attribute says so, else the file stem."""
     generator = (attrs or {}).get("generator", "")
@@ -106,38 +140,134 @@ def default_label(path: str | os.PathLike[str], attrs: dict[str, str] | None = N
     return Path(path).stem
 
 
+#: Voxels at or below this energy (GeV) make no point when the reference is put on a grid
+#: (the grid models' own generation cut, a tenth of the 0.1 MeV cell threshold).
+GRID_MIN_ENERGY_GEV = 1e-5
+
+
+def resolve_grid(spec: str) -> tuple[str, VoxelGrid]:
+    """The voxel grid named by ``--reference-grid``: ``bibae``, ``l2lflows`` or a trained
+    grid-model folder (the ``grid`` of its ``model.json``). Returns (name, grid)."""
+    presets = {"bibae": BIBAE_GRID, "l2lflows": L2LFLOWS_GRID}
+    if spec.lower() in presets:
+        return spec.lower(), presets[spec.lower()]
+    from calogen.models.training import read_model_info
+
+    path = Path(spec)
+    if not path.exists():
+        raise UsageError(
+            f"--reference-grid: '{spec}' is neither a grid preset (bibae, l2lflows) nor a "
+            "model folder"
+        )
+    info = read_model_info(path)
+    grid = info.get("grid")
+    if not isinstance(grid, dict):
+        raise UsageError(f"{path}: model '{info['calogen_model']}' has no voxel grid")
+    try:
+        return f"{info['calogen_model']} ({path.name})", VoxelGrid.from_dict(grid)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{path}: invalid voxel grid in model.json: {exc}") from None
+
+
+def through_grid(showers: showerdata.Showers, grid: VoxelGrid) -> showerdata.Showers:
+    """Showers as a grid model could at best give them back: voxelised on ``grid``, then one
+    point per voxel above :data:`GRID_MIN_ENERGY_GEV` at the voxel centre (energy outside
+    the grid is lost); incident energies and directions are kept."""
+    return voxels_to_points(
+        voxelise(showers, grid),
+        grid,
+        showers.energies.reshape(-1),
+        showers.directions,
+        min_energy_gev=GRID_MIN_ENERGY_GEV,
+    )
+
+
+def grid_label(name: str, grid: VoxelGrid) -> str:
+    """Label of the reference put through a grid, e.g. ``on bibae grid 30x30x30``."""
+    return f"on {name} grid {'x'.join(str(v) for v in grid.shape)}"
+
+
+def stored_directions(f: ShowerFile) -> NDArray[np.float64] | None:
+    """The incident directions ``[N, 3]`` stored in an open shower file, or None (the file
+    stores none: normal incidence). Validated by :meth:`ShowerFile.check_columns`."""
+    if not f.has_directions:
+        return None
+    return np.asarray(f.incident_directions(), dtype=np.float64)
+
+
+def _is_normal(directions: NDArray[np.floating] | None) -> bool:
+    return directions is None or bool(np.all(np.hypot(directions[:, 0], directions[:, 1]) == 0))
+
+
 def collect(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     calorimeter: Calorimeter,
     config: EvaluationConfig,
     label: str | None = None,
     seed: int = 0,
+    direction: NDArray[np.floating] | None = None,
+    grid: VoxelGrid | None = None,
 ) -> SampleObservables:
-    """Read, project and accumulate the observables of one shower file."""
-    with ShowerFile(path) as f:
-        n = len(f) if config.max_showers is None else min(len(f), config.max_showers)
-        if n == 0:
-            raise UsageError(f"{path}: file holds no showers")
-        label = label or default_label(path, f.attrs)
-        acc = ObservableAccumulator(
-            label,
-            calorimeter,
-            max_cells=config.max_cells,
-            seed=seed,
-            display_energy_gev=config.display_energy_gev,
-        )
-        with tqdm(
-            total=n, desc=label[:24], unit="shower", disable=not config.progress, leave=False
-        ) as bar:
-            for chunk in f.iter_chunks(config.chunk_size, stop=n):
-                hits = project(
-                    chunk,
+    """Read, project and accumulate the observables of one sample (one or more files).
+
+    Several files are one sample (concatenated in order; ``config.max_showers`` applies to
+    each file). The incident directions are those stored in the files; ``direction`` (a unit
+    vector) replaces them in files that store none or only normal incidence, and is refused
+    for a file with inclined showers of its own. With ``grid`` every chunk is first put
+    through that voxel grid (:func:`through_grid`).
+    """
+    paths = [Path(path)] if isinstance(path, (str, os.PathLike)) else [Path(p) for p in path]
+    if not paths:
+        raise UsageError("no shower files given for a sample")
+    acc: ObservableAccumulator | None = None
+    for file_path in paths:
+        with ShowerFile(file_path) as f:
+            n = len(f) if config.max_showers is None else min(len(f), config.max_showers)
+            if n == 0:
+                raise UsageError(f"{file_path}: file holds no showers")
+            if acc is None:
+                label = label or default_label(file_path, f.attrs)
+                acc = ObservableAccumulator(
+                    label,
                     calorimeter,
-                    impact_mm=config.impact_mm,
-                    threshold_mev=config.threshold_mev,
+                    max_cells=config.max_cells,
+                    seed=seed,
+                    display_energy_gev=config.display_energy_gev,
                 )
-                acc.add(hits, chunk)
-                bar.update(len(chunk))
+            directions = None  # the chunks carry the file's own
+            if direction is not None:
+                if not _is_normal(stored_directions(f)):
+                    raise UsageError(
+                        f"{file_path}: the file stores inclined incident directions; --theta/"
+                        "--phi only set them for candidate files without directions"
+                    )
+                directions = np.repeat(np.asarray(direction, np.float64).reshape(1, 3), len(f), 0)
+            with tqdm(
+                total=n,
+                desc=str(label)[:24],
+                unit="shower",
+                disable=not config.progress,
+                leave=False,
+            ) as bar:
+                first = 0
+                for chunk in f.iter_chunks(config.chunk_size, stop=n):
+                    if grid is not None:
+                        chunk = through_grid(chunk, grid)
+                    hits = project(
+                        chunk,
+                        calorimeter,
+                        impact_mm=config.impact_mm,
+                        threshold_mev=config.threshold_mev,
+                    )
+                    last = first + len(chunk)
+                    acc.add(
+                        hits,
+                        chunk,
+                        directions=None if directions is None else directions[first:last],
+                    )
+                    first = last
+                    bar.update(len(chunk))
+    assert acc is not None
     return acc.result()
 
 
@@ -215,20 +345,48 @@ def _compare(
     out: dict = {"w1": table.to_dict()}
     try:
         out["classifier"] = M.classifier_test(
-            ref_matrix,
-            cand_matrix,
+            classifier_inputs(reference[0])[0],
+            classifier_inputs(candidate[0])[0],
             k_folds=config.k_folds,
             epochs=config.classifier_epochs,
             seed=config.seed,
         ).to_dict()
     except ValueError as exc:
         out["classifier"] = {"skipped": str(exc)}
+    ref_obs, names = reference[0].matrix(np.nan, axis=True)
+    cand_obs, _ = candidate[0].matrix(np.nan, axis=True)
+    out["feature_ranking"] = M.feature_ranking(ref_obs, cand_obs, names)
     if config.fpd_kpd:
         fpd_value, fpd_error = M.fpd(ref_matrix, cand_matrix, seed=config.seed + 42)
         kpd_value, kpd_error = M.kpd(ref_matrix, cand_matrix, seed=config.seed + 42)
         out["fpd"] = {"value": fpd_value, "error": fpd_error}
         out["kpd"] = {"value": kpd_value, "error": kpd_error}
     return out
+
+
+def classifier_inputs(features: ShowerFeatures) -> tuple[NDArray[np.float64], list[str]]:
+    """What the classifier sees per shower: the 25 features, the 3 fitted-axis observables
+    and the 4 conditions (log E, cos theta, slopes of the incident direction), ``[N, 32]``."""
+    observables, names = features.matrix(axis=True)
+    conditions, condition_names = features.conditions()
+    return np.concatenate([observables, conditions], axis=1), names + condition_names
+
+
+def _direction_warning(reference: ShowerFeatures, candidate: ShowerFeatures, label: str) -> str:
+    """A warning when the incident directions of two samples differ on average, else ''."""
+    ref_c, _ = reference.conditions()
+    cand_c, _ = candidate.conditions()
+    d_theta = abs(candidate.incident_theta_deg.mean() - reference.incident_theta_deg.mean())
+    d_slope = np.abs(cand_c[:, 2:].mean(axis=0) - ref_c[:, 2:].mean(axis=0)).max()
+    if d_theta > 1.0 or d_slope > 0.02:
+        return (
+            f"{label}: mean incident polar angle {candidate.incident_theta_deg.mean():.1f} deg "
+            f"(slopes {cand_c[:, 2].mean():.3f}, {cand_c[:, 3].mean():.3f}) differs from the "
+            f"reference's {reference.incident_theta_deg.mean():.1f} deg (slopes "
+            f"{ref_c[:, 2].mean():.3f}, {ref_c[:, 3].mean():.3f}): the comparison mixes "
+            "directions (give a candidate without directions --theta/--phi)"
+        )
+    return ""
 
 
 def compute_metrics(
@@ -268,10 +426,10 @@ def compute_metrics(
             "and, for the extra log10 row, of log10(E/MeV)",
             "binned_rows": "mean of the 10 per-bin W1, per-bin stds added in quadrature",
             "classifier": {
-                "features": M.feature_names(),
+                "features": classifier_inputs(reference.features)[1],
                 "k_folds": config.k_folds,
                 "max_epochs": config.classifier_epochs,
-                "network": "25-32-16-1 MLP, LeakyReLU(0.2), Adam 1e-3, BCE",
+                "network": M.describe_classifier(len(classifier_inputs(reference.features)[1])),
             },
             "fpd_kpd": "after jetnet: features / max|reference|; FPD 1/N-extrapolated; KPD "
             "polynomial kernel degree 4, median and half the 16-84 % range",
@@ -281,10 +439,12 @@ def compute_metrics(
         "floor": None,
         "warnings": [],
     }
+    what = "W1, classifier" + (", FPD, KPD" if config.fpd_kpd else "")
     if floor:
-        result["floor"] = _compare(
-            halves[0], halves[1], standardisation, config, batch_size, cell_batch_size
-        )
+        with _Phase(config, f"{reference.label} floor (half vs half: {what})"):
+            result["floor"] = _compare(
+                halves[0], halves[1], standardisation, config, batch_size, cell_batch_size
+            )
         result["floor"]["n_showers_per_half"] = n_ref // 2
     else:
         result["warnings"].append(
@@ -293,16 +453,17 @@ def compute_metrics(
     ref_pair = (reference.features, reference.cell_sample_mev)
     for cand in candidates:
         entry = _summary(cand)
-        entry.update(
-            _compare(
-                ref_pair,
-                (cand.features, cand.cell_sample_mev),
-                standardisation,
-                config,
-                batch_size,
-                cell_batch_size,
+        with _Phase(config, f"{cand.label} vs {reference.label} ({what})"):
+            entry.update(
+                _compare(
+                    ref_pair,
+                    (cand.features, cand.cell_sample_mev),
+                    standardisation,
+                    config,
+                    batch_size,
+                    cell_batch_size,
+                )
             )
-        )
         result["candidates"][cand.label] = entry
         ref_e = reference.features.incident_energy_gev
         cand_e = cand.features.incident_energy_gev
@@ -312,6 +473,15 @@ def compute_metrics(
                 f"reference's {ref_e.mean():.1f} GeV by more than 5 %: the comparison mixes "
                 "energy spectra"
             )
+        warning = _direction_warning(reference.features, cand.features, cand.label)
+        if warning:
+            result["warnings"].append(warning)
+    result["conditions"] = {
+        "labels": [reference.label, *[c.label for c in candidates]],
+        "groups": condition_table(
+            reference.features, [reference.features, *[c.features for c in candidates]]
+        ),
+    }
     return result
 
 
@@ -330,7 +500,25 @@ FIGURE_CAPTIONS = {
     "event_display": "3-D display of one shower per sample.",
     "layer_map": "Cell energies of one layer of the displayed shower; dots: its points; "
     "black: dead gaps of the geometry.",
+    "angle_response": "Angle response: polar angle of the fitted shower axis (straight line "
+    "through the energy-weighted centroids of the layers against depth) for each group of "
+    "requested theta; right: mean fitted minus requested angle (bars: spread of the showers).",
+    "cog_along_tilt": "Mean energy-weighted centroid of each layer along the tilt direction "
+    "(cos phi, sin phi) per inclined theta group; dotted: the incident axis "
+    "depth × tan(theta); below: candidate minus reference.",
+    "visible_energy_60deg": "Visible energy at theta = 60 deg for the incident energies "
+    "20, 50 and 90 GeV present in the reference.",
 }
+
+
+def feature_label(name: str) -> str:
+    """Readable name of a per-shower feature (e.g. ``radial_2`` -> ``radial 9.849-12.96 mm``)."""
+    kind, _, index = name.rpartition("_")
+    if kind == "radial" and index.isdigit():
+        return f"radial {radial_bin_labels()[int(index)]}"
+    if kind == "longitudinal" and index.isdigit():
+        return f"longitudinal {longitudinal_bin_labels()[int(index)]}"
+    return name.replace("_", " ")
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -354,7 +542,7 @@ def _table_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
         [metrics["floor"]] if has_floor else []
     )
     rows = []
-    for name in (*M.W1_ROWS, *M.W1_EXTRA_ROWS):
+    for name in (*M.W1_ROWS, *M.W1_AXIS_ROWS, *M.W1_EXTRA_ROWS):
         rows.append([f"W1×100 {name}"] + [_pm(e["w1"]["rows"][name]) for e in entries])
     auc_row = ["classifier AUC"]
     for e in entries:
@@ -390,6 +578,65 @@ def _bin_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
         rows.append(
             [f"radial {label}"] + [_pm(e["w1"]["per_feature"][f"radial_{k}"]) for e in entries]
         )
+    return header, rows
+
+
+#: Features listed in the ranking tables of the report (the JSON holds all).
+RANKING_ROWS = 10
+
+
+def _ranking_tables(metrics: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Per candidate: title, header and rows of its single-feature ranking."""
+    floor = metrics.get("floor") or {}
+    floor_sep = {r["name"]: r["separation"] for r in floor.get("feature_ranking", [])}
+    tables = []
+    for label, entry in metrics["candidates"].items():
+        header = ["rank", "feature", "AUC", "reference mean", "candidate mean", "cand/ref - 1"]
+        if floor_sep:
+            header.append("floor separation")
+        rows = []
+        for k, r in enumerate(entry.get("feature_ranking", [])[:RANKING_ROWS]):
+            rel = r["relative_difference"]
+            row = [
+                str(k + 1),
+                feature_label(r["name"]),
+                f"{r['auc']:.3f}",
+                f"{r['reference_mean']:.4g}",
+                f"{r['candidate_mean']:.4g}",
+                f"{100 * rel:+.1f} %" if math.isfinite(rel) else "-",
+            ]
+            if floor_sep:
+                row.append(f"{floor_sep.get(r['name'], float('nan')):.3f}")
+            rows.append(row)
+        tables.append((label, header, rows))
+    return tables
+
+
+def _condition_rows(metrics: dict) -> tuple[list[str], list[list[str]]] | None:
+    """Per condition group: visible energy and fitted axis angle of every sample."""
+    cond = metrics.get("conditions") or {}
+    groups = cond.get("groups") or []
+    if not groups:
+        return None
+    labels = cond["labels"]
+    header = ["E_inc", "theta", f"n {labels[0]}", f"<E_vis> {labels[0]} [MeV]"]
+    header += [f"<E_vis> {c}/ref - 1" for c in labels[1:]]
+    header += [f"<theta_axis> {labels[0]} [deg]"]
+    header += [f"<theta_axis> {c} - ref [deg]" for c in labels[1:]]
+    rows = []
+    for g in groups:
+        ref = g["samples"][0]
+        e_ref = ref["visible_energy_mev"]["mean"]
+        t_ref = ref["axis_theta_deg"]["mean"]
+        row = [g["energy"], g["theta"], str(ref["n"]), f"{e_ref:.1f}"]
+        for c in g["samples"][1:]:
+            e = c["visible_energy_mev"]["mean"]
+            row.append(f"{100 * (e / e_ref - 1):+.2f} %" if c["n"] and e_ref else "-")
+        row.append(f"{t_ref:.2f} ± {ref['axis_theta_deg']['std']:.2f}")
+        for c in g["samples"][1:]:
+            t = c["axis_theta_deg"]["mean"]
+            row.append(f"{t - t_ref:+.2f}" if c["n"] else "-")
+        rows.append(row)
     return header, rows
 
 
@@ -449,11 +696,36 @@ def _intro(metrics: dict) -> list[str]:
         "linear cell energies (as CaloClouds II); 'cell energy (log10)' uses log10(E/MeV). "
         "The reference floor compares two random halves of the reference with the same "
         "batch size: differences below it are not significant.",
-        "Classifier: MLP on the 25 standardised per-shower features (occupancy, sampling "
-        "fraction, 10 longitudinal bins, 10 radial bins, CoG x, y, z), "
-        f"{s['classifier']['k_folds']}-fold; AUC 0.5 = indistinguishable. FPD/KPD on the "
-        "same features after jetnet.",
+        "Radial observables are measured from the shower axis in each layer (the line of the "
+        "incident direction through the impact point; the z axis at normal incidence). The "
+        "fitted axis is a straight line through the energy-weighted centroids of the layers "
+        "against depth (weights: layer energies); its polar angle and slopes dx/dz, dy/dz "
+        "have W1 rows of their own.",
+        "Classifier: on the 25 standardised per-shower features (occupancy, sampling "
+        "fraction, 10 longitudinal bins, 10 radial bins, CoG x, y, z), the fitted-axis angle "
+        "and slopes, and the conditions log E, cos theta and the slopes of the incident "
+        f"direction; {s['classifier']['k_folds']}-fold, {s['classifier']['network']}. "
+        "AUC 0.5 = indistinguishable. FPD/KPD on the 25 features after jetnet. Feature "
+        "ranking: AUC of each single feature (Mann-Whitney U / (n_ref n_cand); above 0.5 the "
+        "candidate's values are larger), ranked by |AUC - 0.5|.",
     ]
+
+
+def _within_title(within: dict) -> str:
+    return f"Against {within['reference']['label']}"
+
+
+def _within_text(within: dict) -> str:
+    g = within["grid"]
+    return (
+        f"The reference put through the {g['name']} grid ({g['n_layers']} layers x {g['nx']} x "
+        f"{g['ny']} cells of {g['cell_size_mm']:g} mm around the impact point): voxelised, "
+        f"then one point per voxel above {GRID_MIN_ENERGY_GEV:g} GeV at the voxel centre; "
+        "energy outside the grid is lost. This is the best a model on that grid can do, and "
+        "the comparison judges a grid model on what its grid can hold; the floor compares two "
+        "halves of the reference on the grid. The main table above carries the reference on "
+        "the grid as a column of its own: what the grid alone costs against the full reference."
+    )
 
 
 def render_markdown(metrics: dict, figures: dict[str, list[Path]]) -> str:
@@ -463,6 +735,19 @@ def render_markdown(metrics: dict, figures: dict[str, list[Path]]) -> str:
     lines += ["## Samples", "", _md_table(*_samples_rows(metrics)), ""]
     lines += ["## Metrics", "", _md_table(*_table_rows(metrics)), ""]
     lines += ["### W1×100 per bin", "", _md_table(*_bin_rows(metrics)), ""]
+    for label, header, rows in _ranking_tables(metrics):
+        lines += [f"### Features that separate {label} from the reference", ""]
+        lines += [_md_table(header, rows), ""]
+    conditions = _condition_rows(metrics)
+    if conditions is not None:
+        lines += ["### Per condition", "", _md_table(*conditions), ""]
+    within = metrics.get("within_grid")
+    if within:
+        lines += [f"## {_within_title(within)}", "", _within_text(within), ""]
+        lines += [_md_table(*_table_rows(within)), ""]
+        for label, header, rows in _ranking_tables(within):
+            lines += [f"### Features that separate {label} from the reference on the grid", ""]
+            lines += [_md_table(header, rows), ""]
     if metrics["warnings"]:
         lines += ["## Warnings", ""] + [f"- {w}" for w in metrics["warnings"]] + [""]
     lines += ["## Figures", ""]
@@ -492,6 +777,22 @@ def render_html(metrics: dict, figures: dict[str, list[Path]]) -> str:
     parts += ["<h2>Samples</h2>", _html_table(*_samples_rows(metrics))]
     parts += ["<h2>Metrics</h2>", _html_table(*_table_rows(metrics))]
     parts += ["<h3>W1×100 per bin</h3>", _html_table(*_bin_rows(metrics))]
+    for label, header, rows in _ranking_tables(metrics):
+        parts += [f"<h3>Features that separate {html.escape(label)} from the reference</h3>"]
+        parts += [_html_table(header, rows)]
+    conditions = _condition_rows(metrics)
+    if conditions is not None:
+        parts += ["<h3>Per condition</h3>", _html_table(*conditions)]
+    within = metrics.get("within_grid")
+    if within:
+        parts += [f"<h2>{html.escape(_within_title(within))}</h2>"]
+        parts += [f"<p>{html.escape(_within_text(within))}</p>", _html_table(*_table_rows(within))]
+        for label, header, rows in _ranking_tables(within):
+            parts += [
+                f"<h3>Features that separate {html.escape(label)} from the reference on the "
+                "grid</h3>",
+                _html_table(header, rows),
+            ]
     if metrics["warnings"]:
         parts += ["<h2>Warnings</h2><ul>"]
         parts += [f"<li>{html.escape(w)}</li>" for w in metrics["warnings"]] + ["</ul>"]
@@ -549,10 +850,24 @@ def _prepare_out_dir(out_dir: str | os.PathLike[str]) -> Path:
     return out
 
 
+PathLike = str | os.PathLike[str]
+
+
+def _as_paths(item: PathLike | Sequence[PathLike]) -> list[Path]:
+    """One file or several (one sample made of concatenated files) as a list of paths."""
+    if isinstance(item, (str, os.PathLike)):
+        return [Path(item)]
+    return [Path(p) for p in item]
+
+
+def _joined(paths: Sequence[Path]) -> str:
+    return ", ".join(str(p) for p in paths)
+
+
 def evaluate(
-    reference: str | os.PathLike[str],
-    candidates: Sequence[str | os.PathLike[str]],
-    out_dir: str | os.PathLike[str],
+    reference: PathLike | Sequence[PathLike],
+    candidates: Sequence[PathLike | Sequence[PathLike]],
+    out_dir: PathLike,
     *,
     labels: Sequence[str] | None = None,
     reference_label: str | None = None,
@@ -562,8 +877,10 @@ def evaluate(
     """Compare candidate shower files with a reference file and write the report.
 
     Args:
-        reference: reference (Geant4) shower file, either layout.
-        candidates: generated shower files (at least one).
+        reference: reference (Geant4) shower file, either layout, or a list of files that are
+            concatenated into one reference (e.g. Geant4 at 50 GeV and theta 0, 15, ... 60).
+        candidates: generated samples (at least one); each a file or a list of files that
+            make one candidate (concatenated).
         out_dir: output folder (created if needed): ``metrics.json``, ``report.md``,
             ``report.html`` and the figures (PNG + PDF).
         labels: one label per candidate (default: file stems).
@@ -602,25 +919,54 @@ def evaluate(
         raise UsageError(f"number of folds must be >= 3, got {config.k_folds}")
     if config.layer is not None and not 0 <= config.layer < calorimeter.n_layers:
         raise UsageError(f"layer must be in 0-{calorimeter.n_layers - 1}, got {config.layer}")
+    direction = None
+    if config.candidate_theta_deg is not None or config.candidate_phi_deg is not None:
+        if config.candidate_theta_deg is None:
+            raise UsageError("--phi needs --theta (the polar angle of the candidate showers)")
+        direction = directions_from_angles(
+            [config.candidate_theta_deg], [config.candidate_phi_deg or 0.0]
+        )[0]
+    ref_paths = _as_paths(reference)
+    cand_paths = [_as_paths(c) for c in candidates]
+    if not ref_paths or any(not c for c in cand_paths):
+        raise UsageError("every --reference and --candidate needs at least one file")
     # open every file once up front so that a bad one fails before the long part
-    paths = [Path(reference), *[Path(c) for c in candidates]]
-    for path in paths:
+    every = [(p, False) for p in ref_paths] + [(p, True) for c in cand_paths for p in c]
+    for path, is_candidate in every:
         with ShowerFile(path) as f:
             if len(f) == 0:
                 raise UsageError(f"{path}: file holds no showers")
             f.check_columns()
+            stored = stored_directions(f)
+            if direction is not None and is_candidate and not _is_normal(stored):
+                raise UsageError(
+                    f"{path}: the file stores inclined incident directions; --theta/--phi "
+                    "only set them for candidate files without directions"
+                )
+    grid = resolve_grid(config.reference_grid) if config.reference_grid is not None else None
     out = _check_out_dir(out_dir, overwrite)  # created only once the metrics are computed
     config = EvaluationConfig(**{**asdict(config), "threshold_mev": threshold})
 
-    ref_sample = collect(paths[0], calorimeter, config, reference_label, seed=config.seed)
+    ref_sample = collect(ref_paths, calorimeter, config, reference_label, seed=config.seed)
+    grid_sample = None
+    if grid is not None:
+        grid_sample = collect(
+            ref_paths, calorimeter, config, ref_sample.label, seed=config.seed, grid=grid[1]
+        )
+        grid_sample.label = f"{ref_sample.label} {grid_label(*grid)}"
     cand_samples = []
-    for i, path in enumerate(paths[1:]):
+    for i, paths in enumerate(cand_paths):
         label = labels[i] if labels else None
-        cand_samples.append(collect(path, calorimeter, config, label, seed=config.seed + i + 1))
-    names = [ref_sample.label] + [c.label for c in cand_samples]
+        cand_samples.append(
+            collect(
+                paths, calorimeter, config, label, seed=config.seed + i + 1, direction=direction
+            )
+        )
+    extra = [grid_sample] if grid_sample is not None else []
+    names = [ref_sample.label] + [c.label for c in [*extra, *cand_samples]]
     if len(set(names)) != len(names):  # make labels unique for tables and JSON keys
         seen: dict[str, int] = {}
-        for sample in [ref_sample, *cand_samples]:
+        for sample in [ref_sample, *extra, *cand_samples]:
             count = seen.get(sample.label, 0)
             seen[sample.label] = count + 1
             if count:
@@ -629,23 +975,38 @@ def evaluate(
     rng = np.random.default_rng(config.seed)
     ref_shuffled = _shuffle(ref_sample, rng)
     cand_shuffled = [_shuffle(c, rng) for c in cand_samples]
+    grid_shuffled = _shuffle(grid_sample, rng) if grid_sample is not None else None
     try:
-        result = compute_metrics(ref_shuffled, cand_shuffled, config)
+        result = compute_metrics(
+            ref_shuffled, [*([grid_shuffled] if grid_shuffled else []), *cand_shuffled], config
+        )
+        if grid is not None and grid_shuffled is not None:
+            within = compute_metrics(grid_shuffled, cand_shuffled, config)
+            within["grid"] = {"name": grid[0], **grid[1].to_dict()}
+            result["within_grid"] = within
     except ValueError as exc:
         raise CalogenError(f"cannot compute metrics: {exc}") from None
-    result["reference"]["path"] = str(paths[0])
-    for path, cand in zip(paths[1:], cand_samples, strict=True):
-        result["candidates"][cand.label]["path"] = str(path)
+    result["reference"]["path"] = _joined(ref_paths)
+    for paths, cand in zip(cand_paths, cand_samples, strict=True):
+        result["candidates"][cand.label]["path"] = _joined(paths)
+        if "within_grid" in result:
+            result["within_grid"]["candidates"][cand.label]["path"] = _joined(paths)
+    if grid_sample is not None:
+        result["candidates"][grid_sample.label]["path"] = (
+            f"{_joined(ref_paths)} through the {grid[0]} grid"  # type: ignore[index]
+        )
+        result["within_grid"]["reference"]["path"] = result["candidates"][grid_sample.label]["path"]
 
     out = _prepare_out_dir(out)
-    figures = make_all_plots(
-        [ref_sample, *cand_samples],
-        out,
-        calorimeter,
-        threshold_mev=threshold,
-        impact_mm=config.impact_mm,
-        layer=config.layer,
-    )
+    with _Phase(config, "figures"):
+        figures = make_all_plots(
+            [ref_sample, *extra, *cand_samples],
+            out,
+            calorimeter,
+            threshold_mev=threshold,
+            impact_mm=config.impact_mm,
+            layer=config.layer,
+        )
     result["figures"] = {stem: [p.name for p in ps] for stem, ps in figures.items()}
     result["run"] = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -61,11 +61,10 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import showerdata
@@ -78,15 +77,12 @@ from calogen.data.voxels import SparseVoxels, VoxelGrid, voxels_to_points
 from calogen.errors import UsageError
 from calogen.generator import as_rng, check_directions, check_energies
 from calogen.geometry import ABSORBER_MM, CELL_SIZE_MM, N_LAYERS, SILICON_MM, slab
+from calogen.models import scaffold
 from calogen.models.configs import resolve_config
 from calogen.models.flows import LatentFlow
-from calogen.models.l2lflows import _resolve_training_config
 from calogen.models.training import (
-    MODEL_JSON,
-    load_model_tensors,
     lr_schedule,
     read_model_info,
-    run_training,
     save_model,
     set_lr,
 )
@@ -100,8 +96,10 @@ COORD_SCALE_MM = 50.0
 
 
 @dataclass
-class BIBAEConfig:
+class BIBAEConfig(scaffold.ModelConfig):
     """Hyperparameters of the BIB-AE (JSON-serialisable; see :data:`PRESETS`)."""
+
+    LABEL: ClassVar[str] = "BIB-AE"
 
     # grid
     n_layers: int = 30
@@ -154,36 +152,16 @@ class BIBAEConfig:
     jitter: bool = False
     generation_batch: int = 256
 
-    _TUPLES = (
-        "grid_centre_mm",
-        "channels",
-        "critic_channels",
-        "latent_critic_hidden",
-        "pp_channels",
-        "evis_flow_hidden",
-        "latent_flow_hidden",
-        "mmd_bandwidths",
-    )
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        for key in self._TUPLES:
-            out[key] = list(getattr(self, key))
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BIBAEConfig:
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise UsageError(f"unknown BIB-AE config keys: {', '.join(unknown)}")
-        for key in cls._TUPLES:
-            if key in known:
-                cast = float if key in ("grid_centre_mm", "mmd_bandwidths") else int
-                known[key] = tuple(cast(v) for v in known[key])
-        cfg = cls(**known)
-        cfg.validate()
-        return cfg
+    TUPLES: ClassVar[dict[str, type]] = {
+        "grid_centre_mm": float,
+        "channels": int,
+        "critic_channels": int,
+        "latent_critic_hidden": int,
+        "pp_channels": int,
+        "evis_flow_hidden": int,
+        "latent_flow_hidden": int,
+        "mmd_bandwidths": float,
+    }
 
     def validate(self) -> None:
         positive = (
@@ -200,9 +178,7 @@ class BIBAEConfig:
             "sorted_top_k",
             "generation_batch",
         )
-        for key in positive:
-            if int(getattr(self, key)) <= 0:
-                raise UsageError(f"BIB-AE config '{key}' must be > 0")
+        self.check_positive(positive, "BIB-AE config")
         if not self.channels or len(self.channels) != len(self.critic_channels):
             raise UsageError("BIB-AE config: 'channels' and 'critic_channels' need equal length")
         if self.latent not in ("prior", "flow"):
@@ -253,8 +229,6 @@ PRESETS: dict[str, BIBAEConfig] = {
 
 def get_config(spec: str | dict[str, Any] | BIBAEConfig) -> BIBAEConfig:
     """Config from a preset name, a YAML/JSON path, a dict of overrides or a config."""
-    if isinstance(spec, BIBAEConfig):
-        return spec
     return resolve_config(spec, PRESETS, BIBAEConfig)
 
 
@@ -612,7 +586,7 @@ class BIBAE(nn.Module):
         ratio = code[:, 0].double() * self.cond_stats[3] + self.cond_stats[2]
         return torch.as_tensor(np.asarray(incident, np.float64)) * torch.exp(ratio)
 
-    def modules_dict(self) -> dict[str, nn.Module]:
+    def generation_modules(self) -> dict[str, nn.Module]:
         return {"bibae": self}
 
 
@@ -623,7 +597,7 @@ def _slopes(directions: NDArray | None, n: int) -> NDArray[np.float64]:
     return d[:, :2] / d[:, 2:3]
 
 
-class BIBAEGenerator:
+class BIBAEGenerator(scaffold.GeneratorBase):
     """:class:`~calogen.generator.Generator` of a trained BIB-AE.
 
     ``supports_direction`` is true when the model was trained on showers at several angles
@@ -633,17 +607,13 @@ class BIBAEGenerator:
     def __init__(
         self,
         model: BIBAE,
-        energy_range_gev: tuple[float, float] = (10.0, 90.0),
+        energy_range_gev: tuple[float, float] = scaffold.DEFAULT_ENERGY_RANGE_GEV,
         slope_range: Sequence[Sequence[float]] = ((0.0, 0.0), (0.0, 0.0)),
         name: str = MODEL_NAME,
     ) -> None:
-        self.model = model.eval()
-        self.name = name
-        self.energy_range_gev = (float(energy_range_gev[0]), float(energy_range_gev[1]))
+        super().__init__(model, energy_range_gev, name)
         self.slope_range = tuple(tuple(float(v) for v in r) for r in slope_range)
         self.supports_direction = any(hi - lo > 1e-6 for lo, hi in self.slope_range)
-        self.grid = model.config.grid
-        self.max_points = self.grid.n_voxels
         self.latent = model.config.latent
         self.rescale = model.config.rescale_evis
 
@@ -658,9 +628,13 @@ class BIBAEGenerator:
         """Voxels ``[N, L, X, Y]`` in GeV (``post_process=False`` skips the post-processor)."""
         energies = check_energies(energies)
         dirs = check_directions(directions, energies.size)
-        gen = torch.Generator().manual_seed(int(as_rng(seed).integers(0, 2**62)))
         return self.model.sample_voxels(
-            energies, _slopes(dirs, energies.size), gen, self.latent, post_process, self.rescale
+            energies,
+            _slopes(dirs, energies.size),
+            self.torch_generator(seed),
+            self.latent,
+            post_process,
+            self.rescale,
         )
 
     def sample(
@@ -696,14 +670,13 @@ class BIBAEGenerator:
 # ---------------------------------------------------------------------------------------------
 
 
-class BIBAETrainer:
+class BIBAETrainer(scaffold.TrainerBase):
     """Alternating WGAN-GP critic / autoencoder / post-processor / flow updates."""
 
+    name = MODEL_NAME
+
     def __init__(self, model: BIBAE, data: SparseVoxels, seed: int, data_path: str) -> None:
-        self.model = model
-        self.data = data
-        self.seed = int(seed)
-        self.data_path = data_path
+        super().__init__(model, data, seed, data_path)
         cfg = model.config
         ae = list(model.encoder.parameters()) + list(model.decoder.parameters())
         betas = (0.5, 0.9)
@@ -722,7 +695,7 @@ class BIBAETrainer:
         self.slopes = _slopes(data.directions, len(data))
 
     def modules(self) -> dict[str, nn.Module]:
-        return self.model.modules_dict()
+        return self.model.generation_modules()
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {
@@ -731,12 +704,6 @@ class BIBAETrainer:
             "pp": self.opt_pp,
             "flows": self.opt_flows,
         }
-
-    def generators(self) -> dict[str, Any]:
-        return {}
-
-    def checkpoint_json(self) -> dict[str, Any]:
-        return {"model": MODEL_NAME, "config": self.model.config.to_dict(), "seed": self.seed}
 
     def export(self, out: Path) -> None:
         export_model(self.model, out, extra=_training_info(self.data, self.data_path, self.seed))
@@ -847,13 +814,9 @@ def _grid_sums(data: SparseVoxels) -> NDArray[np.float64]:
 def _training_info(data: SparseVoxels, path: str, seed: int) -> dict[str, Any]:
     slopes = _slopes(data.directions, len(data))
     return {
-        "training": {
-            "data": path,
-            "seed": int(seed),
-            "n_showers": len(data),
-            "mean_containment": float(np.mean(data.containment)),
-        },
-        "energy_range_gev": [float(data.incident.min()), float(data.incident.max())],
+        **scaffold.training_info(
+            path, seed, len(data), data.incident, mean_containment=float(np.mean(data.containment))
+        ),
         "slope_range": [[float(slopes[:, i].min()), float(slopes[:, i].max())] for i in range(2)],
     }
 
@@ -865,7 +828,7 @@ def export_model(
     return save_model(
         out,
         model_type=MODEL_NAME,
-        modules=model.modules_dict(),
+        modules=model.generation_modules(),
         config=model.config.to_dict(),
         extra={"grid": model.config.grid.to_dict(), **(extra or {})},
     )
@@ -879,64 +842,29 @@ def build_model(config: BIBAEConfig, data: SparseVoxels, seed: int) -> BIBAE:
     return model
 
 
-def train(
-    *,
-    config: str | dict[str, Any] | BIBAEConfig,
-    data: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    resume: bool = False,
-    seed: int = 0,
-    iterations: int | None = None,
-    progress: bool = True,
-    stop_after: int | None = None,
-) -> dict[str, Any]:
+def train(**kwargs: Any) -> dict[str, Any]:
     """Train the BIB-AE on a shower file into ``out`` (see :func:`calogen.models.registry.train_model`).
 
     Showers are voxelised on the configured grid; their incident directions (if the file
     stores them) become the angle condition.
     """
-    out = Path(out)
-    cfg, seed = _resolve_training_config(
-        config, out, resume, seed, iterations, BIBAEConfig, get_config
-    )
-    t0 = time.perf_counter()
+    return scaffold.train_model(MODEL_NAME, PRESETS, BIBAEConfig, _trainer, **kwargs)
+
+
+def _trainer(cfg: BIBAEConfig, data: Any, seed: int, stored: Any) -> BIBAETrainer:
     voxels = SparseVoxels.from_file(data, cfg.grid, cfg.max_showers)
-    model = build_model(cfg, voxels, seed)
-    trainer = BIBAETrainer(model, voxels, seed, str(data))
-    result = run_training(
-        trainer,
-        out,
-        iterations=cfg.iterations,
-        checkpoint_every=cfg.checkpoint_every,
-        resume=resume,
-        progress=progress,
-        log_every=min(50, cfg.checkpoint_every),
-        stop_after=stop_after,
-        desc=MODEL_NAME,
-    )
-    history = result["history"]
-    return {
-        "model": MODEL_NAME,
-        "out": str(out),
-        "iterations": result["iteration"],
-        "train_seconds": round(result["seconds"], 1),
-        "wall_seconds": round(time.perf_counter() - t0, 1),
-        "final": history[-1] if history else {},
-    }
+    return BIBAETrainer(build_model(cfg, voxels, seed), voxels, seed, str(data))
 
 
 def load_model(model_dir: str | os.PathLike[str], info: dict[str, Any] | None = None) -> BIBAE:
     """Rebuild :class:`BIBAE` from a model folder."""
-    info = read_model_info(model_dir) if info is None else info
-    if info.get("calogen_model") != MODEL_NAME:
-        raise UsageError(f"{model_dir}: not a {MODEL_NAME} model ({info.get('calogen_model')})")
-    try:
-        cfg = BIBAEConfig.from_dict(info["config"])
-    except KeyError as exc:
-        raise UsageError(f"{model_dir}/{MODEL_JSON}: missing entry {exc}") from None
-    model = BIBAE(cfg)
-    load_model_tensors(model_dir, model.modules_dict())
-    return model.eval()
+    return scaffold.load_folder(
+        model_dir,
+        info,
+        (MODEL_NAME,),
+        "a bibae model",
+        lambda info: BIBAE(BIBAEConfig.from_dict(info["config"])),
+    )
 
 
 def load_generator(
@@ -944,10 +872,9 @@ def load_generator(
 ) -> BIBAEGenerator:
     """Registry hook: the generator of a BIB-AE model folder."""
     info = read_model_info(model_dir) if info is None else info
-    model = load_model(model_dir, info)
     return BIBAEGenerator(
-        model,
-        energy_range_gev=tuple(info.get("energy_range_gev", (10.0, 90.0))),  # type: ignore[arg-type]
+        load_model(model_dir, info),
+        energy_range_gev=scaffold.energy_range(info),
         slope_range=info.get("slope_range", ((0.0, 0.0), (0.0, 0.0))),
     )
 

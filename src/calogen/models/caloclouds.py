@@ -13,8 +13,8 @@ Pieces (paper section 3):
 * Shower Flow (:class:`~calogen.models.shower_flow.ShowerFlow`, feature set
   ``"caloclouds"``): visible energy and points per layer given E, trained at the same time
   with its own optimiser;
-* occupancy correction (:class:`~calogen.calibration.OccupancyCorrection`), fitted after
-  training by ``calogen fit-occupancy``;
+* occupancy correction (:class:`~calogen.calibration.OccupancyCorrection`), fitted at the
+  end of training on the training showers (or again by ``calogen fit-occupancy``);
 * post-diffusion calibration (:func:`~calogen.calibration.calibrate`): negative energies to
   zero, total energy to the Shower Flow's, depth-sorted layer assignment from the per-layer
   counts, centre of gravity (x, y) shifted to the training-data mean.
@@ -29,10 +29,9 @@ comes from RNGs seeded with ``(seed, i)``, so a resumed run repeats an uninterru
 from __future__ import annotations
 
 import os
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import showerdata
@@ -45,7 +44,8 @@ from calogen.data.io import ShowerFile
 from calogen.data.normalisation import Normalisation
 from calogen.data.packed import PackedPoints, pack, unpack
 from calogen.errors import UsageError
-from calogen.generator import as_rng, check_energies
+from calogen.generator import check_energies
+from calogen.models import scaffold
 from calogen.models.blocks import EPiCEncoder, PointWiseNet
 from calogen.models.configs import resolve_config
 from calogen.models.ddpm import DDPM
@@ -53,12 +53,8 @@ from calogen.models.flows import LatentFlow
 from calogen.models.shower_flow import ShowerFlow, ShowerFlowConfig, shower_features
 from calogen.models.training import (
     MODEL_JSON,
-    latest_checkpoint,
-    load_model_tensors,
     lr_schedule,
-    read_json,
     read_model_info,
-    run_training,
     save_model,
     set_lr,
     write_json,
@@ -69,8 +65,11 @@ N_LAYERS = 30
 
 
 @dataclass
-class CaloCloudsConfig:
+class CaloCloudsConfig(scaffold.ModelConfig):
     """Hyperparameters of CaloClouds (JSON-serialisable; see :data:`PRESETS`)."""
+
+    LABEL: ClassVar[str] = "CaloClouds"
+    TUPLES: ClassVar[dict[str, type]] = {"widths": int, "latent_flow_hidden": int}
 
     # networks
     widths: tuple[int, ...] = (128, 256, 512, 256, 128)
@@ -120,38 +119,18 @@ class CaloCloudsConfig:
     # generation
     chunk_points: int = 200_000
 
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["widths"] = list(self.widths)
-        out["latent_flow_hidden"] = list(self.latent_flow_hidden)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CaloCloudsConfig:
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise UsageError(f"unknown CaloClouds config keys: {', '.join(unknown)}")
-        for key in ("widths", "latent_flow_hidden"):
-            if key in known:
-                known[key] = tuple(int(v) for v in known[key])
-        cfg = cls(**known)
-        cfg.validate()
-        return cfg
-
     def validate(self) -> None:
-        positive = (
-            "latent_dim",
-            "encoder_hidden",
-            "iterations",
-            "batch_size",
-            "diffusion_steps",
-            "checkpoint_every",
-            "max_points",
+        self.check_positive(
+            (
+                "latent_dim",
+                "encoder_hidden",
+                "iterations",
+                "batch_size",
+                "diffusion_steps",
+                "checkpoint_every",
+                "max_points",
+            )
         )
-        for key in positive:
-            if int(getattr(self, key)) <= 0:
-                raise UsageError(f"config '{key}' must be > 0")
         if not self.widths:
             raise UsageError("config 'widths' must not be empty")
 
@@ -196,8 +175,6 @@ PRESETS: dict[str, CaloCloudsConfig] = {
 
 def get_config(spec: str | dict[str, Any] | CaloCloudsConfig) -> CaloCloudsConfig:
     """Config from a preset name, a YAML/JSON path, a dict of overrides or a config."""
-    if isinstance(spec, CaloCloudsConfig):
-        return spec
     return resolve_config(spec, PRESETS, CaloCloudsConfig)
 
 
@@ -340,21 +317,10 @@ class CaloClouds(nn.Module):
         }
 
 
-class CaloCloudsGenerator:
+class CaloCloudsGenerator(scaffold.GeneratorBase):
     """:class:`~calogen.generator.Generator` of a trained CaloClouds model."""
 
-    supports_direction = False
-
-    def __init__(
-        self,
-        model: CaloClouds,
-        energy_range_gev: tuple[float, float] = (10.0, 90.0),
-        name: str = MODEL_NAME,
-    ) -> None:
-        self.model = model.eval()
-        self.name = name
-        self.energy_range_gev = (float(energy_range_gev[0]), float(energy_range_gev[1]))
-        self.max_points = int(model.config.max_points)
+    default_name = MODEL_NAME
 
     def sample(
         self,
@@ -364,13 +330,9 @@ class CaloCloudsGenerator:
         seed: int | np.random.Generator | None = None,
     ) -> showerdata.Showers:
         """Showers ``(x mm, y mm, layer, e GeV)`` for incident ``energies [N]`` in GeV."""
-        if directions is not None:
-            raise UsageError(
-                "caloclouds does not support incident directions (normal incidence only)"
-            )
+        self.refuse_directions(directions)
         energies = check_energies(energies)
-        gen = torch.Generator().manual_seed(int(as_rng(seed).integers(0, 2**62)))
-        packed, _ = self.model.generate(energies, gen)
+        packed, _ = self.model.generate(energies, self.torch_generator(seed))
         return unpack(packed, energies)
 
 
@@ -472,14 +434,13 @@ def _subsample(
 # ---------------------------------------------------------------------------------------------
 
 
-class CaloCloudsTrainer:
+class CaloCloudsTrainer(scaffold.TrainerBase):
     """Joint training of diffusion + encoder, Latent Flow and Shower Flow (see module doc)."""
 
+    name = MODEL_NAME
+
     def __init__(self, model: CaloClouds, data: TrainingData, seed: int, data_path: str) -> None:
-        self.model = model
-        self.data = data
-        self.seed = int(seed)
-        self.data_path = data_path
+        super().__init__(model, data, seed, data_path)
         cfg = model.config
         self.opt = torch.optim.Adam(
             list(model.net.parameters()) + list(model.encoder.parameters()), lr=cfg.lr_start
@@ -496,32 +457,13 @@ class CaloCloudsTrainer:
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"diffusion": self.opt, "latent_flow": self.opt_flow, "shower_flow": self.opt_shower}
 
-    def generators(self) -> dict[str, Any]:
-        return {}  # all randomness is derived from (seed, iteration)
-
-    def checkpoint_json(self) -> dict[str, Any]:
-        return {
-            "model": MODEL_NAME,
-            "config": self.model.config.to_dict(),
-            "seed": self.seed,
-            **self.model.model_info(),
-        }
-
     def export(self, out: Path) -> None:
         export_model(
             self.model,
             out,
-            extra={
-                "training": {
-                    "data": self.data_path,
-                    "seed": self.seed,
-                    "n_showers": self.data.n_showers,
-                },
-                "energy_range_gev": [
-                    float(self.data.energies.min()),
-                    float(self.data.energies.max()),
-                ],
-            },
+            extra=scaffold.training_info(
+                self.data_path, self.seed, self.data.n_showers, self.data.energies
+            ),
         )
 
     def diffusion_losses(self, iteration: int) -> dict[str, Tensor]:
@@ -594,27 +536,9 @@ class CaloCloudsTrainer:
             "latent_nll": float(loss_flow.detach()),
         }
 
-        # shower flow
-        if iteration < cfg.shower_flow_iterations:
-            sel = rng.integers(0, data.n_showers, size=min(cfg.shower_flow_batch, data.n_showers))
-            feats = {k: v[sel] for k, v in data.features.items()}
-            xs, cs = model.shower_flow.preprocess(feats, data.energies[sel], rng)
-            set_lr(
-                self.opt_shower,
-                lr_schedule(
-                    iteration,
-                    cfg.shower_flow_iterations,
-                    cfg.shower_flow_lr_start,
-                    cfg.shower_flow_lr_end,
-                    "cosine",
-                ),
-            )
-            loss_sf = model.shower_flow.nll(xs, cs)
-            self.opt_shower.zero_grad(set_to_none=True)
-            loss_sf.backward()
-            nn.utils.clip_grad_norm_(model.shower_flow.flow.parameters(), 10.0)
-            self.opt_shower.step()
-            out["shower_nll"] = float(loss_sf.detach())
+        out.update(
+            scaffold.shower_flow_step(model.shower_flow, self.opt_shower, data, cfg, iteration, rng)
+        )
         return out
 
 
@@ -644,61 +568,33 @@ def build_model(
     return model
 
 
-def train(
-    *,
-    config: str | dict[str, Any] | CaloCloudsConfig,
-    data: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    resume: bool = False,
-    seed: int = 0,
-    iterations: int | None = None,
-    progress: bool = True,
-    stop_after: int | None = None,
-) -> dict[str, Any]:
+def train(**kwargs: Any) -> dict[str, Any]:
     """Train CaloClouds on a shower file into ``out`` (see :func:`calogen.models.registry.train_model`).
 
-    On ``resume`` the config, seed and normalisation stored in the checkpoint are used
+    The finished model has its occupancy correction fitted on (up to 1,000 of) its training
+    showers (``corrections=False`` skips it; ``calogen fit-occupancy`` refits it). On ``resume`` the config, seed and normalisation stored in the checkpoint are used
     (``iterations`` may still extend the run).
     """
-    out = Path(out)
-    if resume:
-        latest = latest_checkpoint(out / "checkpoints")
-        if latest is None:
-            raise UsageError(f"{out}: no complete checkpoint to resume from")
-        stored = read_json(latest)["extra"]
-        cfg = CaloCloudsConfig.from_dict(stored["config"])
-        seed = int(stored["seed"])
+    return scaffold.train_model(
+        MODEL_NAME, PRESETS, CaloCloudsConfig, _trainer, fit_corrections=_fit_corrections, **kwargs
+    )
+
+
+def _fit_corrections(out: Path, data: Any, seed: int, n_showers: int) -> dict[str, Any]:
+    """The end of training: the occupancy correction on the first training showers."""
+    return fit_occupancy(out, data, n_showers=n_showers, seed=seed)
+
+
+def _trainer(
+    cfg: CaloCloudsConfig, data: Any, seed: int, stored: dict[str, Any] | None
+) -> CaloCloudsTrainer:
+    if stored is not None:
         normalisation = Normalisation.from_dict(stored["normalisation"])
     else:
-        cfg = get_config(config)
         normalisation = Normalisation.fit(data)
-    if iterations is not None:
-        cfg.iterations = int(iterations)
-        cfg.shower_flow_iterations = min(cfg.shower_flow_iterations, cfg.iterations)
-    t0 = time.perf_counter()
     train_data = load_training_data(data, cfg.max_showers)
     model = build_model(cfg, train_data, normalisation, seed)
-    trainer = CaloCloudsTrainer(model, train_data, seed, str(data))
-    result = run_training(
-        trainer,
-        out,
-        iterations=cfg.iterations,
-        checkpoint_every=cfg.checkpoint_every,
-        resume=resume,
-        progress=progress,
-        log_every=min(50, cfg.checkpoint_every),
-        stop_after=stop_after,
-        desc=MODEL_NAME,
-    )
-    history = result["history"]
-    return {
-        "model": MODEL_NAME,
-        "out": str(out),
-        "iterations": result["iteration"],
-        "train_seconds": round(result["seconds"], 1),
-        "wall_seconds": round(time.perf_counter() - t0, 1),
-        "final": history[-1] if history else {},
-    }
+    return CaloCloudsTrainer(model, train_data, seed, str(data))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -708,21 +604,17 @@ def train(
 
 def load_model(model_dir: str | os.PathLike[str], info: dict[str, Any] | None = None) -> CaloClouds:
     """Rebuild a :class:`CaloClouds` from a model folder."""
-    info = read_model_info(model_dir) if info is None else info
-    if info.get("calogen_model") != MODEL_NAME:
-        raise UsageError(f"{model_dir}: not a caloclouds model ({info.get('calogen_model')})")
-    try:
-        cfg = CaloCloudsConfig.from_dict(info["config"])
-        normalisation = Normalisation.from_dict(info["normalisation"])
-        cog = tuple(info.get("cog_xy_mm", (0.0, 0.0)))
-        occupancy = (
-            OccupancyCorrection.from_dict(info["occupancy"]) if info.get("occupancy") else None
-        )
-    except KeyError as exc:
-        raise UsageError(f"{model_dir}/{MODEL_JSON}: missing entry {exc}") from None
-    model = CaloClouds(cfg, normalisation, cog_xy=cog, occupancy=occupancy)  # type: ignore[arg-type]
-    load_model_tensors(model_dir, model.generation_modules())
-    return model.eval()
+    return scaffold.load_folder(model_dir, info, (MODEL_NAME,), "a caloclouds model", _build)
+
+
+def _build(info: dict[str, Any]) -> CaloClouds:
+    occupancy = info.get("occupancy")
+    return CaloClouds(
+        CaloCloudsConfig.from_dict(info["config"]),
+        Normalisation.from_dict(info["normalisation"]),
+        cog_xy=tuple(info.get("cog_xy_mm", (0.0, 0.0))),  # type: ignore[arg-type]
+        occupancy=OccupancyCorrection.from_dict(occupancy) if occupancy else None,
+    )
 
 
 def load_generator(
@@ -730,9 +622,9 @@ def load_generator(
 ) -> CaloCloudsGenerator:
     """Registry hook: the generator of a CaloClouds model folder."""
     info = read_model_info(model_dir) if info is None else info
-    model = load_model(model_dir, info)
-    e_range = tuple(info.get("energy_range_gev", (10.0, 90.0)))
-    return CaloCloudsGenerator(model, energy_range_gev=e_range)  # type: ignore[arg-type]
+    return CaloCloudsGenerator(
+        load_model(model_dir, info), energy_range_gev=scaffold.energy_range(info)
+    )
 
 
 def fit_occupancy(
@@ -744,21 +636,15 @@ def fit_occupancy(
     geometry: str = "slab",
 ) -> dict[str, Any]:
     """Fit ``c_N`` from data and generated showers (identity correction while generating)."""
-    from calogen.geometry import get_calorimeter, project
+    from calogen.geometry import project
 
-    try:
-        calorimeter = get_calorimeter(geometry)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    calorimeter, _, n_data, occ_data, energies = scaffold.occupancy_reference(
+        data, n_showers, geometry
+    )
     model_dir = Path(model_dir)
     info = read_model_info(model_dir)
     model = load_model(model_dir, info)
     model.occupancy = OccupancyCorrection.identity()
-    with ShowerFile(data) as f:
-        real = f.read(0, min(n_showers, len(f)))
-    n_data = np.asarray(real._num_points, np.float64)
-    occ_data = project(real, calorimeter).hits_per_shower().astype(np.float64)
-    energies = real.energies.reshape(-1).astype(np.float64)
     gen = CaloCloudsGenerator(model)
     fake = gen.sample(energies, seed=seed)
     n_gen = np.asarray(fake._num_points, np.float64)

@@ -36,11 +36,10 @@ import copy
 import itertools
 import math
 import os
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import showerdata
@@ -55,11 +54,11 @@ from calogen.calibration import (
     distribute_counts,
     shift_cog,
 )
-from calogen.data.io import ShowerFile
 from calogen.data.normalisation import Normalisation
 from calogen.data.packed import PackedPoints, pack, unpack
 from calogen.errors import UsageError
-from calogen.generator import as_rng, check_energies
+from calogen.generator import check_energies
+from calogen.models import scaffold
 from calogen.models.blocks import PointWiseNet
 from calogen.models.caloclouds import TrainingData, load_training_data
 from calogen.models.configs import resolve_config
@@ -81,12 +80,8 @@ from calogen.models.edm import (
 from calogen.models.shower_flow import CORE_COG_RADIUS_MM, ShowerFlow, ShowerFlowConfig
 from calogen.models.training import (
     MODEL_JSON,
-    latest_checkpoint,
-    load_model_tensors,
     lr_schedule,
-    read_json,
     read_model_info,
-    run_training,
     save_model,
     set_lr,
     write_json,
@@ -102,15 +97,29 @@ N_LAYERS = 30
 # ---------------------------------------------------------------------------------------------
 
 
-def _tuple_fields(data: dict[str, Any], keys: tuple[str, ...], kind: type) -> None:
-    for key in keys:
-        if key in data and data[key] is not None:
-            data[key] = tuple(kind(v) for v in data[key])
+@dataclass
+class _PointTraining(scaffold.ModelConfig):
+    """Optimisation fields shared by the teacher's and the distillation's configs: batches of
+    ``batch_size`` showers with at most ``points_per_shower`` points each, the optimiser and
+    its learning-rate schedule (:func:`~calogen.models.training.lr_schedule`)."""
+
+    iterations: int = 800_000
+    batch_size: int = 128
+    points_per_shower: int | None = None
+    optimizer: str = "radam"
+    lr_start: float = 1e-4
+    lr_end: float = 1e-4
+    lr_kind: str = "constant"
+    lr_warmup: int = 0
+    grad_clip: float = 10.0
 
 
 @dataclass
-class CaloClouds2Config:
+class CaloClouds2Config(_PointTraining):
     """Hyperparameters of the CaloClouds II teacher (JSON-serialisable; see :data:`PRESETS`)."""
+
+    LABEL: ClassVar[str] = "CaloClouds II"
+    TUPLES: ClassVar[dict[str, type]] = {"widths": int}
 
     # network
     widths: tuple[int, ...] = (128, 256, 512, 256, 128)
@@ -133,16 +142,7 @@ class CaloClouds2Config:
     e_scale_gev: float = 100.0
     n_scale: float = 6000.0
     max_points: int = 6000
-    # optimisation
-    iterations: int = 800_000
-    batch_size: int = 128
-    points_per_shower: int | None = None
-    optimizer: str = "radam"
-    lr_start: float = 1e-4
-    lr_end: float = 1e-4
-    lr_kind: str = "constant"
-    lr_warmup: int = 0
-    grad_clip: float = 10.0
+    # optimisation (see _PointTraining)
     ema_decay: float = 0.9999
     ema_warmup: bool = True
     shower_flow_lr_start: float = 1e-3
@@ -164,34 +164,18 @@ class CaloClouds2Config:
     #: bias of the network's tails from the centre of gravity
     mirror: bool = True
 
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["widths"] = list(self.widths)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CaloClouds2Config:
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise UsageError(f"unknown CaloClouds II config keys: {', '.join(unknown)}")
-        _tuple_fields(known, ("widths",), int)
-        cfg = cls(**known)
-        cfg.validate()
-        return cfg
-
     def validate(self) -> None:
-        for key in (
-            "iterations",
-            "batch_size",
-            "sampler_steps",
-            "checkpoint_every",
-            "max_points",
-            "time_features",
-            "chunk_points",
-        ):
-            if int(getattr(self, key)) <= 0:
-                raise UsageError(f"config '{key}' must be > 0")
+        self.check_positive(
+            (
+                "iterations",
+                "batch_size",
+                "sampler_steps",
+                "checkpoint_every",
+                "max_points",
+                "time_features",
+                "chunk_points",
+            )
+        )
         if self.time_features % 2:
             raise UsageError("config 'time_features' must be even")
         if not self.widths:
@@ -207,18 +191,12 @@ class CaloClouds2Config:
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(_PointTraining):
     """Hyperparameters of consistency distillation (see :data:`DISTILL_PRESETS`)."""
 
-    iterations: int = 800_000
-    batch_size: int = 128
-    points_per_shower: int | None = None
-    optimizer: str = "radam"
-    lr_start: float = 1e-4
-    lr_end: float = 1e-4
-    lr_kind: str = "constant"
-    lr_warmup: int = 0
-    grad_clip: float = 10.0
+    LABEL: ClassVar[str] = "distillation"
+    TUPLES: ClassVar[dict[str, type]] = {"sample_sigmas": float}
+
     n_grid: int = 18
     target_decay: float = 0.95
     ema_decay: float = 0.9999
@@ -227,26 +205,8 @@ class DistillConfig:
     checkpoint_every: int = 5000
     max_showers: int | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["sample_sigmas"] = list(self.sample_sigmas)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DistillConfig:
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise UsageError(f"unknown distillation config keys: {', '.join(unknown)}")
-        _tuple_fields(known, ("sample_sigmas",), float)
-        cfg = cls(**known)
-        cfg.validate()
-        return cfg
-
     def validate(self) -> None:
-        for key in ("iterations", "batch_size", "checkpoint_every"):
-            if int(getattr(self, key)) <= 0:
-                raise UsageError(f"distillation config '{key}' must be > 0")
+        self.check_positive(("iterations", "batch_size", "checkpoint_every"), "distillation config")
         if self.n_grid < 2:
             raise UsageError("distillation config 'n_grid' must be >= 2")
         if not 0 <= self.target_decay <= 1 or not 0 <= self.ema_decay < 1:
@@ -261,13 +221,23 @@ _OPTIMIZERS = {"adam": torch.optim.Adam, "radam": torch.optim.RAdam}
 
 #: ``paper``: published hyperparameters (RAdam, lr 1e-4, batch 128, widths 128-…-128);
 #: ``small``: CaloClouds3-style widths, point subsets, trains on one CPU thread in < 1 h.
+#: Both carry the recipe of the shipped default model (docs/default_model.md): asinh
+#: compression of the core radius (``core_radius_mm`` 2), the core centre of gravity in the
+#: Shower Flow (``caloclouds2_core``), mirroring; ``small`` trains its Shower Flow for 15,000
+#: iterations. They differ in widths and lengths, not in the method.
 PRESETS: dict[str, CaloClouds2Config] = {
-    "paper": CaloClouds2Config(),
+    "paper": CaloClouds2Config(
+        core_radius_mm=2.0,
+        shower_flow=ShowerFlowConfig(
+            feature_set="caloclouds2_core", blocks=10, affine_per_block=6, spline_per_block=1
+        ).to_dict(),
+    ),
     "small": CaloClouds2Config(
         widths=(32, 64, 128, 64, 32),
         time_features=16,
+        core_radius_mm=2.0,
         shower_flow=ShowerFlowConfig(
-            feature_set="caloclouds2",
+            feature_set="caloclouds2_core",
             blocks=3,
             affine_per_block=2,
             spline_per_block=0,
@@ -284,15 +254,19 @@ PRESETS: dict[str, CaloClouds2Config] = {
         ema_decay=0.999,
         shower_flow_lr_start=2e-3,
         shower_flow_lr_end=1e-5,
-        shower_flow_iterations=5000,
+        shower_flow_iterations=15_000,
         shower_flow_batch=256,
         checkpoint_every=1000,
     ),
 }
 
+#: Distillation: the teacher's ODE on a 40-point Karras grid (the paper's 18 leave each Heun
+#: step too coarse for a small teacher, which needs ~40 Heun steps to converge,
+#: docs/default_model.md); ``small``: RAdam, lr 1e-3 -> 1e-5 cosine, 20,000 iterations.
 DISTILL_PRESETS: dict[str, DistillConfig] = {
-    "paper": DistillConfig(),
+    "paper": DistillConfig(n_grid=40),
     "small": DistillConfig(
+        n_grid=40,
         iterations=20_000,
         batch_size=32,
         points_per_shower=128,
@@ -308,15 +282,11 @@ DISTILL_PRESETS: dict[str, DistillConfig] = {
 
 def get_config(spec: str | dict[str, Any] | CaloClouds2Config) -> CaloClouds2Config:
     """Teacher config from a preset name, a YAML/JSON path, a dict of overrides or a config."""
-    if isinstance(spec, CaloClouds2Config):
-        return spec
     return resolve_config(spec, PRESETS, CaloClouds2Config)
 
 
 def get_distill_config(spec: str | dict[str, Any] | DistillConfig) -> DistillConfig:
     """Distillation config from a preset name, a YAML/JSON path, overrides or a config."""
-    if isinstance(spec, DistillConfig):
-        return spec
     return resolve_config(spec, DISTILL_PRESETS, DistillConfig)
 
 
@@ -592,7 +562,7 @@ class CaloClouds2(nn.Module):
         }
 
 
-class CaloClouds2Generator:
+class CaloClouds2Generator(scaffold.GeneratorBase):
     """:class:`~calogen.generator.Generator` of a trained CaloClouds II teacher or student.
 
     Args:
@@ -603,21 +573,18 @@ class CaloClouds2Generator:
         cm_sigmas: σ values of the student's consistency sampling (default: the model's).
     """
 
-    supports_direction = False
-
     def __init__(
         self,
         model: CaloClouds2,
-        energy_range_gev: tuple[float, float] = (10.0, 90.0),
+        energy_range_gev: tuple[float, float] = scaffold.DEFAULT_ENERGY_RANGE_GEV,
         name: str | None = None,
         *,
         n_steps: int | None = None,
         cm_sigmas: tuple[float, ...] | None = None,
     ) -> None:
-        self.model = model.eval()
-        self.name = name or (CM_NAME if model.consistency else MODEL_NAME)
-        self.energy_range_gev = (float(energy_range_gev[0]), float(energy_range_gev[1]))
-        self.max_points = int(model.config.max_points)
+        super().__init__(
+            model, energy_range_gev, name or (CM_NAME if model.consistency else MODEL_NAME)
+        )
         self.n_steps = n_steps
         self.cm_sigmas = cm_sigmas
 
@@ -678,12 +645,13 @@ class CaloClouds2Generator:
 
         ``n_steps`` (teacher) and ``cm_sigmas`` (student) override the sampler settings.
         """
-        if directions is not None:
-            raise UsageError(f"{self.name} does not support incident directions (normal incidence)")
+        self.refuse_directions(directions)
         energies = check_energies(energies)
-        gen = torch.Generator().manual_seed(int(as_rng(seed).integers(0, 2**62)))
         packed, _ = self.model.generate(
-            energies, gen, n_steps=n_steps or self.n_steps, cm_sigmas=cm_sigmas or self.cm_sigmas
+            energies,
+            self.torch_generator(seed),
+            n_steps=n_steps or self.n_steps,
+            cm_sigmas=cm_sigmas or self.cm_sigmas,
         )
         return unpack(packed, energies)
 
@@ -744,14 +712,13 @@ def _optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
 # ---------------------------------------------------------------------------------------------
 
 
-class CaloClouds2Trainer:
+class CaloClouds2Trainer(scaffold.TrainerBase):
     """EDM training of the PointWise Net (with EMA) and, at the same time, the Shower Flow."""
 
+    name = MODEL_NAME
+
     def __init__(self, model: CaloClouds2, data: TrainingData, seed: int, data_path: str) -> None:
-        self.model = model
-        self.data = data
-        self.seed = int(seed)
-        self.data_path = data_path
+        super().__init__(model, data, seed, data_path)
         cfg = model.config
         self.ema = EMA(model.net, cfg.ema_decay)
         self.opt = _optimizer(cfg.optimizer, model.net.parameters(), cfg.lr_start)
@@ -766,31 +733,12 @@ class CaloClouds2Trainer:
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"diffusion": self.opt, "shower_flow": self.opt_shower}
 
-    def generators(self) -> dict[str, Any]:
-        return {}  # all randomness is derived from (seed, iteration)
-
-    def checkpoint_json(self) -> dict[str, Any]:
-        return {
-            "model": MODEL_NAME,
-            "config": self.model.config.to_dict(),
-            "seed": self.seed,
-            **self.model.model_info(),
-        }
-
     def export(self, out: Path) -> None:
         info = self.model.model_info()
         info.update(
-            {
-                "training": {
-                    "data": self.data_path,
-                    "seed": self.seed,
-                    "n_showers": self.data.n_showers,
-                },
-                "energy_range_gev": [
-                    float(self.data.energies.min()),
-                    float(self.data.energies.max()),
-                ],
-            }
+            scaffold.training_info(
+                self.data_path, self.seed, self.data.n_showers, self.data.energies
+            )
         )
         save_model(
             out,
@@ -824,27 +772,9 @@ class CaloClouds2Trainer:
         self.opt.step()
         self.ema.update(model.net, decay=ema_warmup_decay(iteration, cfg.ema_decay, cfg.ema_warmup))
         out = {"loss": float(loss.detach())}
-
-        if iteration < cfg.shower_flow_iterations:
-            sel = rng.integers(0, data.n_showers, size=min(cfg.shower_flow_batch, data.n_showers))
-            feats = {k: v[sel] for k, v in data.features.items()}
-            xs, cs = model.shower_flow.preprocess(feats, data.energies[sel], rng)
-            set_lr(
-                self.opt_shower,
-                lr_schedule(
-                    iteration,
-                    cfg.shower_flow_iterations,
-                    cfg.shower_flow_lr_start,
-                    cfg.shower_flow_lr_end,
-                    "cosine",
-                ),
-            )
-            loss_sf = model.shower_flow.nll(xs, cs)
-            self.opt_shower.zero_grad(set_to_none=True)
-            loss_sf.backward()
-            nn.utils.clip_grad_norm_(model.shower_flow.flow.parameters(), 10.0)
-            self.opt_shower.step()
-            out["shower_nll"] = float(loss_sf.detach())
+        out.update(
+            scaffold.shower_flow_step(model.shower_flow, self.opt_shower, data, cfg, iteration, rng)
+        )
         return out
 
 
@@ -858,77 +788,42 @@ def build_model(
     return model
 
 
-def _summary(name: str, out: Path, result: dict[str, Any], t0: float) -> dict[str, Any]:
-    history = result["history"]
-    return {
-        "model": name,
-        "out": str(out),
-        "iterations": result["iteration"],
-        "train_seconds": round(result["seconds"], 1),
-        "wall_seconds": round(time.perf_counter() - t0, 1),
-        "final": history[-1] if history else {},
-    }
-
-
-def train(
-    *,
-    config: str | dict[str, Any] | CaloClouds2Config,
-    data: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    resume: bool = False,
-    seed: int = 0,
-    iterations: int | None = None,
-    progress: bool = True,
-    stop_after: int | None = None,
-) -> dict[str, Any]:
+def train(**kwargs: Any) -> dict[str, Any]:
     """Train the CaloClouds II teacher on a shower file into ``out``.
 
-    On ``resume`` the config, seed and normalisation stored in the checkpoint are used
+    The finished model has its corrections (:func:`fit_corrections`) unless
+    ``corrections=False``. On ``resume`` the config, seed and normalisation stored in the checkpoint are used
     (``iterations`` may still extend the run).
     """
-    out = Path(out)
-    if resume:
-        stored = _stored_checkpoint(out)
-        cfg = CaloClouds2Config.from_dict(stored["config"])
-        seed = int(stored["seed"])
+    return scaffold.train_model(
+        MODEL_NAME, PRESETS, CaloClouds2Config, _trainer, fit_corrections=fit_corrections, **kwargs
+    )
+
+
+def fit_corrections(out: Path, data: Any, seed: int, n_showers: int) -> dict[str, Any]:
+    """The end of training (teacher or student): the radial map and the occupancy correction
+    (:func:`fit_occupancy`) on the first ``n_showers`` training showers, seeded by the run."""
+    return fit_occupancy(out, data, n_showers=n_showers, seed=seed)
+
+
+def _trainer(
+    cfg: CaloClouds2Config, data: Any, seed: int, stored: dict[str, Any] | None
+) -> CaloClouds2Trainer:
+    if stored is not None:
         normalisation = Normalisation.from_dict(stored["normalisation"])
     else:
-        cfg = copy.deepcopy(get_config(config))
         normalisation = Normalisation.fit(data, core_radius_mm=cfg.core_radius_mm)
-    if iterations is not None:
-        cfg.iterations = int(iterations)
-        cfg.shower_flow_iterations = min(cfg.shower_flow_iterations, cfg.iterations)
-    t0 = time.perf_counter()
     train_data = load_training_data(data, cfg.max_showers)
     model = build_model(cfg, train_data, normalisation, seed)
-    trainer = CaloClouds2Trainer(model, train_data, seed, str(data))
-    result = run_training(
-        trainer,
-        out,
-        iterations=cfg.iterations,
-        checkpoint_every=cfg.checkpoint_every,
-        resume=resume,
-        progress=progress,
-        log_every=min(50, cfg.checkpoint_every),
-        stop_after=stop_after,
-        desc=MODEL_NAME,
-    )
-    return _summary(MODEL_NAME, out, result, t0)
+    return CaloClouds2Trainer(model, train_data, seed, str(data))
 
 
 def train_cm(**kwargs: Any) -> dict[str, Any]:
-    """Registry hook: the student is made by distillation, not trained from scratch."""
-    raise UsageError(
-        "caloclouds2-cm is distilled from a trained teacher: run "
-        "'calogen distill --teacher DIR --data FILE --out OUT'"
-    )
+    """Registry hook: ``calogen train caloclouds2-cm`` runs the whole recipe (teacher,
+    distillation, corrections; :func:`calogen.models.pipeline.train`)."""
+    from calogen.models import pipeline
 
-
-def _stored_checkpoint(out: Path) -> dict[str, Any]:
-    latest = latest_checkpoint(out / "checkpoints")
-    if latest is None:
-        raise UsageError(f"{out}: no complete checkpoint to resume from")
-    return read_json(latest)["extra"]
+    return pipeline.train(**kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -936,13 +831,15 @@ def _stored_checkpoint(out: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-class CaloClouds2DistillTrainer:
+class CaloClouds2DistillTrainer(scaffold.TrainerBase):
     """Consistency distillation of a teacher into a student of the same architecture.
 
     Student and target start from the teacher's (EMA) weights; the teacher is frozen. The
-    exported student is an EMA (``ema_decay``) of the online student; the Shower Flow,
-    normalisation and occupancy correction are the teacher's.
+    exported student is an EMA (``ema_decay``) of the online student; the Shower Flow and
+    normalisation are the teacher's, the corrections its own (fitted after the last iteration).
     """
+
+    name = CM_NAME
 
     def __init__(
         self,
@@ -955,12 +852,10 @@ class CaloClouds2DistillTrainer:
         data_path: str,
         energy_range_gev: tuple[float, float],
     ) -> None:
-        self.teacher_model = teacher.eval()
+        super().__init__(teacher.eval(), data, seed, data_path)
+        self.teacher_model = teacher
         self.config = config
-        self.data = data
-        self.seed = int(seed)
         self.teacher_dir = teacher_dir
-        self.data_path = data_path
         self.energy_range_gev = energy_range_gev
         tcfg = teacher.config
         self.student_net = copy.deepcopy(teacher.net).requires_grad_(True).train()
@@ -987,9 +882,6 @@ class CaloClouds2DistillTrainer:
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"student": self.opt}
 
-    def generators(self) -> dict[str, Any]:
-        return {}
-
     def checkpoint_json(self) -> dict[str, Any]:
         return {
             "model": CM_NAME,
@@ -1001,6 +893,10 @@ class CaloClouds2DistillTrainer:
     def export(self, out: Path) -> None:
         teacher = self.teacher_model
         info = teacher.model_info()
+        # the student's corrections are its own, fitted when the distillation ends: none
+        # inherited from the teacher (whose sampler spreads points differently)
+        info["occupancy"] = OccupancyCorrection.identity().to_dict()
+        info.pop("radial_correction", None)
         info.update(
             {
                 "cm_sigmas": list(self.config.sample_sigmas),
@@ -1044,63 +940,54 @@ def distill(
     *,
     teacher: str | os.PathLike[str],
     config: str | dict[str, Any] | DistillConfig = "small",
-    data: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    resume: bool = False,
-    seed: int = 0,
-    iterations: int | None = None,
-    progress: bool = True,
-    stop_after: int | None = None,
+    **kwargs: Any,
 ) -> dict[str, Any]:
-    """Distil a trained CaloClouds II teacher folder into a consistency model in ``out``.
+    """Distil a trained CaloClouds II teacher folder into a consistency model in ``out``
+    (``data``, ``out``, ``resume``, ``seed``, ``iterations``, ``progress``, ``stop_after``,
+    ``corrections`` as for :func:`train`: the finished student has its own corrections).
 
     On ``resume`` the distillation config, seed and teacher stored in the checkpoint are used.
     """
-    out = Path(out)
     teacher_dir = Path(teacher)
-    if resume:
-        stored = _stored_checkpoint(out)
-        cfg = DistillConfig.from_dict(stored["distill_config"])
-        seed = int(stored["seed"])
-        if Path(stored["teacher"]).resolve() != teacher_dir.resolve():
-            raise UsageError(f"{out}: was distilled from {stored['teacher']}, not {teacher_dir}")
-    else:
-        cfg = copy.deepcopy(get_distill_config(config))
-    if iterations is not None:
-        cfg.iterations = int(iterations)
-    info = read_model_info(teacher_dir)
-    if info.get("calogen_model") != MODEL_NAME:
-        raise UsageError(
-            f"{teacher_dir}: the teacher must be a '{MODEL_NAME}' model, "
-            f"got '{info.get('calogen_model')}'"
+
+    def make_trainer(
+        cfg: DistillConfig, data: Any, seed: int, stored: dict[str, Any] | None
+    ) -> CaloClouds2DistillTrainer:
+        if stored is not None and Path(stored["teacher"]).resolve() != teacher_dir.resolve():
+            raise UsageError(
+                f"{kwargs['out']}: was distilled from {stored['teacher']}, not {teacher_dir}"
+            )
+        info = read_model_info(teacher_dir)
+        if info.get("calogen_model") != MODEL_NAME:
+            raise UsageError(
+                f"{teacher_dir}: the teacher must be a '{MODEL_NAME}' model, "
+                f"got '{info.get('calogen_model')}'"
+            )
+        teacher_model = load_model(teacher_dir, info)
+        for p in teacher_model.parameters():
+            p.requires_grad_(False)
+        train_data = load_training_data(data, cfg.max_showers)
+        torch.manual_seed(seed)
+        return CaloClouds2DistillTrainer(
+            teacher_model,
+            cfg,
+            train_data,
+            seed,
+            teacher_dir=str(teacher_dir),
+            data_path=str(data),
+            energy_range_gev=scaffold.energy_range(info),
         )
-    teacher_model = load_model(teacher_dir, info)
-    for p in teacher_model.parameters():
-        p.requires_grad_(False)
-    t0 = time.perf_counter()
-    train_data = load_training_data(data, cfg.max_showers)
-    torch.manual_seed(seed)
-    trainer = CaloClouds2DistillTrainer(
-        teacher_model,
-        cfg,
-        train_data,
-        seed,
-        teacher_dir=str(teacher_dir),
-        data_path=str(data),
-        energy_range_gev=tuple(info.get("energy_range_gev", (10.0, 90.0))),  # type: ignore[arg-type]
+
+    return scaffold.train_model(
+        CM_NAME,
+        DISTILL_PRESETS,
+        DistillConfig,
+        make_trainer,
+        config=config,
+        key="distill_config",
+        fit_corrections=fit_corrections,
+        **kwargs,
     )
-    result = run_training(
-        trainer,
-        out,
-        iterations=cfg.iterations,
-        checkpoint_every=cfg.checkpoint_every,
-        resume=resume,
-        progress=progress,
-        log_every=min(50, cfg.checkpoint_every),
-        stop_after=stop_after,
-        desc=CM_NAME,
-    )
-    return _summary(CM_NAME, out, result, t0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1112,34 +999,23 @@ def load_model(
     model_dir: str | os.PathLike[str], info: dict[str, Any] | None = None
 ) -> CaloClouds2:
     """Rebuild a teacher or student :class:`CaloClouds2` from a model folder."""
-    info = read_model_info(model_dir) if info is None else info
-    kind = info.get("calogen_model")
-    if kind not in (MODEL_NAME, CM_NAME):
-        raise UsageError(f"{model_dir}: not a CaloClouds II model ({kind})")
-    try:
-        cfg = CaloClouds2Config.from_dict(info["config"])
-        normalisation = Normalisation.from_dict(info["normalisation"])
-        occupancy = (
-            OccupancyCorrection.from_dict(info["occupancy"]) if info.get("occupancy") else None
-        )
-        cm_sigmas = tuple(float(s) for s in info.get("cm_sigmas", (cfg.sigma_max,)))
-        radial = (
-            RadialCorrection.from_dict(info["radial_correction"])
-            if info.get("radial_correction")
-            else None
-        )
-    except KeyError as exc:
-        raise UsageError(f"{model_dir}/{MODEL_JSON}: missing entry {exc}") from None
-    model = CaloClouds2(
-        cfg,
-        normalisation,
-        occupancy,
-        radial=radial,
-        consistency=kind == CM_NAME,
-        cm_sigmas=cm_sigmas,
+    return scaffold.load_folder(
+        model_dir, info, (MODEL_NAME, CM_NAME), "a CaloClouds II model", _build
     )
-    load_model_tensors(model_dir, model.generation_modules())
-    return model.eval()
+
+
+def _build(info: dict[str, Any]) -> CaloClouds2:
+    cfg = CaloClouds2Config.from_dict(info["config"])
+    occupancy = info.get("occupancy")
+    radial = info.get("radial_correction")
+    return CaloClouds2(
+        cfg,
+        Normalisation.from_dict(info["normalisation"]),
+        OccupancyCorrection.from_dict(occupancy) if occupancy else None,
+        radial=RadialCorrection.from_dict(radial) if radial else None,
+        consistency=info["calogen_model"] == CM_NAME,
+        cm_sigmas=tuple(float(s) for s in info.get("cm_sigmas", (cfg.sigma_max,))),
+    )
 
 
 def load_generator(
@@ -1147,9 +1023,9 @@ def load_generator(
 ) -> CaloClouds2Generator:
     """Registry hook: the generator of a CaloClouds II (or CM) model folder."""
     info = read_model_info(model_dir) if info is None else info
-    model = load_model(model_dir, info)
-    e_range = tuple(info.get("energy_range_gev", (10.0, 90.0)))
-    return CaloClouds2Generator(model, energy_range_gev=e_range)  # type: ignore[arg-type]
+    return CaloClouds2Generator(
+        load_model(model_dir, info), energy_range_gev=scaffold.energy_range(info)
+    )
 
 
 def fit_occupancy(
@@ -1176,22 +1052,16 @@ def fit_occupancy(
        ``p_data(N)`` and fold the remaining ratio into the correction
        (:meth:`~calogen.calibration.OccupancyCorrection.refine`).
     """
-    from calogen.geometry import get_calorimeter, project
+    from calogen.geometry import project
 
-    try:
-        calorimeter = get_calorimeter(geometry)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
     if refine_iterations < 0:
         raise UsageError(f"refine_iterations must be >= 0, got {refine_iterations}")
+    calorimeter, real, n_data, occ_data, energies = scaffold.occupancy_reference(
+        data, n_showers, geometry
+    )
     model_dir = Path(model_dir)
     info = read_model_info(model_dir)
     model = load_model(model_dir, info)
-    with ShowerFile(data) as f:
-        real = f.read(0, min(n_showers, len(f)))
-    n_data = np.asarray(real._num_points, np.float64)
-    occ_data = project(real, calorimeter).hits_per_shower().astype(np.float64)
-    energies = real.energies.reshape(-1).astype(np.float64)
     torch_seed = int(np.random.default_rng(seed).integers(0, 2**62))
 
     def generate(correction: OccupancyCorrection) -> tuple[NDArray, NDArray]:

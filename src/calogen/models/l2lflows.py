@@ -37,12 +37,11 @@ preset). All randomness of training iteration ``i`` comes from RNGs seeded with
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import showerdata
@@ -56,15 +55,11 @@ from calogen.data.voxels import SparseVoxels, VoxelGrid, voxels_to_points
 from calogen.errors import UsageError
 from calogen.generator import as_rng, check_energies
 from calogen.geometry import CELL_SIZE_MM
+from calogen.models import scaffold
 from calogen.models.configs import resolve_config
 from calogen.models.training import (
-    MODEL_JSON,
-    latest_checkpoint,
-    load_model_tensors,
     lr_schedule,
-    read_json,
     read_model_info,
-    run_training,
     save_model,
     set_lr,
 )
@@ -73,8 +68,15 @@ MODEL_NAME = "l2lflows"
 
 
 @dataclass
-class L2LFlowsConfig:
+class L2LFlowsConfig(scaffold.ModelConfig):
     """Hyperparameters of L2LFlows (JSON-serialisable; see :data:`PRESETS`)."""
+
+    LABEL: ClassVar[str] = "L2LFlows"
+    TUPLES: ClassVar[dict[str, type]] = {
+        "energy_hidden": int,
+        "layer_hidden": int,
+        "embedding_hidden": int,
+    }
 
     # grid
     n_layers: int = 30
@@ -113,25 +115,6 @@ class L2LFlowsConfig:
     jitter: bool = False
     generation_batch: int = 1000
 
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        for key in ("energy_hidden", "layer_hidden", "embedding_hidden"):
-            out[key] = list(getattr(self, key))
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> L2LFlowsConfig:
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise UsageError(f"unknown L2LFlows config keys: {', '.join(unknown)}")
-        for key in ("energy_hidden", "layer_hidden", "embedding_hidden"):
-            if key in known:
-                known[key] = tuple(int(v) for v in known[key])
-        cfg = cls(**known)
-        cfg.validate()
-        return cfg
-
     def validate(self) -> None:
         positive = (
             "n_layers",
@@ -148,9 +131,7 @@ class L2LFlowsConfig:
             "generation_batch",
             "stats_showers",
         )
-        for key in positive:
-            if int(getattr(self, key)) <= 0:
-                raise UsageError(f"L2LFlows config '{key}' must be > 0")
+        self.check_positive(positive, "L2LFlows config")
         if self.context_layers < 0:
             raise UsageError("L2LFlows config 'context_layers' must be >= 0")
         if not 0 < self.alpha < 0.5:
@@ -192,8 +173,6 @@ PRESETS: dict[str, L2LFlowsConfig] = {
 
 def get_config(spec: str | dict[str, Any] | L2LFlowsConfig) -> L2LFlowsConfig:
     """Config from a preset name, a YAML/JSON path, a dict of overrides or a config."""
-    if isinstance(spec, L2LFlowsConfig):
-        return spec
     return resolve_config(spec, PRESETS, L2LFlowsConfig)
 
 
@@ -378,34 +357,20 @@ class L2LFlows(nn.Module):
         frac = frac / frac.sum(-1, keepdim=True).clamp_min(1e-12)
         return (frac * layer_e.unsqueeze(-1)).float()
 
-    def modules_dict(self) -> dict[str, nn.Module]:
+    def generation_modules(self) -> dict[str, nn.Module]:
         return {"l2lflows": self}
 
 
-class L2LFlowsGenerator:
+class L2LFlowsGenerator(scaffold.GeneratorBase):
     """:class:`~calogen.generator.Generator` of a trained L2LFlows model (normal incidence)."""
 
-    supports_direction = False
-
-    def __init__(
-        self,
-        model: L2LFlows,
-        energy_range_gev: tuple[float, float] = (10.0, 90.0),
-        name: str = MODEL_NAME,
-    ) -> None:
-        self.model = model.eval()
-        self.name = name
-        self.energy_range_gev = (float(energy_range_gev[0]), float(energy_range_gev[1]))
-        self.grid = model.config.grid
-        self.max_points = self.grid.n_voxels
+    default_name = MODEL_NAME
 
     def sample_voxels(
         self, energies: NDArray[np.floating], *, seed: int | np.random.Generator | None = None
     ) -> NDArray[np.float32]:
         """Voxels ``[N, 30, 10, 10]`` in GeV."""
-        energies = check_energies(energies)
-        gen = torch.Generator().manual_seed(int(as_rng(seed).integers(0, 2**62)))
-        return self.model.sample_voxels(energies, gen)
+        return self.model.sample_voxels(check_energies(energies), self.torch_generator(seed))
 
     def sample(
         self,
@@ -415,12 +380,10 @@ class L2LFlowsGenerator:
         seed: int | np.random.Generator | None = None,
     ) -> showerdata.Showers:
         """Showers ``(x mm, y mm, layer, e GeV)``: one point per voxel above the cut."""
-        if directions is not None:
-            raise UsageError("l2lflows does not support incident directions (normal incidence)")
+        self.refuse_directions(directions)
         energies = check_energies(energies)
         rng = as_rng(seed)
-        gen = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
-        vox = self.model.sample_voxels(energies, gen)
+        vox = self.model.sample_voxels(energies, self.torch_generator(rng))
         cfg = self.model.config
         return voxels_to_points(
             vox,
@@ -437,7 +400,7 @@ class L2LFlowsGenerator:
 # ---------------------------------------------------------------------------------------------
 
 
-class L2LFlowsTrainer:
+class L2LFlowsTrainer(scaffold.TrainerBase):
     """Joint maximum-likelihood training of the energy flow and all layer flows.
 
     The flows share no parameters, so one optimiser over all of them is the same as training
@@ -445,24 +408,17 @@ class L2LFlowsTrainer:
     batch of showers.
     """
 
+    name = MODEL_NAME
+
     def __init__(self, model: L2LFlows, data: SparseVoxels, seed: int, data_path: str) -> None:
-        self.model = model
-        self.data = data
-        self.seed = int(seed)
-        self.data_path = data_path
+        super().__init__(model, data, seed, data_path)
         self.opt = torch.optim.Adam(model.parameters(), lr=model.config.lr_start)
 
     def modules(self) -> dict[str, nn.Module]:
-        return self.model.modules_dict()
+        return self.model.generation_modules()
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"flows": self.opt}
-
-    def generators(self) -> dict[str, Any]:
-        return {}  # all randomness is derived from (seed, iteration)
-
-    def checkpoint_json(self) -> dict[str, Any]:
-        return {"model": MODEL_NAME, "config": self.model.config.to_dict(), "seed": self.seed}
 
     def export(self, out: Path) -> None:
         export_model(self.model, out, extra=_training_info(self.data, self.data_path, self.seed))
@@ -491,15 +447,9 @@ class L2LFlowsTrainer:
 
 
 def _training_info(data: SparseVoxels, path: str, seed: int) -> dict[str, Any]:
-    return {
-        "training": {
-            "data": path,
-            "seed": int(seed),
-            "n_showers": len(data),
-            "mean_containment": float(np.mean(data.containment)),
-        },
-        "energy_range_gev": [float(data.incident.min()), float(data.incident.max())],
-    }
+    return scaffold.training_info(
+        path, seed, len(data), data.incident, mean_containment=float(np.mean(data.containment))
+    )
 
 
 def export_model(
@@ -509,7 +459,7 @@ def export_model(
     return save_model(
         out,
         model_type=MODEL_NAME,
-        modules=model.modules_dict(),
+        modules=model.generation_modules(),
         config=model.config.to_dict(),
         extra={"grid": model.config.grid.to_dict(), **(extra or {})},
     )
@@ -526,34 +476,7 @@ def build_model(config: L2LFlowsConfig, data: SparseVoxels, seed: int) -> L2LFlo
     return model
 
 
-def _resolve_training_config(
-    config: Any, out: Path, resume: bool, seed: int, iterations: int | None, cls: Any, getter: Any
-) -> tuple[Any, int]:
-    if resume:
-        latest = latest_checkpoint(out / "checkpoints")
-        if latest is None:
-            raise UsageError(f"{out}: no complete checkpoint to resume from")
-        stored = read_json(latest)["extra"]
-        cfg = cls.from_dict(stored["config"])
-        seed = int(stored["seed"])
-    else:
-        cfg = getter(config)
-    if iterations is not None:
-        cfg.iterations = int(iterations)
-    return cfg, seed
-
-
-def train(
-    *,
-    config: str | dict[str, Any] | L2LFlowsConfig,
-    data: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    resume: bool = False,
-    seed: int = 0,
-    iterations: int | None = None,
-    progress: bool = True,
-    stop_after: int | None = None,
-) -> dict[str, Any]:
+def train(**kwargs: Any) -> dict[str, Any]:
     """Train L2LFlows on a shower file into ``out`` (see :func:`calogen.models.registry.train_model`).
 
     The showers are voxelised on the configured grid first. On ``resume`` the config and seed
@@ -561,48 +484,23 @@ def train(
     preprocessing statistics are recomputed from the same data and seed, then overwritten by
     the checkpoint's buffers.
     """
-    out = Path(out)
-    cfg, seed = _resolve_training_config(
-        config, out, resume, seed, iterations, L2LFlowsConfig, get_config
-    )
-    t0 = time.perf_counter()
+    return scaffold.train_model(MODEL_NAME, PRESETS, L2LFlowsConfig, _trainer, **kwargs)
+
+
+def _trainer(cfg: L2LFlowsConfig, data: Any, seed: int, stored: Any) -> L2LFlowsTrainer:
     voxels = SparseVoxels.from_file(data, cfg.grid, cfg.max_showers)
-    model = build_model(cfg, voxels, seed)
-    trainer = L2LFlowsTrainer(model, voxels, seed, str(data))
-    result = run_training(
-        trainer,
-        out,
-        iterations=cfg.iterations,
-        checkpoint_every=cfg.checkpoint_every,
-        resume=resume,
-        progress=progress,
-        log_every=min(50, cfg.checkpoint_every),
-        stop_after=stop_after,
-        desc=MODEL_NAME,
-    )
-    history = result["history"]
-    return {
-        "model": MODEL_NAME,
-        "out": str(out),
-        "iterations": result["iteration"],
-        "train_seconds": round(result["seconds"], 1),
-        "wall_seconds": round(time.perf_counter() - t0, 1),
-        "final": history[-1] if history else {},
-    }
+    return L2LFlowsTrainer(build_model(cfg, voxels, seed), voxels, seed, str(data))
 
 
 def load_model(model_dir: str | os.PathLike[str], info: dict[str, Any] | None = None) -> L2LFlows:
     """Rebuild :class:`L2LFlows` from a model folder."""
-    info = read_model_info(model_dir) if info is None else info
-    if info.get("calogen_model") != MODEL_NAME:
-        raise UsageError(f"{model_dir}: not an {MODEL_NAME} model ({info.get('calogen_model')})")
-    try:
-        cfg = L2LFlowsConfig.from_dict(info["config"])
-    except KeyError as exc:
-        raise UsageError(f"{model_dir}/{MODEL_JSON}: missing entry {exc}") from None
-    model = L2LFlows(cfg)
-    load_model_tensors(model_dir, model.modules_dict())
-    return model.eval()
+    return scaffold.load_folder(
+        model_dir,
+        info,
+        (MODEL_NAME,),
+        "an l2lflows model",
+        lambda info: L2LFlows(L2LFlowsConfig.from_dict(info["config"])),
+    )
 
 
 def load_generator(
@@ -610,9 +508,9 @@ def load_generator(
 ) -> L2LFlowsGenerator:
     """Registry hook: the generator of an L2LFlows model folder."""
     info = read_model_info(model_dir) if info is None else info
-    model = load_model(model_dir, info)
-    e_range = tuple(info.get("energy_range_gev", (10.0, 90.0)))
-    return L2LFlowsGenerator(model, energy_range_gev=e_range)  # type: ignore[arg-type]
+    return L2LFlowsGenerator(
+        load_model(model_dir, info), energy_range_gev=scaffold.energy_range(info)
+    )
 
 
 __all__ = [

@@ -22,20 +22,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from calogen.errors import UsageError
-from calogen.generator import Generator
-from calogen.models.training import (
-    CHECKPOINT_DIR,
-    MODEL_JSON,
-    check_format_version,
-    check_run_folder,
-    latest_checkpoint,
-    read_json,
-    read_model_info,
-    set_threads,
-)
+
+if TYPE_CHECKING:  # this module is imported by the CLI parser: no torch at import time
+    from calogen.generator import Generator
 
 
 @dataclass(frozen=True)
@@ -77,7 +69,8 @@ MODELS: dict[str, ModelEntry] = {
     "caloclouds2-cm": ModelEntry(
         module="calogen.models.caloclouds2",
         description="CaloClouds II (CM): consistency model distilled from a caloclouds2 "
-        "teacher, one evaluation per shower (made by 'calogen distill', not 'train')",
+        "teacher, one evaluation per shower; 'train caloclouds2-cm' runs the whole recipe "
+        "(teacher in OUT/teacher, distillation, corrections), resumable as a whole",
         train="train_cm",
     ),
     "l2lflows": ModelEntry(
@@ -116,8 +109,16 @@ def train_model(
     iterations: int | None = None,
     threads: int | None = None,
     progress: bool = True,
+    corrections: bool = True,
+    n_showers: int | None = None,
 ) -> dict[str, Any]:
-    """Train model ``name``; returns the model's summary dict (iterations, losses, time)."""
+    """Train model ``name``; returns the model's summary dict (iterations, losses, time).
+
+    ``corrections``: models with post-training corrections (the CaloClouds family) fit them
+    on the training showers at the end; ``n_showers``: train on the first N showers only.
+    """
+    from calogen.models.training import check_run_folder, set_threads
+
     entry = get_entry(name)
     set_threads(threads)
     check_run_folder(out)
@@ -132,11 +133,20 @@ def train_model(
         seed=seed,
         iterations=iterations,
         progress=progress,
+        corrections=corrections,
+        n_showers=n_showers,
     )
 
 
 def check_resume_model(out: str | os.PathLike[str], name: str) -> None:
     """Refuse ``--resume`` of a run of another model type (one line, before any work)."""
+    from calogen.models.training import (
+        CHECKPOINT_DIR,
+        check_format_version,
+        latest_checkpoint,
+        read_json,
+    )
+
     latest = latest_checkpoint(Path(out) / CHECKPOINT_DIR)
     if latest is None:
         return  # the model's train() reports the missing checkpoint
@@ -160,6 +170,8 @@ def load_generator(model_dir: str | os.PathLike[str] | None = None) -> Generator
 
     ``None`` loads the default model shipped with the package (``calogen/default_model``).
     """
+    from calogen.models.training import read_model_info
+
     if model_dir is None:
         if not (DEFAULT_MODEL_DIR / "model.json").exists():
             raise UsageError("no default model is shipped with this installation; pass --model DIR")
@@ -186,6 +198,8 @@ def _with_model_errors(
 ) -> Any:
     """Call ``func`` that reads a model folder; a description that does not fit the model
     type (another model's config, malformed entries) becomes one line naming the folder."""
+    from calogen.models.training import MODEL_JSON
+
     name = info["calogen_model"]
     where = Path(model_dir) / MODEL_JSON
     try:
@@ -216,6 +230,7 @@ def fit_occupancy(
     ``radial``: CaloClouds II models also fit the radial quantile correction first.
     """
     from calogen.data.io import ShowerFile
+    from calogen.models.training import read_model_info
 
     info = read_model_info(model_dir)
     entry = _model_entry(model_dir, info)

@@ -1,0 +1,456 @@
+"""What every learned model module shares: config (de)serialisation, the ``train`` entry point
+(fresh or resumed config, the training loop, the summary), model-folder loading, the
+trainer's and the generator's common parts, and the Shower Flow's training step.
+
+A model module (:mod:`~calogen.models.caloclouds`, :mod:`~calogen.models.caloclouds2`,
+:mod:`~calogen.models.l2lflows`, :mod:`~calogen.models.bibae`) keeps only what is its own:
+the networks, the batch and loss of one iteration, how a model is built from data and how it
+generates. The rest lives here once.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from calogen.errors import UsageError
+from calogen.generator import as_rng
+from calogen.models.configs import resolve_config
+from calogen.models.training import (
+    CHECKPOINT_DIR,
+    MODEL_JSON,
+    Trainer,
+    is_main_process,
+    latest_checkpoint,
+    load_model_tensors,
+    lr_schedule,
+    read_json,
+    read_model_info,
+    run_training,
+    set_lr,
+)
+
+C = TypeVar("C", bound="ModelConfig")
+
+#: ``fit_corrections(model_dir, data, seed, n_showers) -> summary`` of a model whose
+#: training ends with corrections fitted on its training showers (occupancy, radial map).
+FitCorrections = Callable[[Path, Any, int, int], dict[str, Any]]
+
+#: Training showers (the first ones of the file) that the corrections are fitted on.
+CORRECTION_SHOWERS = 1000
+M = TypeVar("M", bound=nn.Module)
+
+#: Incident energies (GeV) a model folder without ``energy_range_gev`` was trained on.
+DEFAULT_ENERGY_RANGE_GEV = (10.0, 90.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# configs
+# ---------------------------------------------------------------------------------------------
+
+
+class ModelConfig:
+    """Mixin for a model's hyperparameter dataclass (JSON-serialisable).
+
+    Subclasses set ``LABEL`` (the model's name in error messages) and ``TUPLES`` (fields that
+    hold tuples, with the type of their items) and may override :meth:`validate`.
+    """
+
+    LABEL: ClassVar[str] = "model"
+    TUPLES: ClassVar[dict[str, type]] = {}
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)  # type: ignore[call-overload]
+        for key in self.TUPLES:
+            out[key] = list(getattr(self, key))
+        return out
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        """Config from a dict; unknown keys are a :class:`UsageError`, then :meth:`validate`."""
+        fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
+        known = {k: data[k] for k in fields if k in data}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise UsageError(f"unknown {cls.LABEL} config keys: {', '.join(unknown)}")
+        for key, kind in cls.TUPLES.items():
+            if known.get(key) is not None:
+                known[key] = tuple(kind(v) for v in known[key])
+        cfg = cls(**known)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Refuse inconsistent values with a :class:`UsageError` (nothing to check here)."""
+
+    def check_positive(self, keys: Sequence[str], what: str = "config") -> None:
+        """Each of ``keys`` must be > 0 (``"<what> '<key>' must be > 0"`` otherwise)."""
+        for key in keys:
+            if int(getattr(self, key)) <= 0:
+                raise UsageError(f"{what} '{key}' must be > 0")
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------
+
+
+def stored_checkpoint(out: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``extra`` JSON of the newest complete checkpoint in ``out`` (for ``--resume``)."""
+    latest = latest_checkpoint(Path(out) / CHECKPOINT_DIR)
+    if latest is None:
+        raise UsageError(f"{out}: no complete checkpoint to resume from")
+    return read_json(latest)["extra"]
+
+
+def training_config(
+    config: Any,
+    out: str | os.PathLike[str],
+    *,
+    resume: bool,
+    seed: int,
+    iterations: int | None,
+    presets: dict[str, C],
+    cls: type[C],
+    key: str = "config",
+    n_showers: int | None = None,
+) -> tuple[C, int, dict[str, Any] | None]:
+    """``(config, seed, stored)`` of a training run.
+
+    A fresh run resolves ``config`` (preset name, file, overrides or a config object; a copy,
+    presets are never changed); a resumed one takes the config (under ``key``) and the seed
+    stored in the newest checkpoint, which is returned as ``stored``. ``iterations`` overrides
+    the config's and caps a Shower Flow's (``shower_flow_iterations``) at it. ``n_showers``
+    (train on the first N showers of the file) sets ``max_showers`` of a fresh run; a resumed
+    run keeps its own and refuses another.
+    """
+    stored = None
+    if resume:
+        stored = stored_checkpoint(out)
+        cfg = cls.from_dict(stored[key])
+        seed = int(stored["seed"])
+        kept = getattr(cfg, "max_showers", None)
+        if n_showers is not None and int(n_showers) != kept:
+            raise UsageError(
+                f"{out}: the run trains on {kept or 'all'} showers; --num {n_showers} cannot "
+                "change that on --resume"
+            )
+    else:
+        cfg = copy.deepcopy(resolve_config(config, presets, cls))
+        if n_showers is not None:
+            cfg.max_showers = int(n_showers)  # type: ignore[attr-defined]
+    if iterations is not None:
+        cfg.iterations = int(iterations)  # type: ignore[attr-defined]
+        if hasattr(cfg, "shower_flow_iterations"):
+            cfg.shower_flow_iterations = min(cfg.shower_flow_iterations, cfg.iterations)  # type: ignore[attr-defined]
+    return cfg, seed, stored
+
+
+def train_model(
+    name: str,
+    presets: dict[str, C],
+    cls: type[C],
+    make_trainer: Callable[[C, Any, int, dict[str, Any] | None], Trainer],
+    *,
+    config: Any,
+    data: Any,
+    out: str | os.PathLike[str],
+    resume: bool = False,
+    seed: int = 0,
+    iterations: int | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+    key: str = "config",
+    n_showers: int | None = None,
+    corrections: bool = True,
+    fit_corrections: FitCorrections | None = None,
+    desc: str | None = None,
+) -> dict[str, Any]:
+    """The ``train`` of a model module: resolve the config (:func:`training_config`), let
+    ``make_trainer(config, data, seed, stored)`` load the data and build the model and its
+    trainer (``stored``: the checkpoint's JSON on ``resume``, else ``None``), then run it
+    (:func:`run_model_training`) and return the summary.
+
+    A model with post-training corrections passes ``fit_corrections`` (see
+    :data:`FitCorrections`): once the last iteration is done (not after ``stop_after``) they
+    are fitted on the training showers with the run's seed, unless ``corrections`` is off,
+    and their summary is added under ``"corrections"``. A resumed run that was already
+    complete fits them again, so it ends with the same model as an uninterrupted one.
+    ``desc`` names the progress bar (default ``name``).
+    """
+    cfg, seed, stored = training_config(
+        config,
+        out,
+        resume=resume,
+        seed=seed,
+        iterations=iterations,
+        presets=presets,
+        cls=cls,
+        key=key,
+        n_showers=n_showers,
+    )
+    t0 = time.perf_counter()
+    trainer = make_trainer(cfg, data, seed, stored)
+    summary = run_model_training(
+        trainer,
+        out,
+        cfg,
+        name=name,
+        resume=resume,
+        progress=progress,
+        stop_after=stop_after,
+        t0=t0,
+        desc=desc,
+    )
+    n_data = getattr(getattr(trainer, "data", None), "n_showers", None)
+    if n_data is not None:
+        summary["training_showers"] = int(n_data)
+        finished = summary["iterations"] >= cfg.iterations  # type: ignore[attr-defined]
+    if fit_corrections is not None and finished and is_main_process():
+        if corrections:
+            n_fit = min(CORRECTION_SHOWERS, int(trainer.data.n_showers))  # type: ignore[attr-defined]
+            if progress:
+                print(
+                    f"{name}: fitting the corrections on {n_fit} training showers "
+                    "(--no-corrections skips this)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            summary["corrections"] = fit_corrections(Path(out), data, seed, n_fit)
+        else:
+            summary["corrections"] = "off (--no-corrections)"
+        summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    return summary
+
+
+def run_model_training(
+    trainer: Trainer,
+    out: str | os.PathLike[str],
+    config: Any,
+    *,
+    name: str,
+    resume: bool,
+    progress: bool,
+    stop_after: int | None,
+    t0: float,
+    desc: str | None = None,
+) -> dict[str, Any]:
+    """Run ``trainer`` for ``config.iterations`` (checkpoints every ``config.checkpoint_every``)
+    into ``out``; the summary every ``train`` returns (iterations, seconds, last losses)."""
+    result = run_training(
+        trainer,
+        Path(out),
+        iterations=config.iterations,
+        checkpoint_every=config.checkpoint_every,
+        resume=resume,
+        progress=progress,
+        log_every=min(50, config.checkpoint_every),
+        stop_after=stop_after,
+        desc=desc or name,
+    )
+    history = result["history"]
+    return {
+        "model": name,
+        "out": str(out),
+        "iterations": result["iteration"],
+        "train_seconds": round(result["seconds"], 1),
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "final": history[-1] if history else {},
+    }
+
+
+def training_info(
+    data_path: str, seed: int, n_showers: int, energies: NDArray, **more: Any
+) -> dict[str, Any]:
+    """``training`` (data, seed, showers, ``more``) and ``energy_range_gev`` of a model.json."""
+    return {
+        "training": {"data": data_path, "seed": int(seed), "n_showers": int(n_showers), **more},
+        "energy_range_gev": [float(np.min(energies)), float(np.max(energies))],
+    }
+
+
+class TrainerBase:
+    """The common part of the trainers (:class:`~calogen.models.training.Trainer` protocol).
+
+    All randomness of iteration ``i`` is derived from ``(seed, i)``, so there are no RNG
+    states to checkpoint. ``name`` is the model type written into the checkpoints.
+    """
+
+    name: ClassVar[str] = "model"
+
+    def __init__(self, model: Any, data: Any, seed: int, data_path: str) -> None:
+        self.model = model
+        self.data = data
+        self.seed = int(seed)
+        self.data_path = data_path
+
+    def generators(self) -> dict[str, Any]:
+        return {}  # all randomness is derived from (seed, iteration)
+
+    def checkpoint_json(self) -> dict[str, Any]:
+        info = self.model.model_info() if hasattr(self.model, "model_info") else {}
+        return {
+            "model": self.name,
+            "config": self.model.config.to_dict(),
+            "seed": self.seed,
+            **info,
+        }
+
+
+def shower_flow_step(
+    shower_flow: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: Any,
+    config: Any,
+    iteration: int,
+    rng: np.random.Generator,
+) -> dict[str, float]:
+    """One Shower Flow update on a random batch of the training showers, while
+    ``iteration < config.shower_flow_iterations`` (cosine learning rate from
+    ``shower_flow_lr_start`` to ``shower_flow_lr_end``); ``{"shower_nll": loss}`` or ``{}``.
+
+    ``data`` has ``n_showers``, ``features`` (per-shower arrays) and ``energies``; the batch
+    is ``config.shower_flow_batch`` showers drawn with replacement from ``rng``.
+    """
+    if iteration >= config.shower_flow_iterations:
+        return {}
+    sel = rng.integers(0, data.n_showers, size=min(config.shower_flow_batch, data.n_showers))
+    feats = {k: v[sel] for k, v in data.features.items()}
+    xs, cs = shower_flow.preprocess(feats, data.energies[sel], rng)
+    set_lr(
+        optimizer,
+        lr_schedule(
+            iteration,
+            config.shower_flow_iterations,
+            config.shower_flow_lr_start,
+            config.shower_flow_lr_end,
+            "cosine",
+        ),
+    )
+    loss = shower_flow.nll(xs, cs)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(shower_flow.flow.parameters(), 10.0)
+    optimizer.step()
+    return {"shower_nll": float(loss.detach())}
+
+
+# ---------------------------------------------------------------------------------------------
+# loading and generating
+# ---------------------------------------------------------------------------------------------
+
+
+def load_folder(
+    model_dir: str | os.PathLike[str],
+    info: dict[str, Any] | None,
+    kinds: Sequence[str],
+    what: str,
+    build: Callable[[dict[str, Any]], M],
+) -> M:
+    """Rebuild a model from a folder: ``info`` (``model.json``, read if ``None``) must name one
+    of ``kinds``; ``build(info)`` makes the model (a missing JSON entry is a one-line
+    :class:`UsageError`), whose ``generation_modules()`` get the folder's weights."""
+    info = read_model_info(model_dir) if info is None else info
+    kind = info.get("calogen_model")
+    if kind not in kinds:
+        raise UsageError(f"{model_dir}: not {what} ({kind})")
+    try:
+        model = build(info)
+    except KeyError as exc:
+        raise UsageError(f"{model_dir}/{MODEL_JSON}: missing entry {exc}") from None
+    load_model_tensors(model_dir, model.generation_modules())  # type: ignore[operator]
+    return model.eval()
+
+
+def energy_range(info: dict[str, Any]) -> tuple[float, float]:
+    """Incident energies (GeV) of a model's training data, from its ``model.json``."""
+    lo, hi = info.get("energy_range_gev", DEFAULT_ENERGY_RANGE_GEV)
+    return float(lo), float(hi)
+
+
+def occupancy_reference(
+    data: str | os.PathLike[str], n_showers: int, geometry: str
+) -> tuple[Any, Any, NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """What an occupancy fit compares with: ``(calorimeter, showers, points [S], hits [S],
+    incident energies [S] GeV)`` of the first ``n_showers`` showers of ``data`` on the cells
+    of ``geometry`` (``"slab"`` or ``"ild"``)."""
+    from calogen.data.io import ShowerFile
+    from calogen.geometry import get_calorimeter, project
+
+    try:
+        calorimeter = get_calorimeter(geometry)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    with ShowerFile(data) as f:
+        real = f.read(0, min(n_showers, len(f)))
+    n_data = np.asarray(real._num_points, np.float64)
+    occ_data = project(real, calorimeter).hits_per_shower().astype(np.float64)
+    energies = real.energies.reshape(-1).astype(np.float64)
+    return calorimeter, real, n_data, occ_data, energies
+
+
+class GeneratorBase:
+    """The common part of the models' :class:`~calogen.generator.Generator` classes.
+
+    ``max_points`` is the number of voxels of a voxel model (its config has a ``grid``, kept
+    as :attr:`grid`) or the config's ``max_points`` for a point-cloud model; ``name``
+    defaults to the class's ``default_name``.
+    """
+
+    supports_direction = False
+    default_name = "model"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        energy_range_gev: tuple[float, float] = DEFAULT_ENERGY_RANGE_GEV,
+        name: str | None = None,
+    ) -> None:
+        self.model: Any = model.eval()
+        self.name = name or self.default_name
+        self.energy_range_gev = (float(energy_range_gev[0]), float(energy_range_gev[1]))
+        config = self.model.config
+        self.grid = getattr(config, "grid", None)
+        self.max_points = int(config.max_points if self.grid is None else self.grid.n_voxels)
+
+    @staticmethod
+    def torch_generator(seed: int | np.random.Generator | None) -> torch.Generator:
+        """A torch generator seeded by one draw of ``as_rng(seed)``."""
+        return torch.Generator().manual_seed(int(as_rng(seed).integers(0, 2**62)))
+
+    def refuse_directions(self, directions: object) -> None:
+        """A one-line error for directions given to a normal-incidence model."""
+        if directions is not None:
+            raise UsageError(
+                f"{self.name} does not support incident directions (normal incidence only)"
+            )
+
+
+__all__ = [
+    "CORRECTION_SHOWERS",
+    "DEFAULT_ENERGY_RANGE_GEV",
+    "FitCorrections",
+    "GeneratorBase",
+    "ModelConfig",
+    "TrainerBase",
+    "energy_range",
+    "load_folder",
+    "occupancy_reference",
+    "run_model_training",
+    "shower_flow_step",
+    "stored_checkpoint",
+    "train_model",
+    "training_config",
+    "training_info",
+]
