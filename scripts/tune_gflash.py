@@ -42,7 +42,8 @@ from scipy.optimize import minimize
 
 from calogen.data.io import ShowerFile
 from calogen.data.packed import pack
-from calogen.directions import angles_from_directions, fit_axis
+from calogen.directions import angles_from_directions
+from calogen.evaluation.observables import shower_features
 from calogen.geometry import project, slab
 from calogen.reference.gflash import (
     GFlash,
@@ -56,6 +57,9 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("CALOGEN_SHARED_DATA", REPO.parent / "shared" / "data"))
 #: fixed-energy, fixed-angle Geant4 test sets ``g4_<E>GeV_t<theta>[_p<phi>].h5`` (seeds 2001+)
 DEFAULT_ANGLE_DATA = Path(os.environ.get("CALOGEN_G4_ANGLES", "/work/g4data"))
+#: largest accepted difference of the mean fitted axis angle in ``tune_angles``, deg (the
+#: target is 1 deg; the statistical error of a mean over 500 showers is about 0.1 deg)
+AXIS_MARGIN_DEG = 0.6
 ANGLE_SET = re.compile(r"^g4_(\d+)GeV_t(\d+)(?:_p(\d+))?\.h5$")
 TRAIN = "g4_photons_10-90GeV_train.h5"
 FIXED = "g4_photon_steps_10-50-90GeV_clustered.h5"
@@ -391,6 +395,19 @@ def tune(ref_summaries: dict[str, Summary], n_full: int) -> GFlashParameters:
     return par
 
 
+def tune_spots_only(
+    par: GFlashParameters, ref_summaries: dict[str, Summary], n_full: int
+) -> GFlashParameters:
+    """Step 3 and the final sampling-fraction rescale, from ``par`` (after a radial change)."""
+    windows = {k: v for k, v in ref_summaries.items() if k.startswith("w")}
+    ref = {k: stats(v) for k, v in windows.items()}
+    ref_energies = {k: v.energy for k, v in windows.items()}
+    par = tune_spots(par, ref, ref_energies, n_full)
+    sims = simulate_windows(par, ref_energies, 10_000)
+    ratio = float(np.mean([ref[k]["evis_over_e"] / stats(sims[k])["evis_over_e"] for k in ref]))
+    return par.replace(sampling_fraction=par.sampling_fraction * ratio)
+
+
 # -----------------------------------------------------------------------------------------
 # comparison and timing
 # -----------------------------------------------------------------------------------------
@@ -466,34 +483,29 @@ def print_table(rows: dict) -> None:
 
 
 def fitted_axis(showers) -> dict[str, np.ndarray]:
-    """Fitted shower axis of each shower (the definition of ``calogen.evaluation``).
+    """Fitted shower axis of each shower, as ``calogen evaluate`` measures it.
 
     Showers are projected into the slab (cells >= 0.1 MeV); per layer the energy-weighted
     centroid of the cells, weighted by the layer's cell energy, is fitted against the layer
-    depth (``slab().layer_z_mm``) with :func:`calogen.directions.fit_axis`.
+    depth (``slab().layer_z_mm``) with :func:`calogen.directions.fit_axis`
+    (:func:`calogen.evaluation.observables.shower_features`).
     """
     cal = slab()
-    hits = project(showers, cal)
-    n = len(showers)
-    key = hits.shower * N_LAYERS + hits.layer
-    e = hits.energy_mev.astype(np.float64)
-    w = np.bincount(key, e, n * N_LAYERS).reshape(n, N_LAYERS)
-    sx = np.bincount(key, e * hits.x_mm, n * N_LAYERS).reshape(n, N_LAYERS)
-    sy = np.bincount(key, e * hits.y_mm, n * N_LAYERS).reshape(n, N_LAYERS)
-    safe = np.where(w > 0, w, 1.0)
-    return fit_axis(sx / safe, sy / safe, w, cal.layer_z_mm)
+    feats = shower_features(project(showers, cal), cal)
+    return {
+        "theta_deg": feats.axis_theta_deg,
+        "phi_deg": feats.axis_phi_deg,
+        "layer_cog_x_mm": feats.layer_cog_x_mm,
+        "layer_cog_y_mm": feats.layer_cog_y_mm,
+        "layer_mev": feats.energy_per_layer_mev,
+    }
 
 
 def read_angle_set(path: Path, n: int):
     """Up to ``n`` showers of a Geant4 set with their directions ``[n, 3]``."""
-    import h5py
-
     with ShowerFile(path) as f:
         showers = f.read(0, n)
     directions = showers.directions
-    with h5py.File(path, "r") as h5:
-        if "directions" in h5:  # legacy layout: the reader may not return them
-            directions = h5["directions"][: len(showers)].astype(np.float64)
     if directions is None:
         directions = np.tile([0.0, 0.0, 1.0], (len(showers), 1))
     return showers, np.asarray(directions, np.float64).reshape(-1, 3)
@@ -505,11 +517,16 @@ def angle_stats(showers) -> dict[str, float]:
     axis = fitted_axis(showers)
     theta = axis["theta_deg"][np.isfinite(axis["theta_deg"])]
     phi = (axis["phi_deg"][np.isfinite(axis["phi_deg"])] + 180.0) % 360.0 - 180.0
+    # energy share of points beyond 40 mm of the z axis (the radial tail at normal incidence)
+    packed = pack(showers)
+    far = np.hypot(packed.points[:, 0], packed.points[:, 1]) > 40.0
+    tail = float(packed.points[far, 3].astype(np.float64).sum() / (e_vis.sum() * 1e-3))
     return {
         "n": len(showers),
         "evis_mev": float(e_vis.mean()),
         "evis_err": float(e_vis.std() / np.sqrt(e_vis.size)),
         "evis_rel_sd": float(e_vis.std() / e_vis.mean()),
+        "tail_40mm": tail,
         "phi_fit": float(phi.mean()),
         "theta_fit": float(theta.mean()),
         "theta_fit_sd": float(theta.std()),
@@ -534,14 +551,23 @@ def angle_sets(folder: Path) -> list[tuple[str, float, float, float, Path]]:
     return sorted(out, key=lambda r: (r[3], r[1], r[2]))
 
 
+_G4_ANGLE_CACHE: dict[tuple[str, int], tuple[object, np.ndarray, dict]] = {}
+
+
 def compare_angles(
-    par: GFlashParameters, folder: Path, n: int, seed: int = 21
+    par: GFlashParameters,
+    sets: list[tuple[str, float, float, float, Path]],
+    n: int,
+    seed: int = 21,
 ) -> dict[str, dict[str, object]]:
-    """GFlash against every Geant4 angle set: same energies and directions, ``n`` showers."""
+    """GFlash against Geant4 angle sets: same energies and directions, ``n`` showers each."""
     gen = GFlash(par)
     rows: dict[str, dict[str, object]] = {}
-    for name, energy, theta, phi, path in angle_sets(folder):
-        g4, directions = read_angle_set(path, n)
+    for name, energy, theta, phi, path in sets:
+        if (name, n) not in _G4_ANGLE_CACHE:
+            g4, directions = read_angle_set(path, n)
+            _G4_ANGLE_CACHE[name, n] = (g4, directions, angle_stats(g4))
+        g4, directions, g4_stats = _G4_ANGLE_CACHE[name, n]
         energies = g4.energies.reshape(-1).astype(np.float64)
         gf = gen.sample(energies, directions, seed=seed)
         rows[name] = {
@@ -549,10 +575,48 @@ def compare_angles(
             "theta": theta,
             "phi": phi,
             "theta_requested": float(angles_from_directions(directions)[0].mean()),
-            "geant4": angle_stats(g4),
+            "geant4": g4_stats,
             "gflash": angle_stats(gf),
         }
     return rows
+
+
+def layer_offsets(showers, directions: np.ndarray) -> np.ndarray:
+    """Mean offset of the layer centroids from the incident axis along the tilt, mm ``[30]``.
+
+    Per shower and layer: (centroid - axis crossing) . (cos phi, sin phi), averaged over the
+    showers with the layer energies as weights.
+    """
+    axis = fitted_axis(showers)
+    w = axis["layer_mev"]
+    z = slab().layer_z_mm[None, :]
+    slopes = directions[:, :2] / directions[:, 2:3]
+    tilt = np.hypot(slopes[:, 0], slopes[:, 1])
+    cos_az = np.where(tilt > 0, slopes[:, 0] / np.where(tilt > 0, tilt, 1.0), 1.0)[:, None]
+    sin_az = np.where(tilt > 0, slopes[:, 1] / np.where(tilt > 0, tilt, 1.0), 0.0)[:, None]
+    dx = np.nan_to_num(axis["layer_cog_x_mm"]) - z * slopes[:, 0:1]
+    dy = np.nan_to_num(axis["layer_cog_y_mm"]) - z * slopes[:, 1:2]
+    along = np.where(w > 0, dx * cos_az + dy * sin_az, 0.0)
+    return (along * w).sum(0) / np.maximum(w.sum(0), 1e-30)
+
+
+def print_layer_offsets(sets, n: int, par: GFlashParameters, name: str, seed: int = 21) -> None:
+    """Layer-centroid offsets from the axis (mm) for one set, Geant4 and GFlash."""
+    for set_name, *_rest, path in sets:
+        if set_name != name:
+            continue
+        g4, directions = read_angle_set(path, n)
+        gf = GFlash(par).sample(g4.energies.reshape(-1).astype(np.float64), directions, seed=seed)
+        print(f"layer-centroid offset from the incident axis along the tilt, mm ({name}):")
+        print("| layer | " + " | ".join(str(i) for i in OFFSET_LAYERS) + " |")
+        print("|---" * (len(OFFSET_LAYERS) + 1) + "|")
+        for label, showers in (("Geant4", g4), ("GFlash", gf)):
+            off = layer_offsets(showers, directions)[list(OFFSET_LAYERS)]
+            print(f"| {label} | " + " | ".join(f"{v:+.1f}" for v in off) + " |")
+
+
+#: layers shown by print_layer_offsets
+OFFSET_LAYERS = (0, 1, 2, 4, 7, 10, 13, 16, 19, 22, 25, 29)
 
 
 def print_angle_table(rows: dict, label: str = "GFlash") -> None:
@@ -578,28 +642,47 @@ def print_angle_table(rows: dict, label: str = "GFlash") -> None:
         )
 
 
-def tune_angles(par: GFlashParameters, folder: Path, n: int) -> GFlashParameters:
-    """Fit ``sampling_path_exponent`` and ``max_radius_moliere`` to the Geant4 angle sets.
+def tune_angles(
+    par: GFlashParameters, sets: list[tuple[str, float, float, float, Path]], n: int
+) -> GFlashParameters:
+    """Fit ``sampling_path_exponent`` and ``radial_cutoff_moliere`` to the Geant4 angle sets.
 
-    1. ``max_radius_moliere`` from a scan: the value whose fitted axis angles are closest to
-       Geant4's (sum of squared differences over the inclined sets);
+    1. ``radial_cutoff_moliere`` from a scan: the axis of inclined showers wants a short radial
+       tail, the radial profile at normal incidence a long one. Of the values whose fitted
+       axis angles all lie within ``AXIS_MARGIN_DEG`` of Geant4's, the one whose energy share
+       beyond 40 mm at normal incidence is closest to Geant4's;
     2. ``sampling_path_exponent`` ``kappa`` by least squares of
        ``ln(E_vis,G4 / E_vis,GFlash(kappa=0)) - ln(E_vis,G4 / E_vis,GFlash)|normal``
        against ``ln(1/cos theta)``, so that normal incidence is untouched.
     """
-    best, best_loss = par.max_radius_moliere, np.inf
-    for r_max in (3.5, 4.0, 4.5, 5.0, 5.5, 6.5, 8.0):
-        rows = compare_angles(par.replace(max_radius_moliere=r_max), folder, n)
-        loss = sum(
-            (r["gflash"]["theta_fit"] - r["geant4"]["theta_fit"]) ** 2
+    scan = []
+    for r_cut in (5.0, 5.75, 6.75, 7.75, 9.0):
+        rows = compare_angles(par.replace(radial_cutoff_moliere=r_cut), sets, n)
+        axis = [
+            r["gflash"]["theta_fit"] - r["geant4"]["theta_fit"]
             for r in rows.values()
             if r["theta"] > 0
+        ]
+        tail = [
+            r["gflash"]["tail_40mm"] - r["geant4"]["tail_40mm"]
+            for r in rows.values()
+            if r["theta"] == 0
+        ]
+        scan.append((r_cut, float(np.max(np.abs(axis))), float(np.mean(np.square(tail)))))
+        print(
+            f"  radial_cutoff_moliere {r_cut}: axis-angle differences "
+            + " ".join(f"{a:+.2f}" for a in axis)
+            + " deg; energy beyond 40 mm at normal incidence "
+            + " ".join(f"{100 * t:+.2f}" for t in tail)
+            + " % of E_vis",
+            flush=True,
         )
-        print(f"  max_radius_moliere {r_max}: sum of squared axis-angle differences {loss:.3f}")
-        if loss < best_loss:
-            best, best_loss = r_max, loss
-    par = par.replace(max_radius_moliere=best)
-    rows = compare_angles(par.replace(sampling_path_exponent=0.0), folder, n)
+    # the longest tail (best radial profile at normal incidence) whose axis angles all stay
+    # within AXIS_MARGIN_DEG of Geant4's; else the best axis
+    ok = [row for row in scan if row[1] <= AXIS_MARGIN_DEG]
+    best = min(ok, key=lambda r: r[2])[0] if ok else min(scan, key=lambda r: r[1])[0]
+    par = par.replace(radial_cutoff_moliere=best)
+    rows = compare_angles(par.replace(sampling_path_exponent=0.0), sets, n)
     x, y = [], []
     normal = {
         r["energy"]: np.log(r["geant4"]["evis_mev"] / r["gflash"]["evis_mev"])
@@ -613,7 +696,7 @@ def tune_angles(par: GFlashParameters, folder: Path, n: int) -> GFlashParameters
             y.append(np.log(r["geant4"]["evis_mev"] / r["gflash"]["evis_mev"]) - offset)
     x_arr, y_arr = np.asarray(x), np.asarray(y)
     kappa = float((x_arr * y_arr).sum() / (x_arr**2).sum()) if x_arr.size else 0.0
-    print(f"  max_radius_moliere = {best}, sampling_path_exponent = {kappa:.4f}")
+    print(f"  radial_cutoff_moliere = {best}, sampling_path_exponent = {kappa:.4f}")
     return par.replace(sampling_path_exponent=kappa)
 
 
@@ -625,6 +708,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-full", type=int, default=60, help="showers/energy in steps 2-3")
     parser.add_argument("--reps", type=int, default=2, help="GFlash showers per G4 shower")
     parser.add_argument("--json", type=Path, help="write parameters and comparison here")
+    parser.add_argument(
+        "--tune-spots",
+        action="store_true",
+        help="from the current defaults: step 3 (spots) and the sampling-fraction rescale only",
+    )
     parser.add_argument(
         "--angles", action="store_true", help="compare with the fixed-angle Geant4 sets only"
     )
@@ -647,6 +735,9 @@ def main(argv: list[str] | None = None) -> int:
     par = GFlashParameters()
     if args.tune:
         par = tune(ref, args.n_full)
+    elif args.tune_spots:
+        par = tune_spots_only(par, ref, args.n_full)
+    if args.tune or args.tune_spots:
         print("tuned parameters:")
         for k, v in par.as_dict().items():
             print(f"    {k}: {v:.6g}" if isinstance(v, float) else f"    {k}: {v}")
@@ -666,14 +757,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def main_angles(args: argparse.Namespace) -> int:
     """``--angles`` / ``--tune-angles``: GFlash against the fixed-angle Geant4 sets."""
-    if not angle_sets(args.angle_data):
+    sets = angle_sets(args.angle_data)  # fixed at the start (the folder may still grow)
+    if not sets:
         print(f"{args.angle_data}: no g4_<E>GeV_t<theta>.h5 sets found", file=sys.stderr)
         return 2
     par = GFlashParameters()
     if args.tune_angles:
-        par = tune_angles(par, args.angle_data, args.angle_showers)
-    rows = compare_angles(par, args.angle_data, args.angle_showers)
+        par = tune_angles(par, sets, args.angle_showers)
+    rows = compare_angles(par, sets, args.angle_showers)
     print_angle_table(rows)
+    for name in ("g4_50GeV_t30_p0", "g4_20GeV_t60_p0"):
+        print_layer_offsets(sets, args.angle_showers, par, name)
     if args.json:
         args.json.write_text(json.dumps({"parameters": par.as_dict(), "angles": rows}, indent=1))
     return 0

@@ -23,13 +23,16 @@ One shower of incident energy ``E`` is made as follows (all vectorised over spot
    ``E`` and ``Z``, again with the sampling corrections.
 4. **Spots.** The energy is split into ``N_spot = a E^b`` spots; each spot gets a depth from
    the longitudinal profile, a radius from the radial profile and a uniform azimuth, all
-   measured along and around the shower axis. The axis follows the incident direction: at
-   depth ``z`` it is displaced by ``z tan(theta)``, and depths along it are stretched by
-   ``1/cos(theta)``; transverse offsets are projected along the axis onto the layer plane
-   (the footprint is stretched by ``1/cos(theta)`` along the tilt).
+   measured along and around the shower axis; the radial profile has a Gaussian cutoff
+   ``exp(-(r/r_c)^2)`` far out. The axis follows the incident direction: at depth ``z`` it is
+   displaced by ``z tan(theta)``, and depths along it are stretched by ``1/cos(theta)``. A
+   spot sits at its 3D position, which decides its layer (ahead of the axis a layer sees
+   later shower depths, behind it earlier ones), and is moved along the axis onto the silicon
+   mid-plane of that layer (the footprint is stretched by ``1/cos(theta)`` along the tilt).
 5. **Sampling.** A spot deposits in the silicon of the layer it falls into, a fraction
    ``f_samp`` (one value for the thin-absorber layers 0-19, another for 20-29, and a factor
-   for the last layer) of its energy. Spots behind layer 29 leak and are lost.
+   for the last layer) of its energy, times ``(1/cos(theta))^kappa`` for inclined showers
+   (Geant4's sampling fraction grows with the angle). Spots behind layer 29 leak and are lost.
    Sampling fluctuations multiply each layer's visible energy by a gamma-distributed factor of
    relative width ``c_samp / sqrt(E_layer / GeV)`` (so the total visible energy fluctuates by
    ``c_samp / sqrt(E)``); spot energies fluctuate log-normally around their mean.
@@ -107,10 +110,11 @@ class GFlashParameters:
         core_scale: multiplies the core radius ``R_C``.
         tail_scale: multiplies the tail radius ``R_T``.
         core_weight_scale: multiplies the core weight ``p`` (result clipped to [0, 1]).
-        max_radius_moliere: the radial profile is truncated at this radius, in (scaled)
-            Molière radii. The paper's ``r^-3`` tail holds too much energy far out (Geant4
-            falls off much faster beyond about 50 mm); with spots placed in 3D, that far tail
-            would move energy many layers away from its depth in inclined showers.
+        radial_cutoff_moliere: ``r_c`` in (scaled) Molière radii: the radial profile is
+            multiplied by ``exp(-(r / r_c)^2)``. The paper's ``r^-3`` tail holds too much
+            energy far out (Geant4 falls off steeply beyond about 50 mm); with spots placed in
+            3D, that far tail moves energy many layers away from its depth in inclined
+            showers and flattens their fitted axis. ``inf`` switches the cutoff off.
         spots_per_gev: spot count ``a`` in ``N_spot = a (E/GeV)^b``.
         spots_exponent: ``b`` in ``N_spot = a (E/GeV)^b``.
         max_spots: upper limit of spots per shower (bounds time and memory at high E).
@@ -138,12 +142,12 @@ class GFlashParameters:
     core_scale: float = 1.119
     tail_scale: float = 0.9335
     core_weight_scale: float = 0.9267
-    max_radius_moliere: float = 5.4
+    radial_cutoff_moliere: float = 5.75
     spots_per_gev: float = 105.9
     spots_exponent: float = 0.9595
     max_spots: int = 200_000
     sampling_term: float = 0.1794
-    sampling_path_exponent: float = 0.10
+    sampling_path_exponent: float = 0.0902
     spot_sigma: float = 1.300
     min_param_energy_gev: float = 0.5
 
@@ -448,20 +452,19 @@ class GFlash:
         r_core, r_tail, weight = _radial_parameters(tau, energy[owner], medium, par)
         u = rng.random((3, n_total))
         radius = np.where(u[0] < weight, r_core, r_tail)
-        moliere_mm = medium.moliere_radius_mm * par.moliere_scale
-        radius_mm = moliere_mm * radius
-        # inverse CDF of f_i truncated at max_radius: u in [0, F_i(r_max)),
-        # F_i(r) = r^2 / (r^2 + R_i^2)
-        u1 = u[1] / (1.0 + (radius / par.max_radius_moliere) ** 2)
-        radius_mm *= np.sqrt(u1 / (1.0 - u1))
-        phi = (2.0 * np.pi) * u[2]
-        off_u = radius_mm * np.cos(phi)  # along the tilt (in the plane of axis and z)
-        off_v = radius_mm * np.sin(phi)  # perpendicular to it (parallel to the layers)
 
         # depth of the axis point: along-axis X0 -> z-depth X0 (x cos theta) -> layer
         cos_theta = axis[:, 2]
         depth_x0 = (t0[owner] + t_rel) * cos_theta[owner]
         layer = np.searchsorted(det.boundaries_x0, depth_x0, side="right") - 1
+
+        moliere_mm = medium.moliere_radius_mm * par.moliere_scale
+        scale_mm = moliere_mm * radius  # R_C or R_T of each spot, mm
+        radius_mm = _radii_with_cutoff(scale_mm, u[1], par.radial_cutoff_moliere * moliere_mm, rng)
+        phi = (2.0 * np.pi) * u[2]
+        off_u = radius_mm * np.cos(phi)  # along the tilt (in the plane of axis and z)
+        off_v = radius_mm * np.sin(phi)  # perpendicular to it (parallel to the layers)
+
         if np.any(np.abs(cos_theta - 1.0) > 1e-12):
             layer, x, y = _place_inclined(det, axis[owner], depth_x0, off_u, off_v)
         else:
@@ -494,6 +497,32 @@ class GFlash:
         visible = spot_energy * path_factor
         visible = visible[owner] * fraction[layer] * (layer_factor * norm)[cell] * spot_noise
         return _merge(owner, layer, x, y, visible, n, self.max_points)
+
+
+def _radii_with_cutoff(
+    scale_mm: NDArray[np.float64],
+    u: NDArray[np.float64],
+    cutoff_mm: float,
+    rng: np.random.Generator,
+) -> NDArray[np.float64]:
+    """Radii (mm) from ``f(r) = 2 r R^2 / (r^2 + R^2)^2 * exp(-(r / r_c)^2)``, ``R = scale_mm``.
+
+    ``r = R sqrt(u / (1 - u))`` samples ``f`` without the cutoff (``u`` uniform in [0, 1));
+    the factor ``exp(-(r/r_c)^2)`` is applied by rejection: rejected radii are drawn again.
+    The acceptance is close to 1 except in the far tail, so the loop ends after a few passes.
+    """
+    radius = scale_mm * np.sqrt(u / (1.0 - u))
+    if not np.isfinite(cutoff_mm):
+        return radius
+    todo = np.arange(radius.shape[0])
+    for _ in range(1000):
+        reject = rng.random(todo.size) >= np.exp(-((radius[todo] / cutoff_mm) ** 2))
+        todo = todo[reject]
+        if todo.size == 0:
+            break
+        v = rng.random(todo.size)
+        radius[todo] = scale_mm[todo] * np.sqrt(v / (1.0 - v))
+    return radius
 
 
 def _place_inclined(
