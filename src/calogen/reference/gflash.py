@@ -130,7 +130,7 @@ class GFlashParameters:
             ``max(E, min_param_energy_gev)`` (they break down far below 1 GeV).
     """
 
-    sampling_fraction: float = 0.03335
+    sampling_fraction: float = 0.03318
     back_sampling_ratio: float = 0.4981
     last_layer_factor: float = 0.7606
     conversion_length_x0: float = 9.0 / 7.0
@@ -143,12 +143,12 @@ class GFlashParameters:
     tail_scale: float = 0.9335
     core_weight_scale: float = 0.9267
     radial_cutoff_moliere: float = 5.75
-    spots_per_gev: float = 105.9
-    spots_exponent: float = 0.9595
+    spots_per_gev: float = 107.1
+    spots_exponent: float = 0.9607
     max_spots: int = 200_000
     sampling_term: float = 0.1794
     sampling_path_exponent: float = 0.0902
-    spot_sigma: float = 1.300
+    spot_sigma: float = 1.203
     min_param_energy_gev: float = 0.5
 
     def replace(self, **changes: Any) -> GFlashParameters:
