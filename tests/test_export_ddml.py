@@ -182,27 +182,60 @@ def test_ddml_call_is_the_python_shower(ddml_run):
 
     _, outputs = ddml_run
     model = load_generator(None).model
-    depth = slab().layer_z_mm
     for name in ANGLES:
         theta, phi = ANGLES[name]
         for i in range(3):
-            packed, _ = model.generate(
-                np.array([ENERGY]), torch.Generator().manual_seed(SEEDS[name] + i)
-            )
-            ref = packed.points.astype(np.float64)
-            ref[:, 0], ref[:, 1] = incline_points(
-                ref[:, 0], ref[:, 1], ref[:, 2], theta, phi, depth
-            )
-            counts, points = decode_ddml(outputs[name][i])
-            np.testing.assert_array_equal(
-                counts, np.bincount(ref[:, 2].astype(int), minlength=N_LAYERS)
-            )
-            tree = cKDTree(np.c_[points[:, :2], points[:, 2] * 1e4])
-            dist, idx = tree.query(np.c_[ref[:, :2], ref[:, 2] * 1e4])
-            matched = dist <= 1e-3  # mm
-            assert matched.mean() >= 0.998
-            np.testing.assert_allclose(points[idx[matched], 3], ref[matched, 3] * 1e3, rtol=1e-4)
-            np.testing.assert_allclose(points[:, 3].sum(), ref[:, 3].sum() * 1e3, rtol=1e-5)
+            ref = _python_shower(model, ENERGY, theta, phi, SEEDS[name] + i)
+            _assert_same_shower(outputs[name][i], ref)
+
+
+def _python_shower(model, energy: float, theta: float, phi: float, seed: int) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """``CaloClouds2.generate`` of one shower with ``seed``, inclined by (theta, phi): by the
+    model itself if it is angle-aware, else by :func:`incline_points`."""
+    gen = torch.Generator().manual_seed(seed)
+    if getattr(model.config, "directions", False):
+        packed, _ = model.generate(
+            np.array([energy]), gen, theta_deg=np.array([theta]), phi_deg=np.array([phi])
+        )
+        return packed.points.astype(np.float64)
+    packed, _ = model.generate(np.array([energy]), gen)
+    ref = packed.points.astype(np.float64)
+    depth = slab().layer_z_mm
+    ref[:, 0], ref[:, 1] = incline_points(ref[:, 0], ref[:, 1], ref[:, 2], theta, phi, depth)
+    return ref
+
+
+def _assert_same_shower(row: np.ndarray, ref: np.ndarray) -> None:
+    """A DDML output row holds the points ``ref [N, 4]`` (x, y mm, layer, E GeV): same counts
+    per layer, every point within 1e-3 mm in its layer (up to 0.2 % that may swap layers at a
+    layer edge, as in tests/test_export.py), E in MeV."""
+    counts, points = decode_ddml(row)
+    np.testing.assert_array_equal(counts, np.bincount(ref[:, 2].astype(int), minlength=N_LAYERS))
+    tree = cKDTree(np.c_[points[:, :2], points[:, 2] * 1e4])
+    dist, idx = tree.query(np.c_[ref[:, :2], ref[:, 2] * 1e4])
+    matched = dist <= 1e-3  # mm
+    assert matched.mean() >= 0.998
+    np.testing.assert_allclose(points[idx[matched], 3], ref[matched, 3] * 1e3, rtol=1e-4)
+    np.testing.assert_allclose(points[:, 3].sum(), ref[:, 3].sum() * 1e3, rtol=1e-5)
+
+
+def test_ddml_wrapper_with_a_multi_step_sampler():
+    """Three consistency steps (the noise of the later steps drawn inside as well): a seeded
+    call of the (eager) wrapper is still the Python model's shower with that seed."""
+    from calogen.export import DDMLShower, ShowerPipeline
+    from calogen.models.registry import load_generator
+
+    model = load_generator(None).model
+    model.cm_sigmas = (80.0, 2.0, 0.3)
+    depth = slab().layer_z_mm
+    shower = DDMLShower(ShowerPipeline(model).eval(), depth).eval()
+    assert shower.noise_tensors == 3
+    for seed, (energy, theta, phi) in ((3, (40.0, 20.0, 10.0)), (4, (75.0, 55.0, -100.0))):
+        ref = _python_shower(model, energy, theta, phi, seed)
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            row = shower(*(torch.tensor([v]) for v in (energy, theta, phi))).numpy()
+        _assert_same_shower(row, ref)
 
 
 def _generate(tmp_path, theta: float, phi: float) -> list[np.ndarray]:
@@ -305,3 +338,58 @@ def test_cli_ddml_errors(tmp_path, capsys):
     with torch.inference_mode():
         row = model(torch.tensor([90.0]), torch.tensor([10.0]), torch.tensor([0.0])).numpy()
     assert row.shape == (DDML_OUTPUT_FLOATS,) and row[:N_LAYERS].sum() <= 3000
+
+
+def test_ddml_wrapper_of_an_angle_aware_model():
+    """An angle-aware CaloClouds II (config ``directions``; random weights, no training): the
+    wrapper passes theta to the Shower Flow and the network, mirrors only y for inclined
+    showers and inclines the points; a seeded call (eager and traced) is the shower of
+    ``CaloClouds2.generate(..., theta_deg, phi_deg)`` with that seed."""
+    import dataclasses
+    import warnings
+
+    from calogen.export import DDMLShower, ShowerPipeline
+    from calogen.models import caloclouds2 as cc2
+    from calogen.models.registry import load_generator
+
+    if "directions" not in {f.name for f in dataclasses.fields(cc2.CaloClouds2Config)}:
+        pytest.skip("needs the angle-aware CaloClouds II (config 'directions', issue 15 item 1)")
+    default = load_generator(None).model
+    torch.manual_seed(0)
+    model = cc2.CaloClouds2(
+        cc2.PRESETS["small-angles"],
+        default.normalisation,
+        default.occupancy,
+        radial=default.radial,
+        consistency=True,
+    ).eval()
+    pipeline = ShowerPipeline(model).eval()
+    for p in pipeline.parameters():
+        p.requires_grad_(False)
+    pipeline.theta_range_deg = (0.0, 60.0)
+    shower = DDMLShower(pipeline, slab().layer_z_mm).eval()
+    assert shower.takes_theta and shower.theta_condition_deg == (0.0, 60.0)
+    example = (torch.tensor([50.0]), torch.tensor([30.0]), torch.tensor([45.0]))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.freeze(torch.jit.trace(shower, example, check_trace=False).eval())
+    calls = {
+        3: (40.0, 20.0, 10.0),
+        4: (75.0, 55.0, -100.0),
+        5: (20.0, 0.0, 0.0),
+        6: (60.0, 0.0, 30.0),
+    }
+    for seed, (energy, theta, phi) in calls.items():
+        with torch.no_grad():
+            packed, _ = model.generate(
+                np.array([energy]),
+                torch.Generator().manual_seed(seed),
+                theta_deg=np.array([theta]),
+                phi_deg=np.array([phi]),
+            )
+        inputs = tuple(torch.tensor([v]) for v in (energy, theta, phi))
+        for module in (shower, traced):
+            torch.manual_seed(seed)
+            with torch.no_grad():
+                row = module(*inputs).numpy()
+            _assert_same_shower(row, packed.points.astype(np.float64))

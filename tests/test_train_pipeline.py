@@ -128,6 +128,23 @@ def test_other_settings_are_refused(reference, tmp_path, capsys) -> None:  # typ
     assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
 
 
+def test_configs_and_several_files(reference, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    teacher, distill = pipeline.pipeline_configs("small")
+    assert teacher == cc2.get_config("small") and distill == cc2.get_distill_config("small")
+    teacher, distill = pipeline.pipeline_configs("small-angles")  # a variant of a preset
+    assert teacher.directions and distill == cc2.get_distill_config("small")
+    # several --data files (concatenated): the corrections use the first showers of each
+    out = tmp_path / "two"
+    argv = _argv(reference["config"], reference["data"], out)
+    argv[argv.index("-n") + 1] = "30"
+    argv.insert(argv.index("--data") + 2, str(reference["data"]))
+    assert main(argv) == 0
+    state = read_json(out / pipeline.PIPELINE_JSON)
+    assert len(state["settings"]["data"]) == 2
+    assert state["done"]["distillation"]["training_showers"] == 60
+    assert state["done"]["corrections"]["showers"] == 60  # 30 of each file
+
+
 def test_no_corrections(reference, tmp_path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "bare"
     assert main([*_argv(reference["config"], reference["data"], out), "--no-corrections"]) == 0

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
 from calogen.generator import Generator
 
@@ -172,18 +173,24 @@ def benchmark(
     seed: int = 0,
     count_flops: bool = True,
     precision: str = "float32",
+    directions: NDArray[np.floating] | None = None,
 ) -> BenchResult:
     """Time ``generator.sample`` for ``num`` showers with E uniform in 10-90 GeV.
 
     Showers are generated in batches of ``batch``; each repeat times all ``num`` showers
     and the median/min/max over repeats are reported per shower. ``precision``
     (``"float32"`` or ``"bfloat16"``) is the compute dtype of the network's hidden layers
-    (generators that support it; see :func:`set_precision`).
+    (generators that support it; see :func:`set_precision`). ``directions [num, 3]``: the
+    incident directions (``None``: normal incidence).
     """
     torch.set_num_threads(threads)
     dtype = set_precision(generator, precision)
     energies = np.random.default_rng(seed).uniform(10.0, 90.0, num)
-    generator.sample(energies[: min(batch, num)], seed=seed)  # warm-up
+
+    def dirs(first: int, last: int) -> NDArray[np.floating] | None:
+        return None if directions is None else directions[first:last]
+
+    generator.sample(energies[: min(batch, num)], dirs(0, min(batch, num)), seed=seed)  # warm-up
     net_seconds, hooks = _time_network(generator, device)
     times, cpu_times, points = [], [], 0
     for rep in range(repeats):
@@ -192,7 +199,9 @@ def benchmark(
         start = time.perf_counter()
         n_points = 0
         for first in range(0, num, batch):
-            showers = generator.sample(energies[first : first + batch], seed=seed + rep + first)
+            showers = generator.sample(
+                energies[first : first + batch], dirs(first, first + batch), seed=seed + rep + first
+            )
             n_points += int(showers._num_points.sum())
         _sync(device)
         times.append(time.perf_counter() - start)
@@ -207,7 +216,8 @@ def benchmark(
         sample_n = min(num, max(batch, 10))
         with FlopCounterMode(display=False) as counter:
             for first in range(0, sample_n, batch):
-                generator.sample(energies[first : min(first + batch, sample_n)], seed=seed)
+                last = min(first + batch, sample_n)
+                generator.sample(energies[first:last], dirs(first, last), seed=seed)
         flop_per_shower = counter.get_total_flops() / sample_n
     median = statistics.median(times)
     # the peak is only needed to put network FLOPs in proportion

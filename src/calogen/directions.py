@@ -15,6 +15,8 @@ Conventions (the frame of the shared Geant4 data and of DD4hep's DDML plug-in):
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
@@ -178,3 +180,72 @@ def fit_axis(
         "theta_deg": theta,
         "phi_deg": phi,
     }
+
+
+#: Front face of the slab in the frame of :func:`slab_detector_geometry`, mm: showerdata
+#: uses ``layer_bottom_pos - calo_surface`` (float32: depths good to 0.1 um here).
+_SLAB_SURFACE_MM = 1804.0
+
+
+def slab_detector_geometry(layer_depth_mm: ArrayLike | None = None) -> Any:
+    """The slab as a :class:`showerdata.detector.DetectorGeometry` for
+    :func:`showerdata.shift_showers.shift_layers`: ``layer_bottom_pos - calo_surface`` is the
+    depth of each layer's silicon mid-plane (:attr:`calogen.geometry.Calorimeter.layer_z_mm`,
+    or ``layer_depth_mm``)."""
+    from showerdata.detector import DetectorGeometry
+
+    from calogen.geometry import CELL_SIZE_MM, slab
+
+    depth = np.asarray(slab().layer_z_mm if layer_depth_mm is None else layer_depth_mm, float)
+    return DetectorGeometry(
+        calo_surface=_SLAB_SURFACE_MM,
+        num_layers=depth.size,
+        num_layers_ecal=depth.size,
+        num_layers_hcal=0,
+        layer_thickness_ecal=0.5,
+        layer_thickness_hcal=0.0,
+        ecal_cell_size=CELL_SIZE_MM,
+        hcal_cell_size=0.0,
+        layer_bottom_pos=tuple(float(v) for v in _SLAB_SURFACE_MM + depth),
+        name="calogen slab",
+    )
+
+
+def straighten_points(
+    points: NDArray[np.floating],
+    counts: ArrayLike,
+    directions: ArrayLike | None,
+    geometry: Any = None,
+) -> NDArray[np.float32]:
+    """Inverse of :func:`incline_points`: packed points of inclined showers -> the axis frame.
+
+    ``points [P, 4]`` (x mm, y mm, layer, e), shower after shower with ``counts [S]`` points;
+    ``directions [S, 3]`` (``None``: normal incidence, a copy of the points). Each shower's
+    layers are shifted by minus the axis offset (``showerdata.shift_showers.shift_layers``
+    with the slab's :func:`slab_detector_geometry`, or ``geometry``; its inverse shift along
+    the mirrored direction, which keeps every point, where the forward one drops points far
+    from the axis), then ``(x, y)`` is
+    rotated by ``-phi``, so that the axis runs along z through x = y = 0 and the shower's
+    inclination lies in the x-z plane. Returns float32 ``[P, 4]``.
+    """
+    from showerdata.shift_showers import shift_layers
+
+    out = np.array(points, dtype=np.float32, copy=True)
+    if directions is None:
+        return out
+    geometry = slab_detector_geometry() if geometry is None else geometry
+    dirs = np.asarray(directions, dtype=np.float64).reshape(-1, 3)
+    counts = np.asarray(counts, dtype=np.int64)
+    offsets = np.concatenate(([0], np.cumsum(counts)))
+    bottom = np.asarray(geometry.layer_bottom_pos, np.float32)
+    back = dirs * np.array([-1.0, -1.0, 1.0])  # the shift towards the axis, never cropped
+    for i in np.flatnonzero(np.hypot(dirs[:, 0], dirs[:, 1]) > 0):
+        lo, hi = offsets[i], offsets[i + 1]
+        out[lo:hi] = shift_layers(out[lo:hi], back[i], bottom, geometry.calo_surface, True)
+    _, phi = angles_from_directions(dirs)
+    phi_point = np.radians(np.repeat(phi, counts))
+    cos, sin = np.cos(phi_point), np.sin(phi_point)
+    x, y = out[:, 0].astype(np.float64), out[:, 1].astype(np.float64)
+    out[:, 0] = cos * x + sin * y
+    out[:, 1] = -sin * x + cos * y
+    return out

@@ -1,5 +1,10 @@
 """Export of CaloClouds II models for full simulation (DD4hep's DDML plug-in, Geant4 hooks).
 
+Two flavours: noise as input and batches (``torchscript``, ``onnx``: :class:`ShowerPipeline`,
+described below), and ``ddml`` (:class:`DDMLShower`): TorchScript in the contract of DDML's
+``CaloCloudsTwoAngleModel``, one shower per call from energy and two angles, the noise drawn
+inside, the shower inclined by :func:`incline_points_torch`.
+
 :func:`export_model` writes a self-contained TorchScript (``.pt``) or ONNX (``.onnx``) file
 whose graph holds the whole generation pipeline of :meth:`CaloClouds2.generate
 <calogen.models.caloclouds2.CaloClouds2.generate>`: Shower Flow sampling, occupancy
@@ -176,6 +181,18 @@ class ShowerPipeline(nn.Module):
                 self.register_buffer(name, torch.as_tensor(values, dtype=torch.float64))
         self.consistency = bool(model.consistency)
         self.mirror = bool(getattr(cfg, "mirror", False))
+        #: an angle-aware model (config ``directions``): the point network and the Shower Flow
+        #: take the polar angle theta as a condition (``theta / ANGLE_SCALE_DEG - 1``), the
+        #: points come out around the shower axis, and only y is mirrored for theta > 0;
+        #: :meth:`sample` then takes ``theta_deg``
+        self.takes_theta = bool(getattr(cfg, "directions", False))
+        flow_config = getattr(model.shower_flow, "config", None)
+        self.flow_angle = bool(getattr(flow_config, "angle", False))
+        self.angle_scale_deg = 30.0
+        if self.takes_theta or self.flow_angle:
+            from calogen.models.shower_flow import ANGLE_SCALE_DEG
+
+            self.angle_scale_deg = float(ANGLE_SCALE_DEG)
         self.sigmas = [float(s) for s in model.cm_sigmas] if self.consistency else []
         self.max_points = int(max_points or cfg.max_points)
         self.shower_flow = model.shower_flow
@@ -231,10 +248,15 @@ class ShowerPipeline(nn.Module):
         a, b = self.slices[name]
         return pre[:, a:b]
 
-    def _shower_flow(self, energy: Tensor, flow_noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _shower_flow(
+        self, energy: Tensor, flow_noise: Tensor, theta: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Per-layer counts (occupancy corrected), per-layer energies (GeV), CoG (mm), f64."""
         flow = self.shower_flow
         c = (energy.reshape(-1, 1).log() - flow.cond_stats[0]) / flow.cond_stats[1]
+        if self.flow_angle:  # ShowerFlow.condition: theta / scale - 1 in float64, then float32
+            t = theta.to(torch.float64).reshape(-1, 1) / self.angle_scale_deg - 1.0
+            c = torch.cat([c, t.to(torch.float32)], 1)
         x = flow.inverse(c, flow_noise[:, : flow.dim])
         pre = (x * flow.std + flow.mean).double()
         counts = torch.floor(self._expm1(self._feature(pre, "n_per_layer").clamp(0.0, 20.0)))
@@ -334,43 +356,54 @@ class ShowerPipeline(nn.Module):
         )
 
     def forward(self, energy: Tensor, flow_noise: Tensor, point_noise: Tensor) -> Tensor:
-        counts, points, position = self._generate(energy, flow_noise, point_noise)
+        counts, points, position = self._generate(energy, flow_noise, point_noise, None)
         # zero padding to the fixed size: rows max(N) … M − 1
         index = position[None, :, None].expand(points.shape[0], -1, 4)
         full = torch.zeros_like(point_noise[0]).scatter(1, index, points)
         return torch.cat([counts, full.reshape(full.shape[0], 4 * self.max_points)], 1)
 
-    def sample(self, energy: Tensor) -> tuple[Tensor, Tensor]:
+    def sample(self, energy: Tensor, theta_deg: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The showers of :meth:`forward` with the noise drawn inside (torch's global
         generator): ``(counts [B, 30], points [B, max_b N_b, 4])``, each shower's points as in
-        :meth:`forward` followed by zero rows (no padding to ``M``).
+        :meth:`forward` followed by zero rows (no padding to ``M``). An angle-aware model
+        (:attr:`takes_theta`) generates for the polar angles ``theta_deg [B]`` (deg; ``None``:
+        0) around the shower axis, in the frame where the axis is inclined along x (the
+        caller inclines them: :func:`incline_points_torch`).
 
         Drawn in :meth:`CaloClouds2.generate`'s order (the Shower Flow's noise, then ``[N, 4]``
         per consistency step, then the two mirror values per shower), for the first
         ``max_b N_b`` rows only: for one shower, ``torch.manual_seed(s)`` then this call gives
         the shower of ``CaloClouds2.generate([E], torch.Generator().manual_seed(s))``.
         """
-        counts, points, _ = self._generate(energy, None, None)
+        counts, points, _ = self._generate(energy, None, None, theta_deg)
         return counts, points
 
     def _generate(
-        self, energy: Tensor, flow_noise: Tensor | None, point_noise: Tensor | None
+        self,
+        energy: Tensor,
+        flow_noise: Tensor | None,
+        point_noise: Tensor | None,
+        theta_deg: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """``(counts [B, 30], points [B, max N, 4], position [max N])`` (rows 0 … max N − 1)."""
         cfg = self.config
         m, n_layers = self.max_points, N_LAYERS
         energy = energy.reshape(-1).to(torch.float32)
+        if theta_deg is None:
+            theta = torch.zeros_like(energy)
+        else:
+            theta = theta_deg.reshape(-1).to(torch.float32)
         if flow_noise is None:  # sample(): the mirror values are drawn after the points
             flow_noise = torch.randn((energy.shape[0], int(self.shower_flow.dim)))
-        counts_layer, e_layer, cog = self._shower_flow(energy, flow_noise)
+        counts_layer, e_layer, cog = self._shower_flow(energy, flow_noise, theta)
         n_points = counts_layer.sum(1)
-        values = torch.stack(
-            [
-                energy / cfg.e_scale_gev * 2.0 - 1.0,
-                n_points.to(torch.float32) / cfg.n_scale * 2.0 - 1.0,
-            ],
-            -1,
-        )
+        conditions = [
+            energy / cfg.e_scale_gev * 2.0 - 1.0,
+            n_points.to(torch.float32) / cfg.n_scale * 2.0 - 1.0,
+        ]
+        if self.takes_theta:
+            conditions.append(theta / self.angle_scale_deg - 1.0)
+        values = torch.stack(conditions, -1)
         # the network runs on the rows 0 … max(N) − 1 only (a data-dependent size: NonZero)
         limit = n_points.max().to(torch.int64)
         position = torch.nonzero(torch.arange(m, device=energy.device) < limit).reshape(-1)
@@ -447,6 +480,8 @@ class ShowerPipeline(nn.Module):
             dim = self.shower_flow.dim
             for axis in (0, 1):
                 flip = flow_noise[:, dim + axis : dim + axis + 1] < 0
+                if axis == 0 and self.takes_theta:  # inclined along x: only y -> -y is a symmetry
+                    flip = flip & (theta[:, None] <= 0)
                 shifted[axis] = torch.where(flip, -shifted[axis], shifted[axis])
 
         # drop points without energy, keep the layer order, pad with zeros
@@ -514,6 +549,12 @@ class DDMLShower(nn.Module):
             )
         self.pipeline = pipeline
         self.takes_theta = bool(getattr(pipeline, "takes_theta", False))
+        #: the polar angles the network was trained on (deg): its theta condition is clamped
+        #: into them (the geometric transform uses the true theta)
+        lo, hi = getattr(pipeline, "theta_range_deg", None) or (0.0, DDML_MAX_THETA_DEG)
+        if hi <= lo:  # a range of one angle (or none recorded): no clamping
+            lo, hi = 0.0, DDML_MAX_THETA_DEG
+        self.theta_condition_deg = (float(lo), float(hi))
         self.flow_features = int(pipeline.flow_features)
         self.noise_tensors = int(pipeline.noise_tensors)
         self.max_points = int(pipeline.max_points)
@@ -527,7 +568,8 @@ class DDMLShower(nn.Module):
         theta = theta.reshape(1).to(torch.float32).clamp(0.0, DDML_MAX_THETA_DEG)
         phi = phi.reshape(1).to(torch.float32)
         if self.takes_theta:
-            counts, points = self.pipeline.sample(energy, theta)
+            lo, hi = self.theta_condition_deg
+            counts, points = self.pipeline.sample(energy, theta.clamp(lo, hi))
         else:
             counts, points = self.pipeline.sample(energy)
         points = points[0]  # [N, 4], rows of dropped points (E = 0) last
@@ -585,7 +627,13 @@ def _info(pipeline: ShowerPipeline, name: str, fmt: str) -> ExportInfo:
         noise_tensors=k,
         sigmas=pipeline.sigmas,
         inputs={
-            "energy": "[B] float32, incident energy in GeV (normal incidence)",
+            "energy": "[B] float32, incident energy in GeV (normal incidence"
+            + (
+                "; this flavour has no direction input: an angle-aware model generates at "
+                "theta = 0, use --format ddml for angles)"
+                if pipeline.takes_theta
+                else ")"
+            ),
             "flow_noise": f"[B, {d}] float32, standard normal (Shower Flow base noise"
             + (
                 ", then 2 columns whose signs mirror the shower in x and y)"
@@ -622,8 +670,9 @@ def _ddml_info(shower: DDMLShower, name: str) -> ExportInfo:
         units={"x": "mm", "y": "mm", "layer": "index 0-29", "E": "MeV"},
         padded_size=DDML_OUTPUT_FLOATS,
         direction=(
-            "theta is a condition of the network, then each layer is shifted by "
-            "depth*tan(theta) along x and rotated by phi"
+            "theta is a condition of the network (clamped to the trained "
+            f"{shower.theta_condition_deg[0]:g}-{shower.theta_condition_deg[1]:g} deg), then "
+            "each layer is shifted by depth*tan(theta) along x and rotated by phi"
             if shower.takes_theta
             else "normal-incidence model: the shower keeps its normal-incidence shape, each "
             "layer is only shifted by depth*tan(theta) along x and rotated by phi (a crude "
@@ -662,6 +711,8 @@ def build_pipeline(model: str | os.PathLike[str] | None, max_points: int | None 
     if max_points is not None and max_points <= 0:
         raise UsageError(f"--max-points must be > 0, got {max_points}")
     pipeline = ShowerPipeline(generator.model, max_points).eval()
+    #: polar angles the model was trained on (angle-aware models), for the DDML wrapper
+    pipeline.theta_range_deg = getattr(generator, "theta_range_deg", None)
     for p in pipeline.parameters():
         p.requires_grad_(False)
     return pipeline, generator.name

@@ -124,6 +124,29 @@ def check_energy_range(
     return message
 
 
+def check_angle_range(
+    generator: Generator, directions: NDArray[np.floating] | None, strict: bool = False
+) -> str | None:
+    """Message if polar angles leave the range of a direction-aware generator's training data
+    (its ``theta_range_deg``; raise instead when ``strict``), like :func:`check_energy_range`."""
+    theta_range = getattr(generator, "theta_range_deg", None)
+    if directions is None or theta_range is None or not generator.supports_direction:
+        return None
+    lo, hi = theta_range
+    theta, _ = angles_from_directions(directions)
+    outside = (theta < lo - 1e-6) | (theta > hi + 1e-6)
+    if not outside.any():
+        return None
+    message = (
+        f"{int(outside.sum())} of {theta.size} polar angles lie outside the range "
+        f"{lo:.3g}-{hi:.3g} deg that '{generator.name}' was made for; its showers there are "
+        "extrapolations"
+    )
+    if strict:
+        raise UsageError(message)
+    return message
+
+
 def generate_to_file(
     generator: Generator,
     energies: NDArray[np.floating],

@@ -54,6 +54,23 @@ def register(subparsers: Any) -> None:
         help="compute dtype of the network's hidden layers (CaloClouds II on CPU; the peak is "
         "measured in the same dtype)",
     )
+    bench.add_argument(
+        "--theta",
+        type=float,
+        nargs="+",
+        metavar="DEG",
+        default=None,
+        help="polar angle of the incident photon in deg: one value, or MIN MAX drawn uniformly "
+        "(default: normal incidence)",
+    )
+    bench.add_argument(
+        "--phi",
+        type=float,
+        nargs="+",
+        metavar="DEG",
+        default=None,
+        help="azimuth in deg: one value, or MIN MAX drawn uniformly (default 0; needs --theta)",
+    )
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
     bench.set_defaults(func=run_bench)
 
@@ -82,7 +99,11 @@ def run_bench(args: argparse.Namespace) -> int:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available on this machine")
+    from calogen.generation import directions_for_model, draw_directions
+
+    directions = draw_directions(args.theta, args.phi, args.num, args.seed)
     generator = load_for_bench(args.model, args.device)
+    directions = directions_for_model(generator, directions)
     result = benchmark(
         generator,
         num=args.num,
@@ -92,6 +113,7 @@ def run_bench(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
         precision=args.precision,
+        directions=directions,
     )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))

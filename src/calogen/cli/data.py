@@ -293,6 +293,7 @@ def run_generate(args: argparse.Namespace) -> int:
     import sys
 
     from calogen.generation import (
+        check_angle_range,
         check_energy_range,
         directions_for_model,
         draw_energies,
@@ -329,9 +330,12 @@ def run_generate(args: argparse.Namespace) -> int:
             )
         set_sampler(args.steps, args.cm_sigmas)
     directions_for_model(generator, directions)  # refuse inclined showers before any work
-    warning = check_energy_range(generator, energies, strict=args.strict)
-    if warning:
-        print(f"calogen: warning: {warning} (use --strict to refuse)", file=sys.stderr)
+    for warning in (
+        check_energy_range(generator, energies, strict=args.strict),
+        check_angle_range(generator, directions, strict=args.strict),
+    ):
+        if warning:
+            print(f"calogen: warning: {warning} (use --strict to refuse)", file=sys.stderr)
     part = shard_slice(args.num, args.chunk_size, args.shards, args.shard_index)
     path = generate_to_file(
         generator,

@@ -53,9 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data",
         required=True,
+        nargs="+",
         metavar="FILE",
         help="training showers (showerdata or legacy CaloClouds HDF5; x, y in mm, "
-        "layer index, e in GeV; incident energies in GeV)",
+        "layer index, e in GeV; incident energies in GeV); CaloClouds and CaloClouds II take "
+        "several files, concatenated (showers without directions count as normal incidence)",
     )
     add_output(p, metavar="DIR", help="output folder (model + checkpoints)")
     p.add_argument(
@@ -71,7 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=positive_int,
         default=None,
         metavar="N",
-        help="total training iterations (default: from the config)",
+        help="total training iterations (caloclouds2-cm: of the teacher and of the "
+        "distillation each) (default: from the config)",
     )
     add_num(
         p,
@@ -109,8 +112,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument(
         "--data",
         required=True,
+        nargs="+",
         metavar="FILE",
-        help="Geant4 showers (showerdata or legacy CaloClouds HDF5)",
+        help="Geant4 showers (showerdata or legacy CaloClouds HDF5); several files: the first "
+        "N showers of each",
     )
     add_num(
         q,
@@ -159,8 +164,10 @@ def _register_distill(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument(
         "--data",
         required=True,
+        nargs="+",
         metavar="FILE",
-        help="training showers (the teacher's training file, showerdata or legacy HDF5)",
+        help="training showers (the teacher's training files, showerdata or legacy HDF5; "
+        "several files are concatenated)",
     )
     add_output(d, metavar="DIR", help="output folder (model + checkpoints)")
     d.add_argument(
@@ -208,7 +215,7 @@ def _distill(args: argparse.Namespace) -> int:
     summary = distill(
         teacher=args.teacher,
         config=args.config,
-        data=args.data,
+        data=_data(args.data),
         out=args.output,
         resume=args.resume,
         seed=args.seed,
@@ -218,6 +225,11 @@ def _distill(args: argparse.Namespace) -> int:
     )
     _print_summary(summary)
     return 0
+
+
+def _data(files: list[str]) -> str | list[str]:
+    """One ``--data`` file as a path, several as a list."""
+    return files[0] if len(files) == 1 else files
 
 
 def _print_summary(summary: dict) -> None:
@@ -234,7 +246,7 @@ def _train(args: argparse.Namespace) -> int:
     summary = train_model(
         args.model,
         config=args.config,
-        data=args.data,
+        data=_data(args.data),
         out=args.output,
         resume=args.resume,
         seed=args.seed,
@@ -260,7 +272,7 @@ def _fit_occupancy(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     summary = fit_occupancy(
         args.model,
-        args.data,
+        _data(args.data),
         n_showers=args.num,
         seed=args.seed,
         geometry=args.geometry,

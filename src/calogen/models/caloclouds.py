@@ -29,7 +29,8 @@ comes from RNGs seeded with ``(seed, i)``, so a resumed run repeats an uninterru
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -43,6 +44,7 @@ from calogen.calibration import OccupancyCorrection, calibrate, distribute_count
 from calogen.data.io import ShowerFile
 from calogen.data.normalisation import Normalisation
 from calogen.data.packed import PackedPoints, pack, unpack
+from calogen.directions import angles_from_directions, straighten_points
 from calogen.errors import UsageError
 from calogen.generator import check_energies
 from calogen.models import scaffold
@@ -52,12 +54,10 @@ from calogen.models.ddpm import DDPM
 from calogen.models.flows import LatentFlow
 from calogen.models.shower_flow import ShowerFlow, ShowerFlowConfig, shower_features
 from calogen.models.training import (
-    MODEL_JSON,
     lr_schedule,
     read_model_info,
     save_model,
     set_lr,
-    write_json,
 )
 
 MODEL_NAME = "caloclouds"
@@ -65,7 +65,7 @@ N_LAYERS = 30
 
 
 @dataclass
-class CaloCloudsConfig(scaffold.ModelConfig):
+class CaloCloudsConfig(scaffold.ShowerFlowTraining):
     """Hyperparameters of CaloClouds (JSON-serialisable; see :data:`PRESETS`)."""
 
     LABEL: ClassVar[str] = "CaloClouds"
@@ -110,10 +110,6 @@ class CaloCloudsConfig(scaffold.ModelConfig):
     grad_clip: float = 10.0
     flow_lr_start: float = 1e-3
     flow_lr_end: float = 1e-4
-    shower_flow_lr_start: float = 1e-3
-    shower_flow_lr_end: float = 1e-5
-    shower_flow_iterations: int = 100_000
-    shower_flow_batch: int = 512
     checkpoint_every: int = 5000
     max_showers: int | None = None
     # generation
@@ -381,31 +377,62 @@ class TrainingData:
 
 
 def load_training_data(
-    path: str | os.PathLike[str], max_showers: int | None = None
+    path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    max_showers: int | None = None,
+    *,
+    straighten: bool = False,
 ) -> TrainingData:
-    """Read a shower file chunk by chunk into packed arrays."""
+    """Read one or several shower files (concatenated; at most the first ``max_showers`` of
+    each) chunk by chunk into packed arrays.
+
+    The features hold ``theta_deg``, the polar angle of each shower's direction (0 for files
+    without directions: normal incidence). With ``straighten`` the points of inclined
+    showers are moved into the axis frame (:func:`calogen.directions.straighten_points`)
+    before the features are computed.
+    """
     chunks, counts, energies = [], [], []
     feats: dict[str, list[NDArray]] = {}
-    with ShowerFile(path) as f:
-        stop = len(f) if max_showers is None else min(len(f), int(max_showers))
-        for chunk in f.iter_chunks(500, 0, stop):
-            packed = pack(chunk)
-            chunks.append(packed.points)
-            counts.append(packed.counts)
-            energies.append(chunk.energies.reshape(-1).astype(np.float64))
-            for key, value in shower_features(chunk).items():
-                feats.setdefault(key, []).append(value)
+    for one in scaffold.data_paths(path):
+        with ShowerFile(one) as f:
+            stop = len(f) if max_showers is None else min(len(f), int(max_showers))
+            for chunk in f.iter_chunks(500, 0, stop):
+                packed = pack(chunk)
+                if straighten and chunk.directions is not None:
+                    packed.points = straighten_points(
+                        packed.points, packed.counts, chunk.directions
+                    )
+                    chunk = unpack(packed, chunk.energies, chunk.directions)
+                chunks.append(packed.points)
+                counts.append(packed.counts)
+                energies.append(chunk.energies.reshape(-1).astype(np.float64))
+                for key, value in shower_features(chunk).items():
+                    feats.setdefault(key, []).append(value)
+                theta = np.zeros(len(packed.counts))
+                if chunk.directions is not None:
+                    theta = angles_from_directions(chunk.directions)[0]
+                feats.setdefault("theta_deg", []).append(theta)
+    label = scaffold.data_label(path)
     if not chunks:
-        raise UsageError(f"{path}: no showers to train on")
+        raise UsageError(f"{label}: no showers to train on")
     counts_all = np.concatenate(counts)
     if np.any(counts_all == 0):
         keep_note = int((counts_all == 0).sum())
-        raise UsageError(f"{path}: {keep_note} showers without points")
+        raise UsageError(f"{label}: {keep_note} showers without points")
     return TrainingData(
         points=np.concatenate(chunks).astype(np.float32),
         offsets=np.concatenate(([0], np.cumsum(counts_all))).astype(np.int64),
         energies=np.concatenate(energies),
         features={k: np.concatenate(v) for k, v in feats.items()},
+    )
+
+
+def fit_normalisation(data: Any, core_radius_mm: float = 0.0) -> Normalisation:
+    """The point normalisation of one file, or of several (their widest energy range)."""
+    fits = [Normalisation.fit(p, core_radius_mm=core_radius_mm) for p in scaffold.data_paths(data)]
+    return replace(
+        fits[0],
+        e_min_gev=min(f.e_min_gev for f in fits),
+        e_max_gev=max(f.e_max_gev for f in fits),
     )
 
 
@@ -585,16 +612,34 @@ def _fit_corrections(out: Path, data: Any, seed: int, n_showers: int) -> dict[st
     return fit_occupancy(out, data, n_showers=n_showers, seed=seed)
 
 
-def _trainer(
-    cfg: CaloCloudsConfig, data: Any, seed: int, stored: dict[str, Any] | None
-) -> CaloCloudsTrainer:
+def point_trainer(
+    trainer_cls: Any,
+    build: Any,
+    cfg: Any,
+    data: Any,
+    seed: int,
+    stored: dict[str, Any] | None,
+    *,
+    core_radius_mm: float = 0.0,
+    straighten: bool = False,
+) -> Any:
+    """``make_trainer`` of :func:`~calogen.models.scaffold.train_model` for the point-cloud
+    models: the normalisation (the checkpoint's on resume), the training showers
+    (:func:`load_training_data`), ``build(cfg, showers, normalisation, seed)`` and its
+    ``trainer_cls``."""
     if stored is not None:
         normalisation = Normalisation.from_dict(stored["normalisation"])
     else:
-        normalisation = Normalisation.fit(data)
-    train_data = load_training_data(data, cfg.max_showers)
-    model = build_model(cfg, train_data, normalisation, seed)
-    return CaloCloudsTrainer(model, train_data, seed, str(data))
+        normalisation = fit_normalisation(data, core_radius_mm)
+    train_data = load_training_data(data, cfg.max_showers, straighten=straighten)
+    model = build(cfg, train_data, normalisation, seed)
+    return trainer_cls(model, train_data, seed, scaffold.data_label(data))
+
+
+def _trainer(
+    cfg: CaloCloudsConfig, data: Any, seed: int, stored: dict[str, Any] | None
+) -> CaloCloudsTrainer:
+    return point_trainer(CaloCloudsTrainer, build_model, cfg, data, seed, stored)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -638,9 +683,9 @@ def fit_occupancy(
     """Fit ``c_N`` from data and generated showers (identity correction while generating)."""
     from calogen.geometry import project
 
-    calorimeter, _, n_data, occ_data, energies = scaffold.occupancy_reference(
-        data, n_showers, geometry
-    )
+    ref = scaffold.occupancy_reference(data, n_showers, geometry)
+    calorimeter, n_data, occ_data, energies = ref.calorimeter, ref.n_points, ref.hits, ref.energies
+
     model_dir = Path(model_dir)
     info = read_model_info(model_dir)
     model = load_model(model_dir, info)
@@ -650,18 +695,7 @@ def fit_occupancy(
     n_gen = np.asarray(fake._num_points, np.float64)
     occ_gen = project(fake, calorimeter).hits_per_shower().astype(np.float64)
     corr = OccupancyCorrection.fit(n_data, occ_data, n_gen, occ_gen)
-    info["occupancy"] = corr.to_dict()
-    corr.save(model_dir / "occupancy.json")
-    write_json(model_dir / MODEL_JSON, info)
-    return {
-        "model": str(model_dir),
-        "showers": len(energies),
-        "mean_hits_data": float(occ_data.mean()),
-        "mean_hits_generated_uncorrected": float(occ_gen.mean()),
-        "mean_points_data": float(n_data.mean()),
-        "mean_points_generated": float(n_gen.mean()),
-        "factor_at_mean_points": float(corr.factor([n_data.mean()])[0]),
-    }
+    return scaffold.save_occupancy(model_dir, info, corr, ref, n_gen, occ_gen)
 
 
 __all__ = [

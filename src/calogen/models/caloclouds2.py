@@ -37,7 +37,7 @@ import itertools
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -55,12 +55,14 @@ from calogen.calibration import (
     shift_cog,
 )
 from calogen.data.normalisation import Normalisation
-from calogen.data.packed import PackedPoints, pack, unpack
+from calogen.data.packed import PackedPoints, unpack
+from calogen.directions import angles_from_directions, incline_points, straighten_points
 from calogen.errors import UsageError
-from calogen.generator import check_energies
+from calogen.generator import check_directions, check_energies
+from calogen.geometry import slab
 from calogen.models import scaffold
 from calogen.models.blocks import PointWiseNet
-from calogen.models.caloclouds import TrainingData, load_training_data
+from calogen.models.caloclouds import TrainingData, load_training_data, point_trainer
 from calogen.models.configs import resolve_config
 from calogen.models.consistency import (
     ConsistencyDistiller,
@@ -77,19 +79,24 @@ from calogen.models.edm import (
     heun_sample,
     sample_training_sigma,
 )
-from calogen.models.shower_flow import CORE_COG_RADIUS_MM, ShowerFlow, ShowerFlowConfig
+from calogen.models.shower_flow import (
+    ANGLE_SCALE_DEG,
+    CORE_COG_RADIUS_MM,
+    ShowerFlow,
+    ShowerFlowConfig,
+)
 from calogen.models.training import (
-    MODEL_JSON,
     lr_schedule,
     read_model_info,
     save_model,
     set_lr,
-    write_json,
 )
 
 MODEL_NAME = "caloclouds2"
 CM_NAME = "caloclouds2-cm"
 N_LAYERS = 30
+#: depth of each layer's silicon mid-plane behind the front face, mm (the slab's)
+LAYER_DEPTH_MM = slab().layer_z_mm
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,7 +122,7 @@ class _PointTraining(scaffold.ModelConfig):
 
 
 @dataclass
-class CaloClouds2Config(_PointTraining):
+class CaloClouds2Config(scaffold.ShowerFlowTraining, _PointTraining):
     """Hyperparameters of the CaloClouds II teacher (JSON-serialisable; see :data:`PRESETS`)."""
 
     LABEL: ClassVar[str] = "CaloClouds II"
@@ -145,10 +152,6 @@ class CaloClouds2Config(_PointTraining):
     # optimisation (see _PointTraining)
     ema_decay: float = 0.9999
     ema_warmup: bool = True
-    shower_flow_lr_start: float = 1e-3
-    shower_flow_lr_end: float = 1e-5
-    shower_flow_iterations: int = 100_000
-    shower_flow_batch: int = 512
     checkpoint_every: int = 5000
     max_showers: int | None = None
     # generation
@@ -163,6 +166,12 @@ class CaloClouds2Config(_PointTraining):
     #: calibration): the mirror symmetry of normal incidence, which removes any left-right
     #: bias of the network's tails from the centre of gravity
     mirror: bool = True
+    #: angle-aware variant: condition the Shower Flow (its config needs ``angle: true``) and
+    #: the point network on the incident polar angle theta (``theta / 30 deg - 1``); showers
+    #: are learnt in the axis frame (:func:`~calogen.directions.straighten_points`: each
+    #: layer shifted by minus the axis offset, then rotated by -phi) and generated showers are
+    #: inclined back (:func:`~calogen.directions.incline_points`)
+    directions: bool = False
 
     def validate(self) -> None:
         self.check_positive(
@@ -188,6 +197,13 @@ class CaloClouds2Config(_PointTraining):
             raise UsageError(f"config 'optimizer' must be one of {', '.join(_OPTIMIZERS)}")
         if self.points_per_shower is not None and self.points_per_shower <= 0:
             raise UsageError("config 'points_per_shower' must be > 0 (or null for all points)")
+        if self.directions and not self.shower_flow.get("angle", False):
+            raise UsageError("config 'directions: true' needs 'shower_flow: {angle: true}'")
+
+    @property
+    def n_conditions(self) -> int:
+        """Shower conditions of the point network: E, N (and theta with ``directions``)."""
+        return 3 if self.directions else 2
 
 
 @dataclass
@@ -260,6 +276,24 @@ PRESETS: dict[str, CaloClouds2Config] = {
     ),
 }
 
+
+def _angle_aware(config: CaloClouds2Config) -> CaloClouds2Config:
+    """The angle-aware variant of a preset (same widths and lengths)."""
+    flow = dict(config.shower_flow, feature_set="caloclouds2_core", angle=True)
+    return replace(
+        config,
+        directions=True,
+        shower_flow=flow,
+        core_radius_mm=2.0,
+        shower_flow_iterations=max(config.shower_flow_iterations, 15_000),
+    )
+
+
+#: ``small-angles``, ``paper-angles``: the angle-aware variant (``directions: true``) of the
+#: presets, with the core centre of gravity in the Shower Flow and the asinh core radius of
+#: the default model (docs/default_model.md, docs/angles.md)
+PRESETS.update({f"{name}-angles": _angle_aware(PRESETS[name]) for name in ("small", "paper")})
+
 #: Distillation: the teacher's ODE on a 40-point Karras grid (the paper's 18 leave each Heun
 #: step too coarse for a small teacher, which needs ~40 Heun steps to converge,
 #: docs/default_model.md); ``small``: RAdam, lr 1e-3 -> 1e-5 cosine, 20,000 iterations.
@@ -278,6 +312,10 @@ DISTILL_PRESETS: dict[str, DistillConfig] = {
         checkpoint_every=1000,
     ),
 }
+
+
+#: distillation of the angle-aware teachers (docs/angles.md): the same method and lengths
+DISTILL_PRESETS.update({f"{name}-angles": DISTILL_PRESETS[name] for name in ("small", "paper")})
 
 
 def get_config(spec: str | dict[str, Any] | CaloClouds2Config) -> CaloClouds2Config:
@@ -322,11 +360,15 @@ class CaloClouds2Net(nn.Module):
     """
 
     def __init__(
-        self, widths: tuple[int, ...], time_features: int = 16, residual: bool = False
+        self,
+        widths: tuple[int, ...],
+        time_features: int = 16,
+        residual: bool = False,
+        n_conditions: int = 2,
     ) -> None:
         super().__init__()
         self.time_features = int(time_features)
-        self.pwn = PointWiseNet(4, 2 + self.time_features, widths, residual=residual)
+        self.pwn = PointWiseNet(4, n_conditions + self.time_features, widths, residual=residual)
         #: compute dtype of the hidden layers during CPU inference (``None``: the weights'
         #: float32; ``torch.bfloat16`` halves the time on CPUs with bf16 matmul units)
         self.compute_dtype: torch.dtype | None = None
@@ -391,16 +433,24 @@ class CaloClouds2(nn.Module):
         self.radial = radial
         self.consistency = bool(consistency)
         self.cm_sigmas = tuple(cm_sigmas) if cm_sigmas else (float(config.sigma_max),)
-        self.net = CaloClouds2Net(config.widths, config.time_features, config.residual)
+        self.net = CaloClouds2Net(
+            config.widths, config.time_features, config.residual, config.n_conditions
+        )
         self.shower_flow = ShowerFlow(ShowerFlowConfig.from_dict(config.shower_flow))
         self.device = torch.device("cpu")
 
     # -- pieces ----------------------------------------------------------------------------------
-    def conditions(self, energies: Tensor, n_points: Tensor) -> Tensor:
-        """``[S, 2]``: ``E/e_scale·2−1`` and ``N/n_scale·2−1``."""
+    def conditions(
+        self, energies: Tensor, n_points: Tensor, theta_deg: Tensor | None = None
+    ) -> Tensor:
+        """``[S, 2]``: ``E/e_scale·2−1`` and ``N/n_scale·2−1``; ``[S, 3]`` with ``directions``,
+        the third ``theta / 30 deg − 1`` (``theta_deg`` ``None``: normal incidence)."""
         e = energies.to(torch.float32) / self.config.e_scale_gev * 2.0 - 1.0
         n = n_points.to(torch.float32) / self.config.n_scale * 2.0 - 1.0
-        return torch.stack([e, n], -1)
+        if not self.config.directions:
+            return torch.stack([e, n], -1)
+        t = torch.zeros_like(e) if theta_deg is None else theta_deg.to(torch.float32)
+        return torch.stack([e, n, t / ANGLE_SCALE_DEG - 1.0], -1)
 
     def denoiser(self) -> EDMDenoiser:
         """EDM denoiser ``D(x; σ)`` around :attr:`net` (teacher)."""
@@ -477,12 +527,25 @@ class CaloClouds2(nn.Module):
         *,
         n_steps: int | None = None,
         cm_sigmas: tuple[float, ...] | None = None,
+        theta_deg: NDArray[np.floating] | None = None,
+        phi_deg: NDArray[np.floating] | None = None,
     ) -> tuple[PackedPoints, dict[str, NDArray]]:
-        """Calibrated packed showers (physical units) for incident energies (GeV)."""
+        """Calibrated packed showers (physical units) for incident energies (GeV).
+
+        With ``directions`` the showers are generated around their axis for polar angles
+        ``theta_deg [S]`` and inclined by them and the azimuths ``phi_deg [S]`` (deg; ``None``:
+        normal incidence); a model without ``directions`` ignores both.
+        """
         cfg = self.config
         energies = np.asarray(energies, np.float64).reshape(-1)
         n_showers = energies.shape[0]
-        flow_out = self.shower_flow.sample(energies, generator)
+        theta = phi = None
+        if cfg.directions:
+            theta = np.zeros(n_showers) if theta_deg is None else np.asarray(theta_deg, float)
+            phi = np.zeros(n_showers) if phi_deg is None else np.asarray(phi_deg, float)
+            flow_out = self.shower_flow.sample(energies, generator, theta)
+        else:
+            flow_out = self.shower_flow.sample(energies, generator)
         counts_layer = self.occupancy.apply(flow_out["n_per_layer"])
         totals = counts_layer.sum(1)
         clipped = np.clip(totals, 1, cfg.max_points)
@@ -490,7 +553,9 @@ class CaloClouds2(nn.Module):
             counts_layer = distribute_counts(counts_layer, clipped)
         counts = counts_layer.sum(1).astype(np.int64)
         cond_all = self.conditions(
-            torch.as_tensor(energies, dtype=torch.float32), torch.as_tensor(counts)
+            torch.as_tensor(energies, dtype=torch.float32),
+            torch.as_tensor(counts),
+            None if theta is None else torch.as_tensor(theta),
         )
         total = int(counts.sum())
         points_out = np.zeros((total, 4), np.float32)
@@ -545,8 +610,19 @@ class CaloClouds2(nn.Module):
         signs = np.ones((n_showers, 2), np.float32)
         if cfg.mirror:  # signs of one normal draw per shower and axis, after the points' noise
             flips = torch.randn((n_showers, 2), generator=generator).numpy()
+            if theta is not None:  # inclined in the x-z plane: only y -> -y is a symmetry
+                flips[theta > 0, 0] = 1.0
             signs[flips < 0] = -1.0
             points_out[:, :2] *= signs[shower]
+        if theta is not None and phi is not None and (np.any(theta > 0) or np.any(phi != 0)):
+            points_out[:, 0], points_out[:, 1] = incline_points(
+                points_out[:, 0],
+                points_out[:, 1],
+                points_out[:, 2],
+                theta[shower],
+                phi[shower],
+                LAYER_DEPTH_MM,
+            )
         # points left without energy (a layer whose predicted energy is zero) deposit nothing
         # and would read as padding: drop them
         keep = points_out[:, 3] > 0
@@ -581,10 +657,15 @@ class CaloClouds2Generator(scaffold.GeneratorBase):
         *,
         n_steps: int | None = None,
         cm_sigmas: tuple[float, ...] | None = None,
+        theta_range_deg: tuple[float, float] = (0.0, 0.0),
     ) -> None:
         super().__init__(
             model, energy_range_gev, name or (CM_NAME if model.consistency else MODEL_NAME)
         )
+        #: angle-aware models take incident directions (polar angles of the training data:
+        #: :attr:`theta_range_deg`)
+        self.supports_direction = bool(model.config.directions)
+        self.theta_range_deg = theta_range_deg
         self.n_steps = n_steps
         self.cm_sigmas = cm_sigmas
 
@@ -643,17 +724,26 @@ class CaloClouds2Generator(scaffold.GeneratorBase):
     ) -> showerdata.Showers:
         """Showers ``(x mm, y mm, layer, e GeV)`` for incident ``energies [N]`` in GeV.
 
-        ``n_steps`` (teacher) and ``cm_sigmas`` (student) override the sampler settings.
+        ``n_steps`` (teacher) and ``cm_sigmas`` (student) override the sampler settings. An
+        angle-aware model (``supports_direction``) takes incident ``directions [N, 3]`` (unit
+        vectors; ``None``: normal incidence).
         """
-        self.refuse_directions(directions)
+        if not self.supports_direction:
+            self.refuse_directions(directions)
         energies = check_energies(energies)
+        dirs = check_directions(directions, energies.size)
+        theta = phi = None
+        if dirs is not None:
+            theta, phi = angles_from_directions(dirs)
         packed, _ = self.model.generate(
             energies,
             self.torch_generator(seed),
             n_steps=n_steps or self.n_steps,
             cm_sigmas=cm_sigmas or self.cm_sigmas,
+            theta_deg=theta,
+            phi_deg=phi,
         )
-        return unpack(packed, energies)
+        return unpack(packed, energies, dirs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -696,9 +786,11 @@ def _batch(
     showers = rng.choice(data.n_showers, size=n_batch, replace=False)
     idx, owner = subsample_points(data.offsets, showers, points_per_shower, rng)
     x0 = torch.from_numpy(model.normalisation.forward(data.points[idx], rng))
+    theta = data.features["theta_deg"][showers] if model.config.directions else None
     values = model.conditions(
         torch.as_tensor(data.energies[showers], dtype=torch.float32),
         torch.as_tensor(data.counts[showers]),
+        None if theta is None else torch.as_tensor(theta),
     )
     return x0, Conditioning(values, torch.from_numpy(owner))
 
@@ -740,6 +832,9 @@ class CaloClouds2Trainer(scaffold.TrainerBase):
                 self.data_path, self.seed, self.data.n_showers, self.data.energies
             )
         )
+        if self.model.config.directions:
+            theta = self.data.features["theta_deg"]
+            info["theta_range_deg"] = [float(theta.min()), float(theta.max())]
         save_model(
             out,
             model_type=MODEL_NAME,
@@ -809,13 +904,16 @@ def fit_corrections(out: Path, data: Any, seed: int, n_showers: int) -> dict[str
 def _trainer(
     cfg: CaloClouds2Config, data: Any, seed: int, stored: dict[str, Any] | None
 ) -> CaloClouds2Trainer:
-    if stored is not None:
-        normalisation = Normalisation.from_dict(stored["normalisation"])
-    else:
-        normalisation = Normalisation.fit(data, core_radius_mm=cfg.core_radius_mm)
-    train_data = load_training_data(data, cfg.max_showers)
-    model = build_model(cfg, train_data, normalisation, seed)
-    return CaloClouds2Trainer(model, train_data, seed, str(data))
+    return point_trainer(
+        CaloClouds2Trainer,
+        build_model,
+        cfg,
+        data,
+        seed,
+        stored,
+        core_radius_mm=cfg.core_radius_mm,
+        straighten=cfg.directions,
+    )
 
 
 def train_cm(**kwargs: Any) -> dict[str, Any]:
@@ -851,12 +949,14 @@ class CaloClouds2DistillTrainer(scaffold.TrainerBase):
         teacher_dir: str,
         data_path: str,
         energy_range_gev: tuple[float, float],
+        theta_range_deg: Sequence[float] | None = None,
     ) -> None:
         super().__init__(teacher.eval(), data, seed, data_path)
         self.teacher_model = teacher
         self.config = config
         self.teacher_dir = teacher_dir
         self.energy_range_gev = energy_range_gev
+        self.theta_range_deg = theta_range_deg
         tcfg = teacher.config
         self.student_net = copy.deepcopy(teacher.net).requires_grad_(True).train()
         self.target_net = copy.deepcopy(teacher.net)
@@ -910,6 +1010,8 @@ class CaloClouds2DistillTrainer(scaffold.TrainerBase):
                 "energy_range_gev": list(self.energy_range_gev),
             }
         )
+        if self.theta_range_deg is not None:
+            info["theta_range_deg"] = list(self.theta_range_deg)
         save_model(
             out,
             model_type=CM_NAME,
@@ -966,7 +1068,9 @@ def distill(
         teacher_model = load_model(teacher_dir, info)
         for p in teacher_model.parameters():
             p.requires_grad_(False)
-        train_data = load_training_data(data, cfg.max_showers)
+        train_data = load_training_data(
+            data, cfg.max_showers, straighten=teacher_model.config.directions
+        )
         torch.manual_seed(seed)
         return CaloClouds2DistillTrainer(
             teacher_model,
@@ -974,8 +1078,9 @@ def distill(
             train_data,
             seed,
             teacher_dir=str(teacher_dir),
-            data_path=str(data),
+            data_path=scaffold.data_label(data),
             energy_range_gev=scaffold.energy_range(info),
+            theta_range_deg=info.get("theta_range_deg"),
         )
 
     return scaffold.train_model(
@@ -1023,8 +1128,11 @@ def load_generator(
 ) -> CaloClouds2Generator:
     """Registry hook: the generator of a CaloClouds II (or CM) model folder."""
     info = read_model_info(model_dir) if info is None else info
+    lo, hi = info.get("theta_range_deg", (0.0, 0.0))
     return CaloClouds2Generator(
-        load_model(model_dir, info), energy_range_gev=scaffold.energy_range(info)
+        load_model(model_dir, info),
+        energy_range_gev=scaffold.energy_range(info),
+        theta_range_deg=(float(lo), float(hi)),
     )
 
 
@@ -1056,29 +1164,35 @@ def fit_occupancy(
 
     if refine_iterations < 0:
         raise UsageError(f"refine_iterations must be >= 0, got {refine_iterations}")
-    calorimeter, real, n_data, occ_data, energies = scaffold.occupancy_reference(
-        data, n_showers, geometry
-    )
+    ref = scaffold.occupancy_reference(data, n_showers, geometry)
+    calorimeter, n_data, occ_data, energies = ref.calorimeter, ref.n_points, ref.hits, ref.energies
     model_dir = Path(model_dir)
     info = read_model_info(model_dir)
     model = load_model(model_dir, info)
     torch_seed = int(np.random.default_rng(seed).integers(0, 2**62))
+    # an angle-aware model generates at the data's directions; its radial map works in the
+    # axis frame, so both sides are straightened for it
+    dirs = ref.directions if model.config.directions else None
+    theta, phi = angles_from_directions(dirs) if dirs is not None else (None, None)
+
+    def run(correction: OccupancyCorrection) -> PackedPoints:
+        model.occupancy = correction
+        gen = torch.Generator().manual_seed(torch_seed)
+        return model.generate(energies, gen, theta_deg=theta, phi_deg=phi)[0]
 
     def generate(correction: OccupancyCorrection) -> tuple[NDArray, NDArray]:
-        model.occupancy = correction
-        packed, _ = model.generate(energies, torch.Generator().manual_seed(torch_seed))
+        packed = run(correction)
         hits = project(unpack(packed, energies), calorimeter).hits_per_shower()
         return packed.counts.astype(np.float64), np.maximum(hits, 1).astype(np.float64)
 
-    real_packed = pack(real) if radial else None
+    real_points = straighten_points(ref.packed.points, ref.packed.counts, dirs)
 
     def fit_radial(correction: OccupancyCorrection) -> None:
-        model.radial, model.occupancy = None, correction
-        packed, _ = model.generate(energies, torch.Generator().manual_seed(torch_seed))
-        assert real_packed is not None
+        model.radial = None
+        packed = run(correction)
         model.radial = RadialCorrection.fit(
-            (real_packed.points, real_packed.shower, energies),
-            (packed.points, packed.shower, energies),
+            (real_points, ref.packed.shower, energies),
+            (straighten_points(packed.points, packed.counts, dirs), packed.shower, energies),
         )
 
     model.radial = None
@@ -1110,25 +1224,21 @@ def fit_occupancy(
     n_k, occ_k = generate(corr)
     history.append({"mean_hits": float(occ_k.mean()), "mean_points": float(n_k.mean())})
     model.occupancy = OccupancyCorrection.identity()
-    info["occupancy"] = corr.to_dict()
     info.pop("radial_correction", None)
     if model.radial is not None:
         info["radial_correction"] = model.radial.to_dict()
-    corr.save(model_dir / "occupancy.json")
-    write_json(model_dir / MODEL_JSON, info)
-    return {
-        "model": str(model_dir),
-        "showers": len(energies),
-        "mean_hits_data": float(occ_data.mean()),
-        "mean_hits_target": float(target.mean()),
-        "mean_hits_generated_uncorrected": float(occ_gen.mean()),
-        "mean_hits_generated_corrected": history[-1]["mean_hits"],
-        "refinement": history,
-        "mean_points_data": float(n_data.mean()),
-        "mean_points_generated": float(n_gen.mean()),
-        "factor_at_mean_points": float(corr.factor([n_data.mean()])[0]),
-        "radial_correction": model.radial is not None,
-    }
+    return scaffold.save_occupancy(
+        model_dir,
+        info,
+        corr,
+        ref,
+        n_gen,
+        occ_gen,
+        mean_hits_target=float(target.mean()),
+        mean_hits_generated_corrected=history[-1]["mean_hits"],
+        refinement=history,
+        radial_correction=model.radial is not None,
+    )
 
 
 __all__ = [

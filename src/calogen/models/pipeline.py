@@ -52,7 +52,9 @@ def pipeline_configs(
     distill: {...}}`` whose two sections override the ``base`` preset of each."""
     presets = cc2.PRESETS
     if isinstance(config, str) and config in presets:
-        return cc2.get_config(config), cc2.get_distill_config(config)
+        # a teacher preset's variants (e.g. 'small-angles') distil with their base's preset
+        distill = config if config in cc2.DISTILL_PRESETS else config.split("-")[0]
+        return cc2.get_config(config), cc2.get_distill_config(distill)
     spec = dict(config) if isinstance(config, dict) else read_config_file(config, presets)
     unknown = sorted(set(spec) - {"base", "teacher", "distill"})
     if unknown:
@@ -72,7 +74,7 @@ def pipeline_configs(
 
 def _settings(
     config: str | dict[str, Any],
-    data: str | os.PathLike[str],
+    data: Any,
     seed: int,
     iterations: int | None,
     n_showers: int | None,
@@ -87,7 +89,7 @@ def _settings(
     if iterations is not None:
         teacher.shower_flow_iterations = min(teacher.shower_flow_iterations, int(iterations))
     return {
-        "data": str(data),
+        "data": scaffold.data_paths(data),
         "seed": int(seed),
         "corrections": bool(corrections),
         "teacher_config": teacher.to_dict(),
@@ -96,9 +98,10 @@ def _settings(
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    """Names of the settings in which ``a`` and ``b`` differ (the data by resolved path)."""
+    """Names of the settings in which ``a`` and ``b`` differ (the data by resolved paths)."""
     differ = [k for k in a if k != "data" and a[k] != b.get(k)]
-    if Path(a["data"]).resolve() != Path(b["data"]).resolve():
+    paths = [[Path(p).resolve() for p in scaffold.data_paths(s["data"])] for s in (a, b)]
+    if paths[0] != paths[1]:
         differ.insert(0, "data")
     return differ
 
@@ -110,7 +113,7 @@ def _has_checkpoint(folder: Path) -> bool:
 def train(
     *,
     config: str | dict[str, Any] = "small",
-    data: str | os.PathLike[str],
+    data: Any,
     out: str | os.PathLike[str],
     resume: bool = False,
     seed: int = 0,
@@ -119,7 +122,8 @@ def train(
     corrections: bool = True,
     n_showers: int | None = None,
 ) -> dict[str, Any]:
-    """Teacher, distillation and corrections from ``data`` into ``out`` (module docstring).
+    """Teacher, distillation and corrections from ``data`` (one shower file or several,
+    concatenated) into ``out`` (module docstring).
 
     Args:
         config: preset name or file (:func:`pipeline_configs`).
@@ -137,10 +141,11 @@ def train(
     state_path = out / PIPELINE_JSON
     wanted = _settings(config, data, seed, iterations, n_showers, corrections)
     check_run_folder(out)
-    with ShowerFile(data) as f:  # before anything is written: a readable file of showers
-        f.check_columns()
-        if len(f) < 4:
-            raise UsageError(f"{data}: {len(f)} showers; training needs at least 4")
+    for path in wanted["data"]:  # before anything is written: readable files of showers
+        with ShowerFile(path) as f:
+            f.check_columns()
+            if len(f) < 4:
+                raise UsageError(f"{path}: {len(f)} showers; training needs at least 4")
     if state_path.is_file():
         state = read_json(state_path)
         if not isinstance(state, dict) or "settings" not in state:
@@ -166,7 +171,8 @@ def train(
             write_json(state_path, state)
     settings = state["settings"]
     done: dict[str, Any] = state.setdefault("done", {})
-    data_path = settings["data"]
+    files = scaffold.data_paths(settings["data"])
+    data_path: Any = files[0] if len(files) == 1 else files
     run_seed = int(settings["seed"])
     teacher_dir = out / TEACHER_DIR
 
@@ -209,9 +215,8 @@ def train(
             desc=f"2/{len(STAGES)} distillation",
         )
         mark("distillation", summary)
-    n_train = int(done["distillation"]["training_showers"])
-    n_fit = min(scaffold.CORRECTION_SHOWERS, n_train)
-    what = f"radial map and occupancy on {n_fit} training showers"
+    n_fit = scaffold.correction_showers(dcfg, int(done["distillation"]["training_showers"]))
+    what = f"radial map and occupancy on the first {n_fit} training showers of each file"
     announce(3, "corrections", what if settings["corrections"] else "off (--no-corrections)")
     if "corrections" not in done:
         if settings["corrections"] and is_main_process():

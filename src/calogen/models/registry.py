@@ -89,6 +89,10 @@ MODELS: dict[str, ModelEntry] = {
 }
 
 
+#: Models whose training takes several --data files.
+MULTI_FILE_MODELS = ("caloclouds", "caloclouds2", "caloclouds2-cm")
+
+
 def get_entry(name: str) -> ModelEntry:
     try:
         return MODELS[name]
@@ -102,7 +106,7 @@ def train_model(
     name: str,
     *,
     config: str,
-    data: str | os.PathLike[str],
+    data: str | os.PathLike[str] | list[str],
     out: str | os.PathLike[str],
     resume: bool = False,
     seed: int = 0,
@@ -114,12 +118,15 @@ def train_model(
 ) -> dict[str, Any]:
     """Train model ``name``; returns the model's summary dict (iterations, losses, time).
 
+    ``data``: one shower file, or several (concatenated) for the point-cloud models.
     ``corrections``: models with post-training corrections (the CaloClouds family) fit them
     on the training showers at the end; ``n_showers``: train on the first N showers only.
     """
     from calogen.models.training import check_run_folder, set_threads
 
     entry = get_entry(name)
+    if not isinstance(data, (str, os.PathLike)) and name not in MULTI_FILE_MODELS:
+        raise UsageError(f"--data: '{name}' trains on one file, got {len(data)}")
     set_threads(threads)
     check_run_folder(out)
     if resume:
@@ -218,7 +225,7 @@ def _with_model_errors(
 
 def fit_occupancy(
     model_dir: str | os.PathLike[str],
-    data: str | os.PathLike[str],
+    data: str | os.PathLike[str] | list[str],
     *,
     n_showers: int = 1000,
     seed: int = 0,
@@ -236,10 +243,13 @@ def fit_occupancy(
     entry = _model_entry(model_dir, info)
     if entry.fit_occupancy is None:
         raise UsageError(f"model '{info['calogen_model']}' has no occupancy correction")
-    with ShowerFile(data) as f:  # before any work: the fit needs a few showers
-        if len(f) < 4:
-            raise UsageError(f"{data}: {len(f)} showers; the occupancy fit needs at least 4")
-        f.check_columns()
+    from calogen.models.scaffold import data_paths
+
+    for path in data_paths(data):  # before any work: the fit needs a few showers
+        with ShowerFile(path) as f:
+            if len(f) < 4:
+                raise UsageError(f"{path}: {len(f)} showers; the occupancy fit needs at least 4")
+            f.check_columns()
     func = getattr(entry.import_module(), entry.fit_occupancy)
     kwargs: dict[str, Any] = {"n_showers": n_showers, "seed": seed, "geometry": geometry}
     if info["calogen_model"] in ("caloclouds2", "caloclouds2-cm"):

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -104,6 +104,29 @@ class ModelConfig:
 # ---------------------------------------------------------------------------------------------
 # training
 # ---------------------------------------------------------------------------------------------
+
+
+def data_paths(data: Any) -> list[str]:
+    """The training files of ``data``: one path or a sequence of paths (``--data A B``)."""
+    if isinstance(data, (str, os.PathLike)):
+        return [os.fspath(data)]
+    paths = [os.fspath(p) for p in data]
+    if not paths:
+        raise UsageError("--data: no training file given")
+    return paths
+
+
+def data_label(data: Any) -> str:
+    """The training files of ``data`` as one string (comma-separated), for messages and JSON."""
+    return ", ".join(data_paths(data))
+
+
+def correction_showers(config: Any, n_train: int) -> int:
+    """How many of the first showers of each training file the corrections are fitted on:
+    :data:`CORRECTION_SHOWERS`, at most the showers trained on (``max_showers`` per file,
+    ``n_train`` in all), so that they are all training showers."""
+    per_file = getattr(config, "max_showers", None)
+    return int(min(CORRECTION_SHOWERS, n_train, per_file or n_train))
 
 
 def stored_checkpoint(out: str | os.PathLike[str]) -> dict[str, Any]:
@@ -219,7 +242,7 @@ def train_model(
         finished = summary["iterations"] >= cfg.iterations  # type: ignore[attr-defined]
     if fit_corrections is not None and finished and is_main_process():
         if corrections:
-            n_fit = min(CORRECTION_SHOWERS, int(trainer.data.n_showers))  # type: ignore[attr-defined]
+            n_fit = correction_showers(cfg, int(trainer.data.n_showers))  # type: ignore[attr-defined]
             if progress:
                 print(
                     f"{name}: fitting the corrections on {n_fit} training showers "
@@ -308,6 +331,35 @@ class TrainerBase:
         }
 
 
+@dataclass
+class ShowerFlowTraining(ModelConfig):
+    """Config fields of a Shower Flow trained beside the point network
+    (:func:`shower_flow_step`): Adam with a cosine learning rate from ``shower_flow_lr_start``
+    to ``shower_flow_lr_end`` over ``shower_flow_iterations``, ``shower_flow_batch`` showers."""
+
+    shower_flow_lr_start: float = 1e-3
+    shower_flow_lr_end: float = 1e-5
+    shower_flow_iterations: int = 100_000
+    shower_flow_batch: int = 512
+
+
+def export_voxel_model(
+    model: nn.Module, out: str | os.PathLike[str], name: str, extra: dict[str, Any] | None = None
+) -> Path:
+    """Write the folder (``model.json`` + ``model.safetensors``) of a voxel model (its config
+    has a ``grid``)."""
+    from calogen.models.training import save_model
+
+    config = model.config  # type: ignore[attr-defined]
+    return save_model(
+        out,
+        model_type=name,
+        modules=model.generation_modules(),  # type: ignore[operator]
+        config=config.to_dict(),
+        extra={"grid": config.grid.to_dict(), **(extra or {})},
+    )
+
+
 def shower_flow_step(
     shower_flow: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -373,31 +425,123 @@ def load_folder(
     return model.eval()
 
 
+def load_config_model(
+    model_dir: str | os.PathLike[str],
+    info: dict[str, Any] | None,
+    name: str,
+    model_cls: Callable[[Any], M],
+    config_cls: type[ModelConfig],
+) -> M:
+    """:func:`load_folder` for a model built from its config alone (``model_cls(config)``)."""
+    article = "an" if name[0] in "aeiou" else "a"
+    return load_folder(
+        model_dir,
+        info,
+        (name,),
+        f"{article} {name} model",
+        lambda info: model_cls(config_cls.from_dict(info["config"])),
+    )
+
+
+def voxel_trainer(
+    trainer_cls: Callable[..., Trainer], build_model: Callable[[Any, Any, int], Any]
+) -> Callable[[Any, Any, int, dict[str, Any] | None], Trainer]:
+    """``make_trainer`` of :func:`train_model` for a voxel model: the showers of ``data``
+    voxelised on the config's grid (its first ``max_showers``), a model from
+    ``build_model(config, voxels, seed)`` and its ``trainer_cls``."""
+    from calogen.data.voxels import SparseVoxels
+
+    def make(config: Any, data: Any, seed: int, stored: dict[str, Any] | None) -> Trainer:
+        voxels = SparseVoxels.from_file(data, config.grid, config.max_showers)
+        return trainer_cls(build_model(config, voxels, seed), voxels, seed, str(data))
+
+    return make
+
+
 def energy_range(info: dict[str, Any]) -> tuple[float, float]:
     """Incident energies (GeV) of a model's training data, from its ``model.json``."""
     lo, hi = info.get("energy_range_gev", DEFAULT_ENERGY_RANGE_GEV)
     return float(lo), float(hi)
 
 
-def occupancy_reference(
-    data: str | os.PathLike[str], n_showers: int, geometry: str
-) -> tuple[Any, Any, NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-    """What an occupancy fit compares with: ``(calorimeter, showers, points [S], hits [S],
-    incident energies [S] GeV)`` of the first ``n_showers`` showers of ``data`` on the cells
-    of ``geometry`` (``"slab"`` or ``"ild"``)."""
+@dataclass
+class OccupancyReference:
+    """What an occupancy fit compares with (see :func:`occupancy_reference`)."""
+
+    calorimeter: Any
+    packed: Any  #: PackedPoints of the data showers (detector frame)
+    n_points: NDArray[np.float64]  #: [S] points per shower
+    hits: NDArray[np.float64]  #: [S] cells above threshold per shower
+    energies: NDArray[np.float64]  #: [S] incident energies, GeV
+    directions: NDArray[np.float64] | None  #: [S, 3] unit vectors (None: all normal)
+
+
+def occupancy_reference(data: Any, n_showers: int, geometry: str) -> OccupancyReference:
+    """The first ``n_showers`` showers of each file of ``data`` (one path or several) on the
+    cells of ``geometry`` (``"slab"`` or ``"ild"``): points, hits, energies, directions."""
     from calogen.data.io import ShowerFile
+    from calogen.data.packed import PackedPoints, pack
     from calogen.geometry import get_calorimeter, project
 
     try:
         calorimeter = get_calorimeter(geometry)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    with ShowerFile(data) as f:
-        real = f.read(0, min(n_showers, len(f)))
-    n_data = np.asarray(real._num_points, np.float64)
-    occ_data = project(real, calorimeter).hits_per_shower().astype(np.float64)
-    energies = real.energies.reshape(-1).astype(np.float64)
-    return calorimeter, real, n_data, occ_data, energies
+    parts, hits, energies, directions = [], [], [], []
+    for path in data_paths(data):
+        with ShowerFile(path) as f:
+            real = f.read(0, min(n_showers, len(f)))
+        parts.append(pack(real))
+        hits.append(project(real, calorimeter).hits_per_shower().astype(np.float64))
+        energies.append(real.energies.reshape(-1).astype(np.float64))
+        n = len(parts[-1].counts)
+        dirs = real.directions
+        directions.append(np.tile([0.0, 0.0, 1.0], (n, 1)) if dirs is None else dirs)
+    counts = np.concatenate([p.counts for p in parts])
+    packed = PackedPoints(
+        points=np.concatenate([p.points for p in parts]),
+        shower=np.repeat(np.arange(len(counts), dtype=np.int64), counts),
+        counts=counts,
+    )
+    dirs_all = np.concatenate(directions).astype(np.float64)
+    return OccupancyReference(
+        calorimeter=calorimeter,
+        packed=packed,
+        n_points=counts.astype(np.float64),
+        hits=np.concatenate(hits),
+        energies=np.concatenate(energies),
+        directions=None if np.all(dirs_all[:, 2] >= 1.0) else dirs_all,
+    )
+
+
+def save_occupancy(
+    model_dir: Path,
+    info: dict[str, Any],
+    correction: Any,
+    ref: OccupancyReference,
+    n_generated: NDArray[np.float64],
+    hits_generated: NDArray[np.float64],
+    **more: Any,
+) -> dict[str, Any]:
+    """Store a fitted occupancy correction in ``model_dir`` (``occupancy.json`` and the
+    ``occupancy`` entry of ``info``, written to ``model.json``) and return the fit's summary:
+    data and uncorrected generated showers (``n_generated``, ``hits_generated``), plus
+    ``more``."""
+    from calogen.models.training import write_json
+
+    info["occupancy"] = correction.to_dict()
+    correction.save(model_dir / "occupancy.json")
+    write_json(model_dir / MODEL_JSON, info)
+    return {
+        "model": str(model_dir),
+        "showers": len(ref.energies),
+        "mean_hits_data": float(ref.hits.mean()),
+        "mean_hits_generated_uncorrected": float(hits_generated.mean()),
+        "mean_points_data": float(ref.n_points.mean()),
+        "mean_points_generated": float(n_generated.mean()),
+        "factor_at_mean_points": float(correction.factor([ref.n_points.mean()])[0]),
+        **more,
+    }
 
 
 class GeneratorBase:
@@ -443,14 +587,23 @@ __all__ = [
     "FitCorrections",
     "GeneratorBase",
     "ModelConfig",
+    "OccupancyReference",
+    "ShowerFlowTraining",
     "TrainerBase",
+    "correction_showers",
+    "data_label",
+    "data_paths",
     "energy_range",
+    "export_voxel_model",
+    "load_config_model",
     "load_folder",
     "occupancy_reference",
     "run_model_training",
+    "save_occupancy",
     "shower_flow_step",
     "stored_checkpoint",
     "train_model",
     "training_config",
     "training_info",
+    "voxel_trainer",
 ]

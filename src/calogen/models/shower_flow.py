@@ -91,6 +91,9 @@ FEATURE_SETS: dict[str, tuple[str, ...]] = {
 #: Moliere radius of the SiW calorimeter, 90 % of the visible energy of Geant4 photons.
 CORE_COG_RADIUS_MM = 10.0
 
+#: The angle condition is ``theta / ANGLE_SCALE_DEG - 1``: [-1, 1] for 0-60 deg.
+ANGLE_SCALE_DEG = 30.0
+
 #: Energy unit inside ``log1p(e / unit)``: 1 MeV in GeV.
 _ENERGY_UNIT_GEV = 1e-3
 
@@ -170,6 +173,8 @@ class ShowerFlowConfig:
     hidden: Sequence[int] = field(default_factory=lambda: (128, 128))
     bins: int = 8
     seed: int = 0
+    #: also condition on the incident polar angle (feature ``theta_deg``, 0-60 deg)
+    angle: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -228,7 +233,7 @@ class ShowerFlow(nn.Module):
                 transforms.append(
                     zuko.flows.MaskedAutoregressiveTransform(
                         self.dim,
-                        1,
+                        2 if cfg.angle else 1,
                         passes=2,
                         order=order,
                         univariate=univariate,
@@ -292,18 +297,25 @@ class ShowerFlow(nn.Module):
         log_e = np.log(np.asarray(energies, np.float64).reshape(-1))
         self.cond_stats.copy_(torch.tensor([log_e.mean(), max(log_e.std(), 1e-6)]))
 
-    def condition(self, energies: NDArray | Tensor) -> Tensor:
-        """Network condition ``[N, 1]`` from incident energies in GeV."""
+    def condition(self, energies: NDArray | Tensor, theta_deg: NDArray | None = None) -> Tensor:
+        """Network condition ``[N, 1]`` from incident energies in GeV; with ``angle`` ``[N, 2]``,
+        the second column ``theta / 30 deg - 1`` (``theta_deg`` ``None``: normal incidence)."""
         e = torch.as_tensor(np.asarray(energies, np.float64).reshape(-1, 1), dtype=torch.float32)
-        return (e.log() - self.cond_stats[0]) / self.cond_stats[1]
+        c = (e.log() - self.cond_stats[0]) / self.cond_stats[1]
+        if not self.config.angle:
+            return c
+        theta = np.zeros(c.shape[0]) if theta_deg is None else np.asarray(theta_deg, np.float64)
+        t = torch.as_tensor(theta.reshape(-1, 1) / ANGLE_SCALE_DEG - 1.0, dtype=torch.float32)
+        return torch.cat([c, t], 1)
 
     def preprocess(
         self, features: dict[str, Any], energies: NDArray, rng: np.random.Generator | None
     ) -> tuple[Tensor, Tensor]:
-        """``(x [N, dim], c [N, 1])`` network inputs; ``rng`` draws the dequantisation noise."""
+        """``(x [N, dim], c [N, 1 or 2])`` network inputs; ``rng`` draws the dequantisation
+        noise (with ``angle``, ``features["theta_deg"]`` is the polar angle of each shower)."""
         pre = self._transform(self._stack(features), rng)
         x = (torch.as_tensor(pre, dtype=torch.float32) - self.mean) / self.std
-        return x, self.condition(energies)
+        return x, self.condition(energies, features.get("theta_deg"))
 
     # -- likelihood and sampling -----------------------------------------------------------
     def nll(self, x: Tensor, c: Tensor) -> Tensor:
@@ -312,7 +324,10 @@ class ShowerFlow(nn.Module):
 
     @torch.no_grad()
     def sample(
-        self, energies: NDArray | Sequence[float], generator: torch.Generator | None = None
+        self,
+        energies: NDArray | Sequence[float],
+        generator: torch.Generator | None = None,
+        theta_deg: NDArray | None = None,
     ) -> dict[str, NDArray]:
         """Draw features for incident energies (GeV).
 
@@ -321,7 +336,7 @@ class ShowerFlow(nn.Module):
         of ``n_per_layer``; for ``"caloclouds2"`` the flow's own prediction, see
         ``n_points_sum`` for the sum over layers).
         """
-        c = self.condition(np.asarray(energies))
+        c = self.condition(np.asarray(energies), theta_deg)
         z = torch.randn((c.shape[0], self.dim), generator=generator)
         x = self.inverse(c, z)
         pre = (x * self.std + self.mean).double().numpy()
@@ -397,6 +412,7 @@ class ShowerFlow(nn.Module):
         raw = self._stack(features)
         energies = np.asarray(energies, np.float64).reshape(-1)
         rng = np.random.default_rng(seed)
+        names = (*self.names, *(("theta_deg",) if self.config.angle else ()))
         opt = torch.optim.Adam(self.flow.parameters(), lr=lr)
         losses = []
         iterator = range(iterations)
@@ -406,7 +422,7 @@ class ShowerFlow(nn.Module):
             iterator = tqdm(iterator, desc="shower flow")
         for it in iterator:
             idx = rng.integers(0, raw.shape[0], size=min(batch_size, raw.shape[0]))
-            x, c = self.preprocess(_subset(features, self.names, idx), energies[idx], rng)
+            x, c = self.preprocess(_subset(features, names, idx), energies[idx], rng)
             for group in opt.param_groups:
                 group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * it / max(iterations, 1)))
             loss = self.nll(x, c)
