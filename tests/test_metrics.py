@@ -10,6 +10,7 @@ from calogen.evaluation.metrics import (
     W1_AXIS_ROWS,
     W1_EXTRA_ROWS,
     W1_ROWS,
+    W1Result,
     classifier_test,
     combine_scores,
     feature_ranking,
@@ -54,9 +55,13 @@ def test_w1_batch_size_caps_batches() -> None:
 
 def test_combine_scores() -> None:
     a = wasserstein_batched(np.arange(10.0), np.arange(10.0) + 1, n_batches=2)
-    c = combine_scores([a, a])
-    assert c.mean == pytest.approx(a.mean)
-    assert c.std == pytest.approx(np.sqrt(2) * a.std)
+    c = combine_scores([a, a])  # two identical bins: the row is that bin
+    assert c.mean == pytest.approx(a.mean) and c.std == pytest.approx(a.std)
+    # bins whose batch-to-batch changes cancel: the row's value does not move between batches
+    up = W1Result(2.0, 1.0, [1.0, 3.0], 5)
+    down = W1Result(2.0, 1.0, [3.0, 1.0], 5)
+    row = combine_scores([up, down])
+    assert row.mean == 2.0 and row.std == 0.0 and row.values == [2.0, 2.0]
 
 
 def test_roc_auc_rank_formula() -> None:

@@ -36,4 +36,4 @@ calogen simulate gflash --energy 10 90 --num 1000 --seed 11 -o "$RUNS/gflash_100
 calogen evaluate --reference "$RUNS/g4_test_split.h5" --reference-label "Geant4 (test split)" \
     --candidate "$RUNS/default_1000.h5" --label "default (CaloClouds II CM)" \
     --candidate "$RUNS/gflash_1000.h5" --label GFlash \
-    --out docs/default_model_evaluation --overwrite
+    -o docs/default_model_evaluation --overwrite

@@ -199,24 +199,28 @@ def _print_summary(metrics: dict, out: str) -> None:
 
     from calogen.evaluation.report import _table_rows
 
-    header, rows = _table_rows(metrics)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        first = f"{row[0]:<{widths[0]}}"
-        print(first + "".join(f"  {c:>{w}}" for c, w in zip(row[1:], widths[1:], strict=True)))
+    _print_table(*_table_rows(metrics))
     _print_ranking(metrics)
     within = metrics.get("within_grid")
     if within:
         print(f"against {within['reference']['label']}:")
-        header, rows = _table_rows(within)
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        for row in [header, *rows]:
-            first = f"{row[0]:<{widths[0]}}"
-            print(first + "".join(f"  {c:>{w}}" for c, w in zip(row[1:], widths[1:], strict=True)))
+        _print_table(*_table_rows(within))
         _print_ranking(within, " on the grid")
     for warning in metrics.get("warnings", []):
         print(f"calogen: warning: {warning}", file=sys.stderr)
     print(f"report: {Path(out) / 'report.html'}")
+
+
+def _print_table(header: list[str], rows: list[list[str]]) -> None:
+    """A table on stdout: the metric and 'better' columns left-aligned, numbers right-aligned."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print(
+            "  ".join(
+                f"{c:<{w}}" if i < 2 else f"{c:>{w}}"
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
 
 
 def _print_ranking(metrics: dict, where: str = "") -> None:

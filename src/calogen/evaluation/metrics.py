@@ -6,8 +6,9 @@
   (arXiv:2309.05704).
 * :func:`w1_table` — the CaloClouds II table: occupancy, sampling fraction, cell energy,
   longitudinal (10 bins), radial (10 bins), CoG x, y, z. The binned rows are the mean of the
-  10 per-bin W1 values with the per-bin batch standard deviations added in quadrature
-  (``sqrt(sum std_k^2)``), as the CaloClouds II code combines them. The cell-energy row
+  10 per-bin W1 values; their spread is that of the per-batch mean over the bins (the
+  CaloClouds II code adds the per-bin stds in quadrature, which overstates it about
+  sqrt(10)-fold; see :func:`combine_scores`). The cell-energy row
   standardises the LINEAR cell energies (MeV) with the reference mean and std of all cells,
   as the paper does; because that W1 is dominated by the few high-energy core cells, the
   table also carries an extra row ``cell energy (log10)`` computed on log10(E_cell / MeV).
@@ -151,13 +152,18 @@ def wasserstein_batched(
 
 
 def combine_scores(results: Sequence[W1Result]) -> W1Result:
-    """Combine per-bin W1 results: mean of the means, stds added in quadrature (CaloClouds II)."""
-    means = np.array([r.mean for r in results])
-    stds = np.array([r.std for r in results])
+    """Combine per-bin W1 results into one row: in each batch the mean over the bins, then the
+    mean and std of that over the batches (all bins share the batches of showers).
+
+    The CaloClouds II code adds the per-bin stds in quadrature instead; that is the spread of
+    the sum of the bins, about sqrt(10) times the spread of their mean, and makes the row's
+    error larger than its value. The mean is the same either way.
+    """
+    per_batch = np.array([r.values for r in results], dtype=np.float64).mean(axis=0)
     return W1Result(
-        float(means.mean()),
-        float(np.sqrt(np.sum(stds**2))),
-        [float(v) for v in means],
+        float(per_batch.mean()),
+        float(per_batch.std()),
+        [float(v) for v in per_batch],
         int(results[0].batch_size) if results else 0,
     )
 

@@ -45,8 +45,10 @@ import matplotlib.pyplot as plt
 import mplhep
 import numpy as np
 from matplotlib.collections import PatchCollection
-from matplotlib.colors import LogNorm
-from matplotlib.patches import Rectangle
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import MaxNLocator
 from numpy.typing import NDArray
 
 from calogen.evaluation import angles as A
@@ -60,6 +62,12 @@ FORMATS = ("png", "pdf")
 FIXED_ENERGIES_GEV = (10.0, 50.0, 90.0)
 #: Energy windows used instead when the reference has a continuous energy spectrum.
 ENERGY_WINDOWS_GEV = ((10.0, 20.0), (45.0, 55.0), (80.0, 90.0))
+#: Fewest showers of every sample in every energy selection for a ratio panel under the
+#: visible-energy and hits histograms (with fewer the ratio is noise).
+MIN_RATIO_SHOWERS = 500
+#: Colours of the energy selections and line styles of the samples in that figure.
+SELECTION_COLORS = ("tab:blue", "tab:green", "tab:red", "tab:purple", "tab:brown")
+LINE_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 1)))
 
 
 #: mplhep's neutral ROOT style with font sizes suited to multi-panel figures.
@@ -127,7 +135,9 @@ def _draw(
     ratio_range: tuple[float, float] = (0.5, 1.5),
     legend: bool = True,
 ) -> None:
-    """Reference (index 0, filled) and candidates (lines) plus the ratio panel."""
+    """Reference (index 0, filled) and candidates (lines) plus the ratio panel "model /
+    reference" (arrows at the panel's edge for ratios off its scale); the legend outside the
+    axes, to the right."""
     ref, ref_err = np.asarray(values[0], float), np.asarray(errors[0], float)
     ax.stairs(ref, edges, fill=True, color=REFERENCE_COLOR, alpha=0.55, label=labels[0])
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -145,11 +155,60 @@ def _draw(
             rax.stairs(
                 ratio + ratio_err, edges, baseline=ratio - ratio_err, fill=True, color=c, alpha=0.2
             )
+            _off_scale_arrows(rax, edges, ratio, ratio_range, c)
     rax.axhline(1.0, color="k", lw=0.8, ls="--")
     rax.set_ylim(*ratio_range)
-    rax.set_ylabel("ratio", fontsize=14)
+    rax.set_ylabel(ratio_label(labels[0]), fontsize=13)
     if legend:
-        ax.legend(fontsize=12, frameon=False)
+        outside_legend(ax)
+
+
+def ratio_label(reference_label: str) -> str:
+    """Label of a ratio panel: ``model / Geant4`` (the reference's name without remarks in
+    parentheses)."""
+    name = reference_label.split(" (")[0].strip() or "reference"
+    return f"model / {name if len(name) <= 12 else 'reference'}"
+
+
+def _off_scale_arrows(
+    rax: plt.Axes,
+    edges: NDArray[np.floating],
+    ratio: NDArray[np.floating],
+    ratio_range: tuple[float, float],
+    c: str,
+) -> None:
+    """Triangles at the top (bottom) edge of a ratio panel for bins whose ratio lies above
+    (below) the panel's range, so that no curve leaves the panel unnoticed."""
+    lo, hi = ratio_range
+    centres = 0.5 * (np.asarray(edges[:-1], float) + np.asarray(edges[1:], float))
+    if rax.get_xscale() == "log" or (edges[0] > 0 and edges[-1] / max(edges[0], 1e-300) > 100):
+        centres = np.sqrt(np.asarray(edges[:-1], float) * np.asarray(edges[1:], float))
+    pad = 0.06 * (hi - lo)
+    with np.errstate(invalid="ignore"):
+        above = np.isfinite(ratio) & (ratio > hi)
+        below = np.isfinite(ratio) & (ratio < lo)
+    kw = {"color": c, "ms": 6, "ls": "none", "clip_on": False, "zorder": 5}
+    if above.any():
+        rax.plot(centres[above], np.full(above.sum(), hi - pad), marker="^", **kw)
+    if below.any():
+        rax.plot(centres[below], np.full(below.sum(), lo + pad), marker="v", **kw)
+
+
+def outside_legend(ax: plt.Axes, extra: Sequence[object] = ()) -> None:
+    """The axes' legend to the right of it, outside the plotted fills; ``extra``: more
+    handles (with their own labels)."""
+    handles, labels = ax.get_legend_handles_labels()
+    handles = [*handles, *extra]
+    labels = [*labels, *(h.get_label() for h in extra)]  # type: ignore[attr-defined]
+    ax.legend(
+        handles,
+        labels,
+        fontsize=12,
+        frameon=False,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        borderaxespad=0.0,
+    )
 
 
 def _hist(
@@ -209,14 +268,9 @@ def plot_cell_energy(
         rax.axvspan(1e-6, threshold_mev, color="0.85", zorder=0)
         ax.set_ylabel("cells per shower")
         rax.set_xlabel("cell energy [MeV]")
-        ax.text(
-            0.03,
-            0.04,
-            f"< {threshold_mev:g} MeV (half a MIP)",
-            transform=ax.transAxes,
-            fontsize=11,
-            color="0.35",
-        )
+        mip = " (half a MIP)" if threshold_mev == THRESHOLD_MEV else ""
+        below = Patch(color="0.85", label=f"below threshold:\n< {threshold_mev:g} MeV{mip}")
+        outside_legend(ax, [below])
         return save_figure(fig, out_dir, "cell_energy")
 
 
@@ -275,7 +329,8 @@ def plot_cog(samples: Sequence[SampleObservables], out_dir: str | os.PathLike[st
         fig, axes = _ratio_axes(ncols=3, width=6.0)
         for col, (name, xlabel) in enumerate(columns):
             data = [getattr(s.features, name) for s in samples]
-            edges = _edges(data)
+            fewest = min(np.isfinite(np.asarray(d, float)).sum() for d in data)
+            edges = _edges(data, bins=int(np.clip(np.sqrt(fewest), 10, 50)))  # ~sqrt(N) bins
             hists = [_hist(d, edges) for d in data]
             _draw(
                 axes[0, col],
@@ -284,7 +339,7 @@ def plot_cog(samples: Sequence[SampleObservables], out_dir: str | os.PathLike[st
                 [h for h, _ in hists],
                 [e for _, e in hists],
                 _labels(samples),
-                legend=col == 0,
+                legend=col == len(columns) - 1,
             )
             axes[0, col].set_ylabel("normalised")
             axes[1, col].set_xlabel(xlabel)
@@ -321,17 +376,35 @@ def _select(features: ShowerFeatures, lo: float, hi: float) -> ShowerFeatures:
 def plot_energy_and_hits(
     samples: Sequence[SampleObservables], out_dir: str | os.PathLike[str]
 ) -> list[Path]:
-    """Visible energy (MeV) and number of hits in the incident-energy selections."""
+    """Visible energy (MeV) and number of hits in the incident-energy selections.
+
+    One colour per energy selection, one line style per sample (the reference filled). A
+    ratio panel (model / reference, per selection) only when every sample has at least
+    :data:`MIN_RATIO_SHOWERS` showers in every selection; the binning is coarser for fewer.
+    """
     selections = energy_selections(samples[0].features.incident_energy_gev)
     quantities = [("visible_energy_mev", "visible energy [MeV]"), ("n_hits", "number of hits")]
+    per_quantity = {
+        name: [
+            [np.asarray(getattr(_select(s.features, lo, hi), name), float) for s in samples]
+            for _, lo, hi in selections
+        ]
+        for name, _ in quantities
+    }
+    counts_min = min(
+        (len(v) for sel in per_quantity["n_hits"] for v in sel), default=0
+    )  # fewest showers of any sample in any selection
+    with_ratio = counts_min >= MIN_RATIO_SHOWERS
+    n_bins = int(np.clip(4 * np.sqrt(max(counts_min, 1)), 30, 90))
     with _style():
-        fig, axes = _ratio_axes(ncols=2, width=7.5)
+        if with_ratio:
+            fig, axes = _ratio_axes(ncols=2, width=7.5)
+        else:
+            fig, top = plt.subplots(1, 2, figsize=(15.0, 5.0), squeeze=False)
+            axes = np.array([top[0], [None, None]], dtype=object)
         for col, (name, xlabel) in enumerate(quantities):
             ax, rax = axes[0, col], axes[1, col]
-            per_sel = [
-                [np.asarray(getattr(_select(s.features, lo, hi), name), float) for s in samples]
-                for _, lo, hi in selections
-            ]
+            per_sel = per_quantity[name]
             ref_all = np.concatenate([p[0] for p in per_sel]) if per_sel else np.zeros(0)
             if ref_all.size == 0:
                 ax.text(
@@ -344,40 +417,62 @@ def plot_energy_and_hits(
                 continue
             lo_q, hi_q = np.quantile(ref_all, [0.0, 1.0])
             span = max(hi_q - lo_q, 1.0)
-            edges = np.linspace(max(lo_q - 0.15 * span, 0.0), hi_q + 0.15 * span, 90)
-            n_samples = len(samples)
-            totals = [np.zeros(len(edges) - 1) for _ in range(n_samples)]
-            errs2 = [np.zeros(len(edges) - 1) for _ in range(n_samples)]
-            for (label, _, _), data in zip(selections, per_sel, strict=True):
+            edges = np.linspace(max(lo_q - 0.1 * span, 0.0), hi_q + 0.1 * span, n_bins + 1)
+            for j, data in enumerate(per_sel):
+                c = SELECTION_COLORS[j % len(SELECTION_COLORS)]
+                hists = []
                 for k, values in enumerate(data):
                     counts, _ = np.histogram(values, bins=edges)
                     norm = max(counts.sum(), 1)
-                    totals[k] += counts / norm
-                    errs2[k] += counts / norm**2
-                if data[0].size:
-                    peak = float(np.median(data[0]))
-                    ax.annotate(
-                        label,
-                        (peak, 1.0),
-                        xytext=(0, -6),
-                        textcoords="offset points",
-                        ha="center",
-                        va="top",
-                        fontsize=11,
-                        color="0.3",
-                        xycoords=("data", "axes fraction"),
-                    )
-            _draw(
-                ax,
-                rax,
-                edges,
-                totals,
-                [np.sqrt(e) for e in errs2],
-                _labels(samples),
-                legend=col == 0,
-            )
+                    hists.append((counts / norm, np.sqrt(counts) / norm))
+                    if k == 0:
+                        ax.stairs(counts / norm, edges, fill=True, color=c, alpha=0.3)
+                    else:
+                        ls = LINE_STYLES[(k - 1) % len(LINE_STYLES)]
+                        ax.stairs(counts / norm, edges, color=c, lw=1.6, ls=ls)
+                if rax is not None:
+                    ref, ref_err = hists[0]
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        rel = np.where(ref > 0, ref_err / ref, np.nan)
+                        rax.stairs(1 + rel, edges, baseline=1 - rel, fill=True, color=c, alpha=0.2)
+                        for k, (val, _) in enumerate(hists[1:]):
+                            ratio = np.where(ref > 0, val / ref, np.nan)
+                            ls = LINE_STYLES[k % len(LINE_STYLES)]
+                            rax.stairs(ratio, edges, color=c, lw=1.3, ls=ls)
+                            _off_scale_arrows(rax, edges, ratio, (0.5, 1.5), c)
             ax.set_ylabel("fraction of showers (per selection)")
-            rax.set_xlabel(xlabel)
+            ax.set_ylim(bottom=0)
+            if rax is not None:
+                rax.axhline(1.0, color="k", lw=0.8, ls="--")
+                rax.set_ylim(0.5, 1.5)
+                rax.set_ylabel(ratio_label(samples[0].label), fontsize=13)
+                rax.set_xlabel(xlabel)
+            else:
+                ax.set_xlabel(xlabel)
+        handles: list[object] = [
+            Patch(color=SELECTION_COLORS[j % len(SELECTION_COLORS)], alpha=0.5, label=label)
+            for j, (label, _, _) in enumerate(selections)
+        ]
+        handles.append(Patch(color="0.6", alpha=0.3, label=f"{samples[0].label} (filled)"))
+        handles += [
+            Line2D([], [], color="0.2", lw=1.6, ls=LINE_STYLES[k % len(LINE_STYLES)], label=s.label)
+            for k, s in enumerate(samples[1:])
+        ]
+        axes[0, -1].legend(
+            handles=handles,
+            fontsize=12,
+            frameon=False,
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1.0),
+            borderaxespad=0.0,
+        )
+        if not with_ratio:
+            axes[0, 0].set_title(
+                f"no ratio panel: {counts_min} showers in the smallest selection "
+                f"(< {MIN_RATIO_SHOWERS})",
+                fontsize=12,
+                loc="left",
+            )
         fig.subplots_adjust(wspace=0.25)
         return save_figure(fig, out_dir, "visible_energy_hits")
 
@@ -390,46 +485,81 @@ def plot_energy_and_hits(
 def plot_event_display(
     samples: Sequence[SampleObservables], out_dir: str | os.PathLike[str]
 ) -> list[Path]:
-    """3-D display of one shower per sample: points (x, layer, y), colour = log10 energy."""
+    """3-D display of one shower per sample: points (x, layer, y), colour = log10 energy.
+
+    All panels share the axes (x, y within the window that holds 99 % of the reference
+    shower's energy, at least 40 mm) and one colour scale.
+    """
     n = len(samples)
+    shown = []
+    for sample in samples:
+        display = sample.display
+        if display is None:
+            shown.append(None)
+            continue
+        pts = display.points
+        if pts.shape[0]:
+            x, y, z, e = pts[:, 0], pts[:, 1], pts[:, 2], pts[:, 3] * 1000.0
+            what = "points"
+        else:  # no point cloud kept: show the cell hits
+            h = display.hits
+            x, y, z, e = h.x_mm, h.y_mm, h.layer.astype(float), h.energy_mev
+            what = "cells"
+        e = np.clip(np.asarray(e, float), 1e-4, None)
+        shown.append((np.asarray(x, float), np.asarray(y, float), np.asarray(z, float), e, what))
+    half = 40.0
+    ref = next((v for v in shown if v is not None), None)
+    if ref is not None and ref[3].size:
+        r = np.maximum(np.abs(ref[0]), np.abs(ref[1]))
+        order = np.argsort(r)
+        cum = np.cumsum(ref[3][order]) / ref[3].sum()
+        half = max(half, float(r[order][min(np.searchsorted(cum, 0.99), r.size - 1)]))
+        half = float(np.ceil(half / 10.0) * 10.0)
+    log_e = [np.log10(v[3]) for v in shown if v is not None and v[3].size]
+    all_log = np.concatenate(log_e) if log_e else np.zeros(1)
+    norm = Normalize(vmin=float(np.quantile(all_log, 0.01)), vmax=float(all_log.max()))
+    n_layers = max((int(v[2].max()) + 1 for v in shown if v is not None and v[2].size), default=30)
     with _style():
-        fig = plt.figure(figsize=(6.0 * n, 6.0))
+        fig = plt.figure(figsize=(5.6 * n + 1.2, 6.0))
+        axes = []
+        mappable = None
         for i, sample in enumerate(samples):
             ax = fig.add_subplot(1, n, i + 1, projection="3d")
-            display = sample.display
-            if display is None:
-                ax.set_title(f"{sample.label}: no shower", fontsize=13)
-                continue
-            pts = display.points
-            if pts.shape[0]:
-                x, y, z, e = pts[:, 0], pts[:, 1], pts[:, 2], pts[:, 3] * 1000.0
-                what = "points"
-            else:  # no point cloud kept: show the cell hits
-                h = display.hits
-                x, y, z, e = h.x_mm, h.y_mm, h.layer.astype(float), h.energy_mev
-                what = "cells"
-            e = np.clip(np.asarray(e, float), 1e-4, None)
-            scatter = ax.scatter(
-                x,
-                z,
-                y,
-                c=np.log10(e),
-                s=2 + 6 * (e / e.max()) ** 0.5,
-                cmap="viridis",
-                alpha=0.7,
-                linewidths=0,
-                rasterized=True,
-            )
+            axes.append(ax)
+            ax.set_xlim(-half, half)
+            ax.set_ylim(0, n_layers)
+            ax.set_zlim(-half, half)
+            for axis in (ax.xaxis, ax.zaxis):
+                axis.set_major_locator(MaxNLocator(4, symmetric=True))
+            ax.yaxis.set_major_locator(MaxNLocator(4, integer=True))
             ax.set_box_aspect((1.0, 1.8, 1.0))
             ax.set_xlabel("x [mm]", fontsize=11, labelpad=6)
             ax.set_ylabel("layer", fontsize=11, labelpad=6)
             ax.set_zlabel("y [mm]", fontsize=11, labelpad=6)
             ax.tick_params(labelsize=9)
-            ax.set_title(
-                f"{sample.label}: {display.incident_energy_gev:.1f} GeV, {len(x)} {what}",
-                fontsize=13,
+            if shown[i] is None:
+                ax.set_title(f"{sample.label}: no shower", fontsize=13)
+                continue
+            x, y, z, e, what = shown[i]
+            inside = (np.abs(x) <= half) & (np.abs(y) <= half)
+            mappable = ax.scatter(
+                x[inside],
+                z[inside],
+                y[inside],
+                c=np.log10(e[inside]),
+                s=2 + 6 * (e[inside] / e.max()) ** 0.5,
+                cmap="viridis",
+                norm=norm,
+                alpha=0.7,
+                linewidths=0,
+                rasterized=True,
             )
-            bar = fig.colorbar(scatter, ax=ax, shrink=0.55, pad=0.12)
+            outside = int((~inside).sum())
+            note = f" ({outside} outside)" if outside else ""
+            energy = sample.display.incident_energy_gev if sample.display is not None else 0.0
+            ax.set_title(f"{sample.label}\n{energy:.1f} GeV, {len(x)} {what}{note}", fontsize=12)
+        if mappable is not None:
+            bar = fig.colorbar(mappable, ax=axes, shrink=0.55, pad=0.04)
             bar.set_label("log10(E / MeV)", fontsize=12)
         return save_figure(fig, out_dir, "event_display")
 
@@ -630,7 +760,7 @@ def plot_angle_response(
             if medians:
                 ax.annotate(
                     group[0],
-                    (medians[0], 1.0),
+                    (max(medians[0], 0.03 * top), 1.0),
                     xytext=(0, -6),
                     textcoords="offset points",
                     ha="center",

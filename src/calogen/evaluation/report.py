@@ -24,7 +24,6 @@ import html
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -50,7 +49,8 @@ from calogen.evaluation.observables import (
     radial_bin_labels,
 )
 from calogen.evaluation.plots import make_all_plots
-from calogen.geometry import Calorimeter, get_calorimeter, project
+from calogen.geometry import THRESHOLD_MEV, Calorimeter, get_calorimeter, project
+from calogen.progress import Phase
 
 #: Largest W1 batch (showers), as in CaloClouds II.
 MAX_W1_BATCH = 50_000
@@ -115,22 +115,10 @@ def _atomic_write_text(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-class _Phase:
-    """A long silent phase on stderr: ``what ...`` when it starts, ``N.N s`` when it ends
-    (only with ``config.progress``)."""
-
-    def __init__(self, config: EvaluationConfig, what: str) -> None:
-        self.show, self.what = config.progress, what
-
-    def __enter__(self) -> None:
-        self.start = time.perf_counter()
-        if self.show:
-            print(f"evaluate: {self.what} ...", end="", file=sys.stderr, flush=True)
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        if self.show:
-            done = "failed" if exc_type else f"{time.perf_counter() - self.start:.1f} s"
-            print(f" {done}", file=sys.stderr, flush=True)
+def _Phase(config: EvaluationConfig, what: str) -> Phase:
+    """A long silent phase on stderr (only with ``config.progress``; see
+    :class:`calogen.progress.Phase`)."""
+    return Phase(f"evaluate: {what}", show=config.progress)
 
 
 def default_label(path: str | os.PathLike[str], attrs: dict[str, str] | None = None) -> str:
@@ -425,7 +413,8 @@ def compute_metrics(
             "standardisation": "features standardised with the reference mean and std "
             "(ddof 0); cell energies with the mean and std of all reference cells (linear, MeV) "
             "and, for the extra log10 row, of log10(E/MeV)",
-            "binned_rows": "mean of the 10 per-bin W1, per-bin stds added in quadrature",
+            "binned_rows": "mean of the 10 per-bin W1; std over batches of the per-batch mean "
+            "over the bins (not the CaloClouds II quadrature sum of the per-bin stds)",
             "classifier": {
                 "features": classifier_inputs(reference.features)[1],
                 "k_folds": config.k_folds,
@@ -512,6 +501,52 @@ FIGURE_CAPTIONS = {
 }
 
 
+#: Said once above the figures of the report.
+FIGURES_NOTE = (
+    "Ratio panels: model / reference, bands the statistical uncertainty (grey: the "
+    "reference's own); triangles at a panel's edge mark bins whose ratio lies off its scale."
+)
+
+
+def figure_caption(stem: str, metrics: dict) -> str:
+    """The caption of figure ``stem``, true for the run's geometry and threshold."""
+    from calogen.evaluation.plots import MIN_RATIO_SHOWERS
+
+    run = metrics.get("run", {})
+    threshold = run.get("threshold_mev")
+    if stem == "cell_energy" and threshold is not None:
+        mip = " (half a MIP)" if threshold == THRESHOLD_MEV else ""
+        return (
+            f"Cell-energy spectrum (cells per shower); shaded: below the {threshold:g} MeV "
+            f"threshold{mip}."
+        )
+    if stem == "layer_map":
+        try:
+            cal = get_calorimeter(run.get("geometry", ""))
+            gaps = cal.wafer_cells > 0 and (cal.gap_x_mm > 0 or cal.gap_y_mm > 0)
+        except ValueError:
+            gaps = False
+        return (
+            "Cell energies of one layer of the displayed shower; dots: its points"
+            + ("; black: dead gaps between the wafers of the geometry" if gaps else "")
+            + "; one colour scale for all panels."
+        )
+    if stem == "event_display":
+        energy = run.get("config", {}).get("display_energy_gev")
+        which = f" (the one closest to {energy:g} GeV)" if energy is not None else ""
+        return (
+            f"3-D display of one shower per sample{which}; all panels share the axes (the window holding 99 % of the reference "
+            "shower's energy; points outside it are counted in the title) and the colour scale."
+        )
+    if stem == "visible_energy_hits":
+        return (
+            "Visible energy and number of hits in incident-energy selections: one colour per "
+            "selection, the reference filled, one line style per model. Ratio panels only when "
+            f"every sample has at least {MIN_RATIO_SHOWERS} showers in every selection."
+        )
+    return FIGURE_CAPTIONS.get(stem, stem)
+
+
 def feature_label(name: str) -> str:
     """Readable name of a per-shower feature (e.g. ``radial_2`` -> ``radial 9.849-12.96 mm``)."""
     kind, _, index = name.rpartition("_")
@@ -534,32 +569,117 @@ def _pm(entry: dict | None, digits: int = 1, scale: float = 1.0) -> str:
     return f"{_fmt(entry['mean'] * scale, digits)} ± {_fmt(entry['std'] * scale, digits)}"
 
 
-def _table_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the main table (W1 rows, AUC, FPD, KPD) for md/html."""
-    columns = list(metrics["candidates"])
-    has_floor = metrics["floor"] is not None
-    header = ["metric", *columns] + (["reference floor"] if has_floor else [])
-    entries = [metrics["candidates"][c] for c in columns] + (
-        [metrics["floor"]] if has_floor else []
-    )
-    rows = []
+#: How each row of the main table is read: lower is better, or closer to 0.5.
+LOWER, HALF = "lower", "closer to 0.5"
+
+
+def _table_values(metrics: dict) -> list[tuple[str, str, list[tuple[float, float] | None], str]]:
+    """Rows of the main table as numbers: (label, better, per column (value, error) or None,
+    format); columns are the candidates, then the reference floor where there is one."""
+    entries = [metrics["candidates"][c] for c in metrics["candidates"]]
+    if metrics["floor"] is not None:
+        entries.append(metrics["floor"])
+    rows: list[tuple[str, str, list[tuple[float, float] | None], str]] = []
     for name in (*M.W1_ROWS, *M.W1_AXIS_ROWS, *M.W1_EXTRA_ROWS):
-        rows.append([f"W1×100 {name}"] + [_pm(e["w1"]["rows"][name]) for e in entries])
-    auc_row = ["classifier AUC"]
+        cells = [(e["w1"]["rows"][name]["mean"], e["w1"]["rows"][name]["std"]) for e in entries]
+        rows.append((f"W1×100 {name}", LOWER, list(cells), "{:.1f} ± {:.1f}"))
+    aucs = []
     for e in entries:
         c = e.get("classifier", {})
-        auc_row.append(f"{c['auc_mean']:.3f} ± {c['auc_std']:.3f}" if "auc_mean" in c else "-")
-    rows.append(auc_row)
+        aucs.append((c["auc_mean"], c["auc_std"]) if "auc_mean" in c else None)
+    rows.append(("classifier AUC", HALF, aucs, "{:.3f} ± {:.3f}"))
     if all("fpd" in e for e in entries):
-        rows.append(
-            ["FPD ×10³"]
-            + [f"{e['fpd']['value'] * 1e3:.2f} ± {e['fpd']['error'] * 1e3:.2f}" for e in entries]
-        )
-        rows.append(
-            ["KPD ×10³"]
-            + [f"{e['kpd']['value'] * 1e3:.3f} ± {e['kpd']['error'] * 1e3:.3f}" for e in entries]
-        )
+        fpd = [(e["fpd"]["value"] * 1e3, e["fpd"]["error"] * 1e3) for e in entries]
+        kpd = [(e["kpd"]["value"] * 1e3, e["kpd"]["error"] * 1e3) for e in entries]
+        rows.append(("FPD ×10³", LOWER, list(fpd), "{:.2f} ± {:.2f}"))
+        rows.append(("KPD ×10³", LOWER, list(kpd), "{:.3f} ± {:.3f}"))
+    return rows
+
+
+def _badness(value: float, better: str) -> float:
+    return abs(value - 0.5) if better == HALF else value
+
+
+def _table_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the main table (W1 rows, AUC, FPD, KPD) as plain text: metric, which
+    way is better, one column per candidate, the reference floor."""
+    columns = list(metrics["candidates"])
+    has_floor = metrics["floor"] is not None
+    header = ["metric", "better", *columns] + (["reference floor"] if has_floor else [])
+    rows = []
+    for label, better, cells, fmt in _table_values(metrics):
+        texts = [fmt.format(*c) if c is not None else "-" for c in cells]
+        rows.append([label, better, *texts])
     return header, rows
+
+
+def _table_marks(metrics: dict) -> list[list[set[str]]]:
+    """Per row of :func:`_table_rows`, per candidate column: ``best`` (the best candidate of
+    the row, with two or more candidates) and ``ns`` (not significant: the candidate is no
+    further from the reference than the floor plus the floor's spread)."""
+    n_cand = len(metrics["candidates"])
+    has_floor = metrics["floor"] is not None
+    marks = []
+    for _, better, cells, _ in _table_values(metrics):
+        row: list[set[str]] = [set() for _ in range(n_cand)]
+        cand = [(i, c) for i, c in enumerate(cells[:n_cand]) if c is not None]
+        if n_cand >= 2 and cand:
+            best = min(_badness(c[0], better) for _, c in cand)
+            for i, c in cand:
+                if _badness(c[0], better) == best:
+                    row[i].add("best")
+        floor = cells[-1] if has_floor else None
+        if floor is not None:
+            limit = _badness(floor[0], better) + floor[1]
+            for i, c in cand:
+                if _badness(c[0], better) <= limit:
+                    row[i].add("ns")
+        marks.append(row)
+    return marks
+
+
+def _marked_md(metrics: dict) -> str:
+    """The main table in Markdown: best values in bold, not significant ones marked."""
+    header, rows = _table_rows(metrics)
+    marks = _table_marks(metrics)
+    for row, flags in zip(rows, marks, strict=True):
+        for i, f in enumerate(flags):
+            text = row[2 + i]
+            if "ns" in f:
+                text += " (n.s.)"
+            if "best" in f:
+                text = f"**{text}**"
+            row[2 + i] = text
+    return _md_table(header, rows)
+
+
+def _marked_html(metrics: dict) -> str:
+    """The main table in HTML: best values in bold, not significant ones in grey italics."""
+    header, rows = _table_rows(metrics)
+    marks = _table_marks(metrics)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = []
+    for row, flags in zip(rows, marks, strict=True):
+        cells = [
+            f"<td>{html.escape(row[0])}</td>",
+            f"<td class='better'>{html.escape(row[1])}</td>",
+        ]
+        for i, text in enumerate(row[2:]):
+            f = flags[i] if i < len(flags) else set()  # the floor column has no marks
+            cls = f" class='{' '.join(sorted(f))}'" if f else ""
+            title = " title='within the reference floor: not significant'" if "ns" in f else ""
+            cells.append(f"<td{cls}{title}>{html.escape(text)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+#: What the marks in the main table mean (Markdown and HTML).
+MARKS_NOTE = (
+    "Column 'better': lower is better for W1, FPD and KPD; an AUC closer to 0.5 is better "
+    "(0.5: the classifier cannot tell the samples apart). Bold: the best candidate in the row. "
+    "(n.s.) / grey: not significant, the candidate is no further from the reference than the "
+    "reference floor plus its spread (two halves of the reference compared with each other)."
+)
 
 
 def _bin_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
@@ -693,7 +813,9 @@ def _intro(metrics: dict) -> list[str]:
         f"W1×100: 1-D Wasserstein distance of features standardised with the reference mean "
         f"and std, over {s['n_batches']} disjoint batches of {s['shower_batch_size']} showers "
         f"({s['cell_batch_size']} cells for the cell energy); mean ± std over batches. Binned "
-        "rows: mean of the 10 bins, stds added in quadrature. 'cell energy' standardises "
+        "rows: mean of the 10 bins; their ± is the spread over batches of that mean (the "
+        "CaloClouds II quadrature sum of the per-bin spreads would be about three times "
+        "larger). 'cell energy' standardises "
         "linear cell energies (as CaloClouds II); 'cell energy (log10)' uses log10(E/MeV). "
         "The reference floor compares two random halves of the reference with the same "
         "batch size: differences below it are not significant.",
@@ -706,7 +828,8 @@ def _intro(metrics: dict) -> list[str]:
         "fraction, 10 longitudinal bins, 10 radial bins, CoG x, y, z), the fitted-axis angle "
         "and slopes, and the conditions log E, cos theta and the slopes of the incident "
         f"direction; {s['classifier']['k_folds']}-fold, {s['classifier']['network']}. "
-        "AUC 0.5 = indistinguishable. FPD/KPD on the 25 features after jetnet. Feature "
+        "AUC 0.5 = indistinguishable. FPD and KPD (Fréchet and kernel physics distances, "
+        "Kansal et al. 2211.10295, computed as in the jetnet package) on the 25 features. Feature "
         "ranking: AUC of each single feature (Mann-Whitney U / (n_ref n_cand); above 0.5 the "
         "candidate's values are larger), ranked by |AUC - 0.5|.",
     ]
@@ -734,7 +857,7 @@ def render_markdown(metrics: dict, figures: dict[str, list[Path]]) -> str:
     lines = ["# calogen evaluation report", ""]
     lines += [p + "\n" for p in _intro(metrics)]
     lines += ["## Samples", "", _md_table(*_samples_rows(metrics)), ""]
-    lines += ["## Metrics", "", _md_table(*_table_rows(metrics)), ""]
+    lines += ["## Metrics", "", MARKS_NOTE, "", _marked_md(metrics), ""]
     lines += ["### W1×100 per bin", "", _md_table(*_bin_rows(metrics)), ""]
     for label, header, rows in _ranking_tables(metrics):
         lines += [f"### Features that separate {label} from the reference", ""]
@@ -745,20 +868,20 @@ def render_markdown(metrics: dict, figures: dict[str, list[Path]]) -> str:
     within = metrics.get("within_grid")
     if within:
         lines += [f"## {_within_title(within)}", "", _within_text(within), ""]
-        lines += [_md_table(*_table_rows(within)), ""]
+        lines += [_marked_md(within), ""]
         for label, header, rows in _ranking_tables(within):
             lines += [f"### Features that separate {label} from the reference on the grid", ""]
             lines += [_md_table(header, rows), ""]
     if metrics["warnings"]:
         lines += ["## Warnings", ""] + [f"- {w}" for w in metrics["warnings"]] + [""]
-    lines += ["## Figures", ""]
+    lines += ["## Figures", "", FIGURES_NOTE, ""]
     for stem, paths in figures.items():
         png = next((p for p in paths if p.suffix == ".png"), paths[0])
         pdf = next((p for p in paths if p.suffix == ".pdf"), None)
         lines += [
             f"![{stem}]({png.name})",
             "",
-            FIGURE_CAPTIONS.get(stem, stem) + (f" ([PDF]({pdf.name}))" if pdf else ""),
+            figure_caption(stem, metrics) + (f" ([PDF]({pdf.name}))" if pdf else ""),
             "",
         ]
     return "\n".join(lines) + "\n"
@@ -771,12 +894,14 @@ def render_html(metrics: dict, figures: dict[str, list[Path]]) -> str:
         "<style>body{font-family:sans-serif;max-width:1400px;margin:auto;padding:1em}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;"
         "padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
-        "img{max-width:100%;border:1px solid #eee}figure{margin:1.5em 0}</style></head><body>",
+        "img{max-width:100%;border:1px solid #eee}figure{margin:1.5em 0}"
+        "td.best{font-weight:bold}td.ns{color:#888;font-style:italic}"
+        "td.better{text-align:left;color:#555}</style></head><body>",
         "<h1>calogen evaluation report</h1>",
     ]
     parts += [f"<p>{html.escape(p).replace('`', '')}</p>" for p in _intro(metrics)]
     parts += ["<h2>Samples</h2>", _html_table(*_samples_rows(metrics))]
-    parts += ["<h2>Metrics</h2>", _html_table(*_table_rows(metrics))]
+    parts += ["<h2>Metrics</h2>", f"<p>{html.escape(MARKS_NOTE)}</p>", _marked_html(metrics)]
     parts += ["<h3>W1×100 per bin</h3>", _html_table(*_bin_rows(metrics))]
     for label, header, rows in _ranking_tables(metrics):
         parts += [f"<h3>Features that separate {html.escape(label)} from the reference</h3>"]
@@ -787,7 +912,7 @@ def render_html(metrics: dict, figures: dict[str, list[Path]]) -> str:
     within = metrics.get("within_grid")
     if within:
         parts += [f"<h2>{html.escape(_within_title(within))}</h2>"]
-        parts += [f"<p>{html.escape(_within_text(within))}</p>", _html_table(*_table_rows(within))]
+        parts += [f"<p>{html.escape(_within_text(within))}</p>", _marked_html(within)]
         for label, header, rows in _ranking_tables(within):
             parts += [
                 f"<h3>Features that separate {html.escape(label)} from the reference on the "
@@ -797,14 +922,14 @@ def render_html(metrics: dict, figures: dict[str, list[Path]]) -> str:
     if metrics["warnings"]:
         parts += ["<h2>Warnings</h2><ul>"]
         parts += [f"<li>{html.escape(w)}</li>" for w in metrics["warnings"]] + ["</ul>"]
-    parts += ["<h2>Figures</h2>"]
+    parts += ["<h2>Figures</h2>", f"<p>{html.escape(FIGURES_NOTE)}</p>"]
     for stem, paths in figures.items():
         png = next((p for p in paths if p.suffix == ".png"), paths[0])
         pdf = next((p for p in paths if p.suffix == ".pdf"), None)
         link = f" (<a href='{html.escape(pdf.name)}'>PDF</a>)" if pdf else ""
         parts.append(
             f"<figure><img src='{html.escape(png.name)}' alt='{html.escape(stem)}'>"
-            f"<figcaption>{html.escape(FIGURE_CAPTIONS.get(stem, stem))}{link}</figcaption>"
+            f"<figcaption>{html.escape(figure_caption(stem, metrics))}{link}</figcaption>"
             "</figure>"
         )
     parts.append("</body></html>")

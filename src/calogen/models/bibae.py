@@ -83,7 +83,6 @@ from calogen.models.flows import LatentFlow
 from calogen.models.training import (
     lr_schedule,
     read_model_info,
-    save_model,
     set_lr,
 )
 
@@ -825,13 +824,7 @@ def export_model(
     model: BIBAE, out: str | os.PathLike[str], extra: dict[str, Any] | None = None
 ) -> Path:
     """Write the model folder (``model.json`` + ``model.safetensors``)."""
-    return save_model(
-        out,
-        model_type=MODEL_NAME,
-        modules=model.generation_modules(),
-        config=model.config.to_dict(),
-        extra={"grid": model.config.grid.to_dict(), **(extra or {})},
-    )
+    return scaffold.export_voxel_model(model, out, MODEL_NAME, extra)
 
 
 def build_model(config: BIBAEConfig, data: SparseVoxels, seed: int) -> BIBAE:
@@ -851,20 +844,12 @@ def train(**kwargs: Any) -> dict[str, Any]:
     return scaffold.train_model(MODEL_NAME, PRESETS, BIBAEConfig, _trainer, **kwargs)
 
 
-def _trainer(cfg: BIBAEConfig, data: Any, seed: int, stored: Any) -> BIBAETrainer:
-    voxels = SparseVoxels.from_file(data, cfg.grid, cfg.max_showers)
-    return BIBAETrainer(build_model(cfg, voxels, seed), voxels, seed, str(data))
+_trainer = scaffold.voxel_trainer(BIBAETrainer, build_model)
 
 
 def load_model(model_dir: str | os.PathLike[str], info: dict[str, Any] | None = None) -> BIBAE:
     """Rebuild :class:`BIBAE` from a model folder."""
-    return scaffold.load_folder(
-        model_dir,
-        info,
-        (MODEL_NAME,),
-        "a bibae model",
-        lambda info: BIBAE(BIBAEConfig.from_dict(info["config"])),
-    )
+    return scaffold.load_config_model(model_dir, info, MODEL_NAME, BIBAE, BIBAEConfig)
 
 
 def load_generator(

@@ -54,12 +54,10 @@ from calogen.models.ddpm import DDPM
 from calogen.models.flows import LatentFlow
 from calogen.models.shower_flow import ShowerFlow, ShowerFlowConfig, shower_features
 from calogen.models.training import (
-    MODEL_JSON,
     lr_schedule,
     read_model_info,
     save_model,
     set_lr,
-    write_json,
 )
 
 MODEL_NAME = "caloclouds"
@@ -67,7 +65,7 @@ N_LAYERS = 30
 
 
 @dataclass
-class CaloCloudsConfig(scaffold.ModelConfig):
+class CaloCloudsConfig(scaffold.ShowerFlowTraining):
     """Hyperparameters of CaloClouds (JSON-serialisable; see :data:`PRESETS`)."""
 
     LABEL: ClassVar[str] = "CaloClouds"
@@ -112,10 +110,6 @@ class CaloCloudsConfig(scaffold.ModelConfig):
     grad_clip: float = 10.0
     flow_lr_start: float = 1e-3
     flow_lr_end: float = 1e-4
-    shower_flow_lr_start: float = 1e-3
-    shower_flow_lr_end: float = 1e-5
-    shower_flow_iterations: int = 100_000
-    shower_flow_batch: int = 512
     checkpoint_every: int = 5000
     max_showers: int | None = None
     # generation
@@ -618,16 +612,34 @@ def _fit_corrections(out: Path, data: Any, seed: int, n_showers: int) -> dict[st
     return fit_occupancy(out, data, n_showers=n_showers, seed=seed)
 
 
-def _trainer(
-    cfg: CaloCloudsConfig, data: Any, seed: int, stored: dict[str, Any] | None
-) -> CaloCloudsTrainer:
+def point_trainer(
+    trainer_cls: Any,
+    build: Any,
+    cfg: Any,
+    data: Any,
+    seed: int,
+    stored: dict[str, Any] | None,
+    *,
+    core_radius_mm: float = 0.0,
+    straighten: bool = False,
+) -> Any:
+    """``make_trainer`` of :func:`~calogen.models.scaffold.train_model` for the point-cloud
+    models: the normalisation (the checkpoint's on resume), the training showers
+    (:func:`load_training_data`), ``build(cfg, showers, normalisation, seed)`` and its
+    ``trainer_cls``."""
     if stored is not None:
         normalisation = Normalisation.from_dict(stored["normalisation"])
     else:
-        normalisation = fit_normalisation(data)
-    train_data = load_training_data(data, cfg.max_showers)
-    model = build_model(cfg, train_data, normalisation, seed)
-    return CaloCloudsTrainer(model, train_data, seed, scaffold.data_label(data))
+        normalisation = fit_normalisation(data, core_radius_mm)
+    train_data = load_training_data(data, cfg.max_showers, straighten=straighten)
+    model = build(cfg, train_data, normalisation, seed)
+    return trainer_cls(model, train_data, seed, scaffold.data_label(data))
+
+
+def _trainer(
+    cfg: CaloCloudsConfig, data: Any, seed: int, stored: dict[str, Any] | None
+) -> CaloCloudsTrainer:
+    return point_trainer(CaloCloudsTrainer, build_model, cfg, data, seed, stored)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -683,18 +695,7 @@ def fit_occupancy(
     n_gen = np.asarray(fake._num_points, np.float64)
     occ_gen = project(fake, calorimeter).hits_per_shower().astype(np.float64)
     corr = OccupancyCorrection.fit(n_data, occ_data, n_gen, occ_gen)
-    info["occupancy"] = corr.to_dict()
-    corr.save(model_dir / "occupancy.json")
-    write_json(model_dir / MODEL_JSON, info)
-    return {
-        "model": str(model_dir),
-        "showers": len(energies),
-        "mean_hits_data": float(occ_data.mean()),
-        "mean_hits_generated_uncorrected": float(occ_gen.mean()),
-        "mean_points_data": float(n_data.mean()),
-        "mean_points_generated": float(n_gen.mean()),
-        "factor_at_mean_points": float(corr.factor([n_data.mean()])[0]),
-    }
+    return scaffold.save_occupancy(model_dir, info, corr, ref, n_gen, occ_gen)
 
 
 __all__ = [

@@ -62,7 +62,7 @@ from calogen.generator import check_directions, check_energies
 from calogen.geometry import slab
 from calogen.models import scaffold
 from calogen.models.blocks import PointWiseNet
-from calogen.models.caloclouds import TrainingData, fit_normalisation, load_training_data
+from calogen.models.caloclouds import TrainingData, load_training_data, point_trainer
 from calogen.models.configs import resolve_config
 from calogen.models.consistency import (
     ConsistencyDistiller,
@@ -86,12 +86,10 @@ from calogen.models.shower_flow import (
     ShowerFlowConfig,
 )
 from calogen.models.training import (
-    MODEL_JSON,
     lr_schedule,
     read_model_info,
     save_model,
     set_lr,
-    write_json,
 )
 
 MODEL_NAME = "caloclouds2"
@@ -124,7 +122,7 @@ class _PointTraining(scaffold.ModelConfig):
 
 
 @dataclass
-class CaloClouds2Config(_PointTraining):
+class CaloClouds2Config(scaffold.ShowerFlowTraining, _PointTraining):
     """Hyperparameters of the CaloClouds II teacher (JSON-serialisable; see :data:`PRESETS`)."""
 
     LABEL: ClassVar[str] = "CaloClouds II"
@@ -154,10 +152,6 @@ class CaloClouds2Config(_PointTraining):
     # optimisation (see _PointTraining)
     ema_decay: float = 0.9999
     ema_warmup: bool = True
-    shower_flow_lr_start: float = 1e-3
-    shower_flow_lr_end: float = 1e-5
-    shower_flow_iterations: int = 100_000
-    shower_flow_batch: int = 512
     checkpoint_every: int = 5000
     max_showers: int | None = None
     # generation
@@ -320,14 +314,8 @@ DISTILL_PRESETS: dict[str, DistillConfig] = {
 }
 
 
-#: distillation of the angle-aware teachers: ``small-angles`` with the default model's
-#: 40-point teacher grid (docs/default_model.md)
-DISTILL_PRESETS.update(
-    {
-        "small-angles": replace(DISTILL_PRESETS["small"], n_grid=40),
-        "paper-angles": DISTILL_PRESETS["paper"],
-    }
-)
+#: distillation of the angle-aware teachers (docs/angles.md): the same method and lengths
+DISTILL_PRESETS.update({f"{name}-angles": DISTILL_PRESETS[name] for name in ("small", "paper")})
 
 
 def get_config(spec: str | dict[str, Any] | CaloClouds2Config) -> CaloClouds2Config:
@@ -916,13 +904,16 @@ def fit_corrections(out: Path, data: Any, seed: int, n_showers: int) -> dict[str
 def _trainer(
     cfg: CaloClouds2Config, data: Any, seed: int, stored: dict[str, Any] | None
 ) -> CaloClouds2Trainer:
-    if stored is not None:
-        normalisation = Normalisation.from_dict(stored["normalisation"])
-    else:
-        normalisation = fit_normalisation(data, cfg.core_radius_mm)
-    train_data = load_training_data(data, cfg.max_showers, straighten=cfg.directions)
-    model = build_model(cfg, train_data, normalisation, seed)
-    return CaloClouds2Trainer(model, train_data, seed, scaffold.data_label(data))
+    return point_trainer(
+        CaloClouds2Trainer,
+        build_model,
+        cfg,
+        data,
+        seed,
+        stored,
+        core_radius_mm=cfg.core_radius_mm,
+        straighten=cfg.directions,
+    )
 
 
 def train_cm(**kwargs: Any) -> dict[str, Any]:
@@ -1233,25 +1224,21 @@ def fit_occupancy(
     n_k, occ_k = generate(corr)
     history.append({"mean_hits": float(occ_k.mean()), "mean_points": float(n_k.mean())})
     model.occupancy = OccupancyCorrection.identity()
-    info["occupancy"] = corr.to_dict()
     info.pop("radial_correction", None)
     if model.radial is not None:
         info["radial_correction"] = model.radial.to_dict()
-    corr.save(model_dir / "occupancy.json")
-    write_json(model_dir / MODEL_JSON, info)
-    return {
-        "model": str(model_dir),
-        "showers": len(energies),
-        "mean_hits_data": float(occ_data.mean()),
-        "mean_hits_target": float(target.mean()),
-        "mean_hits_generated_uncorrected": float(occ_gen.mean()),
-        "mean_hits_generated_corrected": history[-1]["mean_hits"],
-        "refinement": history,
-        "mean_points_data": float(n_data.mean()),
-        "mean_points_generated": float(n_gen.mean()),
-        "factor_at_mean_points": float(corr.factor([n_data.mean()])[0]),
-        "radial_correction": model.radial is not None,
-    }
+    return scaffold.save_occupancy(
+        model_dir,
+        info,
+        corr,
+        ref,
+        n_gen,
+        occ_gen,
+        mean_hits_target=float(target.mean()),
+        mean_hits_generated_corrected=history[-1]["mean_hits"],
+        refinement=history,
+        radial_correction=model.radial is not None,
+    )
 
 
 __all__ = [

@@ -60,7 +60,6 @@ from calogen.models.configs import resolve_config
 from calogen.models.training import (
     lr_schedule,
     read_model_info,
-    save_model,
     set_lr,
 )
 
@@ -456,13 +455,7 @@ def export_model(
     model: L2LFlows, out: str | os.PathLike[str], extra: dict[str, Any] | None = None
 ) -> Path:
     """Write the model folder (``model.json`` + ``model.safetensors``)."""
-    return save_model(
-        out,
-        model_type=MODEL_NAME,
-        modules=model.generation_modules(),
-        config=model.config.to_dict(),
-        extra={"grid": model.config.grid.to_dict(), **(extra or {})},
-    )
+    return scaffold.export_voxel_model(model, out, MODEL_NAME, extra)
 
 
 def build_model(config: L2LFlowsConfig, data: SparseVoxels, seed: int) -> L2LFlows:
@@ -487,20 +480,12 @@ def train(**kwargs: Any) -> dict[str, Any]:
     return scaffold.train_model(MODEL_NAME, PRESETS, L2LFlowsConfig, _trainer, **kwargs)
 
 
-def _trainer(cfg: L2LFlowsConfig, data: Any, seed: int, stored: Any) -> L2LFlowsTrainer:
-    voxels = SparseVoxels.from_file(data, cfg.grid, cfg.max_showers)
-    return L2LFlowsTrainer(build_model(cfg, voxels, seed), voxels, seed, str(data))
+_trainer = scaffold.voxel_trainer(L2LFlowsTrainer, build_model)
 
 
 def load_model(model_dir: str | os.PathLike[str], info: dict[str, Any] | None = None) -> L2LFlows:
     """Rebuild :class:`L2LFlows` from a model folder."""
-    return scaffold.load_folder(
-        model_dir,
-        info,
-        (MODEL_NAME,),
-        "an l2lflows model",
-        lambda info: L2LFlows(L2LFlowsConfig.from_dict(info["config"])),
-    )
+    return scaffold.load_config_model(model_dir, info, MODEL_NAME, L2LFlows, L2LFlowsConfig)
 
 
 def load_generator(

@@ -331,6 +331,35 @@ class TrainerBase:
         }
 
 
+@dataclass
+class ShowerFlowTraining(ModelConfig):
+    """Config fields of a Shower Flow trained beside the point network
+    (:func:`shower_flow_step`): Adam with a cosine learning rate from ``shower_flow_lr_start``
+    to ``shower_flow_lr_end`` over ``shower_flow_iterations``, ``shower_flow_batch`` showers."""
+
+    shower_flow_lr_start: float = 1e-3
+    shower_flow_lr_end: float = 1e-5
+    shower_flow_iterations: int = 100_000
+    shower_flow_batch: int = 512
+
+
+def export_voxel_model(
+    model: nn.Module, out: str | os.PathLike[str], name: str, extra: dict[str, Any] | None = None
+) -> Path:
+    """Write the folder (``model.json`` + ``model.safetensors``) of a voxel model (its config
+    has a ``grid``)."""
+    from calogen.models.training import save_model
+
+    config = model.config  # type: ignore[attr-defined]
+    return save_model(
+        out,
+        model_type=name,
+        modules=model.generation_modules(),  # type: ignore[operator]
+        config=config.to_dict(),
+        extra={"grid": config.grid.to_dict(), **(extra or {})},
+    )
+
+
 def shower_flow_step(
     shower_flow: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -396,6 +425,39 @@ def load_folder(
     return model.eval()
 
 
+def load_config_model(
+    model_dir: str | os.PathLike[str],
+    info: dict[str, Any] | None,
+    name: str,
+    model_cls: Callable[[Any], M],
+    config_cls: type[ModelConfig],
+) -> M:
+    """:func:`load_folder` for a model built from its config alone (``model_cls(config)``)."""
+    article = "an" if name[0] in "aeiou" else "a"
+    return load_folder(
+        model_dir,
+        info,
+        (name,),
+        f"{article} {name} model",
+        lambda info: model_cls(config_cls.from_dict(info["config"])),
+    )
+
+
+def voxel_trainer(
+    trainer_cls: Callable[..., Trainer], build_model: Callable[[Any, Any, int], Any]
+) -> Callable[[Any, Any, int, dict[str, Any] | None], Trainer]:
+    """``make_trainer`` of :func:`train_model` for a voxel model: the showers of ``data``
+    voxelised on the config's grid (its first ``max_showers``), a model from
+    ``build_model(config, voxels, seed)`` and its ``trainer_cls``."""
+    from calogen.data.voxels import SparseVoxels
+
+    def make(config: Any, data: Any, seed: int, stored: dict[str, Any] | None) -> Trainer:
+        voxels = SparseVoxels.from_file(data, config.grid, config.max_showers)
+        return trainer_cls(build_model(config, voxels, seed), voxels, seed, str(data))
+
+    return make
+
+
 def energy_range(info: dict[str, Any]) -> tuple[float, float]:
     """Incident energies (GeV) of a model's training data, from its ``model.json``."""
     lo, hi = info.get("energy_range_gev", DEFAULT_ENERGY_RANGE_GEV)
@@ -452,6 +514,36 @@ def occupancy_reference(data: Any, n_showers: int, geometry: str) -> OccupancyRe
     )
 
 
+def save_occupancy(
+    model_dir: Path,
+    info: dict[str, Any],
+    correction: Any,
+    ref: OccupancyReference,
+    n_generated: NDArray[np.float64],
+    hits_generated: NDArray[np.float64],
+    **more: Any,
+) -> dict[str, Any]:
+    """Store a fitted occupancy correction in ``model_dir`` (``occupancy.json`` and the
+    ``occupancy`` entry of ``info``, written to ``model.json``) and return the fit's summary:
+    data and uncorrected generated showers (``n_generated``, ``hits_generated``), plus
+    ``more``."""
+    from calogen.models.training import write_json
+
+    info["occupancy"] = correction.to_dict()
+    correction.save(model_dir / "occupancy.json")
+    write_json(model_dir / MODEL_JSON, info)
+    return {
+        "model": str(model_dir),
+        "showers": len(ref.energies),
+        "mean_hits_data": float(ref.hits.mean()),
+        "mean_hits_generated_uncorrected": float(hits_generated.mean()),
+        "mean_points_data": float(ref.n_points.mean()),
+        "mean_points_generated": float(n_generated.mean()),
+        "factor_at_mean_points": float(correction.factor([ref.n_points.mean()])[0]),
+        **more,
+    }
+
+
 class GeneratorBase:
     """The common part of the models' :class:`~calogen.generator.Generator` classes.
 
@@ -496,17 +588,22 @@ __all__ = [
     "GeneratorBase",
     "ModelConfig",
     "OccupancyReference",
+    "ShowerFlowTraining",
     "TrainerBase",
     "correction_showers",
     "data_label",
     "data_paths",
     "energy_range",
+    "export_voxel_model",
+    "load_config_model",
     "load_folder",
     "occupancy_reference",
     "run_model_training",
+    "save_occupancy",
     "shower_flow_step",
     "stored_checkpoint",
     "train_model",
     "training_config",
     "training_info",
+    "voxel_trainer",
 ]
