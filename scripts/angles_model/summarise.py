@@ -41,8 +41,10 @@ def rows(folder: Path) -> list[str]:
     return out
 
 
-print("| test set | candidate | W1 sum (8 groups) | classifier AUC | E_vis vs G4 | "
-      "axis theta - G4 [deg] | G4 floor W1 sum |")
+print(
+    "| test set | candidate | W1 sum (8 groups) | classifier AUC | E_vis vs G4 | "
+    "axis theta - G4 [deg] | G4 floor W1 sum |"
+)
 print("|---|---|---|---|---|---|---|")
 for arg in sys.argv[1:]:
     if (Path(arg) / "metrics.json").exists():
