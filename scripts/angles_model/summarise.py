@@ -8,16 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-GROUPS = (
-    "occupancy",
-    "sampling fraction",
-    "cell energy",
-    "longitudinal (10 bins)",
-    "radial (10 bins)",
-    "CoG x",
-    "CoG y",
-    "CoG z",
-)
+from calogen.evaluation.metrics import W1_ROWS as GROUPS
 
 
 def rows(folder: Path) -> list[str]:
