@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ from scipy.optimize import minimize
 
 from calogen.data.io import ShowerFile
 from calogen.data.packed import pack
+from calogen.directions import angles_from_directions
+from calogen.evaluation.observables import shower_features
 from calogen.geometry import project, slab
 from calogen.reference.gflash import (
     GFlash,
@@ -52,6 +55,12 @@ from calogen.reference.gflash import (
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("CALOGEN_SHARED_DATA", REPO.parent / "shared" / "data"))
+#: fixed-energy, fixed-angle Geant4 test sets ``g4_<E>GeV_t<theta>[_p<phi>].h5`` (seeds 2001+)
+DEFAULT_ANGLE_DATA = Path(os.environ.get("CALOGEN_G4_ANGLES", "/work/g4data"))
+#: largest accepted difference of the mean fitted axis angle in ``tune_angles``, deg (the
+#: target is 1 deg; the statistical error of a mean over 500 showers is about 0.1 deg)
+AXIS_MARGIN_DEG = 0.6
+ANGLE_SET = re.compile(r"^g4_(\d+)GeV_t(\d+)(?:_p(\d+))?\.h5$")
 TRAIN = "g4_photons_10-90GeV_train.h5"
 FIXED = "g4_photon_steps_10-50-90GeV_clustered.h5"
 CENTRES = (10.0, 50.0, 90.0)
@@ -386,6 +395,19 @@ def tune(ref_summaries: dict[str, Summary], n_full: int) -> GFlashParameters:
     return par
 
 
+def tune_spots_only(
+    par: GFlashParameters, ref_summaries: dict[str, Summary], n_full: int
+) -> GFlashParameters:
+    """Step 3 and the final sampling-fraction rescale, from ``par`` (after a radial change)."""
+    windows = {k: v for k, v in ref_summaries.items() if k.startswith("w")}
+    ref = {k: stats(v) for k, v in windows.items()}
+    ref_energies = {k: v.energy for k, v in windows.items()}
+    par = tune_spots(par, ref, ref_energies, n_full)
+    sims = simulate_windows(par, ref_energies, 10_000)
+    ratio = float(np.mean([ref[k]["evis_over_e"] / stats(sims[k])["evis_over_e"] for k in ref]))
+    return par.replace(sampling_fraction=par.sampling_fraction * ratio)
+
+
 # -----------------------------------------------------------------------------------------
 # comparison and timing
 # -----------------------------------------------------------------------------------------
@@ -455,6 +477,229 @@ def print_table(rows: dict) -> None:
                 print(f"  {key} profile x1e3 {sim:7s} " + " ".join(f"{v:.2f}" for v in p))
 
 
+# -----------------------------------------------------------------------------------------
+# inclined showers: visible energy and fitted axis against fixed-angle Geant4 sets
+# -----------------------------------------------------------------------------------------
+
+
+def fitted_axis(showers) -> dict[str, np.ndarray]:
+    """Fitted shower axis of each shower, as ``calogen evaluate`` measures it.
+
+    Showers are projected into the slab (cells >= 0.1 MeV); per layer the energy-weighted
+    centroid of the cells, weighted by the layer's cell energy, is fitted against the layer
+    depth (``slab().layer_z_mm``) with :func:`calogen.directions.fit_axis`
+    (:func:`calogen.evaluation.observables.shower_features`).
+    """
+    cal = slab()
+    feats = shower_features(project(showers, cal), cal)
+    return {
+        "theta_deg": feats.axis_theta_deg,
+        "phi_deg": feats.axis_phi_deg,
+        "layer_cog_x_mm": feats.layer_cog_x_mm,
+        "layer_cog_y_mm": feats.layer_cog_y_mm,
+        "layer_mev": feats.energy_per_layer_mev,
+    }
+
+
+def read_angle_set(path: Path, n: int):
+    """Up to ``n`` showers of a Geant4 set with their directions ``[n, 3]``."""
+    with ShowerFile(path) as f:
+        showers = f.read(0, n)
+    directions = showers.directions
+    if directions is None:
+        directions = np.tile([0.0, 0.0, 1.0], (len(showers), 1))
+    return showers, np.asarray(directions, np.float64).reshape(-1, 3)
+
+
+def angle_stats(showers) -> dict[str, float]:
+    """Mean visible energy (MeV), its standard error, and the fitted axis angle (deg)."""
+    e_vis = summarise_evis(showers) * 1e3
+    axis = fitted_axis(showers)
+    theta = axis["theta_deg"][np.isfinite(axis["theta_deg"])]
+    phi = (axis["phi_deg"][np.isfinite(axis["phi_deg"])] + 180.0) % 360.0 - 180.0
+    # energy share of points beyond 40 mm of the z axis (the radial tail at normal incidence)
+    packed = pack(showers)
+    far = np.hypot(packed.points[:, 0], packed.points[:, 1]) > 40.0
+    tail = float(packed.points[far, 3].astype(np.float64).sum() / (e_vis.sum() * 1e-3))
+    return {
+        "n": len(showers),
+        "evis_mev": float(e_vis.mean()),
+        "evis_err": float(e_vis.std() / np.sqrt(e_vis.size)),
+        "evis_rel_sd": float(e_vis.std() / e_vis.mean()),
+        "tail_40mm": tail,
+        "phi_fit": float(phi.mean()),
+        "theta_fit": float(theta.mean()),
+        "theta_fit_sd": float(theta.std()),
+        "theta_fit_err": float(theta.std() / np.sqrt(max(theta.size, 1))),
+    }
+
+
+def summarise_evis(showers) -> np.ndarray:
+    """Visible energy (sum of point energies) per shower, GeV."""
+    packed = pack(showers)
+    return np.bincount(packed.shower, packed.points[:, 3].astype(np.float64), len(showers))
+
+
+def angle_sets(folder: Path) -> list[tuple[str, float, float, float, Path]]:
+    """``(name, energy GeV, theta deg, phi deg, path)`` of the Geant4 fixed-angle sets."""
+    out = []
+    for path in sorted(folder.glob("g4_*GeV_t*.h5")):
+        m = ANGLE_SET.match(path.name)
+        if m:
+            phi = float(m.group(3) or 0)
+            out.append((path.stem, float(m.group(1)), float(m.group(2)), phi, path))
+    return sorted(out, key=lambda r: (r[3], r[1], r[2]))
+
+
+_G4_ANGLE_CACHE: dict[tuple[str, int], tuple[object, np.ndarray, dict]] = {}
+
+
+def compare_angles(
+    par: GFlashParameters,
+    sets: list[tuple[str, float, float, float, Path]],
+    n: int,
+    seed: int = 21,
+) -> dict[str, dict[str, object]]:
+    """GFlash against Geant4 angle sets: same energies and directions, ``n`` showers each."""
+    gen = GFlash(par)
+    rows: dict[str, dict[str, object]] = {}
+    for name, energy, theta, phi, path in sets:
+        if (name, n) not in _G4_ANGLE_CACHE:
+            g4, directions = read_angle_set(path, n)
+            _G4_ANGLE_CACHE[name, n] = (g4, directions, angle_stats(g4))
+        g4, directions, g4_stats = _G4_ANGLE_CACHE[name, n]
+        energies = g4.energies.reshape(-1).astype(np.float64)
+        gf = gen.sample(energies, directions, seed=seed)
+        rows[name] = {
+            "energy": energy,
+            "theta": theta,
+            "phi": phi,
+            "theta_requested": float(angles_from_directions(directions)[0].mean()),
+            "geant4": g4_stats,
+            "gflash": angle_stats(gf),
+        }
+    return rows
+
+
+def layer_offsets(showers, directions: np.ndarray) -> np.ndarray:
+    """Mean offset of the layer centroids from the incident axis along the tilt, mm ``[30]``.
+
+    Per shower and layer: (centroid - axis crossing) . (cos phi, sin phi), averaged over the
+    showers with the layer energies as weights.
+    """
+    axis = fitted_axis(showers)
+    w = axis["layer_mev"]
+    z = slab().layer_z_mm[None, :]
+    slopes = directions[:, :2] / directions[:, 2:3]
+    tilt = np.hypot(slopes[:, 0], slopes[:, 1])
+    cos_az = np.where(tilt > 0, slopes[:, 0] / np.where(tilt > 0, tilt, 1.0), 1.0)[:, None]
+    sin_az = np.where(tilt > 0, slopes[:, 1] / np.where(tilt > 0, tilt, 1.0), 0.0)[:, None]
+    dx = np.nan_to_num(axis["layer_cog_x_mm"]) - z * slopes[:, 0:1]
+    dy = np.nan_to_num(axis["layer_cog_y_mm"]) - z * slopes[:, 1:2]
+    along = np.where(w > 0, dx * cos_az + dy * sin_az, 0.0)
+    return (along * w).sum(0) / np.maximum(w.sum(0), 1e-30)
+
+
+def print_layer_offsets(sets, n: int, par: GFlashParameters, name: str, seed: int = 21) -> None:
+    """Layer-centroid offsets from the axis (mm) for one set, Geant4 and GFlash."""
+    for set_name, *_rest, path in sets:
+        if set_name != name:
+            continue
+        g4, directions = read_angle_set(path, n)
+        gf = GFlash(par).sample(g4.energies.reshape(-1).astype(np.float64), directions, seed=seed)
+        print(f"layer-centroid offset from the incident axis along the tilt, mm ({name}):")
+        print("| layer | " + " | ".join(str(i) for i in OFFSET_LAYERS) + " |")
+        print("|---" * (len(OFFSET_LAYERS) + 1) + "|")
+        for label, showers in (("Geant4", g4), ("GFlash", gf)):
+            off = layer_offsets(showers, directions)[list(OFFSET_LAYERS)]
+            print(f"| {label} | " + " | ".join(f"{v:+.1f}" for v in off) + " |")
+
+
+#: layers shown by print_layer_offsets
+OFFSET_LAYERS = (0, 1, 2, 4, 7, 10, 13, 16, 19, 22, 25, 29)
+
+
+def print_angle_table(rows: dict, label: str = "GFlash") -> None:
+    """Markdown table: visible energy and fitted axis angle, Geant4 against GFlash."""
+    print(
+        f"| set | n | E_vis G4 (MeV) | E_vis {label} | diff | sd/mean G4, {label} "
+        f"| theta_fit G4 (deg) | theta_fit {label} | diff (deg) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows.values():
+        g, f = r["geant4"], r["gflash"]
+        diff = 100 * (f["evis_mev"] / g["evis_mev"] - 1)
+        where = f"{r['energy']:.0f} GeV, {r['theta']:.0f} deg"
+        if r["phi"]:
+            where += f", phi {r['phi']:.0f} deg"
+        print(
+            f"| {where} | {g['n']} "
+            f"| {g['evis_mev']:.1f} ± {g['evis_err']:.1f} | {f['evis_mev']:.1f} | {diff:+.1f} % "
+            f"| {g['evis_rel_sd']:.3f}, {f['evis_rel_sd']:.3f} "
+            f"| {g['theta_fit']:.2f} (sd {g['theta_fit_sd']:.2f}) "
+            f"| {f['theta_fit']:.2f} (sd {f['theta_fit_sd']:.2f}) "
+            f"| {f['theta_fit'] - g['theta_fit']:+.2f} |"
+        )
+
+
+def tune_angles(
+    par: GFlashParameters, sets: list[tuple[str, float, float, float, Path]], n: int
+) -> GFlashParameters:
+    """Fit ``sampling_path_exponent`` and ``radial_cutoff_moliere`` to the Geant4 angle sets.
+
+    1. ``radial_cutoff_moliere`` from a scan: the axis of inclined showers wants a short radial
+       tail, the radial profile at normal incidence a long one. Of the values whose fitted
+       axis angles all lie within ``AXIS_MARGIN_DEG`` of Geant4's, the one whose energy share
+       beyond 40 mm at normal incidence is closest to Geant4's;
+    2. ``sampling_path_exponent`` ``kappa`` by least squares of
+       ``ln(E_vis,G4 / E_vis,GFlash(kappa=0)) - ln(E_vis,G4 / E_vis,GFlash)|normal``
+       against ``ln(1/cos theta)``, so that normal incidence is untouched.
+    """
+    scan = []
+    for r_cut in (5.0, 5.75, 6.75, 7.75, 9.0):
+        rows = compare_angles(par.replace(radial_cutoff_moliere=r_cut), sets, n)
+        axis = [
+            r["gflash"]["theta_fit"] - r["geant4"]["theta_fit"]
+            for r in rows.values()
+            if r["theta"] > 0
+        ]
+        tail = [
+            r["gflash"]["tail_40mm"] - r["geant4"]["tail_40mm"]
+            for r in rows.values()
+            if r["theta"] == 0
+        ]
+        scan.append((r_cut, float(np.max(np.abs(axis))), float(np.mean(np.square(tail)))))
+        print(
+            f"  radial_cutoff_moliere {r_cut}: axis-angle differences "
+            + " ".join(f"{a:+.2f}" for a in axis)
+            + " deg; energy beyond 40 mm at normal incidence "
+            + " ".join(f"{100 * t:+.2f}" for t in tail)
+            + " % of E_vis",
+            flush=True,
+        )
+    # the longest tail (best radial profile at normal incidence) whose axis angles all stay
+    # within AXIS_MARGIN_DEG of Geant4's; else the best axis
+    ok = [row for row in scan if row[1] <= AXIS_MARGIN_DEG]
+    best = min(ok, key=lambda r: r[2])[0] if ok else min(scan, key=lambda r: r[1])[0]
+    par = par.replace(radial_cutoff_moliere=best)
+    rows = compare_angles(par.replace(sampling_path_exponent=0.0), sets, n)
+    x, y = [], []
+    normal = {
+        r["energy"]: np.log(r["geant4"]["evis_mev"] / r["gflash"]["evis_mev"])
+        for r in rows.values()
+        if r["theta"] == 0
+    }
+    for r in rows.values():
+        if r["theta"] > 0:
+            offset = normal.get(r["energy"], 0.0)
+            x.append(-np.log(np.cos(np.radians(r["theta"]))))
+            y.append(np.log(r["geant4"]["evis_mev"] / r["gflash"]["evis_mev"]) - offset)
+    x_arr, y_arr = np.asarray(x), np.asarray(y)
+    kappa = float((x_arr * y_arr).sum() / (x_arr**2).sum()) if x_arr.size else 0.0
+    print(f"  radial_cutoff_moliere = {best}, sampling_path_exponent = {kappa:.4f}")
+    return par.replace(sampling_path_exponent=kappa)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="shared data folder")
@@ -463,7 +708,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-full", type=int, default=60, help="showers/energy in steps 2-3")
     parser.add_argument("--reps", type=int, default=2, help="GFlash showers per G4 shower")
     parser.add_argument("--json", type=Path, help="write parameters and comparison here")
+    parser.add_argument(
+        "--tune-spots",
+        action="store_true",
+        help="from the current defaults: step 3 (spots) and the sampling-fraction rescale only",
+    )
+    parser.add_argument(
+        "--angles", action="store_true", help="compare with the fixed-angle Geant4 sets only"
+    )
+    parser.add_argument(
+        "--tune-angles", action="store_true", help="tune the two angle parameters, then compare"
+    )
+    parser.add_argument(
+        "--angle-data", type=Path, default=DEFAULT_ANGLE_DATA, help="folder of g4_*GeV_t*.h5"
+    )
+    parser.add_argument("--angle-showers", type=int, default=500, help="showers per angle set")
     args = parser.parse_args(argv)
+    if args.angles or args.tune_angles:
+        return main_angles(args)
     if not (args.data / TRAIN).exists():
         print(f"{args.data / TRAIN}: not found (set --data)", file=sys.stderr)
         return 2
@@ -473,6 +735,9 @@ def main(argv: list[str] | None = None) -> int:
     par = GFlashParameters()
     if args.tune:
         par = tune(ref, args.n_full)
+    elif args.tune_spots:
+        par = tune_spots_only(par, ref, args.n_full)
+    if args.tune or args.tune_spots:
         print("tuned parameters:")
         for k, v in par.as_dict().items():
             print(f"    {k}: {v:.6g}" if isinstance(v, float) else f"    {k}: {v}")
@@ -487,6 +752,24 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(
             json.dumps({"parameters": par.as_dict(), "comparison": rows, "timing": tim}, indent=1)
         )
+    return 0
+
+
+def main_angles(args: argparse.Namespace) -> int:
+    """``--angles`` / ``--tune-angles``: GFlash against the fixed-angle Geant4 sets."""
+    sets = angle_sets(args.angle_data)  # fixed at the start (the folder may still grow)
+    if not sets:
+        print(f"{args.angle_data}: no g4_<E>GeV_t<theta>.h5 sets found", file=sys.stderr)
+        return 2
+    par = GFlashParameters()
+    if args.tune_angles:
+        par = tune_angles(par, sets, args.angle_showers)
+    rows = compare_angles(par, sets, args.angle_showers)
+    print_angle_table(rows)
+    for name in ("g4_50GeV_t30_p0", "g4_20GeV_t60_p0"):
+        print_layer_offsets(sets, args.angle_showers, par, name)
+    if args.json:
+        args.json.write_text(json.dumps({"parameters": par.as_dict(), "angles": rows}, indent=1))
     return 0
 
 

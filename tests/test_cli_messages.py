@@ -91,3 +91,23 @@ def test_merge_range_cuts_a_split(fixtures: Path, tmp_path: Path, capsys) -> Non
     assert main(["merge", str(src), "--range", "50", "81", "-o", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "the inputs hold 80 showers" in err and not bad.exists()
+
+
+def test_phase_lines_never_add_to_an_error(capsys) -> None:
+    """A long phase shows one line with its time when it ends (in a log), and nothing when it
+    fails, so that the error stays the only line on stderr."""
+    from calogen.errors import UsageError
+    from calogen.progress import Phase
+
+    with Phase("evaluate: figures"):
+        pass
+    err = capsys.readouterr().err
+    assert (
+        err.count("\n") == 1 and err.startswith("evaluate: figures ... ") and err.endswith(" s\n")
+    )
+    with pytest.raises(UsageError), Phase("fit-occupancy: rounds"):
+        raise UsageError("bad")
+    assert capsys.readouterr().err == ""
+    with Phase("quiet", show=False):
+        pass
+    assert capsys.readouterr().err == ""

@@ -209,3 +209,147 @@ def test_visible_energy_matches_geant4(shared_data: Path) -> None:
         e = energy[pick]
         gf = _visible(gen.sample(e, seed=int(centre))).mean() / e.mean()
         assert gf == pytest.approx(g4, rel=0.02), f"{centre} GeV: GFlash {gf:.5f} vs G4 {g4:.5f}"
+
+
+# -----------------------------------------------------------------------------------------
+# inclined showers
+# -----------------------------------------------------------------------------------------
+
+
+def _axis_fit(showers: showerdata.Showers) -> dict[str, np.ndarray]:
+    """Fitted axis as ``calogen evaluate`` measures it: per-layer centroids of the slab cells
+    >= 0.1 MeV against the layer depth, weighted by the layer energy."""
+    from calogen.evaluation.observables import shower_features
+    from calogen.geometry import project
+
+    cal = slab()
+    f = shower_features(project(showers, cal), cal)
+    return {
+        "w": f.energy_per_layer_mev,
+        "cx": np.nan_to_num(f.layer_cog_x_mm),
+        "theta_deg": f.axis_theta_deg,
+        "phi_deg": f.axis_phi_deg,
+        "slope_x": f.axis_slope_x,
+        "slope_y": f.axis_slope_y,
+    }
+
+
+def _direction(theta_deg: float, n: int) -> np.ndarray:
+    t = np.radians(theta_deg)
+    return np.tile([np.sin(t), 0.0, np.cos(t)], (n, 1))
+
+
+def test_inclined_layers_see_the_profile_across_the_footprint() -> None:
+    """Ahead of the axis a layer sees later shower depths, behind it earlier ones.
+
+    So before the shower maximum the layer centroids lie ahead of the axis crossing (+x for
+    phi = 0), after it behind, and the fitted axis is flatter than the incident direction
+    (Geant4: 27.5 deg at 30 deg, see docs/gflash.md). Spots placed along the axis would give
+    centroids on the axis and the incident angle back.
+    """
+    n = 200
+    showers = GFlash().sample(np.full(n, 50.0), _direction(30.0, n), seed=11)
+    fit = _axis_fit(showers)
+    axis_x = slab().layer_z_mm * np.tan(np.radians(30.0))
+    w = fit["w"]
+    offset = ((fit["cx"] - axis_x) * w).sum(0) / w.sum(0)  # energy-weighted, per layer
+    assert offset[1:6].mean() > 1.0  # early layers: ahead of the axis
+    assert offset[22:29].mean() < -2.0  # late layers: behind it
+    assert abs(offset[8:16].mean()) < 1.5  # around the maximum: close to the axis
+    theta = np.nanmean(fit["theta_deg"])
+    assert 25.5 < theta < 29.0
+    wrapped = (fit["phi_deg"] + 180.0) % 360.0 - 180.0  # azimuth around 0
+    assert abs(np.nanmean(wrapped)) < 1.0
+    assert abs(np.nanmean(fit["slope_y"])) < 0.02
+
+
+def test_inclined_axis_intercept_and_azimuth() -> None:
+    """At phi = 90 deg the shower tilts in y only."""
+    n = 150
+    t = np.radians(45.0)
+    d = np.tile([0.0, np.sin(t), np.cos(t)], (n, 1))
+    fit = _axis_fit(GFlash().sample(np.full(n, 20.0), d, seed=4))
+    assert np.nanmedian(fit["phi_deg"]) == pytest.approx(90.0, abs=2.0)
+    assert abs(np.nanmean(fit["slope_x"])) < 0.02
+    assert 0.8 < np.nanmean(fit["slope_y"]) < 1.0  # flatter than tan(45 deg) = 1
+
+
+def test_visible_energy_grows_with_angle() -> None:
+    """More of an inclined shower lies in the front layers (twice the sampling fraction of
+    layers 20-29) and less leaks out of the back; on top, the sampling fraction grows as
+    (1/cos theta)^kappa. The calibrated energy (layers 20-29 x 2) without that factor hardly
+    depends on the angle."""
+    n = 150
+    weight = np.where(np.arange(N_LAYERS) >= 20, 2.0, 1.0)
+    par = GFlashParameters()
+    vis, cal = [], []
+    for theta in (0.0, 30.0, 60.0):
+        showers = GFlash().sample(np.full(n, 50.0), _direction(theta, n), seed=7)
+        packed = pack(showers)
+        layer = packed.points[:, 2].astype(np.int64)
+        e = np.bincount(layer, packed.points[:, 3].astype(np.float64), N_LAYERS) / n
+        vis.append(e.sum())
+        cal.append((e * weight).sum() * np.cos(np.radians(theta)) ** par.sampling_path_exponent)
+    assert vis[0] < vis[1] < vis[2]
+    assert vis[2] / vis[0] > 1.15
+    assert cal[1] / cal[0] == pytest.approx(1.0, abs=0.02)
+    assert cal[2] / cal[0] == pytest.approx(1.0, abs=0.03)
+    # without the path factor the visible energy is lower by exactly (1/cos)^kappa on average
+    flat = GFlash(par.replace(sampling_path_exponent=0.0))
+    showers = flat.sample(np.full(n, 50.0), _direction(60.0, n), seed=7)
+    ratio = vis[2] / _visible(showers).mean()
+    assert ratio == pytest.approx(2.0**par.sampling_path_exponent, rel=0.01)
+
+
+def test_normal_incidence_untouched_by_angle_parameters() -> None:
+    a = GFlash().sample(np.array([30.0, 60.0]), seed=8)
+    b = GFlash(GFlashParameters().replace(sampling_path_exponent=0.5)).sample(
+        np.array([30.0, 60.0]), seed=8
+    )
+    np.testing.assert_array_equal(a.points, b.points)
+
+
+def test_radial_tail_cut_off() -> None:
+    """exp(-(r/r_c)^2) removes the far tail of the r^-3 form and leaves the core alone."""
+    energies = np.full(30, 50.0)
+    par = GFlashParameters()
+
+    def shares(parameters: GFlashParameters) -> tuple[float, float]:
+        packed = pack(GFlash(parameters).sample(energies, seed=6))
+        r = np.hypot(packed.points[:, 0], packed.points[:, 1])
+        e = packed.points[:, 3].astype(np.float64)
+        return e[r < 10.0].sum() / e.sum(), e[r > 70.0].sum() / e.sum()
+
+    core, far = shares(par)
+    core_free, far_free = shares(par.replace(radial_cutoff_moliere=np.inf))
+    assert far < 0.4 * far_free
+    assert far_free > 1e-3  # the uncut r^-3 tail
+    assert core == pytest.approx(core_free, rel=0.02)
+
+
+@pytest.mark.shared_data
+def test_inclined_showers_match_geant4(shared_data: Path) -> None:
+    """Visible energy within 2.5 % and fitted axis angle within 1 deg of the Geant4 showers of
+    the angles training file at 35-65 GeV, theta 25-35 and 50-60 deg (same energies and
+    directions; 100-150 showers each)."""
+    path = shared_data / "g4_photons_angles_train.h5"
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    from calogen.data.io import ShowerFile
+
+    n = 3000  # the first half of the file: 100-150 showers per window
+    with h5py.File(path, "r") as f:
+        energy = f["energy"][:n, 0].astype(np.float64)
+        theta = f["theta_deg"][:n].astype(np.float64)
+        directions = f["directions"][:n].astype(np.float64)
+    with ShowerFile(path) as f:
+        g4_all = f.read(0, n)
+    for lo, hi in ((25.0, 35.0), (50.0, 60.0)):
+        idx = np.flatnonzero((energy > 35) & (energy < 65) & (theta >= lo) & (theta < hi))
+        g4 = g4_all[idx]
+        gf = GFlash().sample(energy[idx], directions[idx], seed=int(lo))
+        e_g4, e_gf = _visible(g4).mean(), _visible(gf).mean()
+        assert e_gf == pytest.approx(e_g4, rel=0.025), f"theta {lo}-{hi}: E_vis {e_gf} vs {e_g4}"
+        t_g4 = np.nanmean(_axis_fit(g4)["theta_deg"])
+        t_gf = np.nanmean(_axis_fit(gf)["theta_deg"])
+        assert abs(t_gf - t_g4) < 1.0, f"theta {lo}-{hi}: axis {t_gf:.2f} vs {t_g4:.2f} deg"

@@ -4,6 +4,8 @@
 # Usage: bash scripts/angles_model/evaluate.sh MODEL_DIR|default LABEL OUT_DIR [SETS...]
 # SETS: names of /work/g4data files without .h5 (default: the 50 GeV sets of issue 15) or
 # 'split' (showers 9000-9999 of g4_photons_10-90GeV_train.h5, E uniform 10-90 GeV).
+# WHICH=both (default) | model | gflash: evaluate both candidates in one report, or one alone
+# (reports OUT/SET, OUT/SET.model or OUT/SET.gflash; same seed, so the same floor).
 set -euo pipefail
 MODEL=$1; LABEL=$2; OUT=$3; shift 3
 G4=${CALOGEN_G4DATA:-/work/g4data}
@@ -22,13 +24,16 @@ for SET in $SETS; do
     T=$(echo "$SET" | sed -nE 's/.*_t([0-9]+).*/\1/p'); P=$(echo "$SET" | sed -nE 's/.*_p([0-9]+).*/\1/p')
     ANGLES=(--theta "${T:-0}" --phi "${P:-0}")
   fi
+  WHICH=${WHICH:-both}
   # same energies as the reference for the 10-90 split; fixed energy and angles otherwise
-  [ -f "$OUT/$SET.model.h5" ] || calogen generate --model "$MODEL" --energy "${ENERGY[@]}" "${ANGLES[@]}" \
+  [ "$WHICH" = gflash ] || [ -f "$OUT/$SET.model.h5" ] || calogen generate --model "$MODEL" --energy "${ENERGY[@]}" "${ANGLES[@]}" \
       -n 1000 --seed 11 -o "$OUT/$SET.model.h5" --quiet --threads 1
-  [ -f "$OUT/$SET.gflash.h5" ] || calogen simulate gflash --energy "${ENERGY[@]}" "${ANGLES[@]}" \
+  [ "$WHICH" = model ] || [ -f "$OUT/$SET.gflash.h5" ] || calogen simulate gflash --energy "${ENERGY[@]}" "${ANGLES[@]}" \
       -n 1000 --seed 11 -o "$OUT/$SET.gflash.h5" --quiet
-  calogen evaluate --reference "$REF" --reference-label "Geant4 ($SET)" \
-      --candidate "$OUT/$SET.model.h5" --label "$LABEL" \
-      --candidate "$OUT/$SET.gflash.h5" --label GFlash \
-      --no-fpd-kpd -o "$OUT/$SET" --overwrite --quiet
+  CANDIDATES=(); DIR=$OUT/$SET
+  [ "$WHICH" = gflash ] || CANDIDATES+=(--candidate "$OUT/$SET.model.h5" --label "$LABEL")
+  [ "$WHICH" = model ] || CANDIDATES+=(--candidate "$OUT/$SET.gflash.h5" --label GFlash)
+  [ "$WHICH" = both ] || DIR=$OUT/$SET.$WHICH
+  calogen evaluate --reference "$REF" --reference-label "Geant4 ($SET)" "${CANDIDATES[@]}" \
+      --no-fpd-kpd -o "$DIR" --overwrite --quiet
 done

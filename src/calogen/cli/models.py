@@ -131,6 +131,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="cell geometry for counting hits (default slab)",
     )
     add_threads(q)
+    add_quiet(q, help="no progress line on stderr")
     q.add_argument(
         "--no-radial",
         dest="radial",
@@ -269,14 +270,18 @@ def _fit_occupancy(args: argparse.Namespace) -> int:
             "--model default: the shipped model is read-only; copy its folder "
             "(calogen/default_model) and pass the copy"
         )
+    from calogen.progress import Phase
+
     set_threads(args.threads)
-    summary = fit_occupancy(
-        args.model,
-        _data(args.data),
-        n_showers=args.num,
-        seed=args.seed,
-        geometry=args.geometry,
-        radial=args.radial,
-    )
+    what = f"fit-occupancy: generating and projecting {args.num} showers per round, several rounds"
+    with Phase(what, show=not args.quiet):  # a long silent phase otherwise
+        summary = fit_occupancy(
+            args.model,
+            _data(args.data),
+            n_showers=args.num,
+            seed=args.seed,
+            geometry=args.geometry,
+            radial=args.radial,
+        )
     print(json.dumps(summary, indent=2))
     return 0

@@ -706,6 +706,21 @@ def _sample_color(index: int) -> str:
     return "0.25" if index == 0 else color(index - 1)
 
 
+def _label_group(ax: plt.Axes, text: str, x: float) -> None:
+    """Write a group's name (e.g. "30 deg") at the top of ``ax`` above data coordinate ``x``."""
+    ax.annotate(
+        text,
+        (x, 1.0),
+        xytext=(0, -6),
+        textcoords="offset points",
+        ha="center",
+        va="top",
+        fontsize=11,
+        color="0.3",
+        xycoords=("data", "axes fraction"),
+    )
+
+
 def plot_angle_response(
     samples: Sequence[SampleObservables], out_dir: str | os.PathLike[str]
 ) -> list[Path]:
@@ -758,17 +773,7 @@ def plot_angle_response(
                         label=label,
                     )
             if medians:
-                ax.annotate(
-                    group[0],
-                    (max(medians[0], 0.03 * top), 1.0),
-                    xytext=(0, -6),
-                    textcoords="offset points",
-                    ha="center",
-                    va="top",
-                    fontsize=11,
-                    color="0.3",
-                    xycoords=("data", "axes fraction"),
-                )
+                _label_group(ax, group[0], max(medians[0], 0.03 * top))
         energy = egroup[0] if egroup is not None else "all energies"
         ax.set_xlim(0.0, top)
         ax.set_xlabel("fitted shower axis angle theta [deg]")
@@ -830,17 +835,7 @@ def plot_visible_energy_at_angle(
                 norm = max(counts.sum(), 1)
                 totals[k] += counts / norm
                 errs2[k] += counts / norm**2
-            ax.annotate(
-                group[0],
-                (float(np.median(data[0])), 1.0),
-                xytext=(0, -6),
-                textcoords="offset points",
-                ha="center",
-                va="top",
-                fontsize=11,
-                color="0.3",
-                xycoords=("data", "axes fraction"),
-            )
+            _label_group(ax, group[0], float(np.median(data[0])))
         _draw(ax, rax, edges, totals, [np.sqrt(e) for e in errs2], _labels(samples))
         title = tgroup[0] if tgroup is not None else ""
         ax.set_title(f"visible energy at theta = {title}", fontsize=14)

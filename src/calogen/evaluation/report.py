@@ -24,7 +24,6 @@ import html
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -51,6 +50,7 @@ from calogen.evaluation.observables import (
 )
 from calogen.evaluation.plots import make_all_plots
 from calogen.geometry import THRESHOLD_MEV, Calorimeter, get_calorimeter, project
+from calogen.progress import Phase
 
 #: Largest W1 batch (showers), as in CaloClouds II.
 MAX_W1_BATCH = 50_000
@@ -115,22 +115,10 @@ def _atomic_write_text(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-class _Phase:
-    """A long silent phase on stderr: ``what ...`` when it starts, ``N.N s`` when it ends
-    (only with ``config.progress``)."""
-
-    def __init__(self, config: EvaluationConfig, what: str) -> None:
-        self.show, self.what = config.progress, what
-
-    def __enter__(self) -> None:
-        self.start = time.perf_counter()
-        if self.show:
-            print(f"evaluate: {self.what} ...", end="", file=sys.stderr, flush=True)
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        if self.show:
-            done = "failed" if exc_type else f"{time.perf_counter() - self.start:.1f} s"
-            print(f" {done}", file=sys.stderr, flush=True)
+def _Phase(config: EvaluationConfig, what: str) -> Phase:
+    """A long silent phase on stderr (only with ``config.progress``; see
+    :class:`calogen.progress.Phase`)."""
+    return Phase(f"evaluate: {what}", show=config.progress)
 
 
 def default_label(path: str | os.PathLike[str], attrs: dict[str, str] | None = None) -> str:

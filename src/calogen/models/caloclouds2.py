@@ -833,8 +833,8 @@ class CaloClouds2Trainer(scaffold.TrainerBase):
             )
         )
         if self.model.config.directions:
-            theta = self.data.features["theta_deg"]
-            info["theta_range_deg"] = [float(theta.min()), float(theta.max())]
+            theta = self.data.features["theta_deg"]  # whole degrees: 0-60, not 0.01-59.98
+            info["theta_range_deg"] = [float(np.floor(theta.min())), float(np.ceil(theta.max()))]
         save_model(
             out,
             model_type=MODEL_NAME,

@@ -23,13 +23,16 @@ One shower of incident energy ``E`` is made as follows (all vectorised over spot
    ``E`` and ``Z``, again with the sampling corrections.
 4. **Spots.** The energy is split into ``N_spot = a E^b`` spots; each spot gets a depth from
    the longitudinal profile, a radius from the radial profile and a uniform azimuth, all
-   measured along and around the shower axis. The axis follows the incident direction: at
-   depth ``z`` it is displaced by ``z tan(theta)``, and depths along it are stretched by
-   ``1/cos(theta)``; transverse offsets are projected along the axis onto the layer plane
-   (the footprint is stretched by ``1/cos(theta)`` along the tilt).
+   measured along and around the shower axis; the radial profile has a Gaussian cutoff
+   ``exp(-(r/r_c)^2)`` far out. The axis follows the incident direction: at depth ``z`` it is
+   displaced by ``z tan(theta)``, and depths along it are stretched by ``1/cos(theta)``. A
+   spot sits at its 3D position, which decides its layer (ahead of the axis a layer sees
+   later shower depths, behind it earlier ones), and is moved along the axis onto the silicon
+   mid-plane of that layer (the footprint is stretched by ``1/cos(theta)`` along the tilt).
 5. **Sampling.** A spot deposits in the silicon of the layer it falls into, a fraction
    ``f_samp`` (one value for the thin-absorber layers 0-19, another for 20-29, and a factor
-   for the last layer) of its energy. Spots behind layer 29 leak and are lost.
+   for the last layer) of its energy, times ``(1/cos(theta))^kappa`` for inclined showers
+   (Geant4's sampling fraction grows with the angle). Spots behind layer 29 leak and are lost.
    Sampling fluctuations multiply each layer's visible energy by a gamma-distributed factor of
    relative width ``c_samp / sqrt(E_layer / GeV)`` (so the total visible energy fluctuates by
    ``c_samp / sqrt(E)``); spot energies fluctuate log-normally around their mean.
@@ -107,11 +110,19 @@ class GFlashParameters:
         core_scale: multiplies the core radius ``R_C``.
         tail_scale: multiplies the tail radius ``R_T``.
         core_weight_scale: multiplies the core weight ``p`` (result clipped to [0, 1]).
+        radial_cutoff_moliere: ``r_c`` in (scaled) Molière radii: the radial profile is
+            multiplied by ``exp(-(r / r_c)^2)``. The paper's ``r^-3`` tail holds too much
+            energy far out (Geant4 falls off steeply beyond about 50 mm); with spots placed in
+            3D, that far tail moves energy many layers away from its depth in inclined
+            showers and flattens their fitted axis. ``inf`` switches the cutoff off.
         spots_per_gev: spot count ``a`` in ``N_spot = a (E/GeV)^b``.
         spots_exponent: ``b`` in ``N_spot = a (E/GeV)^b``.
         max_spots: upper limit of spots per shower (bounds time and memory at high E).
         sampling_term: stochastic term ``c_samp`` of the sampling fluctuations, GeV^0.5
             (relative width of a layer's visible energy ``c_samp / sqrt(E_layer/GeV)``).
+        sampling_path_exponent: ``kappa``: the sampling fraction of an inclined shower is
+            ``f_samp (1/cos(theta))^kappa`` (Geant4's calibrated visible energy grows with
+            the path length through the thin layers; see ``docs/gflash.md``).
         spot_sigma: width of the log-normal fluctuation of single-spot energies (normalised
             per shower and layer: it shapes the point-energy spectrum and the number of cells
             above threshold, not the layer energies).
@@ -119,7 +130,7 @@ class GFlashParameters:
             ``max(E, min_param_energy_gev)`` (they break down far below 1 GeV).
     """
 
-    sampling_fraction: float = 0.03335
+    sampling_fraction: float = 0.03318
     back_sampling_ratio: float = 0.4981
     last_layer_factor: float = 0.7606
     conversion_length_x0: float = 9.0 / 7.0
@@ -131,11 +142,13 @@ class GFlashParameters:
     core_scale: float = 1.119
     tail_scale: float = 0.9335
     core_weight_scale: float = 0.9267
-    spots_per_gev: float = 105.9
-    spots_exponent: float = 0.9595
+    radial_cutoff_moliere: float = 5.75
+    spots_per_gev: float = 107.1
+    spots_exponent: float = 0.9607
     max_spots: int = 200_000
     sampling_term: float = 0.1794
-    spot_sigma: float = 1.300
+    sampling_path_exponent: float = 0.0902
+    spot_sigma: float = 1.203
     min_param_energy_gev: float = 0.5
 
     def replace(self, **changes: Any) -> GFlashParameters:
@@ -439,33 +452,21 @@ class GFlash:
         r_core, r_tail, weight = _radial_parameters(tau, energy[owner], medium, par)
         u = rng.random((3, n_total))
         radius = np.where(u[0] < weight, r_core, r_tail)
-        radius_mm = (medium.moliere_radius_mm * par.moliere_scale) * radius
-        radius_mm *= np.sqrt(u[1] / (1.0 - u[1]))
-        phi = (2.0 * np.pi) * u[2]
-        cos_phi, sin_phi = np.cos(phi), np.sin(phi)
 
-        # depth: along-axis X0 -> z-depth X0 (x cos theta) -> z in mm (piecewise linear)
+        # depth of the axis point: along-axis X0 -> z-depth X0 (x cos theta) -> layer
         cos_theta = axis[:, 2]
         depth_x0 = (t0[owner] + t_rel) * cos_theta[owner]
         layer = np.searchsorted(det.boundaries_x0, depth_x0, side="right") - 1
 
-        # transverse offsets: in the plane perpendicular to the axis, projected along the axis
-        # onto the layer plane (the footprint of an inclined shower is stretched by
-        # 1/cos(theta) along the tilt); the layer is the one the axis point falls into
-        off_u = radius_mm * cos_phi
-        off_v = radius_mm * sin_phi
+        moliere_mm = medium.moliere_radius_mm * par.moliere_scale
+        scale_mm = moliere_mm * radius  # R_C or R_T of each spot, mm
+        radius_mm = _radii_with_cutoff(scale_mm, u[1], par.radial_cutoff_moliere * moliere_mm, rng)
+        phi = (2.0 * np.pi) * u[2]
+        off_u = radius_mm * np.cos(phi)  # along the tilt (in the plane of axis and z)
+        off_v = radius_mm * np.sin(phi)  # perpendicular to it (parallel to the layers)
+
         if np.any(np.abs(cos_theta - 1.0) > 1e-12):
-            # depth of the axis point in mm (1e9: leaked out of the back, dropped below)
-            z_axis = np.interp(depth_x0, det.boundaries_x0, det.boundaries_mm, right=1e9)
-            sin_theta = np.sqrt(np.maximum(1.0 - cos_theta**2, 0.0))
-            tilted = sin_theta > 1e-12
-            safe = np.where(tilted, sin_theta, 1.0)
-            cos_az = np.where(tilted, axis[:, 0] / safe, 1.0)[owner]
-            sin_az = np.where(tilted, axis[:, 1] / safe, 0.0)[owner]
-            shift = z_axis * (sin_theta / cos_theta)[owner]  # z tan(theta)
-            stretch = off_u / cos_theta[owner]
-            x = shift * cos_az + stretch * cos_az - off_v * sin_az
-            y = shift * sin_az + stretch * sin_az + off_v * cos_az
+            layer, x, y = _place_inclined(det, axis[owner], depth_x0, off_u, off_v)
         else:
             x, y = off_u, off_v
 
@@ -491,8 +492,82 @@ class GFlash:
         spot_noise = np.exp(par.spot_sigma * rng.standard_normal(owner.shape[0]))
         noise_sum = np.bincount(cell, spot_noise, minlength=n_cells)
         norm = spot_count / np.where(noise_sum > 0, noise_sum, 1.0)
-        visible = spot_energy[owner] * fraction[layer] * (layer_factor * norm)[cell] * spot_noise
+        # the sampling fraction grows with the path length through the layers, 1/cos(theta)
+        path_factor = cos_theta ** (-par.sampling_path_exponent)
+        visible = spot_energy * path_factor
+        visible = visible[owner] * fraction[layer] * (layer_factor * norm)[cell] * spot_noise
         return _merge(owner, layer, x, y, visible, n, self.max_points)
+
+
+def _radii_with_cutoff(
+    scale_mm: NDArray[np.float64],
+    u: NDArray[np.float64],
+    cutoff_mm: float,
+    rng: np.random.Generator,
+) -> NDArray[np.float64]:
+    """Radii (mm) from ``f(r) = 2 r R^2 / (r^2 + R^2)^2 * exp(-(r / r_c)^2)``, ``R = scale_mm``.
+
+    ``r = R sqrt(u / (1 - u))`` samples ``f`` without the cutoff (``u`` uniform in [0, 1));
+    the factor ``exp(-(r/r_c)^2)`` is applied by rejection: rejected radii are drawn again.
+    The acceptance is close to 1 except in the far tail, so the loop ends after a few passes.
+    """
+    radius = scale_mm * np.sqrt(u / (1.0 - u))
+    if not np.isfinite(cutoff_mm):
+        return radius
+    todo = np.arange(radius.shape[0])
+    for _ in range(1000):
+        reject = rng.random(todo.size) >= np.exp(-((radius[todo] / cutoff_mm) ** 2))
+        todo = todo[reject]
+        if todo.size == 0:
+            break
+        v = rng.random(todo.size)
+        radius[todo] = scale_mm[todo] * np.sqrt(v / (1.0 - v))
+    return radius
+
+
+def _place_inclined(
+    det: _Detector,
+    axis: NDArray[np.float64],
+    depth_x0: NDArray[np.float64],
+    off_u: NDArray[np.float64],
+    off_v: NDArray[np.float64],
+) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]:
+    """Layer and x, y (mm) of spots of inclined showers.
+
+    A spot lies at its 3D position: the axis point at z-depth ``depth_x0`` (X0, converted to
+    mm with the layer structure) plus the transverse offset ``(off_u, off_v)`` (mm) in the
+    plane perpendicular to the axis, ``u`` in the plane of the axis and the z axis. An offset
+    ``u`` towards the tilt moves the spot ``u sin(theta)`` towards the front, so the spot's
+    layer is the one that contains ``z_axis - u sin(theta)``: ahead of the axis a layer sees
+    later shower depths, behind it earlier ones. In its layer, the spot is moved along the
+    axis onto the silicon mid-plane (where the visible energy is deposited), so that it lies
+    ``u / cos(theta)`` from the axis crossing of that plane. Spots in front of the front face
+    get layer -1 and behind the back face layer 30 (both are dropped).
+
+    Args:
+        det: the layer structure.
+        axis: ``[S, 3]`` unit direction of each spot's shower.
+        depth_x0: ``[S]`` z-depth of the spot's axis point, X0.
+        off_u, off_v: ``[S]`` transverse offsets from the axis, mm.
+
+    Returns:
+        ``(layer [S], x [S], y [S])``.
+    """
+    cos_theta = axis[:, 2]
+    sin_theta = np.sqrt(np.maximum(1.0 - cos_theta**2, 0.0))
+    tilted = sin_theta > 1e-12
+    safe = np.where(tilted, sin_theta, 1.0)
+    cos_az = np.where(tilted, axis[:, 0] / safe, 1.0)
+    sin_az = np.where(tilted, axis[:, 1] / safe, 0.0)
+    # z of the axis point in mm (1e9: behind the back face)
+    z_axis = np.interp(depth_x0, det.boundaries_x0, det.boundaries_mm, right=1e9)
+    z_spot = z_axis - off_u * sin_theta
+    layer = np.searchsorted(det.boundaries_mm, z_spot, side="right") - 1
+    z_silicon = det.boundaries_mm[np.clip(layer, 0, N_LAYERS - 1) + 1] - 0.5 * det.silicon_mm
+    along = z_silicon * (sin_theta / cos_theta) + off_u / cos_theta
+    x = along * cos_az - off_v * sin_az
+    y = along * sin_az + off_v * cos_az
+    return layer, x, y
 
 
 def _chunks(n_spots: NDArray[np.int64], budget: int) -> list[tuple[int, int]]:
