@@ -8,6 +8,8 @@ by default (and in CI) they run at a reduced size.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from pathlib import Path
 
@@ -19,6 +21,19 @@ SHARED_DATA = Path(os.environ.get("CALOGEN_SHARED_DATA", REPO.parent / "shared" 
 FIXTURES = Path(__file__).resolve().parent / "data"
 
 torch.set_num_threads(1)
+
+
+def run_calogen(*argv: object) -> tuple[int, str, str]:
+    """Run ``calogen ARGV`` in-process; return the exit code, stdout and stderr."""
+    from calogen.cli import main
+
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exc:  # argparse
+            code = exc.code if isinstance(exc.code, int) else 1
+    return code, out.getvalue(), err.getvalue()
 
 
 def full_size() -> bool:

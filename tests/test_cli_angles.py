@@ -7,8 +7,6 @@ normal-incidence-only models, and one-line errors (exit code 2, no output) for b
 
 from __future__ import annotations
 
-import contextlib
-import io
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ from calogen.generation import (
     draw_energies,
     generate_to_file,
 )
+from conftest import run_calogen
 
 
 class FakeGenerator:
@@ -49,15 +48,7 @@ class FakeGenerator:
         return make_showers(points, np.full(n, 3), energies, directions)
 
 
-def calogen(*argv: object) -> tuple[int, str, str]:
-    """Run ``calogen ARGV`` in-process; return the exit code, stdout and stderr."""
-    err, out = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as exc:  # argparse
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
+calogen = run_calogen  # calogen(*argv) -> (exit code, stdout, stderr)
 
 
 def _directions_in(path: Path) -> np.ndarray:

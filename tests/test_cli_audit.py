@@ -8,8 +8,6 @@ output is left untouched). ``export`` is audited by its own tests.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -22,6 +20,7 @@ import pytest
 from calogen.cli import main
 from calogen.data.io import make_showers, read_showers, write_showers
 from calogen.models.training import FORMAT_VERSION
+from conftest import run_calogen
 
 # -- fixtures ----------------------------------------------------------------------------------
 
@@ -213,13 +212,8 @@ def models(model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, P
 
 def calogen(*argv: object) -> tuple[int, str]:
     """Run ``calogen ARGV`` in-process; return the exit code and stderr."""
-    err, out = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as exc:  # argparse
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, err.getvalue()
+    code, _, err = run_calogen(*argv)
+    return code, err
 
 
 def check_one_line(code: int, err: str, expected_code: int, message: str) -> None:
