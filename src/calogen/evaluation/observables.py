@@ -56,7 +56,7 @@ import showerdata
 from numpy.typing import NDArray
 
 from calogen.data.packed import pack
-from calogen.directions import axis_slopes, fit_axis
+from calogen.directions import angles_from_directions, axis_slopes, fit_axis
 from calogen.geometry import Calorimeter, CellHits, slab
 
 #: Layer edges of the 10 longitudinal energy bins of CaloClouds II (last edge inclusive).
@@ -267,15 +267,12 @@ class ShowerFeatures:
     @property
     def incident_theta_deg(self) -> NDArray[np.float64]:
         """Polar angle of the incident direction to the calorimeter normal, deg."""
-        d = np.asarray(self.directions, dtype=np.float64)
-        norm = np.linalg.norm(d, axis=1)
-        return np.degrees(np.arccos(np.clip(d[:, 2] / np.where(norm > 0, norm, 1.0), -1, 1)))
+        return angles_from_directions(self.directions)[0]
 
     @property
     def incident_phi_deg(self) -> NDArray[np.float64]:
         """Azimuth of the incident direction in [0, 360) deg (0 at normal incidence)."""
-        d = np.asarray(self.directions, dtype=np.float64)
-        return np.mod(np.degrees(np.arctan2(d[:, 1], d[:, 0])), 360.0)
+        return angles_from_directions(self.directions)[1]
 
     def matrix(
         self, nan_to: float = 0.0, *, axis: bool = False
