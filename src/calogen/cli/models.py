@@ -82,6 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "default: the config's max_showers, else all)",
     )
     _add_no_corrections(p)
+    _add_device(p)
     add_threads(p)
     add_quiet(p, help="no progress bar (running loss)")
     p.set_defaults(func=_train)
@@ -192,6 +193,7 @@ def _register_distill(subparsers: argparse._SubParsersAction) -> None:
         help="total distillation iterations (default: from the config)",
     )
     _add_no_corrections(d)
+    _add_device(d)
     add_threads(d)
     add_quiet(d, help="no progress bar (running loss)")
     d.set_defaults(func=_distill)
@@ -207,10 +209,23 @@ def _add_no_corrections(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where the networks train (default cpu); 'cuda': CaloClouds II and its "
+        "one-step model on a GPU (the Shower Flow stays on the CPU; same checkpoints and "
+        "model folder, a run may resume on either)",
+    )
+
+
 def _distill(args: argparse.Namespace) -> int:
     from calogen.models.caloclouds2 import distill
+    from calogen.models.registry import check_device
     from calogen.models.training import check_run_folder, set_threads
 
+    check_device(args.device)
     set_threads(args.threads)
     check_run_folder(args.output)
     summary = distill(
@@ -223,6 +238,7 @@ def _distill(args: argparse.Namespace) -> int:
         iterations=args.iterations,
         progress=not args.quiet,
         corrections=args.corrections,
+        device=args.device,
     )
     _print_summary(summary)
     return 0
@@ -256,6 +272,7 @@ def _train(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         corrections=args.corrections,
         n_showers=args.num,
+        device=args.device,
     )
     _print_summary(summary)
     return 0

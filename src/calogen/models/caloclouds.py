@@ -345,6 +345,9 @@ class TrainingData:
     offsets: NDArray[np.int64]  # [S + 1]
     energies: NDArray[np.float64]  # [S]
     features: dict[str, NDArray]
+    #: points of each shower as simulated, when ``points`` hold only a random subset of
+    #: them (a training cache, :mod:`calogen.models.training_cache`); ``None``: all stored
+    n_points: NDArray[np.int64] | None = None
 
     @property
     def n_showers(self) -> int:
@@ -352,7 +355,13 @@ class TrainingData:
 
     @property
     def counts(self) -> NDArray[np.int64]:
-        return np.diff(self.offsets)
+        """Points per shower (the condition N), as simulated."""
+        return np.diff(self.offsets) if self.n_points is None else self.n_points
+
+    @property
+    def subsampled(self) -> bool:
+        """True when ``points`` hold only a subset of each shower's points."""
+        return self.n_points is not None
 
     def shard(self, rank: int, world_size: int) -> TrainingData:
         """Every ``world_size``-th shower from ``rank`` on (a copy): a rank's part of the data
@@ -365,7 +374,7 @@ class TrainingData:
                 f"{self.n_showers} training showers cannot feed {world_size} ranks "
                 "(each rank needs at least one)"
             )
-        counts = self.counts[keep]
+        counts = np.diff(self.offsets)[keep]
         first = np.cumsum(counts) - counts
         idx = np.repeat(self.offsets[keep] - first, counts) + np.arange(int(counts.sum()))
         return TrainingData(
@@ -373,6 +382,7 @@ class TrainingData:
             offsets=np.concatenate(([0], np.cumsum(counts))).astype(np.int64),
             energies=self.energies[keep],
             features={k: v[keep] for k, v in self.features.items()},
+            n_points=None if self.n_points is None else self.n_points[keep],
         )
 
 
@@ -389,7 +399,22 @@ def load_training_data(
     without directions: normal incidence). With ``straighten`` the points of inclined
     showers are moved into the axis frame (:func:`calogen.directions.straighten_points`)
     before the features are computed.
+
+    A training cache (``.npz``, :mod:`calogen.models.training_cache`) is read as it was
+    made: its showers (``max_showers`` was applied when it was written) and its frame, which
+    must match ``straighten``.
     """
+    if scaffold.is_training_cache(path):
+        from calogen.models.training_cache import read_training_cache
+
+        data, meta = read_training_cache(path)  # type: ignore[arg-type]
+        if bool(meta["straightened"]) != bool(straighten):
+            frame = "axis" if meta["straightened"] else "detector"
+            raise UsageError(
+                f"{path}: the cache holds showers in the {frame} frame; this model needs "
+                f"{'the axis' if straighten else 'the detector'} frame (remake the cache)"
+            )
+        return data
     chunks, counts, energies = [], [], []
     feats: dict[str, list[NDArray]] = {}
     for one in scaffold.data_paths(path):
@@ -427,7 +452,17 @@ def load_training_data(
 
 
 def fit_normalisation(data: Any, core_radius_mm: float = 0.0) -> Normalisation:
-    """The point normalisation of one file, or of several (their widest energy range)."""
+    """The point normalisation of one file, or of several (their widest energy range), or
+    of a training cache (the range it stored from its files)."""
+    if scaffold.is_training_cache(data):
+        from calogen.models.training_cache import read_training_cache
+
+        meta = read_training_cache(data)[1]
+        return Normalisation(
+            e_min_gev=float(meta["e_min_gev"]),
+            e_max_gev=float(meta["e_max_gev"]),
+            core_radius_mm=core_radius_mm,
+        )
     fits = [Normalisation.fit(p, core_radius_mm=core_radius_mm) for p in scaffold.data_paths(data)]
     return replace(
         fits[0],
@@ -632,6 +667,11 @@ def point_trainer(
     else:
         normalisation = fit_normalisation(data, core_radius_mm)
     train_data = load_training_data(data, cfg.max_showers, straighten=straighten)
+    if train_data.subsampled and not getattr(trainer_cls, "subsampled_data", False):
+        raise UsageError(
+            f"{scaffold.data_label(data)}: a training cache holds a subset of each shower's "
+            f"points; '{trainer_cls.name}' needs whole showers (its encoder reads the cloud)"
+        )
     model = build(cfg, train_data, normalisation, seed)
     return trainer_cls(model, train_data, seed, scaffold.data_label(data))
 

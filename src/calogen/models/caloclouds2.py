@@ -780,8 +780,10 @@ def _batch(
     batch_size: int,
     points_per_shower: int | None,
     rng: np.random.Generator,
+    device: torch.device | None = None,
 ) -> tuple[Tensor, Conditioning]:
-    """Normalised packed points of a random batch of showers and their conditions."""
+    """Normalised packed points of a random batch of showers and their conditions (drawn on
+    the CPU from ``rng``, then moved to ``device``)."""
     n_batch = min(batch_size, data.n_showers)
     showers = rng.choice(data.n_showers, size=n_batch, replace=False)
     idx, owner = subsample_points(data.offsets, showers, points_per_shower, rng)
@@ -792,7 +794,10 @@ def _batch(
         torch.as_tensor(data.counts[showers]),
         None if theta is None else torch.as_tensor(theta),
     )
-    return x0, Conditioning(values, torch.from_numpy(owner))
+    owner_t = torch.from_numpy(owner)
+    if device is not None and device.type != "cpu":
+        x0, values, owner_t = x0.to(device), values.to(device), owner_t.to(device)
+    return x0, Conditioning(values, owner_t)
 
 
 def _optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
@@ -808,9 +813,12 @@ class CaloClouds2Trainer(scaffold.TrainerBase):
     """EDM training of the PointWise Net (with EMA) and, at the same time, the Shower Flow."""
 
     name = MODEL_NAME
+    #: the points are independent given (E, N, theta): a training cache's subset will do
+    subsampled_data = True
 
     def __init__(self, model: CaloClouds2, data: TrainingData, seed: int, data_path: str) -> None:
         super().__init__(model, data, seed, data_path)
+        self.device = torch.device("cpu")
         cfg = model.config
         self.ema = EMA(model.net, cfg.ema_decay)
         self.opt = _optimizer(cfg.optimizer, model.net.parameters(), cfg.lr_start)
@@ -824,6 +832,14 @@ class CaloClouds2Trainer(scaffold.TrainerBase):
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"diffusion": self.opt, "shower_flow": self.opt_shower}
+
+    def to(self, device: str | torch.device) -> None:
+        """Train the point network (and its EMA) on ``device``; the Shower Flow, a small
+        per-shower flow, stays on the CPU. Batches and noise are drawn on the CPU as before,
+        so a GPU run draws the same data as a CPU run with the same seed."""
+        self.device = torch.device(device)
+        self.model.net.to(self.device)
+        self.ema.to(self.device)
 
     def export(self, out: Path) -> None:
         info = self.model.model_info()
@@ -848,11 +864,11 @@ class CaloClouds2Trainer(scaffold.TrainerBase):
         model.train()
         rng = np.random.default_rng([self.seed, iteration])
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + iteration)
-        x0, cond = _batch(model, data, cfg.batch_size, cfg.points_per_shower, rng)
+        x0, cond = _batch(model, data, cfg.batch_size, cfg.points_per_shower, rng, self.device)
         sigma = sample_training_sigma(
             (x0.shape[0], 1), p_mean=cfg.p_mean, p_std=cfg.p_std, generator=gen
-        )
-        noise = torch.randn(x0.shape, generator=gen)
+        ).to(self.device)
+        noise = torch.randn(x0.shape, generator=gen).to(self.device)
         loss = edm_loss(model.denoiser(), x0, cond, sigma, noise=noise, sigma_data=cfg.sigma_data)
         set_lr(
             self.opt,
@@ -938,6 +954,7 @@ class CaloClouds2DistillTrainer(scaffold.TrainerBase):
     """
 
     name = CM_NAME
+    subsampled_data = True
 
     def __init__(
         self,
@@ -952,6 +969,7 @@ class CaloClouds2DistillTrainer(scaffold.TrainerBase):
         theta_range_deg: Sequence[float] | None = None,
     ) -> None:
         super().__init__(teacher.eval(), data, seed, data_path)
+        self.device = torch.device("cpu")
         self.teacher_model = teacher
         self.config = config
         self.teacher_dir = teacher_dir
@@ -981,6 +999,13 @@ class CaloClouds2DistillTrainer(scaffold.TrainerBase):
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"student": self.opt}
+
+    def to(self, device: str | torch.device) -> None:
+        """Distil on ``device``: teacher, student, target and EMA networks move there (the
+        Shower Flow stays on the CPU); batches and noise are drawn on the CPU as before."""
+        self.device = torch.device(device)
+        for net in (self.teacher_model.net, self.student_net, self.target_net, self.ema):
+            net.to(self.device)
 
     def checkpoint_json(self) -> dict[str, Any]:
         return {
@@ -1025,13 +1050,20 @@ class CaloClouds2DistillTrainer(scaffold.TrainerBase):
         rng = np.random.default_rng([self.seed, iteration])
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + iteration)
         x0, cond = _batch(self.teacher_model, self.data, cfg.batch_size, cfg.points_per_shower, rng)
+        # the grid index and the noise of every point, drawn on the CPU in the order the
+        # loss would draw them, then moved with the batch
+        index = torch.randint(0, cfg.n_grid - 1, (x0.shape[0], 1), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        if self.device.type != "cpu":
+            x0, index, noise = (t.to(self.device) for t in (x0, index, noise))
+            cond = Conditioning(cond.values.to(self.device), cond.index.to(self.device))
         set_lr(
             self.opt,
             lr_schedule(
                 iteration, cfg.iterations, cfg.lr_start, cfg.lr_end, cfg.lr_kind, cfg.lr_warmup
             ),
         )
-        loss = self.distiller.step(x0, cond, generator=gen)
+        loss = self.distiller.step(x0, cond, index=index, noise=noise)
         self.ema.update(
             self.student_net, decay=ema_warmup_decay(iteration, cfg.ema_decay, cfg.ema_warmup)
         )

@@ -121,6 +121,7 @@ def train(
     progress: bool = True,
     corrections: bool = True,
     n_showers: int | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Teacher, distillation and corrections from ``data`` (one shower file or several,
     concatenated) into ``out`` (module docstring).
@@ -133,6 +134,8 @@ def train(
         n_showers: train on the first N showers of ``data`` (default: the configs'
             ``max_showers``, else all).
         corrections: fit the student's corrections (stage 3; else it is skipped).
+        device: where the two training stages run (``"cpu"``, ``"cuda"``; not part of the
+            run's settings: a run may resume on another device).
     Returns:
         ``{"model", "out", "stages": {stage: summary}, "wall_seconds"}``.
     """
@@ -198,6 +201,7 @@ def train(
             seed=run_seed,
             progress=progress,
             corrections=False,
+            device=device,
             desc=f"1/{len(STAGES)} teacher",
         )
         mark("teacher", summary)
@@ -212,6 +216,7 @@ def train(
             seed=run_seed,
             progress=progress,
             corrections=False,
+            device=device,
             desc=f"2/{len(STAGES)} distillation",
         )
         mark("distillation", summary)

@@ -91,6 +91,8 @@ MODELS: dict[str, ModelEntry] = {
 
 #: Models whose training takes several --data files.
 MULTI_FILE_MODELS = ("caloclouds", "caloclouds2", "caloclouds2-cm")
+#: models whose training ends with fitted corrections (occupancy, radial map)
+CORRECTED_MODELS = ("caloclouds", "caloclouds2", "caloclouds2-cm")
 
 
 def get_entry(name: str) -> ModelEntry:
@@ -115,18 +117,23 @@ def train_model(
     progress: bool = True,
     corrections: bool = True,
     n_showers: int | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Train model ``name``; returns the model's summary dict (iterations, losses, time).
 
     ``data``: one shower file, or several (concatenated) for the point-cloud models.
     ``corrections``: models with post-training corrections (the CaloClouds family) fit them
-    on the training showers at the end; ``n_showers``: train on the first N showers only.
+    on the training showers at the end; ``n_showers``: train on the first N showers only;
+    ``device``: ``"cpu"`` or ``"cuda"`` (CaloClouds II and its one-step model).
     """
     from calogen.models.training import check_run_folder, set_threads
 
     entry = get_entry(name)
     if not isinstance(data, (str, os.PathLike)) and name not in MULTI_FILE_MODELS:
         raise UsageError(f"--data: '{name}' trains on one file, got {len(data)}")
+    if not corrections and name not in CORRECTED_MODELS:
+        raise UsageError(f"--no-corrections: '{name}' has no corrections to skip")
+    check_device(device)
     set_threads(threads)
     check_run_folder(out)
     if resume:
@@ -142,7 +149,19 @@ def train_model(
         progress=progress,
         corrections=corrections,
         n_showers=n_showers,
+        device=device,
     )
+
+
+def check_device(device: str) -> None:
+    """Refuse a device this machine lacks (one line, before any work)."""
+    if device not in ("cpu", "cuda"):
+        raise UsageError(f"--device {device}: expected 'cpu' or 'cuda'")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: no CUDA device is available on this machine")
 
 
 def check_resume_model(out: str | os.PathLike[str], name: str) -> None:

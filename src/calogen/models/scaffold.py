@@ -116,6 +116,11 @@ def data_paths(data: Any) -> list[str]:
     return paths
 
 
+def is_training_cache(data: Any) -> bool:
+    """True for one training-cache file (:mod:`calogen.models.training_cache`)."""
+    return isinstance(data, (str, os.PathLike)) and str(data).endswith(".npz")
+
+
 def data_label(data: Any) -> str:
     """The training files of ``data`` as one string (comma-separated), for messages and JSON."""
     return ", ".join(data_paths(data))
@@ -199,6 +204,7 @@ def train_model(
     corrections: bool = True,
     fit_corrections: FitCorrections | None = None,
     desc: str | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """The ``train`` of a model module: resolve the config (:func:`training_config`), let
     ``make_trainer(config, data, seed, stored)`` load the data and build the model and its
@@ -210,8 +216,16 @@ def train_model(
     are fitted on the training showers with the run's seed, unless ``corrections`` is off,
     and their summary is added under ``"corrections"``. A resumed run that was already
     complete fits them again, so it ends with the same model as an uninterrupted one.
-    ``desc`` names the progress bar (default ``name``).
+    ``desc`` names the progress bar (default ``name``). ``device`` (``"cpu"``, ``"cuda"``):
+    where the trainer's networks train (:meth:`TrainerBase.to`); checkpoints and the model
+    folder are the same either way.
     """
+    if fit_corrections is not None and corrections and is_training_cache(data):
+        raise UsageError(
+            f"{data_label(data)}: a training cache holds no whole showers to fit the "
+            "corrections on: train with --no-corrections, then run 'calogen fit-occupancy "
+            "--data' on the shower files the cache was made from"
+        )
     cfg, seed, stored = training_config(
         config,
         out,
@@ -225,6 +239,8 @@ def train_model(
     )
     t0 = time.perf_counter()
     trainer = make_trainer(cfg, data, seed, stored)
+    if str(device) != "cpu":
+        trainer.to(device)
     summary = run_model_training(
         trainer,
         out,
@@ -320,6 +336,11 @@ class TrainerBase:
 
     def generators(self) -> dict[str, Any]:
         return {}  # all randomness is derived from (seed, iteration)
+
+    def to(self, device: str | torch.device) -> None:
+        """Move the trained networks to ``device`` (before a checkpoint is loaded into
+        them); trainers that support a GPU override this."""
+        raise UsageError(f"--device {device}: '{self.name}' trains on the CPU only")
 
     def checkpoint_json(self) -> dict[str, Any]:
         info = self.model.model_info() if hasattr(self.model, "model_info") else {}

@@ -1,0 +1,151 @@
+"""Training caches: the training showers of a CaloClouds II run in one small file.
+
+A GPU machine often has no room or no access for the full HDF5 files (the shared training
+data are 230 MB). A cache holds what CaloClouds II training reads, at a fraction of the size:
+
+* per shower, from the *full* shower: incident energy (GeV), the number of points as
+  simulated (the point network's condition N), theta (deg) and the Shower Flow's features;
+* a random subset of at most ``points_per_shower`` points of each shower (x, y in mm as
+  float16, layer index, energy in GeV as float32), in the axis frame for angle-aware runs;
+* the energy range of the point normalisation, fitted on the full files.
+
+The points of a CaloClouds II shower are independent given (E, N, theta), and each training
+step sees a random subset of ``points_per_shower`` points of a shower anyway, so the cached
+subset is an unbiased sample of the same distribution; CaloClouds, whose EPiC encoder reads
+the whole cloud, refuses caches. The corrections need whole showers: a run on a cache ends
+without them (``--no-corrections``) and ``calogen fit-occupancy`` fits them afterwards on the
+shower files the cache was made from.
+
+Format: one ``.npz`` (numpy, no pickled objects), written to a temporary name, then renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calogen.errors import UsageError
+
+FORMAT = "calogen-training-cache"
+VERSION = 1
+_FEATURE = "feature."
+
+
+def write_training_cache(
+    data: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    max_showers: int | None = None,
+    straighten: bool = False,
+    points_per_shower: int = 256,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Write the cache of ``data`` (one or several shower files; the first ``max_showers``
+    of each) to ``out`` (``.npz``); returns its summary (showers, points, size in MB)."""
+    from calogen.models.caloclouds import fit_normalisation, load_training_data
+    from calogen.models.caloclouds2 import subsample_points
+
+    out = Path(out)
+    if out.suffix != ".npz":
+        raise UsageError(f"{out}: a training cache is a .npz file")
+    if points_per_shower <= 0:
+        raise UsageError(f"points_per_shower must be > 0, got {points_per_shower}")
+    full = load_training_data(data, max_showers, straighten=straighten)
+    norm = fit_normalisation(data)
+    rng = np.random.default_rng(seed)
+    idx, _ = subsample_points(
+        full.offsets, np.arange(full.n_showers, dtype=np.int64), points_per_shower, rng
+    )
+    kept = np.minimum(full.counts, points_per_shower)
+    points = full.points[idx]
+    paths = [str(data)] if isinstance(data, (str, os.PathLike)) else [str(p) for p in data]
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "sources": paths,
+        "max_showers": max_showers,
+        "straightened": bool(straighten),
+        "points_per_shower": int(points_per_shower),
+        "seed": int(seed),
+        "e_min_gev": norm.e_min_gev,
+        "e_max_gev": norm.e_max_gev,
+    }
+    arrays = {
+        "meta": np.array(json.dumps(meta)),
+        "xy_mm": points[:, :2].astype(np.float16),
+        "layer": points[:, 2].astype(np.uint8),
+        "e_gev": points[:, 3].astype(np.float32),
+        "stored": kept.astype(np.int32),
+        "n_points": full.counts.astype(np.int32),
+        "energies_gev": full.energies.astype(np.float64),
+        **{_FEATURE + k: np.asarray(v) for k, v in full.features.items()},
+    }
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    try:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {
+        "cache": str(out),
+        "showers": full.n_showers,
+        "points": int(points.shape[0]),
+        "size_mb": round(out.stat().st_size / 1e6, 2),
+        **{k: meta[k] for k in ("sources", "max_showers", "straightened", "points_per_shower")},
+    }
+
+
+def read_training_cache(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
+    """``(TrainingData, meta)`` of a cache; one-line :class:`UsageError` for anything else."""
+    from calogen.models.caloclouds import TrainingData
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such training cache")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        meta = json.loads(str(arrays.pop("meta")))
+    except Exception as exc:  # zip, npy and JSON errors alike: not a cache we can read
+        raise UsageError(f"{path}: not a calogen training cache ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise UsageError(f"{path}: not a calogen training cache (no '{FORMAT}' header)")
+    if meta.get("version") != VERSION:
+        raise UsageError(f"{path}: training cache version {meta.get('version')}, need {VERSION}")
+    try:
+        stored = arrays["stored"].astype(np.int64)
+        points = np.concatenate(
+            [
+                arrays["xy_mm"].astype(np.float32),
+                arrays["layer"].astype(np.float32)[:, None],
+                arrays["e_gev"].astype(np.float32)[:, None],
+            ],
+            axis=1,
+        )
+        data = TrainingData(
+            points=points,
+            offsets=np.concatenate(([0], np.cumsum(stored))).astype(np.int64),
+            energies=arrays["energies_gev"].astype(np.float64),
+            features={k[len(_FEATURE) :]: v for k, v in arrays.items() if k.startswith(_FEATURE)},
+            n_points=arrays["n_points"].astype(np.int64),
+        )
+    except (KeyError, ValueError) as exc:
+        raise UsageError(f"{path}: damaged training cache ({exc})") from None
+    n = data.n_showers
+    if (
+        int(stored.sum()) != points.shape[0]
+        or data.counts.shape[0] != n
+        or any(v.shape[0] != n for v in data.features.values())
+        or not np.all(np.isfinite(points))
+    ):
+        raise UsageError(f"{path}: damaged training cache (inconsistent or non-finite arrays)")
+    return data, meta
+
+
+__all__ = ["read_training_cache", "write_training_cache"]
