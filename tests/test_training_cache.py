@@ -10,7 +10,11 @@ from calogen.errors import UsageError
 from calogen.models import caloclouds as cc
 from calogen.models import caloclouds2 as cc2
 from calogen.models.registry import load_generator
-from calogen.models.training_cache import read_training_cache, write_training_cache
+from calogen.models.training_cache import (
+    merge_training_caches,
+    read_training_cache,
+    write_training_cache,
+)
 from conftest import run_calogen
 from test_caloclouds2 import TINY_DISTILL, tiny_config
 
@@ -141,3 +145,15 @@ def test_cuda_training_follows_the_cpu_run(fixtures, tmp_path):
     )
     showers = load_generator(student).sample(np.array([30.0, 70.0]), seed=0)
     assert np.isfinite(showers.points).all()
+
+
+def test_merged_caches_hold_both(cache, tmp_path):
+    path, _ = cache
+    merged = tmp_path / "merged.npz"
+    summary = merge_training_caches([path, path], merged)
+    one, _ = read_training_cache(path)
+    both, meta = read_training_cache(merged)
+    assert summary["showers"] == both.n_showers == 2 * one.n_showers
+    np.testing.assert_array_equal(both.counts, np.concatenate([one.counts, one.counts]))
+    np.testing.assert_array_equal(both.points, np.concatenate([one.points, one.points]))
+    assert meta["merged_from"] == [str(path), str(path)]

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from calogen.errors import UsageError
+from calogen.models.caloclouds import TrainingData
 
 FORMAT = "calogen-training-cache"
 VERSION = 1
@@ -61,8 +62,6 @@ def write_training_cache(
     idx, _ = subsample_points(
         full.offsets, np.arange(full.n_showers, dtype=np.int64), points_per_shower, rng
     )
-    kept = np.minimum(full.counts, points_per_shower)
-    points = full.points[idx]
     paths = [str(data)] if isinstance(data, (str, os.PathLike)) else [str(p) for p in data]
     meta = {
         "format": FORMAT,
@@ -75,15 +74,70 @@ def write_training_cache(
         "e_min_gev": norm.e_min_gev,
         "e_max_gev": norm.e_max_gev,
     }
+    subset = TrainingData(
+        points=full.points[idx],
+        offsets=np.concatenate(([0], np.cumsum(np.minimum(full.counts, points_per_shower)))),
+        energies=full.energies,
+        features=full.features,
+        n_points=full.counts,
+    )
+    return _save(subset, meta, out)
+
+
+def merge_training_caches(
+    caches: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]
+) -> dict[str, Any]:
+    """One cache of the showers of several (e.g. made on different machines); they must
+    hold showers in the same frame. The normalisation range is the widest of them."""
+    if not caches:
+        raise UsageError("no training caches to merge")
+    parts = [read_training_cache(c) for c in caches]
+    frames = {bool(m["straightened"]) for _, m in parts}
+    if len(frames) > 1:
+        raise UsageError("cannot merge training caches of the axis and the detector frame")
+    keys = set(parts[0][0].features)
+    if any(set(d.features) != keys for d, _ in parts):
+        raise UsageError("cannot merge training caches with different shower features")
+    metas = [m for _, m in parts]
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "sources": [s for m in metas for s in m["sources"]],
+        "max_showers": None,
+        "straightened": frames.pop(),
+        "points_per_shower": max(int(m["points_per_shower"]) for m in metas),
+        "seed": [m["seed"] for m in metas],
+        "e_min_gev": min(float(m["e_min_gev"]) for m in metas),
+        "e_max_gev": max(float(m["e_max_gev"]) for m in metas),
+        "merged_from": [str(c) for c in caches],
+    }
+    datas = [d for d, _ in parts]
+    stored = np.concatenate([np.diff(d.offsets) for d in datas])
+    merged = TrainingData(
+        points=np.concatenate([d.points for d in datas]),
+        offsets=np.concatenate(([0], np.cumsum(stored))).astype(np.int64),
+        energies=np.concatenate([d.energies for d in datas]),
+        features={k: np.concatenate([d.features[k] for d in datas]) for k in keys},
+        n_points=np.concatenate([d.counts for d in datas]),
+    )
+    return _save(merged, meta, out)
+
+
+def _save(data: TrainingData, meta: dict[str, Any], out: Path | str) -> dict[str, Any]:
+    """Write ``data`` (its ``counts``: the simulated N) and ``meta`` atomically."""
+    out = Path(out)
+    if out.suffix != ".npz":
+        raise UsageError(f"{out}: a training cache is a .npz file")
+    points = data.points
     arrays = {
         "meta": np.array(json.dumps(meta)),
         "xy_mm": points[:, :2].astype(np.float16),
         "layer": points[:, 2].astype(np.uint8),
         "e_gev": points[:, 3].astype(np.float32),
-        "stored": kept.astype(np.int32),
-        "n_points": full.counts.astype(np.int32),
-        "energies_gev": full.energies.astype(np.float64),
-        **{_FEATURE + k: np.asarray(v) for k, v in full.features.items()},
+        "stored": np.diff(data.offsets).astype(np.int32),
+        "n_points": data.counts.astype(np.int32),
+        "energies_gev": data.energies.astype(np.float64),
+        **{_FEATURE + k: np.asarray(v) for k, v in data.features.items()},
     }
     tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
     try:
@@ -94,17 +148,15 @@ def write_training_cache(
         tmp.unlink(missing_ok=True)
     return {
         "cache": str(out),
-        "showers": full.n_showers,
+        "showers": data.n_showers,
         "points": int(points.shape[0]),
         "size_mb": round(out.stat().st_size / 1e6, 2),
         **{k: meta[k] for k in ("sources", "max_showers", "straightened", "points_per_shower")},
     }
 
 
-def read_training_cache(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
+def read_training_cache(path: str | os.PathLike[str]) -> tuple[TrainingData, dict[str, Any]]:
     """``(TrainingData, meta)`` of a cache; one-line :class:`UsageError` for anything else."""
-    from calogen.models.caloclouds import TrainingData
-
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path}: no such training cache")
@@ -148,4 +200,4 @@ def read_training_cache(path: str | os.PathLike[str]) -> tuple[Any, dict[str, An
     return data, meta
 
 
-__all__ = ["read_training_cache", "write_training_cache"]
+__all__ = ["merge_training_caches", "read_training_cache", "write_training_cache"]
