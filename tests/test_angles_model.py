@@ -125,8 +125,19 @@ def test_train_distill_generate_at_angles(fixtures, inclined_file, tmp_path) -> 
     assert code == 0
     cc2.distill(teacher=teacher, config=dict(TINY_DISTILL), data=data, out=student, progress=False)
     summary = cc2.fit_occupancy(student, data, n_showers=20, refine_iterations=1)
-    assert summary["showers"] == 40 and summary["radial_correction"]
+    assert summary["showers"] == 40 and summary["radial_correction"] and summary["axis_shift"]
     gen = load_generator(student)
+    shift = gen.model.axis_shift
+    assert shift is not None and np.all(shift.shift_mm[0] == 0) and np.any(shift.shift_mm != 0)
+    # the shift moves each layer along the inclination (x in the axis frame), nothing else
+    dirs30 = directions_from_angles([30.0] * 2, [0.0] * 2)
+    with_shift = pack(gen.sample(np.array([40.0, 60.0]), dirs30, seed=2))
+    gen.model.axis_shift = None
+    without = pack(gen.sample(np.array([40.0, 60.0]), dirs30, seed=2))
+    gen.model.axis_shift = shift
+    np.testing.assert_array_equal(with_shift.points[:, 1:], without.points[:, 1:])
+    expected = shift.shift(np.full(len(without.points), 30.0), without.points[:, 2])
+    np.testing.assert_allclose(with_shift.points[:, 0] - without.points[:, 0], expected, atol=1e-4)
     assert gen.supports_direction and gen.theta_range_deg[1] > 10
     energies = np.array([20.0, 50.0, 80.0])
     a = gen.sample(energies, directions_from_angles([30.0] * 3, [0.0] * 3), seed=4)
@@ -140,6 +151,18 @@ def test_train_distill_generate_at_angles(fixtures, inclined_file, tmp_path) -> 
         straighten_points(pb.points, pb.counts, b.directions),
         atol=2e-3,
     )
+    # the DDML export applies the same corrections, the axis shift included
+    from calogen.export import DDMLShower, ShowerPipeline
+    from calogen.geometry import slab
+    from test_export_ddml import _assert_same_shower, _python_shower
+
+    ddml = DDMLShower(ShowerPipeline(gen.model).eval(), slab().layer_z_mm).eval()
+    for seed, (energy, theta, phi) in ((3, (40.0, 30.0, 10.0)), (4, (75.0, 55.0, -100.0))):
+        ref = _python_shower(gen.model, energy, theta, phi, seed)
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            row = ddml(*(torch.tensor([v]) for v in (energy, theta, phi))).numpy()
+        _assert_same_shower(row, ref)
     # normal incidence without directions
     normal = gen.sample(energies, seed=4)
     np.testing.assert_array_equal(normal.directions, [[0.0, 0.0, 1.0]] * 3)

@@ -563,6 +563,124 @@ class RadialCorrection:
         return out
 
 
+#: polar-angle bins (deg) of :class:`AxisShiftCorrection`; its nodes are their centres
+AXIS_SHIFT_THETA_EDGES_DEG = (0.0, 15.0, 30.0, 45.0, 60.0)
+
+
+@dataclass
+class AxisShiftCorrection:
+    """Per-layer shift (mm) along the inclination of an angle-aware model's showers.
+
+    In the axis frame of an inclined shower (:func:`calogen.directions.straighten_points`:
+    the axis along z through x = y = 0, the inclination in the x-z plane) the energy-weighted
+    x centroid of each layer of Geant4 showers and of generated showers at the same energies
+    and directions differ by a few tenths of a mm to a few mm, growing with depth and theta:
+    the generated showers lean less than Geant4's, so their fitted axis is too steep
+    (docs/angles.md). This correction adds the mean difference, per layer, interpolated
+    linearly in theta between the centres of the bins :data:`AXIS_SHIFT_THETA_EDGES_DEG`
+    (and zero at normal incidence, where the mirror symmetry makes it zero; constant beyond
+    the last centre). Fitted after training like the occupancy correction.
+
+    Attributes:
+        theta_nodes_deg: ``[K]`` increasing, the first 0.
+        shift_mm: ``[K, n_layers]``, the first row zero.
+    """
+
+    theta_nodes_deg: NDArray[np.float64]
+    shift_mm: NDArray[np.float64]
+
+    @classmethod
+    def fit(
+        cls,
+        data: tuple[NDArray, NDArray, NDArray],
+        generated: tuple[NDArray, NDArray, NDArray],
+        n_layers: int = 30,
+        min_showers: int = 5,
+    ) -> AxisShiftCorrection:
+        """From ``(points [P, 4] in the axis frame, shower [P], theta_deg [S])`` of Geant4
+        showers and of showers generated at the same energies and directions (bins with
+        fewer than ``min_showers`` inclined showers keep a zero shift)."""
+        edges = np.asarray(AXIS_SHIFT_THETA_EDGES_DEG)
+        nodes = [0.0]
+        rows = [np.zeros(n_layers)]
+        means = [_layer_x_means(*side, edges, n_layers, min_showers) for side in (data, generated)]
+        for k in range(len(edges) - 1):
+            nodes.append(0.5 * (edges[k] + edges[k + 1]))
+            ok = np.isfinite(means[0][k]) & np.isfinite(means[1][k])
+            rows.append(np.where(ok, means[0][k] - means[1][k], 0.0))
+        return cls(np.asarray(nodes), np.asarray(rows))
+
+    def shift(self, theta_deg: NDArray[np.floating], layer: NDArray[np.floating]) -> NDArray:
+        """Shift (mm) of points at ``theta_deg`` and layer index ``layer`` (both ``[P]``)."""
+        theta = np.clip(np.asarray(theta_deg, np.float64), 0.0, self.theta_nodes_deg[-1])
+        k = np.clip(np.searchsorted(self.theta_nodes_deg, theta, side="right") - 1, 0, None)
+        k = np.minimum(k, len(self.theta_nodes_deg) - 2)
+        t0, t1 = self.theta_nodes_deg[k], self.theta_nodes_deg[k + 1]
+        w = np.clip((theta - t0) / (t1 - t0), 0.0, 1.0)
+        n_layers = self.shift_mm.shape[1]
+        ell = np.clip(np.rint(np.asarray(layer)).astype(np.int64), 0, n_layers - 1)
+        return (1 - w) * self.shift_mm[k, ell] + w * self.shift_mm[k + 1, ell]
+
+    def apply(self, points: NDArray[np.floating], theta_deg: NDArray[np.floating]) -> None:
+        """Shift ``points [P, 4]`` (axis frame) in x in place; ``theta_deg`` per point."""
+        points[:, 0] += self.shift(theta_deg, points[:, 2]).astype(points.dtype)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "axis_shift",
+            "theta_nodes_deg": self.theta_nodes_deg.tolist(),
+            "shift_mm": np.round(self.shift_mm, 4).tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AxisShiftCorrection:
+        try:
+            out = cls(
+                np.asarray(data["theta_nodes_deg"], np.float64),
+                np.asarray(data["shift_mm"], np.float64),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UsageError(f"invalid axis-shift correction: {exc}") from None
+        t = out.theta_nodes_deg
+        if (
+            t.ndim != 1
+            or t.size < 2
+            or np.any(np.diff(t) <= 0)
+            or out.shift_mm.ndim != 2
+            or out.shift_mm.shape[0] != t.size
+            or not np.all(np.isfinite(out.shift_mm))
+        ):
+            raise UsageError("invalid axis-shift correction: tables of the wrong shape")
+        return out
+
+
+def _layer_x_means(
+    points: NDArray,
+    shower: NDArray,
+    theta_deg: NDArray,
+    edges: NDArray,
+    n_layers: int,
+    min_showers: int,
+) -> NDArray[np.float64]:
+    """``[n_bins, n_layers]``: mean over the showers of a theta bin of each layer's
+    energy-weighted x centroid (NaN where a bin has too few showers or a layer no energy)."""
+    n_showers = int(np.asarray(theta_deg).shape[0])
+    layer = np.clip(np.rint(points[:, 2]).astype(np.int64), 0, n_layers - 1)
+    e = points[:, 3].astype(np.float64)
+    key = shower * n_layers + layer
+    w = np.bincount(key, e, n_showers * n_layers).reshape(n_showers, n_layers)
+    wx = np.bincount(key, e * points[:, 0], n_showers * n_layers).reshape(n_showers, n_layers)
+    cx = np.where(w > 0, wx / np.maximum(w, 1e-300), np.nan)
+    out = np.full((len(edges) - 1, n_layers), np.nan)
+    theta = np.asarray(theta_deg, np.float64)
+    for k in range(len(edges) - 1):
+        sel = (theta > max(edges[k], 0.5)) & (theta <= edges[k + 1] + 1e-9)
+        if sel.sum() >= min_showers:
+            with np.errstate(all="ignore"):
+                out[k] = np.nanmean(cx[sel], axis=0)
+    return out
+
+
 def _strictly_increasing(q: NDArray[np.float64]) -> NDArray[np.float64]:
     """Make the last axis strictly increasing (ties from empty weight ranges)."""
     q = np.maximum.accumulate(q, axis=-1)

@@ -179,6 +179,17 @@ class ShowerPipeline(nn.Module):
                 ("radial_keys", (knots - self.radial_lo + offset).reshape(-1)),
             ):
                 self.register_buffer(name, torch.as_tensor(values, dtype=torch.float64))
+        axis_shift = getattr(model, "axis_shift", None)
+        #: per-layer shift along the inclination (calogen.calibration.AxisShiftCorrection)
+        self.has_axis_shift = axis_shift is not None
+        self.axis_layers = 1
+        if axis_shift is not None:
+            self.axis_layers = int(axis_shift.shift_mm.shape[1])
+            for name, values in (
+                ("axis_nodes", axis_shift.theta_nodes_deg),
+                ("axis_table", axis_shift.shift_mm),
+            ):
+                self.register_buffer(name, torch.as_tensor(values, dtype=torch.float64))
         self.consistency = bool(model.consistency)
         self.mirror = bool(getattr(cfg, "mirror", False))
         #: an angle-aware model (config ``directions``): the point network and the Shower Flow
@@ -328,6 +339,20 @@ class ShowerPipeline(nn.Module):
             -1,
         )
 
+    def _axis_shift(self, theta: Tensor, layer: Tensor) -> Tensor:
+        """``[B, M]`` float32 shift (mm) along x of points in ``layer [B, M]`` of showers at
+        ``theta [B]`` (deg): linear in theta between the nodes, per layer."""
+        nodes, table = self.axis_nodes, self.axis_table
+        k_max = nodes.shape[0] - 2
+        t = theta.to(torch.float64).clamp(0.0, float(nodes[-1]))
+        k = (t[:, None] >= nodes[None, 1:]).sum(1).clamp(0, k_max)  # nodes[0] = 0 <= t
+        t0, t1 = nodes[k], nodes[k + 1]
+        w = ((t - t0) / (t1 - t0)).clamp(0.0, 1.0)[:, None]
+        ell = layer.round().to(torch.int64).clamp(0, self.axis_layers - 1)
+        s0 = torch.gather(table[k], 1, ell)
+        s1 = torch.gather(table[k + 1], 1, ell)
+        return ((1.0 - w) * s0 + w * s1).to(torch.float32)
+
     def _sample(self, point_noise: Tensor, values: Tensor) -> Tensor:
         from calogen.models.caloclouds2 import Conditioning
         from calogen.models.consistency import consistency_sample
@@ -476,6 +501,8 @@ class ShowerPipeline(nn.Module):
             centre = (coord * e64).sum(1) / safe
             shift = torch.where(has_energy, cog[:, axis] - centre, torch.zeros_like(centre))
             shifted.append((coord + shift[:, None]).to(torch.float32))
+        if self.has_axis_shift:  # the lean of each layer (AxisShiftCorrection.shift)
+            shifted[0] = shifted[0] + self._axis_shift(theta, layer)
         if self.mirror:  # mirror in x and y by the signs of the last two flow-noise columns
             dim = self.shower_flow.dim
             for axis in (0, 1):

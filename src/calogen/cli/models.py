@@ -139,6 +139,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_false",
         help="CaloClouds II: do not fit the radial quantile correction",
     )
+    q.add_argument(
+        "--no-axis-shift",
+        dest="axis",
+        action="store_false",
+        help="angle-aware CaloClouds II: do not fit the per-layer shift along the "
+        "inclination (fitted from the inclined showers in --data)",
+    )
     q.set_defaults(func=_fit_occupancy)
 
     _register_distill(subparsers)
@@ -299,6 +306,7 @@ def _fit_occupancy(args: argparse.Namespace) -> int:
             seed=args.seed,
             geometry=args.geometry,
             radial=args.radial,
+            axis=args.axis,
         )
     print(json.dumps(summary, indent=2))
     return 0

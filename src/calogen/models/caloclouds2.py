@@ -48,6 +48,7 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 
 from calogen.calibration import (
+    AxisShiftCorrection,
     OccupancyCorrection,
     RadialCorrection,
     calibrate,
@@ -423,6 +424,7 @@ class CaloClouds2(nn.Module):
         occupancy: OccupancyCorrection | None = None,
         *,
         radial: RadialCorrection | None = None,
+        axis_shift: AxisShiftCorrection | None = None,
         consistency: bool = False,
         cm_sigmas: tuple[float, ...] | None = None,
     ) -> None:
@@ -431,6 +433,7 @@ class CaloClouds2(nn.Module):
         self.normalisation = normalisation
         self.occupancy = occupancy or OccupancyCorrection.identity()
         self.radial = radial
+        self.axis_shift = axis_shift
         self.consistency = bool(consistency)
         self.cm_sigmas = tuple(cm_sigmas) if cm_sigmas else (float(config.sigma_max),)
         self.net = CaloClouds2Net(
@@ -469,6 +472,7 @@ class CaloClouds2(nn.Module):
             "occupancy": self.occupancy.to_dict(),
             "cm_sigmas": list(self.cm_sigmas),
             **({"radial_correction": self.radial.to_dict()} if self.radial else {}),
+            **({"axis_shift": self.axis_shift.to_dict()} if self.axis_shift else {}),
         }
 
     def evaluations(self, n_steps: int | None = None) -> int:
@@ -607,6 +611,8 @@ class CaloClouds2(nn.Module):
             n_showers,
             core_radius_mm=CORE_COG_RADIUS_MM if core else 0.0,
         )
+        if theta is not None and self.axis_shift is not None:  # the lean of each layer
+            self.axis_shift.apply(points_out, theta[shower])
         signs = np.ones((n_showers, 2), np.float32)
         if cfg.mirror:  # signs of one normal draw per shower and axis, after the points' noise
             flips = torch.randn((n_showers, 2), generator=generator).numpy()
@@ -1022,6 +1028,7 @@ class CaloClouds2DistillTrainer(scaffold.TrainerBase):
         # inherited from the teacher (whose sampler spreads points differently)
         info["occupancy"] = OccupancyCorrection.identity().to_dict()
         info.pop("radial_correction", None)
+        info.pop("axis_shift", None)
         info.update(
             {
                 "cm_sigmas": list(self.config.sample_sigmas),
@@ -1150,6 +1157,9 @@ def _build(info: dict[str, Any]) -> CaloClouds2:
         Normalisation.from_dict(info["normalisation"]),
         OccupancyCorrection.from_dict(occupancy) if occupancy else None,
         radial=RadialCorrection.from_dict(radial) if radial else None,
+        axis_shift=AxisShiftCorrection.from_dict(info["axis_shift"])
+        if info.get("axis_shift")
+        else None,
         consistency=info["calogen_model"] == CM_NAME,
         cm_sigmas=tuple(float(s) for s in info.get("cm_sigmas", (cfg.sigma_max,))),
     )
@@ -1177,6 +1187,7 @@ def fit_occupancy(
     geometry: str = "slab",
     refine_iterations: int = 2,
     radial: bool = True,
+    axis: bool = True,
 ) -> dict[str, Any]:
     """Fit ``c_N`` from data and generated showers, then refine it in closed loop.
 
@@ -1190,7 +1201,10 @@ def fit_occupancy(
     2. ``refine_iterations`` times: generate with the current correction (same seed, so the
        Shower Flow asks for the same numbers of points), compare the hits with the target
        ``p_data(N)`` and fold the remaining ratio into the correction
-       (:meth:`~calogen.calibration.OccupancyCorrection.refine`).
+       (:meth:`~calogen.calibration.OccupancyCorrection.refine`);
+    3. if ``axis`` and the model is angle-aware and the data hold inclined showers: the
+       per-layer axis shift (:class:`~calogen.calibration.AxisShiftCorrection`) from the
+       Geant4 showers and showers generated with all the corrections above.
     """
     from calogen.geometry import project
 
@@ -1228,6 +1242,7 @@ def fit_occupancy(
         )
 
     model.radial = None
+    model.axis_shift = None
     if radial:
         fit_radial(OccupancyCorrection.identity())
     n_gen, occ_gen = generate(OccupancyCorrection.identity())  # the Shower Flow's own N
@@ -1253,12 +1268,22 @@ def fit_occupancy(
         # occupancy again with the new map
         fit_radial(corr)
         corr = refine(corr, max(refine_iterations, 1))
+    if axis and theta is not None and np.any(theta > 0):
+        # last: the lean of each layer, on showers generated with all other corrections
+        packed = run(corr)
+        model.axis_shift = AxisShiftCorrection.fit(
+            (real_points, ref.packed.shower, theta),
+            (straighten_points(packed.points, packed.counts, dirs), packed.shower, theta),
+        )
     n_k, occ_k = generate(corr)
     history.append({"mean_hits": float(occ_k.mean()), "mean_points": float(n_k.mean())})
     model.occupancy = OccupancyCorrection.identity()
     info.pop("radial_correction", None)
+    info.pop("axis_shift", None)
     if model.radial is not None:
         info["radial_correction"] = model.radial.to_dict()
+    if model.axis_shift is not None:
+        info["axis_shift"] = model.axis_shift.to_dict()
     return scaffold.save_occupancy(
         model_dir,
         info,
@@ -1270,6 +1295,7 @@ def fit_occupancy(
         mean_hits_generated_corrected=history[-1]["mean_hits"],
         refinement=history,
         radial_correction=model.radial is not None,
+        axis_shift=model.axis_shift is not None,
     )
 
 

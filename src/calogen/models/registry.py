@@ -250,10 +250,12 @@ def fit_occupancy(
     seed: int = 0,
     geometry: str = "slab",
     radial: bool = True,
+    axis: bool = True,
 ) -> dict[str, Any]:
     """Fit and store the occupancy correction of a model folder; returns a summary.
 
-    ``radial``: CaloClouds II models also fit the radial quantile correction first.
+    ``radial``: CaloClouds II models also fit the radial quantile correction first;
+    ``axis``: angle-aware CaloClouds II models fit the per-layer axis shift last.
     """
     from calogen.data.io import ShowerFile
     from calogen.models.training import read_model_info
@@ -273,6 +275,7 @@ def fit_occupancy(
     kwargs: dict[str, Any] = {"n_showers": n_showers, "seed": seed, "geometry": geometry}
     if info["calogen_model"] in ("caloclouds2", "caloclouds2-cm"):
         kwargs["radial"] = radial
+        kwargs["axis"] = axis
     return _with_model_errors(model_dir, info, func, Path(model_dir), data, **kwargs)
 
 
