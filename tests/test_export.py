@@ -316,6 +316,7 @@ def test_radial_correction_in_the_pipeline_matches_numpy() -> None:
         torch.as_tensor(points.reshape(6, 300, 4)),
         torch.as_tensor(points[:, 2].reshape(6, 300)),
         torch.as_tensor(energies[:6], dtype=torch.float32),
+        torch.zeros(6),  # theta (no angle bins)
     ).numpy()
     expected = points.copy()
     synthetic.apply(expected, shower, energies[:6].astype(np.float32))

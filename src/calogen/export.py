@@ -158,12 +158,32 @@ class ShowerPipeline(nn.Module):
         self.normalisation = model.normalisation
         self.occupancy = model.occupancy
         radial = getattr(model, "radial", None)
+        binned = list(getattr(model, "binned", []) or [])
+        #: angle-aware models with corrections per polar-angle bin (edges in deg): the
+        #: occupancy correction of each bin, and one radial table whose energy bins run over
+        #: (angle bin, energy bin)
+        self.occupancies = [model.occupancy] + [occ for occ, _ in binned]
+        self.n_angle_bins = len(self.occupancies)
+        if binned:
+            from calogen.models.caloclouds2 import THETA_CORRECTION_EDGES_DEG
+
+            self.angle_edges = [float(v) for v in THETA_CORRECTION_EDGES_DEG]
+        else:
+            self.angle_edges = []
+        radials = [radial] + [rad for _, rad in binned]
+        if binned and any(r is not None for r in radials):
+            shapes = {None if r is None else (r.log_r_gen.shape, tuple(r.energy_edges_gev),
+                      tuple(r.layer_edges)) for r in radials}  # fmt: skip
+            if None in shapes or len(shapes) != 1:
+                raise UsageError("export: the angle bins' radial maps differ in their binning")
         #: radial quantile correction (calogen.calibration.RadialCorrection) as buffers
         self.has_radial = radial is not None
         if radial is not None:
             k = radial.log_r_gen.shape[-1]
             self.radial_groups = int(radial.n_layer_groups)
-            knots = radial.log_r_gen.reshape(-1, k)
+            self.radial_energy_bins = int(radial.n_energy_bins)
+            knots = np.concatenate([r.log_r_gen.reshape(-1, k) for r in radials])
+            data_knots = np.concatenate([r.log_r_data.reshape(-1, k) for r in radials])
             #: searchsorted over all bins at once: each bin's knots (strictly increasing)
             #: moved to their own interval [bin * span, bin * span + span); a radius is
             #: clamped into [lo, hi] first, which keeps its position among its bin's knots
@@ -175,7 +195,7 @@ class ShowerPipeline(nn.Module):
                 ("radial_e_inner", radial.energy_edges_gev[1:-1]),
                 ("radial_l_inner", radial.layer_edges[1:-1]),
                 ("radial_gen", knots),
-                ("radial_data", radial.log_r_data.reshape(-1, k)),
+                ("radial_data", data_knots),
                 ("radial_keys", (knots - self.radial_lo + offset).reshape(-1)),
             ):
                 self.register_buffer(name, torch.as_tensor(values, dtype=torch.float64))
@@ -259,6 +279,22 @@ class ShowerPipeline(nn.Module):
         a, b = self.slices[name]
         return pre[:, a:b]
 
+    def _angle_bin(self, theta: Tensor) -> Tensor:
+        """Correction bin of each shower (``[B]`` int64; all 0 without angle bins)."""
+        if not self.angle_edges:
+            return torch.zeros(theta.shape, dtype=torch.int64)
+        edges = torch.tensor(self.angle_edges, dtype=torch.float64)
+        return (theta.to(torch.float64)[:, None] >= edges[None, :]).sum(1)
+
+    def _occupancy_factor(self, occ: Any, total: Tensor) -> Tensor:
+        """``c_N(N)`` of one :class:`~calogen.calibration.OccupancyCorrection`."""
+        n = torch.clamp_min(total.clamp(float(occ.n_range[0]), float(occ.n_range[1])), 1.0)
+        factor = _polyval(occ.p_gen, _polyval(occ.p_data, n)) / n
+        refine = [float(v) for v in getattr(occ, "p_refine", [0.0])]
+        if any(refine):  # closed-loop refinement exp(polyval(p_refine, N / 1000))
+            factor = factor * torch.exp(_polyval(refine, n / 1000.0))
+        return factor.clamp(float(occ.factor_range[0]), float(occ.factor_range[1]))
+
     def _shower_flow(
         self, energy: Tensor, flow_noise: Tensor, theta: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
@@ -275,23 +311,26 @@ class ShowerPipeline(nn.Module):
         e_layer = self._expm1(self._feature(pre, "e_per_layer").clamp(0.0, 30.0)) * 1e-3
         prefix = self.cog_prefix
         cog = torch.cat([self._feature(pre, f"{prefix}_x"), self._feature(pre, f"{prefix}_y")], 1)
-        # occupancy correction c_N(N) · N_i, then N clipped to [1, max_points]
-        occ = self.occupancy
+        # occupancy correction c_N(N) · N_i (of the shower's angle bin), then N clipped to
+        # [1, max_points]
         total = counts.sum(1)
-        n = torch.clamp_min(total.clamp(float(occ.n_range[0]), float(occ.n_range[1])), 1.0)
-        factor = _polyval(occ.p_gen, _polyval(occ.p_data, n)) / n
-        refine = [float(v) for v in getattr(occ, "p_refine", [0.0])]
-        if any(refine):  # closed-loop refinement exp(polyval(p_refine, N / 1000))
-            factor = factor * torch.exp(_polyval(refine, n / 1000.0))
-        factor = factor.clamp(float(occ.factor_range[0]), float(occ.factor_range[1]))
+        factor = self._occupancy_factor(self.occupancies[0], total)
+        if self.n_angle_bins > 1:
+            angle_bin = self._angle_bin(theta)
+            for b in range(1, self.n_angle_bins):
+                other = self._occupancy_factor(self.occupancies[b], total)
+                factor = torch.where(angle_bin == b, other, factor)
         counts = distribute_counts(counts, total * factor)
         counts = distribute_counts(counts, counts.sum(1).clamp(1.0, float(self.max_points)))
         return counts, e_layer, cog
 
-    def _radial(self, points: Tensor, layer: Tensor, energy: Tensor) -> Tensor:
+    def _radial(self, points: Tensor, layer: Tensor, energy: Tensor, theta: Tensor) -> Tensor:
         """The radial quantile map of :class:`~calogen.calibration.RadialCorrection` on
-        ``points [B, M, 4]`` with layers ``layer [B, M]`` (float64 inside)."""
+        ``points [B, M, 4]`` with layers ``layer [B, M]`` (float64 inside); with angle bins,
+        the map of each shower's bin."""
         e_bin = (energy.to(torch.float64)[:, None] >= self.radial_e_inner[None, :]).sum(1)
+        if self.n_angle_bins > 1:
+            e_bin = e_bin + self._angle_bin(theta) * self.radial_energy_bins
         group = (layer.to(torch.float64)[..., None] >= self.radial_l_inner).sum(-1)
         cell = e_bin[:, None] * self.radial_groups + group  # [B, M]
         x = points[..., 0].to(torch.float64)
@@ -479,7 +518,7 @@ class ShowerPipeline(nn.Module):
         e32 = torch.where(valid, new, torch.zeros_like(new)).to(torch.float32)
 
         if self.has_radial:  # radial quantile correction (layers assigned, before the shift)
-            points = self._radial(points, layer, energy)
+            points = self._radial(points, layer, energy, theta)
 
         # centre of gravity (x, y), of the core within CORE_COG_RADIUS_MM where the Shower Flow
         # gives the core's (all points for showers without energy in the core), to the flow's

@@ -146,6 +146,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="angle-aware CaloClouds II: do not fit the per-layer shift along the "
         "inclination (fitted from the inclined showers in --data)",
     )
+    q.add_argument(
+        "--no-angle-bins",
+        dest="by_angle",
+        action="store_false",
+        help="angle-aware CaloClouds II: one occupancy correction and radial map for all "
+        "angles (default: one per polar-angle bin, normal incidence, 0.5-20, 20-40 and "
+        "above 40 deg, each fitted on the --data showers of that bin)",
+    )
     q.set_defaults(func=_fit_occupancy)
 
     _register_distill(subparsers)
@@ -307,6 +315,7 @@ def _fit_occupancy(args: argparse.Namespace) -> int:
             geometry=args.geometry,
             radial=args.radial,
             axis=args.axis,
+            by_angle=args.by_angle,
         )
     print(json.dumps(summary, indent=2))
     return 0

@@ -434,6 +434,10 @@ class CaloClouds2(nn.Module):
         self.occupancy = occupancy or OccupancyCorrection.identity()
         self.radial = radial
         self.axis_shift = axis_shift
+        #: angle-aware models: (occupancy, radial map) of the polar-angle bins 1, 2, … of
+        #: :data:`THETA_CORRECTION_EDGES_DEG` (bin 0, normal incidence, uses ``occupancy`` and
+        #: ``radial``); empty: one set of corrections for all angles
+        self.binned: list[tuple[OccupancyCorrection, RadialCorrection | None]] = []
         self.consistency = bool(consistency)
         self.cm_sigmas = tuple(cm_sigmas) if cm_sigmas else (float(config.sigma_max),)
         self.net = CaloClouds2Net(
@@ -473,7 +477,28 @@ class CaloClouds2(nn.Module):
             "cm_sigmas": list(self.cm_sigmas),
             **({"radial_correction": self.radial.to_dict()} if self.radial else {}),
             **({"axis_shift": self.axis_shift.to_dict()} if self.axis_shift else {}),
+            **({"directional_corrections": self._binned_dict()} if self.binned else {}),
         }
+
+    def _binned_dict(self) -> dict[str, Any]:
+        return {
+            "theta_edges_deg": list(THETA_CORRECTION_EDGES_DEG),
+            "bins": [
+                {
+                    "occupancy": occ.to_dict(),
+                    **({"radial_correction": rad.to_dict()} if rad is not None else {}),
+                }
+                for occ, rad in self.binned
+            ],
+        }
+
+    def corrections_for(
+        self, bin_index: int
+    ) -> tuple[OccupancyCorrection, RadialCorrection | None]:
+        """Occupancy correction and radial map of correction bin ``bin_index``."""
+        if bin_index == 0 or not self.binned:
+            return self.occupancy, self.radial
+        return self.binned[min(bin_index, len(self.binned)) - 1]
 
     def evaluations(self, n_steps: int | None = None) -> int:
         """Network evaluations per generated shower batch."""
@@ -550,7 +575,16 @@ class CaloClouds2(nn.Module):
             flow_out = self.shower_flow.sample(energies, generator, theta)
         else:
             flow_out = self.shower_flow.sample(energies, generator)
-        counts_layer = self.occupancy.apply(flow_out["n_per_layer"])
+        tbin = correction_bins(theta, n_showers)
+        if self.binned:  # per polar-angle bin
+            counts_layer = np.empty(flow_out["n_per_layer"].shape, np.int64)
+            for b in np.unique(tbin):
+                sel = tbin == b
+                counts_layer[sel] = self.corrections_for(int(b))[0].apply(
+                    flow_out["n_per_layer"][sel]
+                )
+        else:
+            counts_layer = self.occupancy.apply(flow_out["n_per_layer"])
         totals = counts_layer.sum(1)
         clipped = np.clip(totals, 1, cfg.max_points)
         if np.any(clipped != totals):
@@ -602,7 +636,16 @@ class CaloClouds2(nn.Module):
             counts_per_layer=counts_layer,
             depth=depth_out,
         )
-        if self.radial is not None:  # needs the layers assigned, before the CoG shift
+        if self.binned:  # needs the layers assigned, before the CoG shift
+            point_bin = tbin[shower]
+            for b in np.unique(tbin):
+                radial = self.corrections_for(int(b))[1]
+                if radial is not None:
+                    sel = point_bin == b
+                    part = points_out[sel]
+                    radial.apply(part, shower[sel], energies)
+                    points_out[sel] = part
+        elif self.radial is not None:  # needs the layers assigned, before the CoG shift
             self.radial.apply(points_out, shower, energies)
         shift_cog(
             points_out,
@@ -1029,6 +1072,7 @@ class CaloClouds2DistillTrainer(scaffold.TrainerBase):
         info["occupancy"] = OccupancyCorrection.identity().to_dict()
         info.pop("radial_correction", None)
         info.pop("axis_shift", None)
+        info.pop("directional_corrections", None)
         info.update(
             {
                 "cm_sigmas": list(self.config.sample_sigmas),
@@ -1152,7 +1196,7 @@ def _build(info: dict[str, Any]) -> CaloClouds2:
     cfg = CaloClouds2Config.from_dict(info["config"])
     occupancy = info.get("occupancy")
     radial = info.get("radial_correction")
-    return CaloClouds2(
+    model = CaloClouds2(
         cfg,
         Normalisation.from_dict(info["normalisation"]),
         OccupancyCorrection.from_dict(occupancy) if occupancy else None,
@@ -1163,6 +1207,24 @@ def _build(info: dict[str, Any]) -> CaloClouds2:
         consistency=info["calogen_model"] == CM_NAME,
         cm_sigmas=tuple(float(s) for s in info.get("cm_sigmas", (cfg.sigma_max,))),
     )
+    binned = info.get("directional_corrections")
+    if binned:
+        edges = [float(v) for v in binned.get("theta_edges_deg", ())]
+        if edges != list(THETA_CORRECTION_EDGES_DEG) or len(binned.get("bins", ())) != len(edges):
+            raise UsageError(
+                f"directional corrections for theta edges {edges}: this calogen knows "
+                f"{list(THETA_CORRECTION_EDGES_DEG)}"
+            )
+        model.binned = [
+            (
+                OccupancyCorrection.from_dict(b["occupancy"]),
+                RadialCorrection.from_dict(b["radial_correction"])
+                if b.get("radial_correction")
+                else None,
+            )
+            for b in binned["bins"]
+        ]
+    return model
 
 
 def load_generator(
@@ -1188,6 +1250,8 @@ def fit_occupancy(
     refine_iterations: int = 2,
     radial: bool = True,
     axis: bool = True,
+    by_angle: bool = True,
+    min_bin_showers: int = 50,
 ) -> dict[str, Any]:
     """Fit ``c_N`` from data and generated showers, then refine it in closed loop.
 
@@ -1205,19 +1269,134 @@ def fit_occupancy(
     3. if ``axis`` and the model is angle-aware and the data hold inclined showers: the
        per-layer axis shift (:class:`~calogen.calibration.AxisShiftCorrection`) from the
        Geant4 showers and showers generated with all the corrections above.
-    """
-    from calogen.geometry import project
 
+    An angle-aware model with inclined showers in ``data`` (and ``by_angle``) gets steps 0-2
+    for each polar-angle bin of :data:`THETA_CORRECTION_EDGES_DEG` on the data showers of
+    that bin (hits per point and the radial profile change with theta; one correction for
+    all angles misfits normal incidence, docs/angles.md); a bin with fewer than
+    ``min_bin_showers`` showers takes the corrections of the nearest bin that has enough.
+    """
     if refine_iterations < 0:
         raise UsageError(f"refine_iterations must be >= 0, got {refine_iterations}")
     ref = scaffold.occupancy_reference(data, n_showers, geometry)
-    calorimeter, n_data, occ_data, energies = ref.calorimeter, ref.n_points, ref.hits, ref.energies
     model_dir = Path(model_dir)
     info = read_model_info(model_dir)
     model = load_model(model_dir, info)
     torch_seed = int(np.random.default_rng(seed).integers(0, 2**62))
     # an angle-aware model generates at the data's directions; its radial map works in the
     # axis frame, so both sides are straightened for it
+    dirs = ref.directions if model.config.directions else None
+    theta = angles_from_directions(dirs)[0] if dirs is not None else None
+    model.binned = []  # each fit below uses the plain corrections
+    model.axis_shift = None
+    n_all = len(ref.energies)
+    if by_angle and theta is not None and np.any(theta >= THETA_CORRECTION_EDGES_DEG[0]):
+        bins = correction_bins(theta, n_all)
+        groups = [np.flatnonzero(bins == b) for b in range(len(THETA_CORRECTION_EDGES_DEG) + 1)]
+    else:
+        groups = [np.arange(n_all)]
+    fits: list[_GroupFit | None] = [
+        _fit_group(model, ref.subset(g), torch_seed, radial, refine_iterations)
+        if g.size >= min_bin_showers or (len(groups) == 1 and g.size > 0)
+        else None
+        for g in groups
+    ]
+    have = [b for b, f in enumerate(fits) if f is not None]
+    if not have:
+        raise UsageError(
+            f"the occupancy fit needs at least {min_bin_showers} showers per angle "
+            f"bin, got {[int(g.size) for g in groups]}"
+        )
+    chosen = [fits[min(have, key=lambda h: (abs(h - b), h))] for b in range(len(fits))]
+    model.occupancy, model.radial = chosen[0].correction, chosen[0].radial  # type: ignore[union-attr]
+    model.binned = [(f.correction, f.radial) for f in chosen[1:]]  # type: ignore[union-attr]
+    gen = torch.Generator()
+
+    def run() -> PackedPoints:
+        gen.manual_seed(torch_seed)
+        phi = angles_from_directions(dirs)[1] if dirs is not None else None
+        return model.generate(ref.energies, gen, theta_deg=theta, phi_deg=phi)[0]
+
+    if axis and theta is not None and np.any(theta > 0):
+        # last: the lean of each layer, on showers generated with all other corrections
+        packed = run()
+        model.axis_shift = AxisShiftCorrection.fit(
+            (
+                straighten_points(ref.packed.points, ref.packed.counts, dirs),
+                ref.packed.shower,
+                theta,
+            ),
+            (straighten_points(packed.points, packed.counts, dirs), packed.shower, theta),
+        )
+    from calogen.geometry import project
+
+    final = run()
+    hits_final = project(unpack(final, ref.energies), ref.calorimeter).hits_per_shower()
+    done = [f for f in fits if f is not None]
+    n_gen = np.concatenate([f.n_gen for f in done])
+    occ_gen = np.concatenate([f.occ_gen for f in done])
+    info.pop("radial_correction", None)
+    info.pop("axis_shift", None)
+    info.pop("directional_corrections", None)
+    info.update(model.model_info())
+    info.pop("occupancy")  # save_occupancy writes it
+    summary = scaffold.save_occupancy(
+        model_dir,
+        info,
+        model.occupancy,
+        ref,
+        n_gen,
+        occ_gen,
+        mean_hits_target=float(np.mean(np.concatenate([f.target for f in done]))),
+        mean_hits_generated_corrected=float(np.mean(np.maximum(hits_final, 1))),
+        refinement=[f.history for f in done] if len(groups) > 1 else done[0].history,
+        radial_correction=model.radial is not None,
+        axis_shift=model.axis_shift is not None,
+    )
+    if len(groups) > 1:
+        summary["angle_bins"] = {
+            "theta_edges_deg": list(THETA_CORRECTION_EDGES_DEG),
+            "showers": [int(g.size) for g in groups],
+            "fitted": [f is not None for f in fits],
+            "factor_at_mean_points": [
+                None if f is None else float(f.correction.factor(np.array([f.n_gen.mean()]))[0])
+                for f in fits
+            ],
+        }
+    return summary
+
+
+#: polar-angle bin edges (deg) of an angle-aware model's occupancy and radial corrections:
+#: normal incidence (below the first edge), then inclined showers
+THETA_CORRECTION_EDGES_DEG = (0.5, 20.0, 40.0)
+
+
+def correction_bins(theta_deg: NDArray[np.floating] | None, n_showers: int) -> NDArray[np.int64]:
+    """Correction bin (:data:`THETA_CORRECTION_EDGES_DEG`) of each shower; 0 without angles."""
+    if theta_deg is None:
+        return np.zeros(n_showers, np.int64)
+    edges = np.asarray(THETA_CORRECTION_EDGES_DEG)
+    return np.searchsorted(edges, np.asarray(theta_deg, np.float64), side="right").astype(np.int64)
+
+
+@dataclass
+class _GroupFit:
+    correction: OccupancyCorrection
+    radial: RadialCorrection | None
+    n_gen: NDArray[np.float64]
+    occ_gen: NDArray[np.float64]
+    target: NDArray[np.float64]
+    history: list[dict[str, float]]
+
+
+def _fit_group(
+    model: CaloClouds2, ref: Any, torch_seed: int, radial: bool, refine_iterations: int
+) -> _GroupFit:
+    """Steps 0-2 of :func:`fit_occupancy` on the showers of ``ref``; ``model`` must have no
+    binned corrections (its ``occupancy`` and ``radial`` are set while fitting)."""
+    from calogen.geometry import project
+
+    calorimeter, n_data, occ_data, energies = ref.calorimeter, ref.n_points, ref.hits, ref.energies
     dirs = ref.directions if model.config.directions else None
     theta, phi = angles_from_directions(dirs) if dirs is not None else (None, None)
 
@@ -1242,7 +1421,6 @@ def fit_occupancy(
         )
 
     model.radial = None
-    model.axis_shift = None
     if radial:
         fit_radial(OccupancyCorrection.identity())
     n_gen, occ_gen = generate(OccupancyCorrection.identity())  # the Shower Flow's own N
@@ -1268,35 +1446,9 @@ def fit_occupancy(
         # occupancy again with the new map
         fit_radial(corr)
         corr = refine(corr, max(refine_iterations, 1))
-    if axis and theta is not None and np.any(theta > 0):
-        # last: the lean of each layer, on showers generated with all other corrections
-        packed = run(corr)
-        model.axis_shift = AxisShiftCorrection.fit(
-            (real_points, ref.packed.shower, theta),
-            (straighten_points(packed.points, packed.counts, dirs), packed.shower, theta),
-        )
     n_k, occ_k = generate(corr)
     history.append({"mean_hits": float(occ_k.mean()), "mean_points": float(n_k.mean())})
-    model.occupancy = OccupancyCorrection.identity()
-    info.pop("radial_correction", None)
-    info.pop("axis_shift", None)
-    if model.radial is not None:
-        info["radial_correction"] = model.radial.to_dict()
-    if model.axis_shift is not None:
-        info["axis_shift"] = model.axis_shift.to_dict()
-    return scaffold.save_occupancy(
-        model_dir,
-        info,
-        corr,
-        ref,
-        n_gen,
-        occ_gen,
-        mean_hits_target=float(target.mean()),
-        mean_hits_generated_corrected=history[-1]["mean_hits"],
-        refinement=history,
-        radial_correction=model.radial is not None,
-        axis_shift=model.axis_shift is not None,
-    )
+    return _GroupFit(corr, model.radial, n_gen, occ_gen, target, history)
 
 
 __all__ = [

@@ -251,11 +251,13 @@ def fit_occupancy(
     geometry: str = "slab",
     radial: bool = True,
     axis: bool = True,
+    by_angle: bool = True,
 ) -> dict[str, Any]:
     """Fit and store the occupancy correction of a model folder; returns a summary.
 
     ``radial``: CaloClouds II models also fit the radial quantile correction first;
-    ``axis``: angle-aware CaloClouds II models fit the per-layer axis shift last.
+    ``axis``: angle-aware CaloClouds II models fit the per-layer axis shift last;
+    ``by_angle``: and their occupancy and radial corrections per polar-angle bin.
     """
     from calogen.data.io import ShowerFile
     from calogen.models.training import read_model_info
@@ -276,6 +278,7 @@ def fit_occupancy(
     if info["calogen_model"] in ("caloclouds2", "caloclouds2-cm"):
         kwargs["radial"] = radial
         kwargs["axis"] = axis
+        kwargs["by_angle"] = by_angle
     return _with_model_errors(model_dir, info, func, Path(model_dir), data, **kwargs)
 
 
