@@ -151,8 +151,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         dest="by_angle",
         action="store_false",
         help="angle-aware CaloClouds II: one occupancy correction and radial map for all "
-        "angles (default: one per polar-angle bin, normal incidence, 0.5-20, 20-40 and "
-        "above 40 deg, each fitted on the --data showers of that bin)",
+        "angles (default: one for normal incidence and one for inclined showers, each "
+        "fitted on the --data showers of its kind)",
     )
     q.set_defaults(func=_fit_occupancy)
 
