@@ -93,12 +93,11 @@ def load_for_bench(model: str, device: str) -> Any:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    import torch
 
     from calogen.benchmark import benchmark
+    from calogen.models.registry import check_device
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available on this machine")
+    check_device(args.device)
     from calogen.generation import directions_for_model, draw_directions
 
     directions = draw_directions(args.theta, args.phi, args.num, args.seed)

@@ -455,9 +455,9 @@ def fit_normalisation(data: Any, core_radius_mm: float = 0.0) -> Normalisation:
     """The point normalisation of one file, or of several (their widest energy range), or
     of a training cache (the range it stored from its files)."""
     if scaffold.is_training_cache(data):
-        from calogen.models.training_cache import read_training_cache
+        from calogen.models.training_cache import training_cache_meta
 
-        meta = read_training_cache(data)[1]
+        meta = training_cache_meta(data)
         return Normalisation(
             e_min_gev=float(meta["e_min_gev"]),
             e_max_gev=float(meta["e_max_gev"]),

@@ -1100,14 +1100,14 @@ class CaloClouds2DistillTrainer(scaffold.TrainerBase):
         cfg = self.config
         rng = np.random.default_rng([self.seed, iteration])
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + iteration)
-        x0, cond = _batch(self.teacher_model, self.data, cfg.batch_size, cfg.points_per_shower, rng)
+        x0, cond = _batch(
+            self.teacher_model, self.data, cfg.batch_size, cfg.points_per_shower, rng, self.device
+        )
         # the grid index and the noise of every point, drawn on the CPU in the order the
-        # loss would draw them, then moved with the batch
+        # loss would draw them (consistency_distillation_loss), then moved with the batch
         index = torch.randint(0, cfg.n_grid - 1, (x0.shape[0], 1), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
-        if self.device.type != "cpu":
-            x0, index, noise = (t.to(self.device) for t in (x0, index, noise))
-            cond = Conditioning(cond.values.to(self.device), cond.index.to(self.device))
+        index, noise = index.to(self.device), noise.to(self.device)
         set_lr(
             self.opt,
             lr_schedule(

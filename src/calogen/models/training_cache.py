@@ -155,21 +155,33 @@ def _save(data: TrainingData, meta: dict[str, Any], out: Path | str) -> dict[str
     }
 
 
-def read_training_cache(path: str | os.PathLike[str]) -> tuple[TrainingData, dict[str, Any]]:
-    """``(TrainingData, meta)`` of a cache; one-line :class:`UsageError` for anything else."""
+def training_cache_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The header of a cache (sources, frame, normalisation range) without its arrays."""
+    return _open(path, header_only=True)[1]
+
+
+def _open(path: str | os.PathLike[str], header_only: bool = False) -> tuple[dict, dict[str, Any]]:
+    """``(arrays, meta)`` of a cache (no arrays with ``header_only``); one-line
+    :class:`UsageError` for anything that is not a readable cache of this version."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path}: no such training cache")
     try:
         with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        meta = json.loads(str(arrays.pop("meta")))
+            meta = json.loads(str(z["meta"]))
+            arrays = {} if header_only else {k: z[k] for k in z.files if k != "meta"}
     except Exception as exc:  # zip, npy and JSON errors alike: not a cache we can read
         raise UsageError(f"{path}: not a calogen training cache ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise UsageError(f"{path}: not a calogen training cache (no '{FORMAT}' header)")
     if meta.get("version") != VERSION:
         raise UsageError(f"{path}: training cache version {meta.get('version')}, need {VERSION}")
+    return arrays, meta
+
+
+def read_training_cache(path: str | os.PathLike[str]) -> tuple[TrainingData, dict[str, Any]]:
+    """``(TrainingData, meta)`` of a cache; one-line :class:`UsageError` for anything else."""
+    arrays, meta = _open(path)
     try:
         stored = arrays["stored"].astype(np.int64)
         points = np.concatenate(
@@ -200,4 +212,9 @@ def read_training_cache(path: str | os.PathLike[str]) -> tuple[TrainingData, dic
     return data, meta
 
 
-__all__ = ["merge_training_caches", "read_training_cache", "write_training_cache"]
+__all__ = [
+    "merge_training_caches",
+    "read_training_cache",
+    "training_cache_meta",
+    "write_training_cache",
+]
