@@ -157,3 +157,19 @@ def test_merged_caches_hold_both(cache, tmp_path):
     np.testing.assert_array_equal(both.counts, np.concatenate([one.counts, one.counts]))
     np.testing.assert_array_equal(both.points, np.concatenate([one.points, one.points]))
     assert meta["merged_from"] == [str(path), str(path)]
+
+
+def test_cache_header_and_cpu_only_trainers(cache):
+    from calogen.models import scaffold
+    from calogen.models.training_cache import training_cache_meta
+
+    path, summary = cache
+    meta = training_cache_meta(path)
+    assert meta["sources"] == summary["sources"] and meta["points_per_shower"] == 50
+    assert meta["e_min_gev"] < meta["e_max_gev"]
+
+    class GridTrainer(scaffold.TrainerBase):
+        name = "l2lflows"
+
+    with pytest.raises(UsageError, match="'l2lflows' trains on the CPU only"):
+        GridTrainer(None, None, 0, "data.h5").to("cuda")
