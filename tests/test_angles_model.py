@@ -133,7 +133,7 @@ def test_train_distill_generate_at_angles(fixtures, inclined_file, tmp_path) -> 
     assert len(gen.model.binned) == len(cc2.THETA_CORRECTION_EDGES_DEG) >= 1
     assert gen.model.binned[0][0].to_dict() != gen.model.occupancy.to_dict()
     shift = gen.model.axis_shift
-    assert shift is not None and np.all(shift.shift_mm[0] == 0) and np.any(shift.shift_mm != 0)
+    assert shift is not None and np.any(shift.shift_mm != 0)
     # the shift moves each layer along the inclination (x in the axis frame), nothing else
     dirs30 = directions_from_angles([30.0] * 2, [0.0] * 2)
     with_shift = pack(gen.sample(np.array([40.0, 60.0]), dirs30, seed=2))

@@ -278,8 +278,13 @@ def test_axis_shift_moves_generated_layers_onto_the_data():
     from calogen.calibration import AxisShiftCorrection
 
     rng = np.random.default_rng(0)
-    data = [_leaning_showers(rng, 60, lean, th) for lean, th in ((0.10, 22.0), (0.20, 50.0))]
-    gen = [_leaning_showers(rng, 60, lean, th) for lean, th in ((0.0, 22.0), (0.05, 50.0))]
+    data = [
+        _leaning_showers(rng, 60, lean, th) for lean, th in ((0.0, 0.0), (0.10, 22.0), (0.20, 50.0))
+    ]
+    gen = [
+        _leaning_showers(rng, 60, lean, th)
+        for lean, th in ((-0.05, 0.0), (0.0, 22.0), (0.05, 50.0))
+    ]
 
     def cat(parts):
         off = np.cumsum([0] + [p[2].size for p in parts[:-1]])
@@ -291,16 +296,17 @@ def test_axis_shift_moves_generated_layers_onto_the_data():
 
     corr = AxisShiftCorrection.fit(cat(data), cat(gen))
     np.testing.assert_array_equal(corr.theta_nodes_deg, [0, 7.5, 22.5, 37.5, 52.5])
-    assert np.all(corr.shift_mm[0] == 0)  # normal incidence: no shift
     layers = np.arange(30)
+    # normal incidence: the generated showers lean by -0.05 mm per layer, the data not
+    np.testing.assert_allclose(corr.shift_mm[0], 0.05 * layers, atol=0.45)
     # bin 15-30 deg (node 22.5): data lean 0.10 mm/layer more than the generated showers
     np.testing.assert_allclose(corr.shift_mm[2], 0.10 * layers, atol=0.45)
     np.testing.assert_allclose(corr.shift_mm[4], 0.15 * layers, atol=0.45)
     assert np.all(corr.shift_mm[[1, 3]] == 0)  # bins without showers keep zero
-    # linear in theta between nodes, zero at 0, constant beyond the last node
+    # linear in theta between nodes, constant beyond the last node
     s = corr.shift(np.array([0.0, 15.0, 22.5, 60.0]), np.full(4, 20))  # 15: half-way 7.5-22.5
-    np.testing.assert_allclose(s, [0.0, 0.5 * corr.shift_mm[2, 20], corr.shift_mm[2, 20],
-                                   corr.shift_mm[4, 20]])  # fmt: skip
+    np.testing.assert_allclose(s, [corr.shift_mm[0, 20], 0.5 * corr.shift_mm[2, 20],
+                                   corr.shift_mm[2, 20], corr.shift_mm[4, 20]])  # fmt: skip
     again = AxisShiftCorrection.from_dict(corr.to_dict())
     np.testing.assert_allclose(again.shift_mm, corr.shift_mm, atol=1e-4)
     with pytest.raises(UsageError, match="axis-shift"):

@@ -578,12 +578,14 @@ class AxisShiftCorrection:
     the generated showers lean less than Geant4's, so their fitted axis is too steep
     (docs/angles.md). This correction adds the mean difference, per layer, interpolated
     linearly in theta between the centres of the bins :data:`AXIS_SHIFT_THETA_EDGES_DEG`
-    (and zero at normal incidence, where the mirror symmetry makes it zero; constant beyond
-    the last centre). Fitted after training like the occupancy correction.
+    and at normal incidence (node 0: a network trained mostly on inclined showers leans a little
+    at theta = 0 too, which the x mirroring would turn into a two-peaked centre of gravity;
+    the shift is applied before the mirroring); constant beyond the last centre. Fitted after
+    training like the occupancy correction, on showers generated without mirroring.
 
     Attributes:
         theta_nodes_deg: ``[K]`` increasing, the first 0.
-        shift_mm: ``[K, n_layers]``, the first row zero.
+        shift_mm: ``[K, n_layers]``.
     """
 
     theta_nodes_deg: NDArray[np.float64]
@@ -601,14 +603,10 @@ class AxisShiftCorrection:
         showers and of showers generated at the same energies and directions (bins with
         fewer than ``min_showers`` inclined showers keep a zero shift)."""
         edges = np.asarray(AXIS_SHIFT_THETA_EDGES_DEG)
-        nodes = [0.0]
-        rows = [np.zeros(n_layers)]
+        nodes = [0.0] + [0.5 * (edges[k] + edges[k + 1]) for k in range(len(edges) - 1)]
         means = [_layer_x_means(*side, edges, n_layers, min_showers) for side in (data, generated)]
-        for k in range(len(edges) - 1):
-            nodes.append(0.5 * (edges[k] + edges[k + 1]))
-            ok = np.isfinite(means[0][k]) & np.isfinite(means[1][k])
-            rows.append(np.where(ok, means[0][k] - means[1][k], 0.0))
-        return cls(np.asarray(nodes), np.asarray(rows))
+        ok = np.isfinite(means[0]) & np.isfinite(means[1])
+        return cls(np.asarray(nodes), np.where(ok, means[0] - means[1], 0.0))
 
     def shift(self, theta_deg: NDArray[np.floating], layer: NDArray[np.floating]) -> NDArray:
         """Shift (mm) of points at ``theta_deg`` and layer index ``layer`` (both ``[P]``)."""
@@ -662,8 +660,9 @@ def _layer_x_means(
     n_layers: int,
     min_showers: int,
 ) -> NDArray[np.float64]:
-    """``[n_bins, n_layers]``: energy-weighted mean x (mm) of each layer's points, pooled over
-    the showers of a theta bin (NaN where a bin has too few showers or a layer no energy).
+    """``[1 + n_bins, n_layers]``: energy-weighted mean x (mm) of each layer's points, pooled
+    over the showers at normal incidence (theta < 0.5 deg; first row) and over those of each
+    theta bin (NaN where a class has too few showers or a layer no energy).
     Pooling weights each shower by its energy in the layer, so that sparse layers (the first
     and last ones) do not dominate. (Points within 40 mm of the axis only: no change of the
     fitted axis; per-shower centroids averaged: shifts of 10-26 mm in the sparse layers.)"""
@@ -671,9 +670,12 @@ def _layer_x_means(
     x = points[:, 0].astype(np.float64)
     e = points[:, 3].astype(np.float64)
     theta = np.asarray(theta_deg, np.float64)
-    out = np.full((len(edges) - 1, n_layers), np.nan)
-    for k in range(len(edges) - 1):
-        sel = (theta > max(edges[k], 0.5)) & (theta <= edges[k + 1] + 1e-9)
+    classes = [theta < 0.5] + [
+        (theta >= max(edges[k], 0.5)) & (theta <= edges[k + 1] + 1e-9)
+        for k in range(len(edges) - 1)
+    ]
+    out = np.full((len(classes), n_layers), np.nan)
+    for k, sel in enumerate(classes):
         if sel.sum() < min_showers:
             continue
         mine = sel[shower]

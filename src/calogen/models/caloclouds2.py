@@ -1318,8 +1318,13 @@ def fit_occupancy(
         return model.generate(ref.energies, gen, theta_deg=theta, phi_deg=phi)[0]
 
     if axis and theta is not None and np.any(theta > 0):
-        # last: the lean of each layer, on showers generated with all other corrections
-        packed = run()
+        # last: the lean of each layer, on showers generated with all other corrections and
+        # without mirroring (which hides the lean at normal incidence)
+        mirror, model.config.mirror = model.config.mirror, False
+        try:
+            packed = run()
+        finally:
+            model.config.mirror = mirror
         model.axis_shift = AxisShiftCorrection.fit(
             (
                 straighten_points(ref.packed.points, ref.packed.counts, dirs),
