@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# angle-aware CC2 (CM), 'small-angles' recipe, on 21,600 showers (training cache: shared 9k normal
-# + 6k angled, plus 6,600 angled showers made on the GPU machine's CPUs, seeds 5001-19005)
+# Angle-aware CaloClouds II (CM), 'small-angles' recipe, trained from a training cache, then its
+# corrections fitted on the shared shower files (docs/angles.md, "Also tried"). Resumable.
+#   CACHE=/work/runs/s3/data/merged_21600.npz OUT=/work/runs/s3/more_data FIT=1000 bash more_data.sh
+#     (shared 9k normal + 6k angled, plus the 6,600 angled showers made on the GPU machine's CPUs)
+#   CACHE=/work/runs/s3/data/merged_gt40.npz OUT=/work/runs/s3/more_gt40 FIT=3000 bash more_data.sh
+#     (the same shared showers plus the 2,161 of those with theta > 40 deg: select
+#     features['theta_deg'] > 40 from each read_training_cache, write with training_cache._save,
+#     then merge_training_caches with the shared cache)
 set -e
-cd /work/main
-C=/work/runs/s3/data/merged_21600.npz; R=/work/runs/s3/more_data; D=/work/shared/data
-mkdir -p $R
-[ -f $R/teacher.done ] || { calogen train caloclouds2 --config small-angles --data $C -o $R/teacher --seed 7 --threads 1 --no-corrections --quiet $( [ -d $R/teacher/checkpoints ] && echo --resume ) && touch $R/teacher.done; }
-[ -f $R/student.done ] || { calogen distill --teacher $R/teacher --config small-angles --data $C -o $R/student --seed 7 --threads 1 --no-corrections --quiet $( [ -d $R/student/checkpoints ] && echo --resume ) && touch $R/student.done; }
-calogen fit-occupancy --model $R/student --data $D/g4_photons_10-90GeV_train.h5 $D/g4_photons_angles_train.h5 -n 1000 --seed 7 --quiet
-touch $R/all.done
+cd "$(dirname "$0")/../.."
+C=${CACHE:?training cache}; R=${OUT:?output folder}; N=${FIT:-1000}
+D=${CALOGEN_SHARED_DATA:-/work/shared/data}
+mkdir -p "$R"
+[ -f "$R/teacher.done" ] || { calogen train caloclouds2 --config small-angles --data "$C" -o "$R/teacher" --seed 7 --threads 1 --no-corrections --quiet $( [ -d "$R/teacher/checkpoints" ] && echo --resume ) && touch "$R/teacher.done"; }
+[ -f "$R/student.done" ] || { calogen distill --teacher "$R/teacher" --config small-angles --data "$C" -o "$R/student" --seed 7 --threads 1 --no-corrections --quiet $( [ -d "$R/student/checkpoints" ] && echo --resume ) && touch "$R/student.done"; }
+calogen fit-occupancy --model "$R/student" --data "$D/g4_photons_10-90GeV_train.h5" "$D/g4_photons_angles_train.h5" -n "$N" --seed 7 --quiet
+touch "$R/all.done"
