@@ -31,6 +31,7 @@ import numpy as np
 
 from calogen.errors import UsageError
 from calogen.models.caloclouds import TrainingData
+from calogen.models.training import _atomic_write_bytes
 
 FORMAT = "calogen-training-cache"
 VERSION = 1
@@ -139,13 +140,12 @@ def _save(data: TrainingData, meta: dict[str, Any], out: Path | str) -> dict[str
         "energies_gev": data.energies.astype(np.float64),
         **{_FEATURE + k: np.asarray(v) for k, v in data.features.items()},
     }
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
-    try:
-        with open(tmp, "wb") as handle:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # a handle: savez would append .npz to a path
             np.savez_compressed(handle, **arrays)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    _atomic_write_bytes(out, write)
     return {
         "cache": str(out),
         "showers": data.n_showers,
