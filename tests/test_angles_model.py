@@ -91,6 +91,7 @@ def test_presets_and_validation() -> None:
         cfg = cc2.get_config(name)
         assert cfg.directions and cfg.shower_flow["angle"] and cfg.n_conditions == 3
         assert cfg.core_radius_mm == 2.0 and cfg.shower_flow["feature_set"] == "caloclouds2_core"
+        assert cfg.mirror_points  # each point mirrored, not each shower
         assert cc2.CaloClouds2Config.from_dict(cfg.to_dict()) == cfg
         assert name in cc2.DISTILL_PRESETS
     assert cc2.get_config("small-angles").widths == cc2.get_config("small").widths
@@ -162,12 +163,32 @@ def test_train_distill_generate_at_angles(fixtures, inclined_file, tmp_path) -> 
     from test_export_ddml import _assert_same_shower, _python_shower
 
     ddml = DDMLShower(ShowerPipeline(gen.model).eval(), slab().layer_z_mm).eval()
-    for seed, (energy, theta, phi) in ((3, (40.0, 30.0, 10.0)), (4, (75.0, 55.0, -100.0))):
+    cases = ((3, (40.0, 30.0, 10.0)), (4, (75.0, 55.0, -100.0)), (6, (60.0, 0.0, 0.0)))
+    for seed, (energy, theta, phi) in cases:
         ref = _python_shower(gen.model, energy, theta, phi, seed)
         torch.manual_seed(seed)
         with torch.inference_mode():
             row = ddml(*(torch.tensor([v]) for v in (energy, theta, phi))).numpy()
         _assert_same_shower(row, ref)
+    # the noise-as-input flavour (normal incidence) with the same noise as Python, the
+    # per-point mirror signs in its last point-noise tensor
+    from test_export import _compare, python_noise
+
+    pipe = ShowerPipeline(gen.model).eval()
+    assert pipe.mirror_points and not pipe.mirror
+    assert pipe.noise_tensors == len(gen.model.cm_sigmas) + 1
+    packed, info = gen.model.generate(energies, torch.Generator().manual_seed(9))
+    counts = info["n_per_layer"].sum(1)
+    flow_noise, noises = python_noise(pipe, torch.Generator().manual_seed(9), 3, int(counts.sum()))
+    point_noise = torch.zeros((pipe.noise_tensors, 3, pipe.max_points, 4))
+    offsets = np.concatenate(([0], np.cumsum(counts)))
+    for b in range(3):
+        for k, noise in enumerate(noises):
+            point_noise[k, b, : counts[b]] = noise[offsets[b] : offsets[b + 1]]
+    with torch.inference_mode():
+        flat = pipe(torch.as_tensor(energies, dtype=torch.float32), flow_noise, point_noise)
+    showers = [packed.points[packed.shower == b] for b in range(3)]
+    _compare(flat.numpy(), showers, atol_mm=1e-3, rtol_e=1e-4)
     # normal incidence without directions
     normal = gen.sample(energies, seed=4)
     np.testing.assert_array_equal(normal.directions, [[0.0, 0.0, 1.0]] * 3)
@@ -220,3 +241,79 @@ def _yaml(tmp_path: Path, config: dict) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def test_mirror_points_flips_single_points(fixtures, inclined_file, tmp_path) -> None:
+    """``mirror_points``: each point's y (and x at normal incidence only) changes sign with
+    probability 1/2; nothing else changes but the per-shower centre-of-gravity shift."""
+    data = [str(fixtures / "g4_photons_subset.h5"), str(inclined_file)]
+    out = tmp_path / "t"
+    config = str(_yaml(tmp_path, angle_config(iterations=4)))
+    cli_main(
+        ["train", "caloclouds2", "--config", config, "--data", *data, "-o", str(out), "--quiet"]
+    )
+    model = load_generator(out).model
+    model.axis_shift = None
+    energies = np.array([30.0, 70.0])
+    for theta in (0.0, 30.0):
+        got = {}
+        for mode in ("points", "none"):
+            model.config.mirror_points = mode == "points"
+            model.config.mirror = mode == "points"
+            packed, _ = model.generate(
+                energies,
+                torch.Generator().manual_seed(3),
+                theta_deg=np.full(2, theta),
+                phi_deg=np.zeros(2),
+            )
+            got[mode] = packed
+        a, b = got["points"], got["none"]
+        np.testing.assert_array_equal(a.shower, b.shower)
+        np.testing.assert_array_equal(a.points[:, 2:], b.points[:, 2:])
+        for axis, flips in ((0, theta == 0.0), (1, True)):
+            for s in range(2):
+                pa, pb = a.points[a.shower == s, axis], b.points[b.shower == s, axis]
+                # per point either pa = pb + c or pa = -pb + c' (c, c': the CoG shifts)
+                same, flipped = pa - pb, pa + pb
+                c_same = np.median(same)
+                kept = np.abs(same - c_same) < 1e-3
+                if not flips:
+                    assert kept.all()
+                    continue
+                c_flip = np.median(flipped[~kept])
+                assert np.all(kept | (np.abs(flipped - c_flip) < 1e-3))
+                assert 0.3 < kept.mean() < 0.7
+
+
+def test_angle_class_edges_are_part_of_the_model(fixtures, inclined_file, tmp_path, capsys) -> None:
+    """``--angle-edges``: the polar-angle classes of the corrections are chosen at fit time
+    and stored in model.json; generation and the export use the model's own edges."""
+    data = [str(fixtures / "g4_photons_subset.h5"), str(inclined_file)]
+    out = tmp_path / "t"
+    config = str(_yaml(tmp_path, angle_config(iterations=4)))
+    cli_main(
+        ["train", "caloclouds2", "--config", config, "--data", *data, "-o", str(out), "--quiet"]
+    )
+    code = cli_main(
+        ["fit-occupancy", "--model", str(out), "--data", *data, "--angle-edges", "20", "10"]
+    )
+    assert code != 0 and "increasing" in capsys.readouterr().err
+    thetas = angles_from_directions(read_showers(inclined_file).directions)[0]
+    edge = float(np.median(thetas))  # two inclined classes of about equal size
+    cc2.fit_occupancy(
+        out, data, n_showers=20, refine_iterations=1, min_bin_showers=4,
+        theta_edges_deg=(0.5, round(edge, 3)),
+    )  # fmt: skip
+    gen = load_generator(out)
+    assert gen.model.theta_edges_deg == (0.5, round(edge, 3))
+    assert len(gen.model.binned) == 2
+    info = json.loads((out / "model.json").read_text())
+    assert info["directional_corrections"]["theta_edges_deg"] == [0.5, round(edge, 3)]
+    from calogen.export import ShowerPipeline
+
+    assert ShowerPipeline(gen.model).angle_edges == [0.5, round(edge, 3)]
+    # a model file whose bins do not match its edges is refused in one line
+    info["directional_corrections"]["theta_edges_deg"] = [0.5]
+    (out / "model.json").write_text(json.dumps(info))
+    with pytest.raises(UsageError, match="2 bins for theta edges"):
+        load_generator(out)

@@ -295,18 +295,20 @@ def test_axis_shift_moves_generated_layers_onto_the_data():
         )
 
     corr = AxisShiftCorrection.fit(cat(data), cat(gen))
-    np.testing.assert_array_equal(corr.theta_nodes_deg, [0, 7.5, 22.5, 37.5, 52.5])
+    # nodes: 0, the mean angle of each bin with showers, then the last edge (extrapolated)
+    np.testing.assert_allclose(corr.theta_nodes_deg, [0, 22, 50, 60])
     layers = np.arange(30)
     # normal incidence: the generated showers lean by -0.05 mm per layer, the data not
     np.testing.assert_allclose(corr.shift_mm[0], 0.05 * layers, atol=0.45)
-    # bin 15-30 deg (node 22.5): data lean 0.10 mm/layer more than the generated showers
-    np.testing.assert_allclose(corr.shift_mm[2], 0.10 * layers, atol=0.45)
-    np.testing.assert_allclose(corr.shift_mm[4], 0.15 * layers, atol=0.45)
-    assert np.all(corr.shift_mm[[1, 3]] == 0)  # bins without showers keep zero
+    # 22 deg: data lean 0.10 mm/layer more than the generated showers; 50 deg: 0.15
+    np.testing.assert_allclose(corr.shift_mm[1], 0.10 * layers, atol=0.45)
+    np.testing.assert_allclose(corr.shift_mm[2], 0.15 * layers, atol=0.45)
+    slope = (corr.shift_mm[2] - corr.shift_mm[1]) / 28.0  # linear beyond the last bin's angle
+    np.testing.assert_allclose(corr.shift_mm[3], corr.shift_mm[2] + 10 * slope, atol=1e-9)
     # linear in theta between nodes, constant beyond the last node
-    s = corr.shift(np.array([0.0, 15.0, 22.5, 60.0]), np.full(4, 20))  # 15: half-way 7.5-22.5
-    np.testing.assert_allclose(s, [corr.shift_mm[0, 20], 0.5 * corr.shift_mm[2, 20],
-                                   corr.shift_mm[2, 20], corr.shift_mm[4, 20]])  # fmt: skip
+    s = corr.shift(np.array([0.0, 11.0, 22.0, 60.0, 70.0]), np.full(5, 20))
+    row = corr.shift_mm[:, 20]
+    np.testing.assert_allclose(s, [row[0], 0.5 * (row[0] + row[1]), row[1], row[3], row[3]])
     again = AxisShiftCorrection.from_dict(corr.to_dict())
     np.testing.assert_allclose(again.shift_mm, corr.shift_mm, atol=1e-4)
     with pytest.raises(UsageError, match="axis-shift"):

@@ -563,8 +563,11 @@ class RadialCorrection:
         return out
 
 
-#: polar-angle bins (deg) of :class:`AxisShiftCorrection`; its nodes are their centres
-AXIS_SHIFT_THETA_EDGES_DEG = (0.0, 15.0, 30.0, 45.0, 60.0)
+#: polar-angle bins (deg) of :class:`AxisShiftCorrection`; its nodes are the mean polar
+#: angles of the fit showers in each bin. Narrow near 60 deg, where the lean grows fastest
+#: (15 deg bins with constant extrapolation beyond the last centre, 52.5 deg, left the fitted
+#: axis 2.2 deg too steep at 60 deg; docs/angles.md)
+AXIS_SHIFT_THETA_EDGES_DEG = (0.0, 10.0, 20.0, 30.0, 40.0, 45.0, 50.0, 55.0, 57.5, 60.0)
 
 
 @dataclass
@@ -577,11 +580,13 @@ class AxisShiftCorrection:
     generated showers at the same energies and directions differ by a few tenths of a mm to a few mm, growing with depth and theta:
     the generated showers lean less than Geant4's, so their fitted axis is too steep
     (docs/angles.md). This correction adds the mean difference, per layer, interpolated
-    linearly in theta between the centres of the bins :data:`AXIS_SHIFT_THETA_EDGES_DEG`
-    and at normal incidence (node 0: a network trained mostly on inclined showers leans a little
-    at theta = 0 too, which the x mirroring would turn into a two-peaked centre of gravity;
-    the shift is applied before the mirroring); constant beyond the last centre. Fitted after
-    training like the occupancy correction, on showers generated without mirroring.
+    linearly in theta between the mean angles of the fit showers in the bins
+    :data:`AXIS_SHIFT_THETA_EDGES_DEG` and normal incidence (node 0: a network trained mostly
+    on inclined showers and mirrored shower by shower leans a little at theta = 0 too, which
+    the x mirroring would turn into a two-peaked centre of gravity; the shift is applied
+    before the mirroring), extrapolated linearly from the last two to the last edge, constant
+    beyond. Fitted after training like the occupancy correction, on showers generated without
+    mirroring of whole showers.
 
     Attributes:
         theta_nodes_deg: ``[K]`` increasing, the first 0.
@@ -603,10 +608,28 @@ class AxisShiftCorrection:
         showers and of showers generated at the same energies and directions (bins with
         fewer than ``min_showers`` inclined showers keep a zero shift)."""
         edges = np.asarray(AXIS_SHIFT_THETA_EDGES_DEG)
-        nodes = [0.0] + [0.5 * (edges[k] + edges[k + 1]) for k in range(len(edges) - 1)]
+        theta = np.asarray(data[2], np.float64)
         means = [_layer_x_means(*side, edges, n_layers, min_showers) for side in (data, generated)]
         ok = np.isfinite(means[0]) & np.isfinite(means[1])
-        return cls(np.asarray(nodes), np.where(ok, means[0] - means[1], 0.0))
+        table = np.where(ok, means[0] - means[1], 0.0)
+        # nodes: 0, then the mean polar angle of each bin's showers (bins without enough
+        # showers are left out)
+        nodes, rows = [0.0], [table[0]]
+        for k in range(len(edges) - 1):
+            sel = (theta >= max(edges[k], 0.5)) & (theta <= edges[k + 1] + 1e-9)
+            if sel.sum() >= min_showers and np.any(ok[k + 1]) and theta[sel].mean() > nodes[-1]:
+                nodes.append(float(theta[sel].mean()))
+                rows.append(table[k + 1])
+        if len(nodes) >= 3 and nodes[-1] < edges[-1] - 1e-6:
+            # the lean grows fast with theta (docs/angles.md): extrapolate linearly from the
+            # last two nodes to the last edge rather than keep it constant there
+            slope = (rows[-1] - rows[-2]) / (nodes[-1] - nodes[-2])
+            rows.append(rows[-1] + slope * (edges[-1] - nodes[-1]))
+            nodes.append(float(edges[-1]))
+        if len(nodes) == 1:  # normal incidence only: a constant table
+            nodes.append(float(edges[-1]))
+            rows.append(table[0])
+        return cls(np.asarray(nodes), np.stack(rows))
 
     def shift(self, theta_deg: NDArray[np.floating], layer: NDArray[np.floating]) -> NDArray:
         """Shift (mm) of points at ``theta_deg`` and layer index ``layer`` (both ``[P]``)."""

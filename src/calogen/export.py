@@ -26,7 +26,9 @@ Call signature of the exported model (``B`` showers, ``M`` = maximum points per 
   in y (``D`` = features + 2);
 * ``point_noise``: ``[K, B, M, 4]`` float32, standard normal noise of the points: entry 0 is the
   initial noise (scaled by σ_max inside), entries 1… the re-noising of the further steps of
-  multi-step consistency sampling (``K = len(cm_sigmas)``; ``K = 1`` for a teacher). Shower
+  multi-step consistency sampling (``K = len(cm_sigmas)``; ``K = 1`` for a teacher), and for
+  models that mirror each point (``mirror_points``, the angle-aware presets) one more tensor
+  whose first two columns' signs mirror each point in x (normal incidence only) and y. Shower
   ``b`` uses the first ``N_b`` rows of ``point_noise[:, b]``; the rest are ignored.
 * ``flat``: ``[B, 30 + 4 M]`` float32: the number of points in each of the 30 layers, then
   ``(x, y, layer, E)`` for each point with x, y in mm relative to the impact point, the layer
@@ -165,9 +167,7 @@ class ShowerPipeline(nn.Module):
         self.occupancies = [model.occupancy] + [occ for occ, _ in binned]
         self.n_angle_bins = len(self.occupancies)
         if binned:
-            from calogen.models.caloclouds2 import THETA_CORRECTION_EDGES_DEG
-
-            self.angle_edges = [float(v) for v in THETA_CORRECTION_EDGES_DEG]
+            self.angle_edges = [float(v) for v in model.theta_edges_deg]
         else:
             self.angle_edges = []
         radials = [radial] + [rad for _, rad in binned]
@@ -211,7 +211,10 @@ class ShowerPipeline(nn.Module):
             ):
                 self.register_buffer(name, torch.as_tensor(values, dtype=torch.float64))
         self.consistency = bool(model.consistency)
-        self.mirror = bool(getattr(cfg, "mirror", False))
+        #: mirror each point (config ``mirror_points``) by the signs of one more point-noise
+        #: tensor, or else each shower (``mirror``) by two more flow-noise columns
+        self.mirror_points = bool(getattr(cfg, "mirror_points", False))
+        self.mirror = bool(getattr(cfg, "mirror", False)) and not self.mirror_points
         #: an angle-aware model (config ``directions``): the point network and the Shower Flow
         #: take the polar angle theta as a condition (``theta / ANGLE_SCALE_DEG - 1``), the
         #: points come out around the shower axis, and only y is mirrored for theta > 0;
@@ -268,7 +271,8 @@ class ShowerPipeline(nn.Module):
 
     @property
     def noise_tensors(self) -> int:
-        return len(self.sigmas) if self.consistency else 1
+        """Point-noise tensors: the sampler's, plus one whose signs mirror the points."""
+        return (len(self.sigmas) if self.consistency else 1) + int(self.mirror_points)
 
     @property
     def flow_features(self) -> int:
@@ -483,6 +487,21 @@ class ShowerPipeline(nn.Module):
         x = x.clamp(-cfg.output_clip, cfg.output_clip)
         depth = x[..., 2]
         points = self.normalisation.inverse(x)
+        if self.mirror_points:  # the signs of the last noise tensor mirror each point
+            flip_x = noise[-1][..., 0] < 0
+            if self.takes_theta:  # inclined along x: only y -> -y is a symmetry
+                flip_x = flip_x & (theta[:, None] <= 0)
+            flip_y = noise[-1][..., 1] < 0
+            px, py = points[..., 0], points[..., 1]
+            points = torch.stack(
+                [
+                    torch.where(flip_x, -px, px),
+                    torch.where(flip_y, -py, py),
+                    points[..., 2],
+                    points[..., 3],
+                ],
+                -1,
+            )
 
         # depth-sorted layer assignment; rows beyond N go to the end
         valid = position[None, :] < n_points.to(torch.int64)[:, None]

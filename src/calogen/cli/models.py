@@ -154,6 +154,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "angles (default: one for normal incidence and one for inclined showers, each "
         "fitted on the --data showers of its kind)",
     )
+    q.add_argument(
+        "--angle-edges",
+        type=float,
+        nargs="+",
+        metavar="DEG",
+        default=None,
+        help="angle-aware CaloClouds II: edges (deg) of the polar-angle classes that get "
+        "their own occupancy correction and radial map (default: 0.5, i.e. normal "
+        "incidence and inclined showers)",
+    )
     q.set_defaults(func=_fit_occupancy)
 
     _register_distill(subparsers)
@@ -316,6 +326,7 @@ def _fit_occupancy(args: argparse.Namespace) -> int:
             radial=args.radial,
             axis=args.axis,
             by_angle=args.by_angle,
+            theta_edges_deg=args.angle_edges,
         )
     print(json.dumps(summary, indent=2))
     return 0

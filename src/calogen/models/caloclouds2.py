@@ -167,6 +167,14 @@ class CaloClouds2Config(scaffold.ShowerFlowTraining, _PointTraining):
     #: calibration): the mirror symmetry of normal incidence, which removes any left-right
     #: bias of the network's tails from the centre of gravity
     mirror: bool = True
+    #: mirror each generated *point* instead of each shower (x only at normal incidence, y
+    #: always; in the axis frame, before the calibration): the points of a shower are drawn
+    #: independently given its conditions, so this is the exact mirror-symmetrisation of the
+    #: network's point distribution. A network that leans a little at normal incidence
+    #: (trained mostly on inclined showers) then gives a symmetric core instead of showers
+    #: mirrored as a whole, whose lean the x mirroring turns into a too-wide centre of
+    #: gravity (docs/angles.md)
+    mirror_points: bool = False
     #: angle-aware variant: condition the Shower Flow (its config needs ``angle: true``) and
     #: the point network on the incident polar angle theta (``theta / 30 deg - 1``); showers
     #: are learnt in the axis frame (:func:`~calogen.directions.straighten_points`: each
@@ -284,6 +292,7 @@ def _angle_aware(config: CaloClouds2Config) -> CaloClouds2Config:
     return replace(
         config,
         directions=True,
+        mirror_points=True,
         shower_flow=flow,
         core_radius_mm=2.0,
         shower_flow_iterations=max(config.shower_flow_iterations, 15_000),
@@ -435,9 +444,11 @@ class CaloClouds2(nn.Module):
         self.radial = radial
         self.axis_shift = axis_shift
         #: angle-aware models: (occupancy, radial map) of the polar-angle bins 1, 2, … of
-        #: :data:`THETA_CORRECTION_EDGES_DEG` (bin 0, normal incidence, uses ``occupancy`` and
+        #: :attr:`theta_edges_deg` (bin 0, normal incidence, uses ``occupancy`` and
         #: ``radial``); empty: one set of corrections for all angles
         self.binned: list[tuple[OccupancyCorrection, RadialCorrection | None]] = []
+        #: edges (deg) of the polar-angle bins of :attr:`binned` (stored in model.json)
+        self.theta_edges_deg: tuple[float, ...] = THETA_CORRECTION_EDGES_DEG
         self.consistency = bool(consistency)
         self.cm_sigmas = tuple(cm_sigmas) if cm_sigmas else (float(config.sigma_max),)
         self.net = CaloClouds2Net(
@@ -482,7 +493,7 @@ class CaloClouds2(nn.Module):
 
     def _binned_dict(self) -> dict[str, Any]:
         return {
-            "theta_edges_deg": list(THETA_CORRECTION_EDGES_DEG),
+            "theta_edges_deg": list(self.theta_edges_deg),
             "bins": [
                 {
                     "occupancy": occ.to_dict(),
@@ -575,7 +586,7 @@ class CaloClouds2(nn.Module):
             flow_out = self.shower_flow.sample(energies, generator, theta)
         else:
             flow_out = self.shower_flow.sample(energies, generator)
-        tbin = correction_bins(theta, n_showers)
+        tbin = correction_bins(theta, n_showers, self.theta_edges_deg)
         if self.binned:  # per polar-angle bin
             counts_layer = np.empty(flow_out["n_per_layer"].shape, np.int64)
             for b in np.unique(tbin):
@@ -625,6 +636,12 @@ class CaloClouds2(nn.Module):
             points_out[p0:p1] = self.normalisation.inverse(x).numpy()
             first = last
         shower = np.repeat(np.arange(n_showers), counts)
+        if cfg.mirror_points:  # signs of one more normal draw per point (4 values, as the
+            # exported models take it: one more point-noise tensor), after the points' noise
+            flip = torch.randn((total, 4), generator=generator)[:, :2].numpy() < 0
+            if theta is not None:  # inclined in the x-z plane: only y -> -y is a symmetry
+                flip[:, 0] &= theta[shower] <= 0
+            points_out[:, :2] *= np.where(flip, -1.0, 1.0).astype(np.float32)
         core = "core_cog_x" in flow_out  # feature set caloclouds2_core: shift the core
         prefix = "core_cog" if core else "cog"
         cog_xy = np.stack([flow_out[f"{prefix}_x"], flow_out[f"{prefix}_y"]], axis=1)
@@ -657,7 +674,7 @@ class CaloClouds2(nn.Module):
         if theta is not None and self.axis_shift is not None:  # the lean of each layer
             self.axis_shift.apply(points_out, theta[shower])
         signs = np.ones((n_showers, 2), np.float32)
-        if cfg.mirror:  # signs of one normal draw per shower and axis, after the points' noise
+        if cfg.mirror and not cfg.mirror_points:  # one normal draw per shower and axis
             flips = torch.randn((n_showers, 2), generator=generator).numpy()
             if theta is not None:  # inclined in the x-z plane: only y -> -y is a symmetry
                 flips[theta > 0, 0] = 1.0
@@ -1209,12 +1226,13 @@ def _build(info: dict[str, Any]) -> CaloClouds2:
     )
     binned = info.get("directional_corrections")
     if binned:
-        edges = [float(v) for v in binned.get("theta_edges_deg", ())]
-        if edges != list(THETA_CORRECTION_EDGES_DEG) or len(binned.get("bins", ())) != len(edges):
+        edges = check_theta_edges(binned.get("theta_edges_deg", ()))
+        if len(binned.get("bins", ())) != len(edges):
             raise UsageError(
-                f"directional corrections for theta edges {edges}: this calogen knows "
-                f"{list(THETA_CORRECTION_EDGES_DEG)}"
+                f"directional corrections: {len(binned.get('bins', ()))} bins for theta "
+                f"edges {list(edges)}"
             )
+        model.theta_edges_deg = edges
         model.binned = [
             (
                 OccupancyCorrection.from_dict(b["occupancy"]),
@@ -1252,6 +1270,7 @@ def fit_occupancy(
     axis: bool = True,
     by_angle: bool = True,
     min_bin_showers: int = 50,
+    theta_edges_deg: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Fit ``c_N`` from data and generated showers, then refine it in closed loop.
 
@@ -1271,8 +1290,9 @@ def fit_occupancy(
        Geant4 showers and showers generated with all the corrections above.
 
     An angle-aware model with inclined showers in ``data`` (and ``by_angle``) gets steps 0-2
-    for each polar-angle bin of :data:`THETA_CORRECTION_EDGES_DEG` (normal incidence and
-    inclined showers) on the data showers of that bin (hits per point and the radial profile change with theta; one correction for
+    for each polar-angle bin of ``theta_edges_deg`` (default
+    :data:`THETA_CORRECTION_EDGES_DEG`: normal incidence and inclined showers) on the data
+    showers of that bin (hits per point and the radial profile change with theta; one correction for
     all angles misfits normal incidence, docs/angles.md); a bin with fewer than
     ``min_bin_showers`` showers takes the corrections of the nearest bin that has enough.
     """
@@ -1288,11 +1308,15 @@ def fit_occupancy(
     dirs = ref.directions if model.config.directions else None
     theta = angles_from_directions(dirs)[0] if dirs is not None else None
     model.binned = []  # each fit below uses the plain corrections
+    edges = check_theta_edges(
+        THETA_CORRECTION_EDGES_DEG if theta_edges_deg is None else theta_edges_deg
+    )
+    model.theta_edges_deg = edges
     model.axis_shift = None
     n_all = len(ref.energies)
-    if by_angle and theta is not None and np.any(theta >= THETA_CORRECTION_EDGES_DEG[0]):
-        bins = correction_bins(theta, n_all)
-        groups = [np.flatnonzero(bins == b) for b in range(len(THETA_CORRECTION_EDGES_DEG) + 1)]
+    if by_angle and theta is not None and np.any(theta >= edges[0]):
+        bins = correction_bins(theta, n_all, edges)
+        groups = [np.flatnonzero(bins == b) for b in range(len(edges) + 1)]
     else:
         groups = [np.arange(n_all)]
     fits: list[_GroupFit | None] = [
@@ -1360,7 +1384,7 @@ def fit_occupancy(
     )
     if len(groups) > 1:
         summary["angle_bins"] = {
-            "theta_edges_deg": list(THETA_CORRECTION_EDGES_DEG),
+            "theta_edges_deg": list(edges),
             "showers": [int(g.size) for g in groups],
             "fitted": [f is not None for f in fits],
             "factor_at_mean_points": [
@@ -1378,11 +1402,26 @@ def fit_occupancy(
 THETA_CORRECTION_EDGES_DEG = (0.5,)
 
 
-def correction_bins(theta_deg: NDArray[np.floating] | None, n_showers: int) -> NDArray[np.int64]:
-    """Correction bin (:data:`THETA_CORRECTION_EDGES_DEG`) of each shower; 0 without angles."""
+def check_theta_edges(edges: Sequence[float]) -> tuple[float, ...]:
+    """Polar-angle bin edges (deg) of directional corrections: increasing, in (0, 90)."""
+    try:
+        out = tuple(float(v) for v in edges)
+    except (TypeError, ValueError):
+        raise UsageError(f"theta edges must be numbers (deg), got {edges!r}") from None
+    if not out or any(not 0 < v < 90 for v in out) or np.any(np.diff(out) <= 0):
+        raise UsageError(f"theta edges must be increasing angles in (0, 90) deg, got {list(out)}")
+    return out
+
+
+def correction_bins(
+    theta_deg: NDArray[np.floating] | None,
+    n_showers: int,
+    edges_deg: Sequence[float] = THETA_CORRECTION_EDGES_DEG,
+) -> NDArray[np.int64]:
+    """Correction bin (of ``edges_deg``) of each shower; 0 without angles."""
     if theta_deg is None:
         return np.zeros(n_showers, np.int64)
-    edges = np.asarray(THETA_CORRECTION_EDGES_DEG)
+    edges = np.asarray(edges_deg, np.float64)
     return np.searchsorted(edges, np.asarray(theta_deg, np.float64), side="right").astype(np.int64)
 
 

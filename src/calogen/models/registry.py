@@ -252,12 +252,14 @@ def fit_occupancy(
     radial: bool = True,
     axis: bool = True,
     by_angle: bool = True,
+    theta_edges_deg: list[float] | None = None,
 ) -> dict[str, Any]:
     """Fit and store the occupancy correction of a model folder; returns a summary.
 
     ``radial``: CaloClouds II models also fit the radial quantile correction first;
     ``axis``: angle-aware CaloClouds II models fit the per-layer axis shift last;
-    ``by_angle``: and their occupancy and radial corrections per polar-angle bin.
+    ``by_angle``: and their occupancy and radial corrections per polar-angle bin (edges
+    ``theta_edges_deg``, deg; ``None``: normal incidence and inclined showers).
     """
     from calogen.data.io import ShowerFile
     from calogen.models.training import read_model_info
@@ -279,6 +281,9 @@ def fit_occupancy(
         kwargs["radial"] = radial
         kwargs["axis"] = axis
         kwargs["by_angle"] = by_angle
+        kwargs["theta_edges_deg"] = theta_edges_deg
+    elif theta_edges_deg is not None:
+        raise UsageError("--angle-edges: only angle-aware CaloClouds II models have angle classes")
     return _with_model_errors(model_dir, info, func, Path(model_dir), data, **kwargs)
 
 
