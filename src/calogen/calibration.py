@@ -126,9 +126,18 @@ def assign_layers(
     if not np.array_equal(counts_per_layer.sum(1), points_per_shower):
         raise CalogenError("assign_layers: points per layer do not add up to the points per shower")
     depth = points[:, 2] if depth is None else np.asarray(depth)
-    order = np.lexsort((depth, shower))  # by shower, then depth
-    # global position of every sorted point and the global upper edge of every (shower, layer)
     offsets = np.concatenate(([0], np.cumsum(points_per_shower)))[:-1]
+    if shower.size and np.all(shower[1:] >= shower[:-1]):
+        # showers in contiguous blocks (as generated): one stable sort per shower, the same
+        # order as the lexsort below and 2-3x faster
+        order = np.empty(shower.size, np.int64)
+        for first, n_points in zip(offsets, points_per_shower, strict=True):
+            if n_points:
+                block = depth[first : first + n_points]
+                order[first : first + n_points] = np.argsort(block, kind="stable") + first
+    else:
+        order = np.lexsort((depth, shower))  # by shower, then depth
+    # global position of every sorted point and the global upper edge of every (shower, layer)
     edges = (offsets[:, None] + np.cumsum(counts_per_layer, axis=1)).reshape(-1)
     position = np.arange(order.shape[0])
     slot = np.searchsorted(edges, position, side="right")
@@ -441,7 +450,13 @@ class RadialCorrection:
     def layer_group(self, layers: NDArray[np.floating]) -> NDArray[np.int64]:
         """Layer group of each point ``[P]`` (layer index, rounded)."""
         inner = np.asarray(self.layer_edges[1:-1], np.float64)
-        return np.searchsorted(inner, np.rint(np.asarray(layers, np.float64)), side="right")
+        layers = np.asarray(layers)
+        last = int(self.layer_edges[-1])
+        if layers.size > 4 * last and 0 < last <= 1000:  # a lookup table per layer index
+            table = np.searchsorted(inner, np.arange(-1, last + 1, dtype=np.float64), side="right")
+            index = np.clip(np.rint(layers), -1, last).astype(np.int64) + 1
+            return table[index]
+        return np.searchsorted(inner, np.rint(layers.astype(np.float64)), side="right")
 
     @classmethod
     def fit(
@@ -642,9 +657,22 @@ class AxisShiftCorrection:
         ell = np.clip(np.rint(np.asarray(layer)).astype(np.int64), 0, n_layers - 1)
         return (1 - w) * self.shift_mm[k, ell] + w * self.shift_mm[k + 1, ell]
 
-    def apply(self, points: NDArray[np.floating], theta_deg: NDArray[np.floating]) -> None:
-        """Shift ``points [P, 4]`` (axis frame) in x in place; ``theta_deg`` per point."""
-        points[:, 0] += self.shift(theta_deg, points[:, 2]).astype(points.dtype)
+    def apply(
+        self,
+        points: NDArray[np.floating],
+        theta_deg: NDArray[np.floating],
+        shower: NDArray[np.integer] | None = None,
+    ) -> None:
+        """Shift ``points [P, 4]`` (axis frame) in x in place; ``theta_deg`` per point, or
+        per shower ``[S]`` with ``shower [P]`` (one table row per shower: faster)."""
+        if shower is None:
+            points[:, 0] += self.shift(theta_deg, points[:, 2]).astype(points.dtype)
+            return
+        theta = np.asarray(theta_deg, np.float64).reshape(-1)
+        n_layers = self.shift_mm.shape[1]
+        table = self.shift(np.repeat(theta, n_layers), np.tile(np.arange(n_layers), theta.size))
+        ell = np.clip(np.rint(points[:, 2]).astype(np.int64), 0, n_layers - 1)
+        points[:, 0] += table[np.asarray(shower, np.int64) * n_layers + ell].astype(points.dtype)
 
     def to_dict(self) -> dict[str, Any]:
         return {

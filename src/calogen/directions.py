@@ -106,6 +106,7 @@ def incline_points(
     theta_deg: ArrayLike,
     phi_deg: ArrayLike,
     layer_depth_mm: ArrayLike,
+    shower: ArrayLike | None = None,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Points generated around the shower axis -> the calorimeter frame of an inclined shower.
 
@@ -115,7 +116,9 @@ def incline_points(
     x, then ``(x, y)`` is rotated by ``phi``: the axis then crosses layer ``l`` at
     ``depth_l * tan(theta) * (cos phi, sin phi)`` (:func:`axis_offset_mm`). ``theta_deg`` and
     ``phi_deg`` broadcast against the points (one value, or one per point). At
-    ``theta = phi = 0`` the points are unchanged.
+    ``theta = phi = 0`` the points are unchanged. With ``shower [P]`` (index of each point's
+    shower) ``theta_deg`` and ``phi_deg`` are per shower (``[S]``): the same result, the
+    trigonometry done once per shower.
 
     The exported models apply the same transform in torch
     (:func:`calogen.export.incline_points_torch`; tests/test_export.py checks they agree).
@@ -123,9 +126,12 @@ def incline_points(
     depth = np.asarray(layer_depth_mm, dtype=np.float64)[np.asarray(layer).astype(np.int64)]
     theta = np.radians(np.asarray(theta_deg, dtype=np.float64))
     phi = np.radians(np.asarray(phi_deg, dtype=np.float64))
-    x = np.asarray(x_mm, dtype=np.float64) + depth * np.tan(theta)
+    tan, cos, sin = np.tan(theta), np.cos(phi), np.sin(phi)
+    if shower is not None:
+        index = np.asarray(shower, np.int64)
+        tan, cos, sin = tan[index], cos[index], sin[index]
+    x = np.asarray(x_mm, dtype=np.float64) + depth * tan
     y = np.asarray(y_mm, dtype=np.float64)
-    cos, sin = np.cos(phi), np.sin(phi)
     return cos * x - sin * y, sin * x + cos * y
 
 

@@ -657,7 +657,9 @@ class CaloClouds2(nn.Module):
             point_bin = tbin[shower]
             for b in np.unique(tbin):
                 radial = self.corrections_for(int(b))[1]
-                if radial is not None:
+                if radial is not None and np.all(tbin == b):  # one bin: in place
+                    radial.apply(points_out, shower, energies)
+                elif radial is not None:
                     sel = point_bin == b
                     part = points_out[sel]
                     radial.apply(part, shower[sel], energies)
@@ -672,7 +674,7 @@ class CaloClouds2(nn.Module):
             core_radius_mm=CORE_COG_RADIUS_MM if core else 0.0,
         )
         if theta is not None and self.axis_shift is not None:  # the lean of each layer
-            self.axis_shift.apply(points_out, theta[shower])
+            self.axis_shift.apply(points_out, theta, shower)
         signs = np.ones((n_showers, 2), np.float32)
         if cfg.mirror and not cfg.mirror_points:  # one normal draw per shower and axis
             flips = torch.randn((n_showers, 2), generator=generator).numpy()
@@ -685,9 +687,10 @@ class CaloClouds2(nn.Module):
                 points_out[:, 0],
                 points_out[:, 1],
                 points_out[:, 2],
-                theta[shower],
-                phi[shower],
+                theta,
+                phi,
                 LAYER_DEPTH_MM,
+                shower=shower,
             )
         # points left without energy (a layer whose predicted energy is zero) deposit nothing
         # and would read as padding: drop them
