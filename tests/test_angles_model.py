@@ -309,9 +309,28 @@ def test_angle_class_edges_are_part_of_the_model(fixtures, inclined_file, tmp_pa
     assert len(gen.model.binned) == 2
     info = json.loads((out / "model.json").read_text())
     assert info["directional_corrections"]["theta_edges_deg"] == [0.5, round(edge, 3)]
-    from calogen.export import ShowerPipeline
+    from calogen.export import DDMLShower, ShowerPipeline
+    from test_export_ddml import _assert_same_shower, _python_shower
 
-    assert ShowerPipeline(gen.model).angle_edges == [0.5, round(edge, 3)]
+    pipe = ShowerPipeline(gen.model).eval()
+    assert pipe.angle_edges == [0.5, round(edge, 3)]
+    # two inclined bins: their corrections are interpolated between their mean angles
+    nodes = gen.model.theta_nodes_deg
+    assert nodes is not None and 0.5 < nodes[0] < edge < nodes[1]
+    assert info["directional_corrections"]["theta_nodes_deg"] == pytest.approx(list(nodes))
+    mid = 0.5 * (nodes[0] + nodes[1])
+    k0, k1, w = gen.model.correction_weights(np.array([0.0, nodes[0] - 1, mid, nodes[1] + 1]), 4)
+    np.testing.assert_array_equal(k0, [0, 1, 1, 1])
+    np.testing.assert_array_equal(k1, [0, 2, 2, 2])
+    np.testing.assert_allclose(w, [0.0, 0.0, 0.5, 1.0])
+    # ... in the exported model too (same shower as Python with the same seed)
+    assert pipe.angle_nodes == pytest.approx(list(nodes))
+    ddml = DDMLShower(pipe, slab().layer_z_mm).eval()
+    ref = _python_shower(gen.model, 50.0, mid, 30.0, 8)
+    torch.manual_seed(8)
+    with torch.inference_mode():
+        row = ddml(*(torch.tensor([v]) for v in (50.0, mid, 30.0))).numpy()
+    _assert_same_shower(row, ref)
     # a model file whose bins do not match its edges is refused in one line
     info["directional_corrections"]["theta_edges_deg"] = [0.5]
     (out / "model.json").write_text(json.dumps(info))

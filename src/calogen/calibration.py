@@ -515,6 +515,16 @@ class RadialCorrection:
         """Map the radius of every point in place; ``points [P, 4]`` with layers assigned."""
         if points.shape[0] == 0:
             return points
+        return scale_radius(points, *self.mapped_log_radius(points, shower, energies))
+
+    def mapped_log_radius(
+        self,
+        points: NDArray[np.floating],
+        shower: NDArray[np.integer],
+        energies: NDArray[np.floating],
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+        """``(r, ln r, mapped ln r)`` of every point ``[P]`` (r in mm from x = y = 0; points
+        ``[P, 4]`` with layers assigned, ``P > 0``)."""
         e_bin = self.energy_bin(np.asarray(energies, np.float64).reshape(-1))[shower]
         cell = e_bin * self.n_layer_groups + self.layer_group(points[:, 2])
         x, y = points[:, 0].astype(np.float64), points[:, 1].astype(np.float64)
@@ -541,10 +551,7 @@ class RadialCorrection:
             log_r + (knots_data[cell, 0] - first_gen),
             np.where(log_r > last_gen, log_r + (knots_data[cell, -1] - last_gen), inner),
         )
-        scale = np.where(r > 0, np.exp(new_log_r - log_r), 1.0)
-        points[:, 0] = (x * scale).astype(points.dtype)
-        points[:, 1] = (y * scale).astype(points.dtype)
-        return points
+        return r, log_r, new_log_r
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -576,6 +583,21 @@ class RadialCorrection:
         ):
             raise UsageError("invalid radial correction: quantile tables of the wrong shape")
         return out
+
+
+def scale_radius(
+    points: NDArray[np.floating],
+    r: NDArray[np.float64],
+    log_r: NDArray[np.float64],
+    new_log_r: NDArray[np.float64],
+) -> NDArray[np.floating]:
+    """Move every point of ``points [P, 4]`` radially (about x = y = 0) from ``r`` (mm, with
+    ``log_r = ln max(r, 1e-6)``) to ``exp(new_log_r)`` mm, in place (points at r = 0 stay)."""
+    x, y = points[:, 0].astype(np.float64), points[:, 1].astype(np.float64)
+    scale = np.where(r > 0, np.exp(new_log_r - log_r), 1.0)
+    points[:, 0] = (x * scale).astype(points.dtype)
+    points[:, 1] = (y * scale).astype(points.dtype)
+    return points
 
 
 #: polar-angle bins (deg) of :class:`AxisShiftCorrection`; its nodes are the mean polar

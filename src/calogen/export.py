@@ -170,6 +170,10 @@ class ShowerPipeline(nn.Module):
             self.angle_edges = [float(v) for v in model.theta_edges_deg]
         else:
             self.angle_edges = []
+        #: polar angles (deg) of the inclined bins: corrections interpolated between them
+        #: (:meth:`calogen.models.caloclouds2.CaloClouds2.correction_weights`)
+        nodes = getattr(model, "theta_nodes_deg", None) if binned else None
+        self.angle_nodes = [float(v) for v in nodes] if nodes and len(nodes) >= 2 else []
         radials = [radial] + [rad for _, rad in binned]
         if binned and any(r is not None for r in radials):
             shapes = {None if r is None else (r.log_r_gen.shape, tuple(r.energy_edges_gev),
@@ -290,6 +294,25 @@ class ShowerPipeline(nn.Module):
         edges = torch.tensor(self.angle_edges, dtype=torch.float64)
         return (theta.to(torch.float64)[:, None] >= edges[None, :]).sum(1)
 
+    def _angle_weights(self, theta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(bin k0, bin k1, weight w)`` per shower (``[B]``; float64 ``w``): corrections
+        ``(1 - w)`` of bin ``k0`` plus ``w`` of bin ``k1`` (as ``correction_weights``)."""
+        k0 = self._angle_bin(theta)
+        if not self.angle_nodes:
+            return k0, k0, torch.zeros(theta.shape, dtype=torch.float64)
+        node = torch.tensor(self.angle_nodes, dtype=torch.float64)
+        t64 = theta.to(torch.float64)
+        j = ((t64[:, None] >= node[None, :]).sum(1) - 1).clamp(0, len(self.angle_nodes) - 2)
+        lo, hi = node[j], node[j + 1]
+        w = ((t64 - lo) / (hi - lo)).clamp(0.0, 1.0)
+        inclined = k0 > 0
+        zero = torch.zeros_like(k0)
+        return (
+            torch.where(inclined, j + 1, zero),
+            torch.where(inclined, j + 2, zero),
+            torch.where(inclined, w, torch.zeros_like(w)),
+        )
+
     def _occupancy_factor(self, occ: Any, total: Tensor) -> Tensor:
         """``c_N(N)`` of one :class:`~calogen.calibration.OccupancyCorrection`."""
         n = torch.clamp_min(total.clamp(float(occ.n_range[0]), float(occ.n_range[1])), 1.0)
@@ -320,10 +343,11 @@ class ShowerPipeline(nn.Module):
         total = counts.sum(1)
         factor = self._occupancy_factor(self.occupancies[0], total)
         if self.n_angle_bins > 1:
-            angle_bin = self._angle_bin(theta)
-            for b in range(1, self.n_angle_bins):
-                other = self._occupancy_factor(self.occupancies[b], total)
-                factor = torch.where(angle_bin == b, other, factor)
+            k0, k1, w = self._angle_weights(theta)
+            factors = torch.stack([self._occupancy_factor(o, total) for o in self.occupancies])
+            f0 = torch.gather(factors, 0, k0[None, :])[0]
+            f1 = torch.gather(factors, 0, k1[None, :])[0]
+            factor = (1.0 - w) * f0 + w * f1
         counts = distribute_counts(counts, total * factor)
         counts = distribute_counts(counts, counts.sum(1).clamp(1.0, float(self.max_points)))
         return counts, e_layer, cog
@@ -333,14 +357,34 @@ class ShowerPipeline(nn.Module):
         ``points [B, M, 4]`` with layers ``layer [B, M]`` (float64 inside); with angle bins,
         the map of each shower's bin."""
         e_bin = (energy.to(torch.float64)[:, None] >= self.radial_e_inner[None, :]).sum(1)
-        if self.n_angle_bins > 1:
-            e_bin = e_bin + self._angle_bin(theta) * self.radial_energy_bins
         group = (layer.to(torch.float64)[..., None] >= self.radial_l_inner).sum(-1)
-        cell = e_bin[:, None] * self.radial_groups + group  # [B, M]
         x = points[..., 0].to(torch.float64)
         y = points[..., 1].to(torch.float64)
         r = torch.sqrt(x * x + y * y)
         log_r = torch.log(r.clamp_min(1e-6))
+        if self.n_angle_bins > 1:
+            k0, k1, w = self._angle_weights(theta)
+            cell0 = (e_bin + k0 * self.radial_energy_bins)[:, None] * self.radial_groups + group
+            new = self._mapped_log_r(log_r, cell0)
+            if self.angle_nodes:  # blended with the next bin's map
+                cell1 = (e_bin + k1 * self.radial_energy_bins)[:, None] * self.radial_groups
+                new1 = self._mapped_log_r(log_r, cell1 + group)
+                new = (1.0 - w[:, None]) * new + w[:, None] * new1
+        else:
+            new = self._mapped_log_r(log_r, e_bin[:, None] * self.radial_groups + group)
+        scale = torch.where(r > 0, torch.exp(new - log_r), torch.ones_like(r))
+        return torch.stack(
+            [
+                (x * scale).to(points.dtype),
+                (y * scale).to(points.dtype),
+                points[..., 2],
+                points[..., 3],
+            ],
+            -1,
+        )
+
+    def _mapped_log_r(self, log_r: Tensor, cell: Tensor) -> Tensor:
+        """ln r of points ``[B, M]`` mapped by the radial table of their ``cell [B, M]``."""
         n_knots = self.radial_gen.shape[-1]
         if self.onnx:  # ONNX has no searchsorted: compare with each point's K knots
             knots_gen = self.radial_gen[cell]  # [B, M, K]
@@ -370,17 +414,7 @@ class ShowerPipeline(nn.Module):
         inner = d0 + (log_r - g0) / (g1 - g0) * (d1 - d0)
         below = log_r + (first_data - first_gen)
         beyond = log_r + (last_data - last_gen)
-        new = torch.where(above == 0, below, torch.where(above == n_knots, beyond, inner))
-        scale = torch.where(r > 0, torch.exp(new - log_r), torch.ones_like(r))
-        return torch.stack(
-            [
-                (x * scale).to(points.dtype),
-                (y * scale).to(points.dtype),
-                points[..., 2],
-                points[..., 3],
-            ],
-            -1,
-        )
+        return torch.where(above == 0, below, torch.where(above == n_knots, beyond, inner))
 
     def _axis_shift(self, theta: Tensor, layer: Tensor) -> Tensor:
         """``[B, M]`` float32 shift (mm) along x of points in ``layer [B, M]`` of showers at

@@ -53,6 +53,7 @@ from calogen.calibration import (
     RadialCorrection,
     calibrate,
     distribute_counts,
+    scale_radius,
     shift_cog,
 )
 from calogen.data.normalisation import Normalisation
@@ -449,6 +450,11 @@ class CaloClouds2(nn.Module):
         self.binned: list[tuple[OccupancyCorrection, RadialCorrection | None]] = []
         #: edges (deg) of the polar-angle bins of :attr:`binned` (stored in model.json)
         self.theta_edges_deg: tuple[float, ...] = THETA_CORRECTION_EDGES_DEG
+        #: one polar angle (deg) per inclined bin (the mean of its fit showers): with two or
+        #: more, an inclined shower's occupancy factor and radial map are interpolated
+        #: linearly in theta between the two bins whose angles enclose its own (the nearest
+        #: bin's alone outside them); ``None``: each shower takes its bin's corrections
+        self.theta_nodes_deg: tuple[float, ...] | None = None
         self.consistency = bool(consistency)
         self.cm_sigmas = tuple(cm_sigmas) if cm_sigmas else (float(config.sigma_max),)
         self.net = CaloClouds2Net(
@@ -494,6 +500,7 @@ class CaloClouds2(nn.Module):
     def _binned_dict(self) -> dict[str, Any]:
         return {
             "theta_edges_deg": list(self.theta_edges_deg),
+            **({"theta_nodes_deg": list(self.theta_nodes_deg)} if self.theta_nodes_deg else {}),
             "bins": [
                 {
                     "occupancy": occ.to_dict(),
@@ -502,6 +509,27 @@ class CaloClouds2(nn.Module):
                 for occ, rad in self.binned
             ],
         }
+
+    def correction_weights(
+        self, theta_deg: NDArray[np.floating] | None, n_showers: int
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]]:
+        """``(bin k0, bin k1, weight w)`` per shower: its corrections are ``(1 - w)`` times
+        those of bin ``k0`` plus ``w`` times those of ``k1`` (:attr:`theta_nodes_deg`);
+        without nodes ``k0 = k1`` = the shower's bin and ``w = 0``."""
+        k0 = correction_bins(theta_deg, n_showers, self.theta_edges_deg)
+        k1, w = k0.copy(), np.zeros(n_showers)
+        nodes = self.theta_nodes_deg
+        if theta_deg is None or not self.binned or not nodes or len(nodes) < 2:
+            return k0, k1, w
+        theta = np.asarray(theta_deg, np.float64)
+        node = np.asarray(nodes, np.float64)
+        inclined = k0 > 0
+        j = np.clip(np.searchsorted(node, theta, side="right") - 1, 0, len(node) - 2)
+        t = np.clip((theta - node[j]) / (node[j + 1] - node[j]), 0.0, 1.0)
+        k0 = np.where(inclined, j + 1, 0)
+        k1 = np.where(inclined, j + 2, 0)
+        w = np.where(inclined, t, 0.0)
+        return k0, k1, w
 
     def corrections_for(
         self, bin_index: int
@@ -587,7 +615,19 @@ class CaloClouds2(nn.Module):
         else:
             flow_out = self.shower_flow.sample(energies, generator)
         tbin = correction_bins(theta, n_showers, self.theta_edges_deg)
-        if self.binned:  # per polar-angle bin
+        k0, k1, w = self.correction_weights(theta, n_showers)
+        blend = bool(np.any(w > 0))
+        if blend:  # interpolated in theta between two bins
+            n_layer_flow = np.asarray(flow_out["n_per_layer"], np.int64)
+            total_flow = n_layer_flow.sum(1)
+            factor = np.zeros(n_showers)
+            for k, weight in ((k0, 1.0 - w), (k1, w)):
+                for b in np.unique(k[weight > 0]):
+                    sel = (k == b) & (weight > 0)
+                    occ = self.corrections_for(int(b))[0]
+                    factor[sel] += weight[sel] * occ.factor(total_flow[sel])
+            counts_layer = distribute_counts(n_layer_flow, total_flow * factor)
+        elif self.binned:  # per polar-angle bin
             counts_layer = np.empty(flow_out["n_per_layer"].shape, np.int64)
             for b in np.unique(tbin):
                 sel = tbin == b
@@ -653,7 +693,22 @@ class CaloClouds2(nn.Module):
             counts_per_layer=counts_layer,
             depth=depth_out,
         )
-        if self.binned:  # needs the layers assigned, before the CoG shift
+        if blend and any(self.corrections_for(b)[1] for b in range(len(self.binned) + 1)):
+            # the radial maps of the two bins of each shower, blended in ln r
+            r = np.hypot(points_out[:, 0].astype(np.float64), points_out[:, 1].astype(np.float64))
+            log_r = np.log(np.maximum(r, 1e-6))
+            delta = np.zeros(total)
+            for k, weight in ((k0, 1.0 - w), (k1, w)):
+                for b in np.unique(k[weight > 0]):
+                    radial = self.corrections_for(int(b))[1]
+                    sel = ((k == b) & (weight > 0))[shower]
+                    if radial is not None and sel.any():
+                        _, log_r_b, mapped = radial.mapped_log_radius(
+                            points_out[sel], shower[sel], energies
+                        )
+                        delta[sel] += weight[shower[sel]] * (mapped - log_r_b)
+            scale_radius(points_out, r, log_r, log_r + delta)
+        elif self.binned:  # needs the layers assigned, before the CoG shift
             point_bin = tbin[shower]
             for b in np.unique(tbin):
                 radial = self.corrections_for(int(b))[1]
@@ -1236,6 +1291,15 @@ def _build(info: dict[str, Any]) -> CaloClouds2:
                 f"edges {list(edges)}"
             )
         model.theta_edges_deg = edges
+        nodes = binned.get("theta_nodes_deg")
+        if nodes is not None:
+            nodes = check_theta_edges(nodes)
+            if len(nodes) != len(edges):
+                raise UsageError(
+                    f"directional corrections: {len(nodes)} theta nodes for {len(edges)} "
+                    "inclined bins"
+                )
+            model.theta_nodes_deg = nodes
         model.binned = [
             (
                 OccupancyCorrection.from_dict(b["occupancy"]),
@@ -1274,6 +1338,7 @@ def fit_occupancy(
     by_angle: bool = True,
     min_bin_showers: int = 50,
     theta_edges_deg: Sequence[float] | None = None,
+    interpolate: bool = True,
 ) -> dict[str, Any]:
     """Fit ``c_N`` from data and generated showers, then refine it in closed loop.
 
@@ -1298,6 +1363,9 @@ def fit_occupancy(
     showers of that bin (hits per point and the radial profile change with theta; one correction for
     all angles misfits normal incidence, docs/angles.md); a bin with fewer than
     ``min_bin_showers`` showers takes the corrections of the nearest bin that has enough.
+    With two or more inclined bins and ``interpolate``, each bin's polar angle is the mean
+    of its fit showers and generation interpolates between bins
+    (:attr:`CaloClouds2.theta_nodes_deg`).
     """
     if refine_iterations < 0:
         raise UsageError(f"refine_iterations must be >= 0, got {refine_iterations}")
@@ -1337,6 +1405,15 @@ def fit_occupancy(
     chosen = [fits[min(have, key=lambda h: (abs(h - b), h))] for b in range(len(fits))]
     model.occupancy, model.radial = chosen[0].correction, chosen[0].radial  # type: ignore[union-attr]
     model.binned = [(f.correction, f.radial) for f in chosen[1:]]  # type: ignore[union-attr]
+    model.theta_nodes_deg = None
+    if interpolate and len(groups) > 2 and theta is not None:
+        nodes = []
+        for b, g in enumerate(groups[1:], start=1):
+            lo = edges[b - 1]
+            hi = edges[b] if b < len(edges) else max(float(theta.max()), lo + 1.0)
+            mean = float(theta[g].mean()) if g.size else 0.5 * (lo + hi)
+            nodes.append(max(mean, nodes[-1] + 1e-3) if nodes else mean)
+        model.theta_nodes_deg = tuple(nodes)
     gen = torch.Generator()
 
     def run() -> PackedPoints:
@@ -1388,6 +1465,9 @@ def fit_occupancy(
     if len(groups) > 1:
         summary["angle_bins"] = {
             "theta_edges_deg": list(edges),
+            "theta_nodes_deg": None
+            if model.theta_nodes_deg is None
+            else list(model.theta_nodes_deg),
             "showers": [int(g.size) for g in groups],
             "fitted": [f is not None for f in fits],
             "factor_at_mean_points": [
