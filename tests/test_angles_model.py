@@ -319,18 +319,26 @@ def test_angle_class_edges_are_part_of_the_model(fixtures, inclined_file, tmp_pa
     assert nodes is not None and 0.5 < nodes[0] < edge < nodes[1]
     assert info["directional_corrections"]["theta_nodes_deg"] == pytest.approx(list(nodes))
     mid = 0.5 * (nodes[0] + nodes[1])
-    k0, k1, w = gen.model.correction_weights(np.array([0.0, nodes[0] - 1, mid, nodes[1] + 1]), 4)
-    np.testing.assert_array_equal(k0, [0, 1, 1, 1])
-    np.testing.assert_array_equal(k1, [0, 2, 2, 2])
-    np.testing.assert_allclose(w, [0.0, 0.0, 0.5, 1.0])
+    top = gen.model.theta_extrapolate_deg  # the largest angle of the fit showers
+    assert top == pytest.approx(float(thetas.max())) and top > nodes[1]
+    beyond = 0.5 * (nodes[1] + top)
+    thetas_test = np.array([0.0, nodes[0] - 1, mid, beyond, top + 5])
+    k0, k1, w = gen.model.correction_weights(thetas_test, 5)
+    np.testing.assert_array_equal(k0, [0, 1, 1, 1, 1])
+    np.testing.assert_array_equal(k1, [0, 2, 2, 2, 2])
+    span = nodes[1] - nodes[0]  # linear, extrapolated up to `top`, constant beyond
+    expected = [0.0, 0.0, 0.5, (beyond - nodes[0]) / span, (top - nodes[0]) / span]
+    np.testing.assert_allclose(w, expected)
     # ... in the exported model too (same shower as Python with the same seed)
     assert pipe.angle_nodes == pytest.approx(list(nodes))
     ddml = DDMLShower(pipe, slab().layer_z_mm).eval()
-    ref = _python_shower(gen.model, 50.0, mid, 30.0, 8)
-    torch.manual_seed(8)
-    with torch.inference_mode():
-        row = ddml(*(torch.tensor([v]) for v in (50.0, mid, 30.0))).numpy()
-    _assert_same_shower(row, ref)
+    for seed, theta64 in ((8, mid), (9, beyond)):
+        theta = float(np.float32(theta64))  # DDML takes float32: the same angle in both
+        ref = _python_shower(gen.model, 50.0, theta, 30.0, seed)
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            row = ddml(*(torch.tensor([v]) for v in (50.0, theta, 30.0))).numpy()
+        _assert_same_shower(row, ref)
     # a model file whose bins do not match its edges is refused in one line
     info["directional_corrections"]["theta_edges_deg"] = [0.5]
     (out / "model.json").write_text(json.dumps(info))

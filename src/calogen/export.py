@@ -174,6 +174,7 @@ class ShowerPipeline(nn.Module):
         #: (:meth:`calogen.models.caloclouds2.CaloClouds2.correction_weights`)
         nodes = getattr(model, "theta_nodes_deg", None) if binned else None
         self.angle_nodes = [float(v) for v in nodes] if nodes and len(nodes) >= 2 else []
+        self.angle_last_weight = float(model._last_weight()) if self.angle_nodes else 1.0
         radials = [radial] + [rad for _, rad in binned]
         if binned and any(r is not None for r in radials):
             shapes = {None if r is None else (r.log_r_gen.shape, tuple(r.energy_edges_gev),
@@ -304,7 +305,10 @@ class ShowerPipeline(nn.Module):
         t64 = theta.to(torch.float64)
         j = ((t64[:, None] >= node[None, :]).sum(1) - 1).clamp(0, len(self.angle_nodes) - 2)
         lo, hi = node[j], node[j + 1]
-        w = ((t64 - lo) / (hi - lo)).clamp(0.0, 1.0)
+        last = j == len(self.angle_nodes) - 2  # extrapolated beyond the last node
+        w = ((t64 - lo) / (hi - lo)).clamp_min(0.0)
+        cap = torch.where(last, torch.full_like(w, self.angle_last_weight), torch.ones_like(w))
+        w = torch.minimum(w, cap)
         inclined = k0 > 0
         zero = torch.zeros_like(k0)
         return (

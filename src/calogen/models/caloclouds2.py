@@ -455,6 +455,9 @@ class CaloClouds2(nn.Module):
         #: linearly in theta between the two bins whose angles enclose its own (the nearest
         #: bin's alone outside them); ``None``: each shower takes its bin's corrections
         self.theta_nodes_deg: tuple[float, ...] | None = None
+        #: beyond the last node the interpolation is extrapolated linearly up to this polar
+        #: angle (deg; the largest of the fit showers), held constant further out
+        self.theta_extrapolate_deg: float | None = None
         self.consistency = bool(consistency)
         self.cm_sigmas = tuple(cm_sigmas) if cm_sigmas else (float(config.sigma_max),)
         self.net = CaloClouds2Net(
@@ -501,6 +504,11 @@ class CaloClouds2(nn.Module):
         return {
             "theta_edges_deg": list(self.theta_edges_deg),
             **({"theta_nodes_deg": list(self.theta_nodes_deg)} if self.theta_nodes_deg else {}),
+            **(
+                {"theta_extrapolate_deg": self.theta_extrapolate_deg}
+                if self.theta_nodes_deg and self.theta_extrapolate_deg
+                else {}
+            ),
             "bins": [
                 {
                     "occupancy": occ.to_dict(),
@@ -525,11 +533,20 @@ class CaloClouds2(nn.Module):
         node = np.asarray(nodes, np.float64)
         inclined = k0 > 0
         j = np.clip(np.searchsorted(node, theta, side="right") - 1, 0, len(node) - 2)
-        t = np.clip((theta - node[j]) / (node[j + 1] - node[j]), 0.0, 1.0)
+        t = np.clip((theta - node[j]) / (node[j + 1] - node[j]), 0.0, None)
+        t = np.minimum(t, np.where(j == len(node) - 2, self._last_weight(), 1.0))
         k0 = np.where(inclined, j + 1, 0)
         k1 = np.where(inclined, j + 2, 0)
         w = np.where(inclined, t, 0.0)
         return k0, k1, w
+
+    def _last_weight(self) -> float:
+        """Largest weight of the last bin (above 1: extrapolated to theta_extrapolate_deg)."""
+        nodes = self.theta_nodes_deg
+        if not nodes or len(nodes) < 2 or not self.theta_extrapolate_deg:
+            return 1.0
+        top = max(float(self.theta_extrapolate_deg), nodes[-1])
+        return (top - nodes[-2]) / (nodes[-1] - nodes[-2])
 
     def corrections_for(
         self, bin_index: int
@@ -622,8 +639,8 @@ class CaloClouds2(nn.Module):
             total_flow = n_layer_flow.sum(1)
             factor = np.zeros(n_showers)
             for k, weight in ((k0, 1.0 - w), (k1, w)):
-                for b in np.unique(k[weight > 0]):
-                    sel = (k == b) & (weight > 0)
+                for b in np.unique(k[weight != 0]):
+                    sel = (k == b) & (weight != 0)
                     occ = self.corrections_for(int(b))[0]
                     factor[sel] += weight[sel] * occ.factor(total_flow[sel])
             counts_layer = distribute_counts(n_layer_flow, total_flow * factor)
@@ -699,9 +716,9 @@ class CaloClouds2(nn.Module):
             log_r = np.log(np.maximum(r, 1e-6))
             delta = np.zeros(total)
             for k, weight in ((k0, 1.0 - w), (k1, w)):
-                for b in np.unique(k[weight > 0]):
+                for b in np.unique(k[weight != 0]):
                     radial = self.corrections_for(int(b))[1]
-                    sel = ((k == b) & (weight > 0))[shower]
+                    sel = ((k == b) & (weight != 0))[shower]
                     if radial is not None and sel.any():
                         _, log_r_b, mapped = radial.mapped_log_radius(
                             points_out[sel], shower[sel], energies
@@ -1300,6 +1317,9 @@ def _build(info: dict[str, Any]) -> CaloClouds2:
                     "inclined bins"
                 )
             model.theta_nodes_deg = nodes
+            top = binned.get("theta_extrapolate_deg")
+            if top is not None:
+                model.theta_extrapolate_deg = check_theta_edges([top])[0]
         model.binned = [
             (
                 OccupancyCorrection.from_dict(b["occupancy"]),
@@ -1406,6 +1426,7 @@ def fit_occupancy(
     model.occupancy, model.radial = chosen[0].correction, chosen[0].radial  # type: ignore[union-attr]
     model.binned = [(f.correction, f.radial) for f in chosen[1:]]  # type: ignore[union-attr]
     model.theta_nodes_deg = None
+    model.theta_extrapolate_deg = None
     if interpolate and len(groups) > 2 and theta is not None:
         nodes = []
         for b, g in enumerate(groups[1:], start=1):
@@ -1414,6 +1435,7 @@ def fit_occupancy(
             mean = float(theta[g].mean()) if g.size else 0.5 * (lo + hi)
             nodes.append(max(mean, nodes[-1] + 1e-3) if nodes else mean)
         model.theta_nodes_deg = tuple(nodes)
+        model.theta_extrapolate_deg = float(theta.max())
     gen = torch.Generator()
 
     def run() -> PackedPoints:
