@@ -1,4 +1,4 @@
-"""Angular conditioning of the BIB-AE on GFlash showers (issue 8).
+"""Angular conditioning of the BIB-AE on GFlash showers (issue 8) and its Geant4 tables.
 
 The shared Geant4 data are at normal incidence, so the angle condition is trained and tested
 on GFlash showers at angles (the reference simulator follows the incident direction).
@@ -21,6 +21,12 @@ fitted linearly against the depth of the layer (mm); the fitted angle is ``atan(
 GFlash showers are also put through the model's voxel grid (cell centres) so that both sides
 see the same quantisation. The JSON rows also keep the energy-weighted mean y of every layer
 over all showers (``profile_y_mm``) for ``plot``.
+
+``g4-table`` (issue 18): the per-condition numbers of a ``calogen evaluate`` report at angles
+(benchmarks/bibae_g4angles.sh) as a Markdown table: mean ± standard deviation of the fitted
+axis angle and of the visible energy of every sample, per (energy, requested angle) group::
+
+    python benchmarks/bibae_angles.py g4-table /work/runs/bibae_g4angles/eval/report/metrics.json
 """
 
 from __future__ import annotations
@@ -202,6 +208,27 @@ def plot(files: list[str], out: str) -> None:
     print(f"wrote {out}")
 
 
+def g4_table(metrics_path: str) -> None:
+    """Print the condition groups of an evaluation's ``metrics.json`` as a Markdown table."""
+    with open(metrics_path) as f:
+        cond = json.load(f)["conditions"]
+    labels = cond["labels"]
+    print("| E | theta | quantity | " + " | ".join(labels) + " |")
+    print("|---|---|---|" + "---|" * len(labels))
+    for g in cond["groups"]:
+        for key, name, digits in (
+            ("axis_theta_deg", "fitted axis angle [deg]", 2),
+            ("visible_energy_mev", "visible energy [MeV]", 1),
+        ):
+            cells = []
+            for sample in g["samples"]:
+                v = sample[key]
+                cells.append(
+                    f"{v['mean']:.{digits}f} ± {v['std']:.{digits}f}" if sample["n"] else "-"
+                )
+            print(f"| {g['energy']} | {g['theta']} | {name} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -225,6 +252,8 @@ def main() -> None:
         default=None,
         help="latent sampling (default: the model's)",
     )
+    t = sub.add_parser("g4-table")
+    t.add_argument("metrics", help="metrics.json of a calogen evaluate report at angles")
     g = sub.add_parser("plot")
     g.add_argument("files", nargs="+", help="JSON files written by 'axis --out'")
     g.add_argument("--out", required=True, help="PNG to write")
@@ -233,6 +262,8 @@ def main() -> None:
         make_data(args.out, args.n, args.seed, args.max_deg)
     elif args.cmd == "plot":
         plot(args.files, args.out)
+    elif args.cmd == "g4-table":
+        g4_table(args.metrics)
     else:
         axis(args.model, args.n, args.seed, args.angles, args.energy, args.out, args.latent)
 

@@ -255,3 +255,27 @@ def straighten_points(
     out[:, 0] = cos * x + sin * y
     out[:, 1] = -sin * x + cos * y
     return out
+
+
+def incline_packed(
+    points: NDArray[np.floating],
+    counts: ArrayLike,
+    directions: ArrayLike,
+    layer_depth_mm: ArrayLike | None = None,
+) -> NDArray[np.float32]:
+    """Inverse of :func:`straighten_points`: packed axis-frame points -> inclined showers.
+
+    ``points [P, 4]`` (x mm, y mm, layer, e), shower after shower with ``counts [S]`` points,
+    each shower inclined along its ``directions [S, 3]`` by :func:`incline_points` (layer
+    depths: the slab's, or ``layer_depth_mm``). Returns float32 ``[P, 4]``.
+    """
+    from calogen.geometry import slab
+
+    depth = slab().layer_z_mm if layer_depth_mm is None else layer_depth_mm
+    counts = np.asarray(counts, dtype=np.int64)
+    theta, phi = angles_from_directions(directions)
+    out = np.array(points, dtype=np.float32, copy=True)
+    out[:, 0], out[:, 1] = incline_points(
+        out[:, 0], out[:, 1], out[:, 2], np.repeat(theta, counts), np.repeat(phi, counts), depth
+    )
+    return out

@@ -76,7 +76,8 @@ def register(subparsers: Any) -> None:
         default=None,
         help="also compare every candidate with the reference put through a grid model's voxel "
         "grid (voxelised, back to one point per voxel): bibae (30x30x30), l2lflows (30x10x10) or "
-        "a trained grid-model folder; the report then holds both comparisons (default: none)",
+        "a trained grid-model folder (a BIB-AE with axis_frame: voxelised in each shower's "
+        "axis frame and inclined back); the report then holds both comparisons (default: none)",
     )
     evaluate.add_argument(
         "--label",

@@ -56,8 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         nargs="+",
         metavar="FILE",
         help="training showers (showerdata or legacy CaloClouds HDF5; x, y in mm, "
-        "layer index, e in GeV; incident energies in GeV); CaloClouds and CaloClouds II take "
-        "several files, concatenated (showers without directions count as normal incidence)",
+        "layer index, e in GeV; incident energies in GeV); CaloClouds, CaloClouds II and "
+        "BIB-AE take several files, concatenated (showers without directions count as normal "
+        "incidence)",
     )
     add_output(p, metavar="DIR", help="output folder (model + checkpoints)")
     p.add_argument(

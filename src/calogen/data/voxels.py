@@ -195,8 +195,11 @@ class SparseVoxels:
         return int(self.incident.shape[0])
 
     @classmethod
-    def from_showers(cls, showers: showerdata.Showers, grid: VoxelGrid) -> SparseVoxels:
-        return cls.concatenate([_sparse_chunk(showers, grid)], grid)
+    def from_showers(
+        cls, showers: showerdata.Showers, grid: VoxelGrid, *, straighten: bool = False
+    ) -> SparseVoxels:
+        """Voxelise showers (``straighten``: in their axis frame, see :meth:`from_file`)."""
+        return cls.concatenate([_sparse_chunk(showers, grid, straighten)], grid)
 
     @classmethod
     def from_file(
@@ -205,13 +208,20 @@ class SparseVoxels:
         grid: VoxelGrid,
         max_showers: int | None = None,
         chunk_size: int = 500,
+        *,
+        straighten: bool = False,
     ) -> SparseVoxels:
-        """Voxelise a shower file chunk by chunk (memory: one chunk of points at a time)."""
+        """Voxelise a shower file chunk by chunk (memory: one chunk of points at a time).
+
+        With ``straighten`` inclined showers are voxelised in their axis frame
+        (:func:`calogen.directions.straighten_points`: the axis along z through x = y = 0,
+        the inclination in the x-z plane); ``containment`` is then that of the axis frame.
+        """
         parts = []
         with ShowerFile(path) as f:
             stop = len(f) if max_showers is None else min(len(f), int(max_showers))
             for chunk in f.iter_chunks(chunk_size, 0, stop):
-                parts.append(_sparse_chunk(chunk, grid))
+                parts.append(_sparse_chunk(chunk, grid, straighten))
         if not parts:
             raise UsageError(f"{path}: no showers")
         return cls.concatenate(parts, grid)
@@ -286,8 +296,14 @@ class SparseVoxels:
         )
 
 
-def _sparse_chunk(showers: showerdata.Showers, grid: VoxelGrid) -> SparseVoxels:
+def _sparse_chunk(
+    showers: showerdata.Showers, grid: VoxelGrid, straighten: bool = False
+) -> SparseVoxels:
     packed = pack(showers)
+    if straighten and showers.directions is not None:
+        from calogen.directions import straighten_points
+
+        packed.points = straighten_points(packed.points, packed.counts, showers.directions)
     n = packed.n_showers
     key, energy = _keys(packed, grid)
     order = np.argsort(key, kind="stable")
@@ -326,6 +342,7 @@ def voxels_to_points(
     min_energy_gev: float = 0.0,
     jitter: bool = False,
     rng: np.random.Generator | None = None,
+    incline: bool = False,
 ) -> showerdata.Showers:
     """Point clouds from voxels: one point per voxel with energy above ``min_energy_gev``.
 
@@ -340,6 +357,9 @@ def voxels_to_points(
             (``rng`` required); the point stays strictly inside the cell so that projection
             on an aligned grid gives back the same cell.
         rng: numpy Generator for the jitter.
+        incline: the voxels are in the axis frame of each shower (a grid model with
+            ``axis_frame``, or :meth:`SparseVoxels.from_file` with ``straighten``): incline
+            the points along ``directions`` (:func:`calogen.directions.incline_packed`).
 
     Returns:
         :class:`showerdata.Showers` with points ``(x mm, y mm, layer, e GeV)`` relative to the
@@ -375,4 +395,8 @@ def voxels_to_points(
         shower=shower.astype(np.int64),
         counts=np.bincount(shower, minlength=n).astype(np.int64),
     )
+    if incline and directions is not None:
+        from calogen.directions import incline_packed
+
+        packed.points = incline_packed(packed.points, packed.counts, directions)
     return unpack(packed, np.asarray(energies, np.float32).reshape(-1), directions)

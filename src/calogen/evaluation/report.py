@@ -36,8 +36,9 @@ from tqdm import tqdm
 
 from calogen import __version__
 from calogen.data.io import ShowerFile, check_folder_writable
+from calogen.data.packed import pack
 from calogen.data.voxels import BIBAE_GRID, L2LFLOWS_GRID, VoxelGrid, voxelise, voxels_to_points
-from calogen.directions import directions_from_angles
+from calogen.directions import directions_from_angles, straighten_points
 from calogen.errors import CalogenError, UsageError
 from calogen.evaluation import metrics as M
 from calogen.evaluation.angles import condition_table
@@ -134,12 +135,13 @@ def default_label(path: str | os.PathLike[str], attrs: dict[str, str] | None = N
 GRID_MIN_ENERGY_GEV = 1e-5
 
 
-def resolve_grid(spec: str) -> tuple[str, VoxelGrid]:
+def resolve_grid(spec: str) -> tuple[str, VoxelGrid, bool]:
     """The voxel grid named by ``--reference-grid``: ``bibae``, ``l2lflows`` or a trained
-    grid-model folder (the ``grid`` of its ``model.json``). Returns (name, grid)."""
+    grid-model folder (the ``grid`` of its ``model.json``). Returns (name, grid, axis_frame):
+    ``axis_frame`` for a model that learns inclined showers in their axis frame."""
     presets = {"bibae": BIBAE_GRID, "l2lflows": L2LFLOWS_GRID}
     if spec.lower() in presets:
-        return spec.lower(), presets[spec.lower()]
+        return spec.lower(), presets[spec.lower()], False
     from calogen.models.training import read_model_info
 
     path = Path(spec)
@@ -152,28 +154,38 @@ def resolve_grid(spec: str) -> tuple[str, VoxelGrid]:
     grid = info.get("grid")
     if not isinstance(grid, dict):
         raise UsageError(f"{path}: model '{info['calogen_model']}' has no voxel grid")
+    axis_frame = bool(info.get("config", {}).get("axis_frame", False))
     try:
-        return f"{info['calogen_model']} ({path.name})", VoxelGrid.from_dict(grid)
+        return f"{info['calogen_model']} ({path.name})", VoxelGrid.from_dict(grid), axis_frame
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{path}: invalid voxel grid in model.json: {exc}") from None
 
 
-def through_grid(showers: showerdata.Showers, grid: VoxelGrid) -> showerdata.Showers:
+def through_grid(
+    showers: showerdata.Showers, grid: VoxelGrid, axis_frame: bool = False
+) -> showerdata.Showers:
     """Showers as a grid model could at best give them back: voxelised on ``grid``, then one
     point per voxel above :data:`GRID_MIN_ENERGY_GEV` at the voxel centre (energy outside
-    the grid is lost); incident energies and directions are kept."""
+    the grid is lost); incident energies and directions are kept. With ``axis_frame`` the
+    showers are voxelised in their axis frame and inclined back, as such a model does."""
+    packed = pack(showers)
+    if axis_frame and showers.directions is not None:
+        packed.points = straighten_points(packed.points, packed.counts, showers.directions)
     return voxels_to_points(
-        voxelise(showers, grid),
+        voxelise(packed, grid),
         grid,
         showers.energies.reshape(-1),
         showers.directions,
         min_energy_gev=GRID_MIN_ENERGY_GEV,
+        incline=axis_frame,
     )
 
 
-def grid_label(name: str, grid: VoxelGrid) -> str:
-    """Label of the reference put through a grid, e.g. ``on bibae grid 30x30x30``."""
-    return f"on {name} grid {'x'.join(str(v) for v in grid.shape)}"
+def grid_label(name: str, grid: VoxelGrid, axis_frame: bool = False) -> str:
+    """Label of the reference put through a grid, e.g. ``on bibae grid 30x30x30`` (``... in
+    the axis frame`` with ``axis_frame``)."""
+    frame = " in the axis frame" if axis_frame else ""
+    return f"on {name} grid {'x'.join(str(v) for v in grid.shape)}{frame}"
 
 
 def stored_directions(f: ShowerFile) -> NDArray[np.float64] | None:
@@ -196,6 +208,7 @@ def collect(
     seed: int = 0,
     direction: NDArray[np.floating] | None = None,
     grid: VoxelGrid | None = None,
+    axis_frame: bool = False,
 ) -> SampleObservables:
     """Read, project and accumulate the observables of one sample (one or more files).
 
@@ -203,7 +216,7 @@ def collect(
     each file). The incident directions are those stored in the files; ``direction`` (a unit
     vector) replaces them in files that store none or only normal incidence, and is refused
     for a file with inclined showers of its own. With ``grid`` every chunk is first put
-    through that voxel grid (:func:`through_grid`).
+    through that voxel grid (:func:`through_grid`, in the axis frame with ``axis_frame``).
     """
     paths = [Path(path)] if isinstance(path, (str, os.PathLike)) else [Path(p) for p in path]
     if not paths:
@@ -241,7 +254,7 @@ def collect(
                 first = 0
                 for chunk in f.iter_chunks(config.chunk_size, stop=n):
                     if grid is not None:
-                        chunk = through_grid(chunk, grid)
+                        chunk = through_grid(chunk, grid, axis_frame)
                     hits = project(
                         chunk,
                         calorimeter,
@@ -1077,9 +1090,15 @@ def evaluate(
     grid_sample = None
     if grid is not None:
         grid_sample = collect(
-            ref_paths, calorimeter, config, ref_sample.label, seed=config.seed, grid=grid[1]
+            ref_paths,
+            calorimeter,
+            config,
+            ref_sample.label,
+            seed=config.seed,
+            grid=grid[1],
+            axis_frame=grid[2],
         )
-        grid_sample.label = f"{ref_sample.label} {grid_label(*grid)}"
+        grid_sample.label = f"{ref_sample.label} {grid_label(grid[0], grid[1], grid[2])}"
     cand_samples = []
     for i, paths in enumerate(cand_paths):
         label = labels[i] if labels else None

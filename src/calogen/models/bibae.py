@@ -41,6 +41,16 @@ Condition vector (4 numbers): standardised ``ln E``, the direction slopes ``dx/d
 the y-z plane only) and the standardised ``ln(E_vis / E)``, where ``E_vis`` is the energy
 inside the grid.
 
+Axis frame (``axis_frame: true``; our addition, as for the angle-aware CaloClouds II): each
+training shower is first straightened (:func:`calogen.directions.straighten_points`: every
+layer shifted by minus the axis offset ``depth * tan(theta)``, then rotated by ``-phi``), so
+the grid stays centred on the axis at any angle (at 60 deg the axis is 171 mm off the impact
+point in the last layer, far beyond the +-76 mm grid). The condition then holds the slope in the
+inclination plane only, ``(tan(theta), 0) / slope_scale``, and the coordinate channels are
+relative to the grid centre (the axis); generated voxels are turned into points and inclined
+back by ``(theta, phi)`` (:func:`calogen.directions.incline_points`).
+:meth:`BIBAEGenerator.sample_voxels` returns axis-frame voxels for such a model.
+
 Voxel energies enter the networks as ``y = ln(1 + e / energy_unit_mev)`` (0.1 MeV, the cell
 threshold): the papers feed MeV directly; the compressed scale lets a small network trained
 for minutes on a CPU see the low-energy voxels that decide the number of hits (documented in
@@ -74,6 +84,7 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 
 from calogen.data.voxels import SparseVoxels, VoxelGrid, voxels_to_points
+from calogen.directions import axis_slopes
 from calogen.errors import UsageError
 from calogen.generator import as_rng, check_directions, check_energies
 from calogen.geometry import ABSORBER_MM, CELL_SIZE_MM, N_LAYERS, SILICON_MM, slab
@@ -106,6 +117,8 @@ class BIBAEConfig(scaffold.ModelConfig):
     ny: int = 30
     cell_size_mm: float = CELL_SIZE_MM
     grid_centre_mm: tuple[float, float] = (0.0, 0.0)
+    #: Learn inclined showers in their axis frame (see the module docstring).
+    axis_frame: bool = False
     energy_unit_mev: float = 0.1
     slope_scale: float = 0.5
     # networks
@@ -466,9 +479,12 @@ class BIBAE(nn.Module):
         Channel 0: depth of the layer (standardised over the grid); channels 1, 2: x and y of
         the voxel centre minus the position of the requested shower axis at that depth
         (``slope * depth``), in units of 50 mm. They let the convolutions place the shower
-        along any incident direction; at normal incidence they are fixed position maps.
+        along any incident direction; at normal incidence (and in the axis frame,
+        ``axis_frame``) they are fixed position maps.
         """
         slopes = cond[:, 1:3] * self.config.slope_scale
+        if self.config.axis_frame:  # the grid is centred on the axis in every layer
+            slopes = torch.zeros_like(slopes)
         d = self._depth_mm
         depth = ((d - d.mean()) / d.std())[None, :, None, None]
         b = cond.shape[0]
@@ -510,6 +526,14 @@ class BIBAE(nn.Module):
         self.cond_stats.copy_(
             torch.tensor([ln_e.mean(), max(ln_e.std(), 1e-3), ratio.mean(), max(ratio.std(), 1e-3)])
         )
+
+    def condition_slopes(self, directions: NDArray | None, n: int) -> NDArray[np.float64]:
+        """Slopes ``[N, 2]`` of the condition: ``(dx/dz, dy/dz)`` of ``directions``
+        (``None``: normal incidence), or ``(tan(theta), 0)`` in the axis frame."""
+        slopes = axis_slopes(directions, n)
+        if self.config.axis_frame:
+            slopes = np.stack([np.hypot(slopes[:, 0], slopes[:, 1]), np.zeros(n)], 1)
+        return slopes
 
     def base_condition(self, incident: NDArray, slopes: NDArray) -> Tensor:
         """``[B, 3]``: standardised ``ln E`` and the scaled direction slopes."""
@@ -589,13 +613,6 @@ class BIBAE(nn.Module):
         return {"bibae": self}
 
 
-def _slopes(directions: NDArray | None, n: int) -> NDArray[np.float64]:
-    if directions is None:
-        return np.zeros((n, 2))
-    d = np.asarray(directions, np.float64)
-    return d[:, :2] / d[:, 2:3]
-
-
 class BIBAEGenerator(scaffold.GeneratorBase):
     """:class:`~calogen.generator.Generator` of a trained BIB-AE.
 
@@ -629,7 +646,7 @@ class BIBAEGenerator(scaffold.GeneratorBase):
         dirs = check_directions(directions, energies.size)
         return self.model.sample_voxels(
             energies,
-            _slopes(dirs, energies.size),
+            self.model.condition_slopes(dirs, energies.size),
             self.torch_generator(seed),
             self.latent,
             post_process,
@@ -661,6 +678,7 @@ class BIBAEGenerator(scaffold.GeneratorBase):
             min_energy_gev=cfg.min_energy_gev,
             jitter=cfg.jitter,
             rng=rng,
+            incline=cfg.axis_frame,
         )
 
 
@@ -691,7 +709,7 @@ class BIBAETrainer(scaffold.TrainerBase):
             lr=cfg.lr_start,
         )
         self.evis = _grid_sums(data)
-        self.slopes = _slopes(data.directions, len(data))
+        self.slopes = model.condition_slopes(data.directions, len(data))
 
     def modules(self) -> dict[str, nn.Module]:
         return self.model.generation_modules()
@@ -811,7 +829,7 @@ def _grid_sums(data: SparseVoxels) -> NDArray[np.float64]:
 
 
 def _training_info(data: SparseVoxels, path: str, seed: int) -> dict[str, Any]:
-    slopes = _slopes(data.directions, len(data))
+    slopes = axis_slopes(data.directions, len(data))
     return {
         **scaffold.training_info(
             path, seed, len(data), data.incident, mean_containment=float(np.mean(data.containment))

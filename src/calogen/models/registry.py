@@ -90,7 +90,7 @@ MODELS: dict[str, ModelEntry] = {
 
 
 #: Models whose training takes several --data files.
-MULTI_FILE_MODELS = ("caloclouds", "caloclouds2", "caloclouds2-cm")
+MULTI_FILE_MODELS = ("caloclouds", "caloclouds2", "caloclouds2-cm", "bibae")
 #: models whose training ends with fitted corrections (occupancy, radial map)
 CORRECTED_MODELS = ("caloclouds", "caloclouds2", "caloclouds2-cm")
 
@@ -121,7 +121,8 @@ def train_model(
 ) -> dict[str, Any]:
     """Train model ``name``; returns the model's summary dict (iterations, losses, time).
 
-    ``data``: one shower file, or several (concatenated) for the point-cloud models.
+    ``data``: one shower file, or several (concatenated) for the point-cloud models and
+    the BIB-AE.
     ``corrections``: models with post-training corrections (the CaloClouds family) fit them
     on the training showers at the end; ``n_showers``: train on the first N showers only;
     ``device``: ``"cpu"`` or ``"cuda"`` (CaloClouds II and its one-step model).

@@ -467,14 +467,20 @@ def load_config_model(
 def voxel_trainer(
     trainer_cls: Callable[..., Trainer], build_model: Callable[[Any, Any, int], Any]
 ) -> Callable[[Any, Any, int, dict[str, Any] | None], Trainer]:
-    """``make_trainer`` of :func:`train_model` for a voxel model: the showers of ``data``
-    voxelised on the config's grid (its first ``max_showers``), a model from
-    ``build_model(config, voxels, seed)`` and its ``trainer_cls``."""
+    """``make_trainer`` of :func:`train_model` for a voxel model: the showers of ``data`` (one
+    file or several, concatenated; the first ``max_showers`` of each) voxelised on the
+    config's grid, in the axis frame of each shower when the config has ``axis_frame`` set, a
+    model from ``build_model(config, voxels, seed)`` and its ``trainer_cls``."""
     from calogen.data.voxels import SparseVoxels
 
     def make(config: Any, data: Any, seed: int, stored: dict[str, Any] | None) -> Trainer:
-        voxels = SparseVoxels.from_file(data, config.grid, config.max_showers)
-        return trainer_cls(build_model(config, voxels, seed), voxels, seed, str(data))
+        straighten = bool(getattr(config, "axis_frame", False))
+        parts = [
+            SparseVoxels.from_file(path, config.grid, config.max_showers, straighten=straighten)
+            for path in data_paths(data)
+        ]
+        voxels = SparseVoxels.concatenate(parts, config.grid)
+        return trainer_cls(build_model(config, voxels, seed), voxels, seed, data_label(data))
 
     return make
 
