@@ -530,27 +530,9 @@ class RadialCorrection:
         x, y = points[:, 0].astype(np.float64), points[:, 1].astype(np.float64)
         r = np.hypot(x, y)
         log_r = np.log(np.maximum(r, 1e-6))
-        # one np.interp for all bins: every bin's knots moved by its own offset, far enough
-        # apart that the concatenated knots increase; beyond a bin's first or last knot, the
-        # shift of that knot (as _map_log_radius)
         knots_gen = self.log_r_gen.reshape(-1, self.log_r_gen.shape[-1])
         knots_data = self.log_r_data.reshape(knots_gen.shape)
-        span = float(np.ptp(knots_gen)) + float(log_r.max() - log_r.min()) + 100.0
-        offset = np.arange(knots_gen.shape[0]) * span
-        inner = (
-            np.interp(
-                log_r + offset[cell],
-                (knots_gen + offset[:, None]).ravel(),
-                (knots_data + offset[:, None]).ravel(),
-            )
-            - offset[cell]
-        )
-        first_gen, last_gen = knots_gen[cell, 0], knots_gen[cell, -1]
-        new_log_r = np.where(
-            log_r < first_gen,
-            log_r + (knots_data[cell, 0] - first_gen),
-            np.where(log_r > last_gen, log_r + (knots_data[cell, -1] - last_gen), inner),
-        )
+        new_log_r = map_log_radius(log_r, cell, knots_gen, knots_data)
         return r, log_r, new_log_r
 
     def to_dict(self) -> dict[str, Any]:
@@ -583,6 +565,35 @@ class RadialCorrection:
         ):
             raise UsageError("invalid radial correction: quantile tables of the wrong shape")
         return out
+
+
+def map_log_radius(
+    log_r: NDArray[np.float64],
+    cell: NDArray[np.integer],
+    knots_gen: NDArray[np.float64],
+    knots_data: NDArray[np.float64],
+) -> NDArray[np.float64]:
+    """``ln r [P]`` of points mapped by the quantile table of their ``cell [P]``
+    (``knots_gen``, ``knots_data``: ``[C, Q]``, each row strictly increasing): linear between
+    the knots, shifted by the first or last knot's shift outside them."""
+    # one np.interp for all cells: every cell's knots moved by its own offset, far enough
+    # apart that the concatenated knots increase
+    span = float(np.ptp(knots_gen)) + float(log_r.max() - log_r.min()) + 100.0
+    offset = np.arange(knots_gen.shape[0]) * span
+    inner = (
+        np.interp(
+            log_r + offset[cell],
+            (knots_gen + offset[:, None]).ravel(),
+            (knots_data + offset[:, None]).ravel(),
+        )
+        - offset[cell]
+    )
+    first_gen, last_gen = knots_gen[cell, 0], knots_gen[cell, -1]
+    return np.where(
+        log_r < first_gen,
+        log_r + (knots_data[cell, 0] - first_gen),
+        np.where(log_r > last_gen, log_r + (knots_data[cell, -1] - last_gen), inner),
+    )
 
 
 def scale_radius(

@@ -53,6 +53,7 @@ from calogen.calibration import (
     RadialCorrection,
     calibrate,
     distribute_counts,
+    map_log_radius,
     scale_radius,
     shift_cog,
 )
@@ -548,6 +549,43 @@ class CaloClouds2(nn.Module):
         top = max(float(self.theta_extrapolate_deg), nodes[-1])
         return (top - nodes[-2]) / (nodes[-1] - nodes[-2])
 
+    def _blend_radial(
+        self,
+        points: NDArray[np.floating],
+        shower: NDArray[np.int64],
+        energies: NDArray[np.float64],
+        k0: NDArray[np.int64],
+        k1: NDArray[np.int64],
+        w: NDArray[np.float64],
+    ) -> None:
+        """Radial maps of bins ``k0`` and ``k1`` of each shower (packed ``points``, layers
+        assigned), blended in ln r with weights ``1 - w`` and ``w``, in place."""
+        maps = [self.corrections_for(b)[1] for b in range(len(self.binned) + 1)]
+        ref = next(m for m in maps if m is not None)
+        binning = (ref.log_r_gen.shape, tuple(ref.energy_edges_gev), tuple(ref.layer_edges))
+        if any(
+            m is not None
+            and (m.log_r_gen.shape, tuple(m.energy_edges_gev), tuple(m.layer_edges)) != binning
+            for m in maps
+        ):
+            raise UsageError("the angle bins' radial maps differ in their binning")
+        n_knots = ref.log_r_gen.shape[-1]
+        # one table of all bins (a bin without a map: the identity)
+        gen = np.concatenate([(m or ref).log_r_gen.reshape(-1, n_knots) for m in maps])
+        data = np.concatenate(
+            [(m.log_r_data if m else ref.log_r_gen).reshape(-1, n_knots) for m in maps]
+        )
+        per_bin = ref.n_energy_bins * ref.n_layer_groups
+        within = ref.energy_bin(energies)[shower] * ref.n_layer_groups + ref.layer_group(
+            points[:, 2]
+        )
+        r = np.hypot(points[:, 0].astype(np.float64), points[:, 1].astype(np.float64))
+        log_r = np.log(np.maximum(r, 1e-6))
+        new0 = map_log_radius(log_r, k0[shower] * per_bin + within, gen, data)
+        new1 = map_log_radius(log_r, k1[shower] * per_bin + within, gen, data)
+        wp = w[shower]
+        scale_radius(points, r, log_r, (1.0 - wp) * new0 + wp * new1)
+
     def corrections_for(
         self, bin_index: int
     ) -> tuple[OccupancyCorrection, RadialCorrection | None]:
@@ -712,19 +750,7 @@ class CaloClouds2(nn.Module):
         )
         if blend and any(self.corrections_for(b)[1] for b in range(len(self.binned) + 1)):
             # the radial maps of the two bins of each shower, blended in ln r
-            r = np.hypot(points_out[:, 0].astype(np.float64), points_out[:, 1].astype(np.float64))
-            log_r = np.log(np.maximum(r, 1e-6))
-            delta = np.zeros(total)
-            for k, weight in ((k0, 1.0 - w), (k1, w)):
-                for b in np.unique(k[weight != 0]):
-                    radial = self.corrections_for(int(b))[1]
-                    sel = ((k == b) & (weight != 0))[shower]
-                    if radial is not None and sel.any():
-                        _, log_r_b, mapped = radial.mapped_log_radius(
-                            points_out[sel], shower[sel], energies
-                        )
-                        delta[sel] += weight[shower[sel]] * (mapped - log_r_b)
-            scale_radius(points_out, r, log_r, log_r + delta)
+            self._blend_radial(points_out, shower, energies, k0, k1, w)
         elif self.binned:  # needs the layers assigned, before the CoG shift
             point_bin = tbin[shower]
             for b in np.unique(tbin):
