@@ -672,7 +672,7 @@ class CaloClouds2(nn.Module):
         tbin = correction_bins(theta, n_showers, self.theta_edges_deg)
         k0, k1, w = self.correction_weights(theta, n_showers)
         blend = bool(np.any(w > 0))
-        if blend:  # interpolated in theta between two bins
+        if self.binned:  # per polar-angle bin, interpolated in theta between two bins
             n_layer_flow = np.asarray(flow_out["n_per_layer"], np.int64)
             total_flow = n_layer_flow.sum(1)
             factor = np.zeros(n_showers)
@@ -682,13 +682,6 @@ class CaloClouds2(nn.Module):
                     occ = self.corrections_for(int(b))[0]
                     factor[sel] += weight[sel] * occ.factor(total_flow[sel])
             counts_layer = distribute_counts(n_layer_flow, total_flow * factor)
-        elif self.binned:  # per polar-angle bin
-            counts_layer = np.empty(flow_out["n_per_layer"].shape, np.int64)
-            for b in np.unique(tbin):
-                sel = tbin == b
-                counts_layer[sel] = self.corrections_for(int(b))[0].apply(
-                    flow_out["n_per_layer"][sel]
-                )
         else:
             counts_layer = self.occupancy.apply(flow_out["n_per_layer"])
         totals = counts_layer.sum(1)
