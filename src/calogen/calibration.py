@@ -694,13 +694,10 @@ class AxisShiftCorrection:
         self,
         points: NDArray[np.floating],
         theta_deg: NDArray[np.floating],
-        shower: NDArray[np.integer] | None = None,
+        shower: NDArray[np.integer],
     ) -> None:
-        """Shift ``points [P, 4]`` (axis frame) in x in place; ``theta_deg`` per point, or
-        per shower ``[S]`` with ``shower [P]`` (one table row per shower: faster)."""
-        if shower is None:
-            points[:, 0] += self.shift(theta_deg, points[:, 2]).astype(points.dtype)
-            return
+        """Shift ``points [P, 4]`` (axis frame) in x in place; ``theta_deg [S]`` per shower,
+        ``shower [P]`` the shower of each point (one table row per shower and layer)."""
         theta = np.asarray(theta_deg, np.float64).reshape(-1)
         n_layers = self.shift_mm.shape[1]
         table = self.shift(np.repeat(theta, n_layers), np.tile(np.arange(n_layers), theta.size))

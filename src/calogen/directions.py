@@ -275,7 +275,8 @@ def incline_packed(
     counts = np.asarray(counts, dtype=np.int64)
     theta, phi = angles_from_directions(directions)
     out = np.array(points, dtype=np.float32, copy=True)
+    shower = np.repeat(np.arange(counts.size), counts)
     out[:, 0], out[:, 1] = incline_points(
-        out[:, 0], out[:, 1], out[:, 2], np.repeat(theta, counts), np.repeat(phi, counts), depth
+        out[:, 0], out[:, 1], out[:, 2], theta, phi, depth, shower=shower
     )
     return out

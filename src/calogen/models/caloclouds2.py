@@ -559,7 +559,8 @@ class CaloClouds2(nn.Module):
         w: NDArray[np.float64],
     ) -> None:
         """Radial maps of bins ``k0`` and ``k1`` of each shower (packed ``points``, layers
-        assigned), blended in ln r with weights ``1 - w`` and ``w``, in place."""
+        assigned), blended in ln r with weights ``1 - w`` and ``w``, in place (one
+        ``np.interp`` over a table of all bins' maps)."""
         maps = [self.corrections_for(b)[1] for b in range(len(self.binned) + 1)]
         ref = next(m for m in maps if m is not None)
         binning = (ref.log_r_gen.shape, tuple(ref.energy_edges_gev), tuple(ref.layer_edges))
@@ -581,10 +582,12 @@ class CaloClouds2(nn.Module):
         )
         r = np.hypot(points[:, 0].astype(np.float64), points[:, 1].astype(np.float64))
         log_r = np.log(np.maximum(r, 1e-6))
-        new0 = map_log_radius(log_r, k0[shower] * per_bin + within, gen, data)
-        new1 = map_log_radius(log_r, k1[shower] * per_bin + within, gen, data)
-        wp = w[shower]
-        scale_radius(points, r, log_r, (1.0 - wp) * new0 + wp * new1)
+        new = map_log_radius(log_r, k0[shower] * per_bin + within, gen, data)
+        if np.any(w > 0):
+            new1 = map_log_radius(log_r, k1[shower] * per_bin + within, gen, data)
+            wp = w[shower]
+            new = (1.0 - wp) * new + wp * new1
+        scale_radius(points, r, log_r, new)
 
     def corrections_for(
         self, bin_index: int
@@ -669,9 +672,7 @@ class CaloClouds2(nn.Module):
             flow_out = self.shower_flow.sample(energies, generator, theta)
         else:
             flow_out = self.shower_flow.sample(energies, generator)
-        tbin = correction_bins(theta, n_showers, self.theta_edges_deg)
         k0, k1, w = self.correction_weights(theta, n_showers)
-        blend = bool(np.any(w > 0))
         if self.binned:  # per polar-angle bin, interpolated in theta between two bins
             n_layer_flow = np.asarray(flow_out["n_per_layer"], np.int64)
             total_flow = n_layer_flow.sum(1)
@@ -741,20 +742,10 @@ class CaloClouds2(nn.Module):
             counts_per_layer=counts_layer,
             depth=depth_out,
         )
-        if blend and any(self.corrections_for(b)[1] for b in range(len(self.binned) + 1)):
-            # the radial maps of the two bins of each shower, blended in ln r
+        if self.binned and any(self.corrections_for(b)[1] for b in range(len(self.binned) + 1)):
+            # the radial maps of each shower's bins (two, blended in ln r, between the bins'
+            # angles); needs the layers assigned, before the CoG shift
             self._blend_radial(points_out, shower, energies, k0, k1, w)
-        elif self.binned:  # needs the layers assigned, before the CoG shift
-            point_bin = tbin[shower]
-            for b in np.unique(tbin):
-                radial = self.corrections_for(int(b))[1]
-                if radial is not None and np.all(tbin == b):  # one bin: in place
-                    radial.apply(points_out, shower, energies)
-                elif radial is not None:
-                    sel = point_bin == b
-                    part = points_out[sel]
-                    radial.apply(part, shower[sel], energies)
-                    points_out[sel] = part
         elif self.radial is not None:  # needs the layers assigned, before the CoG shift
             self.radial.apply(points_out, shower, energies)
         shift_cog(
