@@ -344,3 +344,55 @@ def test_angle_class_edges_are_part_of_the_model(fixtures, inclined_file, tmp_pa
     (out / "model.json").write_text(json.dumps(info))
     with pytest.raises(UsageError, match="2 bins for theta edges"):
         load_generator(out)
+
+
+def test_blended_radial_map_is_the_blend_of_two_maps() -> None:
+    """Between two angle classes each shower's radius map is ``(1 - w) f0 + w f1`` in ln r
+    (``w`` > 1: extrapolated); the one-table form computes exactly that, beyond the knots too."""
+    from types import SimpleNamespace
+
+    from calogen.calibration import RadialCorrection
+
+    rng = np.random.default_rng(3)
+    edges, groups = [10.0, 50.0, 90.0], [0, 10, 20, 30]
+
+    def random_map() -> RadialCorrection:
+        gen = np.sort(rng.normal(1.5, 1.0, (2, 3, 9)), axis=-1)
+        data = np.sort(gen + rng.normal(0, 0.2, gen.shape), axis=-1)
+        return RadialCorrection(edges, groups, gen, data)
+
+    maps = [random_map(), None, random_map()]  # bin 1 has no map: the identity
+    stub = SimpleNamespace(binned=[(None, maps[1]), (None, maps[2])])
+    stub.corrections_for = lambda b: (None, maps[b])
+    stub._radial_pair_table = lambda b0, b1: cc2.CaloClouds2._radial_pair_table(stub, b0, b1)
+    n = 8
+    counts = rng.integers(20, 60, n)
+    shower = np.repeat(np.arange(n), counts)
+    points = np.zeros((shower.size, 4), np.float32)
+    points[:, :2] = rng.normal(0, 1, (shower.size, 2)) * rng.lognormal(1.5, 1.5, (shower.size, 1))
+    points[:, 2] = rng.integers(0, 30, shower.size)
+    energies = rng.uniform(10, 90, n)
+    k0 = np.array([0, 1, 1, 2, 0, 1, 2, 1])
+    k1 = np.array([0, 2, 2, 2, 0, 2, 2, 2])
+    w = np.array([0.0, 0.3, 1.0, 0.0, 0.0, 1.4, 0.0, 0.0])
+    out = points.copy()
+    cc2.CaloClouds2._blend_radial(stub, out, shower, energies, k0, k1, w)
+
+    r = np.hypot(points[:, 0].astype(np.float64), points[:, 1].astype(np.float64))
+    log_r = np.log(r)
+
+    def mapped(b: int) -> np.ndarray:
+        if maps[b] is None:
+            return log_r
+        return maps[b].mapped_log_radius(points, shower, energies)[2]
+
+    ws = w[shower]
+    new = (
+        np.select([k0[shower] == b for b in range(3)], [mapped(b) for b in range(3)]) * (1 - ws)
+        + np.select([k1[shower] == b for b in range(3)], [mapped(b) for b in range(3)]) * ws
+    )
+    np.testing.assert_allclose(np.hypot(out[:, 0], out[:, 1]), np.exp(new), rtol=2e-6)
+    np.testing.assert_allclose(
+        np.arctan2(out[:, 1], out[:, 0]), np.arctan2(points[:, 1], points[:, 0]), atol=1e-5
+    )
+    assert np.any(log_r < maps[0].log_r_gen.min()) and np.any(log_r > maps[0].log_r_gen.max())

@@ -71,6 +71,23 @@ def test_assign_layers_depth_sorted_exact_counts() -> None:
         assign_layers(pts, shower, per_layer + 1)
 
 
+def test_assign_layers_ties_broken_by_point_order() -> None:
+    """Depths that tie (generated depths pile up at the network's output clip) go to layers
+    in point order: the per-shower fast path equals the stable lexsort of the general path."""
+    rng, counts, shower, pts, per_layer = _random_packed(5, counts=(50, 0, 300, 120))
+    order = np.argsort(shower, kind="stable")
+    shower, pts = shower[order], pts[order]  # contiguous showers, as generated
+    depth = np.clip(rng.normal(0, 0.8, len(shower)), -1.2, 1.2).astype(np.float32)
+    depth[rng.random(len(shower)) < 0.05] = 0.25  # more ties inside the range
+    assert np.sum(np.abs(depth) == 1.2) > 10
+    fast = assign_layers(pts.copy(), shower, per_layer, depth)
+    expected = np.empty(len(shower))
+    by_depth = np.lexsort((depth, shower))  # stable: ties in point order
+    for s in range(len(counts)):
+        expected[by_depth[shower[by_depth] == s]] = np.repeat(np.arange(30), per_layer[s])
+    np.testing.assert_array_equal(fast[:, 2], expected)
+
+
 def test_shift_cog() -> None:
     _, counts, shower, pts, _ = _random_packed(2)
     shift_cog(pts, shower, np.array([1.5, -2.0]), n_showers=len(counts))

@@ -43,6 +43,15 @@ def _segment_sum(values: NDArray, shower: NDArray, n_showers: int) -> NDArray[np
     return np.bincount(shower, weights=values, minlength=n_showers)
 
 
+def radius_mm(points: NDArray[np.floating]) -> NDArray[np.float64]:
+    """Distance ``[P]`` (mm, float64) of every point ``[P, >=2]`` from the axis x = y = 0.
+
+    ``sqrt(x^2 + y^2)`` rather than ``np.hypot``: several times faster, and as exact for the
+    float32 coordinates of generated points (their squares are exact in float64)."""
+    x, y = points[:, 0].astype(np.float64), points[:, 1].astype(np.float64)
+    return np.sqrt(x * x + y * y)
+
+
 def clip_negative_energies(points: NDArray[np.floating]) -> NDArray[np.floating]:
     """Set negative point energies (channel 3) to zero, in place; returns ``points``."""
     np.maximum(points[:, 3], 0.0, out=points[:, 3])
@@ -98,6 +107,22 @@ def rescale_layer_energies(
     return points
 
 
+def _stable_argsort(values: NDArray[np.floating]) -> NDArray[np.int64]:
+    """``np.argsort(values, kind="stable")``, computed with the default sort (SIMD
+    introsort, about 2x faster) and each run of equal values then put back in index order
+    (generated depths tie mostly at the network's output clip)."""
+    local = np.argsort(values)
+    ordered = values[local]
+    ties = np.flatnonzero(ordered[1:] == ordered[:-1])
+    if ties.size:
+        breaks = np.flatnonzero(np.diff(ties) > 1)
+        starts = np.concatenate(([ties[0]], ties[breaks + 1]))
+        stops = np.concatenate((ties[breaks], [ties[-1]])) + 2
+        for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
+            local[a:b].sort()
+    return local
+
+
 def assign_layers(
     points: NDArray[np.floating],
     shower: NDArray[np.integer],
@@ -128,13 +153,13 @@ def assign_layers(
     depth = points[:, 2] if depth is None else np.asarray(depth)
     offsets = np.concatenate(([0], np.cumsum(points_per_shower)))[:-1]
     if shower.size and np.all(shower[1:] >= shower[:-1]):
-        # showers in contiguous blocks (as generated): one stable sort per shower, the same
-        # order as the lexsort below and 2-3x faster
+        # showers in contiguous blocks (as generated): one sort per shower, the same order
+        # as the lexsort below and 2-3x faster
         order = np.empty(shower.size, np.int64)
         for first, n_points in zip(offsets, points_per_shower, strict=True):
             if n_points:
-                block = depth[first : first + n_points]
-                order[first : first + n_points] = np.argsort(block, kind="stable") + first
+                order[first : first + n_points] = _stable_argsort(depth[first : first + n_points])
+                order[first : first + n_points] += first
     else:
         order = np.lexsort((depth, shower))  # by shower, then depth
     # global position of every sorted point and the global upper edge of every (shower, layer)
@@ -170,8 +195,7 @@ def shift_cog(
     target = np.broadcast_to(target_xy, (n_showers, 2))
     e = points[:, 3].astype(np.float64)
     if core_radius_mm > 0:
-        inside = np.hypot(points[:, 0].astype(np.float64), points[:, 1].astype(np.float64))
-        inside = inside < core_radius_mm
+        inside = radius_mm(points) < core_radius_mm
         e_core = _segment_sum(e * inside, shower, n_showers)
         e = np.where((e_core > 0)[shower] & ~inside, 0.0, e)
     total = _segment_sum(e, shower, n_showers)
@@ -527,8 +551,7 @@ class RadialCorrection:
         ``[P, 4]`` with layers assigned, ``P > 0``)."""
         e_bin = self.energy_bin(np.asarray(energies, np.float64).reshape(-1))[shower]
         cell = e_bin * self.n_layer_groups + self.layer_group(points[:, 2])
-        x, y = points[:, 0].astype(np.float64), points[:, 1].astype(np.float64)
-        r = np.hypot(x, y)
+        r = radius_mm(points)
         log_r = np.log(np.maximum(r, 1e-6))
         knots_gen = self.log_r_gen.reshape(-1, self.log_r_gen.shape[-1])
         knots_data = self.log_r_data.reshape(knots_gen.shape)

@@ -54,6 +54,7 @@ from calogen.calibration import (
     calibrate,
     distribute_counts,
     map_log_radius,
+    radius_mm,
     scale_radius,
     shift_cog,
 )
@@ -549,6 +550,40 @@ class CaloClouds2(nn.Module):
         top = max(float(self.theta_extrapolate_deg), nodes[-1])
         return (top - nodes[-2]) / (nodes[-1] - nodes[-2])
 
+    def _radial_pair_table(
+        self, b0: int, b1: int
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+        """Knots ``[C, K]`` (the union of both maps' knots of each cell ``C`` = energy bin x
+        layer group, padded at the top) and the values ``[C, K]`` of the radial maps of bins
+        ``b0`` and ``b1`` there (a bin without a map: the identity). Between and beyond these
+        knots both maps are linear, so any blend of them is the linear interpolation of the
+        blended values: one table per shower, exact. Cached per pair of maps."""
+        m0, m1 = self.corrections_for(b0)[1], self.corrections_for(b1)[1]
+        key = (b0, b1, id(m0), id(m1))
+        cache = self.__dict__.setdefault("_radial_pair_cache", {})
+        if key in cache:
+            return cache[key][2:]
+        every = (self.corrections_for(b)[1] for b in range(len(self.binned) + 1))
+        ref = next(m for m in (m0, m1, *every) if m is not None)  # both None: the identity
+        n_knots = ref.log_r_gen.shape[-1]
+
+        def table(m: RadialCorrection | None) -> tuple[NDArray, NDArray]:
+            gen = (m or ref).log_r_gen.reshape(-1, n_knots)
+            return gen, (m.log_r_data.reshape(-1, n_knots) if m else gen)
+
+        (gen0, data0), (gen1, data1) = table(m0), table(m1)
+        width = 2 * n_knots
+        knots = np.empty((gen0.shape[0], width))
+        for c in range(gen0.shape[0]):
+            u = np.unique(np.concatenate([gen0[c], gen1[c]]))  # strictly increasing
+            knots[c, : u.size] = u  # padded above the last knot, where both maps are shifts
+            knots[c, u.size :] = u[-1] + np.arange(1, width - u.size + 1)
+        cells = np.repeat(np.arange(gen0.shape[0]), width)
+        values0 = map_log_radius(knots.ravel(), cells, gen0, data0).reshape(knots.shape)
+        values1 = map_log_radius(knots.ravel(), cells, gen1, data1).reshape(knots.shape)
+        cache[key] = (m0, m1, knots, values0, values1)  # the maps kept: their ids stay valid
+        return knots, values0, values1
+
     def _blend_radial(
         self,
         points: NDArray[np.floating],
@@ -559,8 +594,9 @@ class CaloClouds2(nn.Module):
         w: NDArray[np.float64],
     ) -> None:
         """Radial maps of bins ``k0`` and ``k1`` of each shower (packed ``points``, layers
-        assigned), blended in ln r with weights ``1 - w`` and ``w``, in place (one
-        ``np.interp`` over a table of all bins' maps)."""
+        assigned), blended in ln r with weights ``1 - w`` and ``w``, in place: each shower's
+        blended map is a table of its own (:meth:`_radial_pair_table`), all read by one
+        ``np.interp``."""
         maps = [self.corrections_for(b)[1] for b in range(len(self.binned) + 1)]
         ref = next(m for m in maps if m is not None)
         binning = (ref.log_r_gen.shape, tuple(ref.energy_edges_gev), tuple(ref.layer_edges))
@@ -570,23 +606,32 @@ class CaloClouds2(nn.Module):
             for m in maps
         ):
             raise UsageError("the angle bins' radial maps differ in their binning")
-        n_knots = ref.log_r_gen.shape[-1]
-        # one table of all bins (a bin without a map: the identity)
-        gen = np.concatenate([(m or ref).log_r_gen.reshape(-1, n_knots) for m in maps])
-        data = np.concatenate(
-            [(m.log_r_data if m else ref.log_r_gen).reshape(-1, n_knots) for m in maps]
-        )
-        per_bin = ref.n_energy_bins * ref.n_layer_groups
-        within = ref.energy_bin(energies)[shower] * ref.n_layer_groups + ref.layer_group(
-            points[:, 2]
-        )
-        r = np.hypot(points[:, 0].astype(np.float64), points[:, 1].astype(np.float64))
+        n_showers, n_groups = len(energies), ref.n_layer_groups
+        second = np.where(w != 0, k1, k0)
+        rows = ref.energy_bin(energies)[:, None] * n_groups + np.arange(n_groups)  # [S, G]
+        width = 2 * ref.log_r_gen.shape[-1]
+        knots = np.empty((n_showers, n_groups, width + 2))
+        values = np.empty((n_showers, n_groups, width + 2))
+        for b0, b1 in {(int(a), int(b)) for a, b in zip(k0, second, strict=True)}:
+            sel = np.flatnonzero((k0 == b0) & (second == b1))
+            x, v0, v1 = self._radial_pair_table(b0, b1)
+            knots[sel, :, 1:-1] = x[rows[sel]]
+            ws = w[sel, None, None]
+            values[sel, :, 1:-1] = (1.0 - ws) * v0[rows[sel]] + ws * v1[rows[sel]]
+        r = radius_mm(points)
         log_r = np.log(np.maximum(r, 1e-6))
-        new = map_log_radius(log_r, k0[shower] * per_bin + within, gen, data)
-        if np.any(w > 0):
-            new1 = map_log_radius(log_r, k1[shower] * per_bin + within, gen, data)
-            wp = w[shower]
-            new = (1.0 - wp) * new + wp * new1
+        # end knots beyond every point, on the maps' constant shifts outside their knots
+        low = min(float(knots[..., 1].min()), float(log_r.min(initial=0.0))) - 1.0
+        high = max(float(knots[..., -2].max()), float(log_r.max(initial=0.0))) + 1.0
+        knots[..., 0], knots[..., -1] = low, high
+        values[..., 0] = values[..., 1] + (low - knots[..., 1])
+        values[..., -1] = values[..., -2] + (high - knots[..., -2])
+        span = high - low + 1.0  # tables moved apart so that all knots increase together
+        offset = np.arange(n_showers * n_groups) * span
+        cell = shower * n_groups + ref.layer_group(points[:, 2])
+        knots += offset.reshape(n_showers, n_groups, 1)
+        values += offset.reshape(n_showers, n_groups, 1)
+        new = np.interp(log_r + offset[cell], knots.ravel(), values.ravel()) - offset[cell]
         scale_radius(points, r, log_r, new)
 
     def corrections_for(
@@ -730,7 +775,8 @@ class CaloClouds2(nn.Module):
             flip = torch.randn((total, 4), generator=generator)[:, :2].numpy() < 0
             if theta is not None:  # inclined in the x-z plane: only y -> -y is a symmetry
                 flip[:, 0] &= theta[shower] <= 0
-            points_out[:, :2] *= np.where(flip, -1.0, 1.0).astype(np.float32)
+            # x -> -x by the sign bit: exact, and cheaper than a multiplication
+            points_out.view(np.uint32)[:, :2] ^= flip.astype(np.uint32) << np.uint32(31)
         core = "core_cog_x" in flow_out  # feature set caloclouds2_core: shift the core
         prefix = "core_cog" if core else "cog"
         cog_xy = np.stack([flow_out[f"{prefix}_x"], flow_out[f"{prefix}_y"]], axis=1)
@@ -778,7 +824,8 @@ class CaloClouds2(nn.Module):
         # and would read as padding: drop them
         keep = points_out[:, 3] > 0
         if not keep.all():
-            points_out, shower = points_out[keep], shower[keep]
+            points_out = np.compress(keep, points_out, axis=0)  # ~5x faster than [keep]
+            shower = shower[keep]
             counts = np.bincount(shower, minlength=n_showers).astype(np.int64)
         packed = PackedPoints(points=points_out, shower=shower, counts=counts)
         return packed, {
