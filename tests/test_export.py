@@ -316,8 +316,16 @@ def test_radial_correction_in_the_pipeline_matches_numpy() -> None:
         torch.as_tensor(points.reshape(6, 300, 4)),
         torch.as_tensor(points[:, 2].reshape(6, 300)),
         torch.as_tensor(energies[:6], dtype=torch.float32),
-        torch.zeros(6),  # theta (no angle bins)
+        pipe._angle_weights(torch.zeros(6)),  # theta 0 (no angle bins)
     ).numpy()
     expected = points.copy()
     synthetic.apply(expected, shower, energies[:6].astype(np.float32))
     np.testing.assert_allclose(got.reshape(-1, 4), expected, rtol=1e-5, atol=1e-5)
+    pipe.onnx = True  # the ONNX form (comparisons instead of searchsorted): the same map
+    got_onnx = pipe._radial(
+        torch.as_tensor(points.reshape(6, 300, 4)),
+        torch.as_tensor(points[:, 2].reshape(6, 300)),
+        torch.as_tensor(energies[:6], dtype=torch.float32),
+        pipe._angle_weights(torch.zeros(6)),
+    ).numpy()
+    np.testing.assert_allclose(got_onnx.reshape(-1, 4), expected, rtol=1e-5, atol=1e-5)

@@ -71,6 +71,10 @@ DDML_OUTPUT_FLOATS = 35_000
 DDML_MAX_POINTS = (DDML_OUTPUT_FLOATS - N_LAYERS) // 4
 #: the DDML flavour clamps the polar angle to [0, DDML_MAX_THETA_DEG] deg (tan(theta) finite)
 DDML_MAX_THETA_DEG = 89.0
+#: end knots of the exported radial tables at ln(r / mm) = -RADIAL_END and +RADIAL_END (far
+#: beyond any radius), each layer group's table moved by RADIAL_SPAN from the previous one
+RADIAL_END = 50.0
+RADIAL_SPAN = 2.0 * RADIAL_END + 1.0
 #: name of the JSON description inside TorchScript files (``_extra_files``) and the key of the
 #: ONNX metadata entry
 INFO_NAME = "calogen_export.json"
@@ -116,6 +120,15 @@ def _polyval(coefficients: Sequence[float], x: Tensor) -> Tensor:
     y = torch.zeros_like(x)
     for c in coefficients:
         y = y * x + float(c)
+    return y
+
+
+def _polyval_rows(coefficients: Tensor, x: Tensor) -> Tensor:
+    """Row ``b`` of ``x [n, B]`` through the polynomial of row ``b`` of ``coefficients
+    [n, D]`` (Horner, highest power first)."""
+    y = torch.zeros_like(x)
+    for j in range(coefficients.shape[1]):
+        y = y * x + coefficients[:, j : j + 1]
     return y
 
 
@@ -189,21 +202,16 @@ class ShowerPipeline(nn.Module):
             self.radial_energy_bins = int(radial.n_energy_bins)
             knots = np.concatenate([r.log_r_gen.reshape(-1, k) for r in radials])
             data_knots = np.concatenate([r.log_r_data.reshape(-1, k) for r in radials])
-            #: searchsorted over all bins at once: each bin's knots (strictly increasing)
-            #: moved to their own interval [bin * span, bin * span + span); a radius is
-            #: clamped into [lo, hi] first, which keeps its position among its bin's knots
-            self.radial_lo = float(knots.min()) - 1.0
-            self.radial_hi = float(knots.max()) + 1.0
-            self.radial_span = self.radial_hi - self.radial_lo + 1.0
-            offset = np.arange(knots.shape[0])[:, None] * self.radial_span
             for name, values in (
                 ("radial_e_inner", radial.energy_edges_gev[1:-1]),
                 ("radial_l_inner", radial.layer_edges[1:-1]),
-                ("radial_gen", knots),
+                ("radial_gen", knots),  # the bins' tables as they are: the ONNX path
                 ("radial_data", data_knots),
-                ("radial_keys", (knots - self.radial_lo + offset).reshape(-1)),
             ):
                 self.register_buffer(name, torch.as_tensor(values, dtype=torch.float64))
+        self._register_occupancy_tables()
+        if radial is not None:
+            self._register_radial_pairs(radials)
         axis_shift = getattr(model, "axis_shift", None)
         #: per-layer shift along the inclination (calogen.calibration.AxisShiftCorrection)
         self.has_axis_shift = axis_shift is not None
@@ -259,6 +267,80 @@ class ShowerPipeline(nn.Module):
         missing -= set(self.slices)
         if missing:
             raise UsageError(f"export needs a Shower Flow with {', '.join(sorted(missing))}")
+
+    def _register_occupancy_tables(self) -> None:
+        """The angle bins' occupancy corrections as stacked tables (polynomials padded with
+        leading zeros, which Horner's scheme passes through exactly): all bins' factors in a
+        handful of tensor operations instead of a few dozen per bin."""
+
+        def table(rows: list[list[float]]) -> Tensor:
+            width = max(len(r) for r in rows)
+            return torch.tensor([[0.0] * (width - len(r)) + r for r in rows], dtype=torch.float64)
+
+        occs = self.occupancies
+        for name, rows in (
+            ("occ_p_data", [[float(v) for v in o.p_data] for o in occs]),
+            ("occ_p_gen", [[float(v) for v in o.p_gen] for o in occs]),
+            ("occ_p_refine", [[float(v) for v in getattr(o, "p_refine", [0.0])] for o in occs]),
+            ("occ_n_range", [[float(v) for v in o.n_range] for o in occs]),
+            ("occ_factor_range", [[float(v) for v in o.factor_range] for o in occs]),
+        ):
+            self.register_buffer(name, table(rows))
+        self.occ_refined = any(any(float(v) for v in getattr(o, "p_refine", [0.0])) for o in occs)
+
+    def _register_radial_pairs(self, radials: list[Any]) -> None:
+        """Radial maps as one table per pair of angle bins ``(k0, k1)`` whose maps a shower
+        blends (``(k, k)``: one bin's map): per cell (energy bin x layer group) the union of
+        both maps' knots, with end knots at ``±RADIAL_END`` on the maps' constant shifts,
+        and both maps' values there. Any blend ``(1 - w) f0 + w f1`` is then the linear
+        interpolation of the blended values: one ``searchsorted`` per point, exact (as
+        ``CaloClouds2._radial_pair_table`` in Python)."""
+        from calogen.calibration import map_log_radius
+
+        n_bins = len(radials)
+        pairs = [(k, k) for k in range(n_bins)]
+        if self.angle_nodes:
+            pairs += [(k, k + 1) for k in range(1, n_bins - 1)]
+        #: pair index of (k0, k1): pair_index[k0 * n_bins + k1] (-1: no such pair)
+        index = [-1] * (n_bins * n_bins)
+        for p, (a, b) in enumerate(pairs):
+            index[a * n_bins + b] = p
+        ref = next(r for r in radials if r is not None)
+        k = ref.log_r_gen.shape[-1]
+        cells = ref.log_r_gen.shape[0] * ref.log_r_gen.shape[1]
+        width = 2 * k + 2
+        end = RADIAL_END
+        knots = np.empty((len(pairs), cells, width))
+        values = np.empty((2, len(pairs), cells, width))
+
+        def table(r: Any) -> tuple[np.ndarray, np.ndarray]:
+            gen = (r or ref).log_r_gen.reshape(-1, k)
+            return gen, (r.log_r_data.reshape(-1, k) if r is not None else gen)
+
+        for p, (a, b) in enumerate(pairs):
+            (gen0, data0), (gen1, data1) = table(radials[a]), table(radials[b])
+            for c in range(cells):
+                u = np.unique(np.concatenate([gen0[c], gen1[c]]))
+                if u[0] <= -end + 1 or u[-1] >= end - 1:
+                    raise UsageError("export: radial map knots beyond the table's end knots")
+                pad = np.linspace(u[-1], end, width - u.size - 1, endpoint=False)[1:]
+                knots[p, c] = np.concatenate([[-end], u, pad, [end]])
+            flat = knots[p].reshape(-1)
+            rows = np.repeat(np.arange(cells), width)
+            values[0, p] = map_log_radius(flat, rows, gen0, data0).reshape(cells, width)
+            values[1, p] = map_log_radius(flat, rows, gen1, data1).reshape(cells, width)
+        groups = int(ref.n_layer_groups)
+        #: each layer group's knots moved to its own interval (group * RADIAL_SPAN): one
+        #: searchsorted over a shower's groups at once
+        group_offset = (np.arange(cells) % groups)[:, None] * RADIAL_SPAN
+        self.register_buffer("radial_pair_index", torch.tensor(index, dtype=torch.int64))
+        for name, array in (
+            ("radial_pair_keys", knots + group_offset[None]),
+            ("radial_pair_v0", values[0] + group_offset[None]),
+            ("radial_pair_v1", values[1] + group_offset[None]),
+        ):
+            self.register_buffer(name, torch.as_tensor(array, dtype=torch.float64))
+        self.radial_n_bins = n_bins
 
     def _expm1(self, x: Tensor) -> Tensor:
         # ONNX has no Expm1; in float64 (as here) exp − 1 differs from it by ~1e-16 relative
@@ -317,17 +399,23 @@ class ShowerPipeline(nn.Module):
             torch.where(inclined, w, torch.zeros_like(w)),
         )
 
-    def _occupancy_factor(self, occ: Any, total: Tensor) -> Tensor:
-        """``c_N(N)`` of one :class:`~calogen.calibration.OccupancyCorrection`."""
-        n = torch.clamp_min(total.clamp(float(occ.n_range[0]), float(occ.n_range[1])), 1.0)
-        factor = _polyval(occ.p_gen, _polyval(occ.p_data, n)) / n
-        refine = [float(v) for v in getattr(occ, "p_refine", [0.0])]
-        if any(refine):  # closed-loop refinement exp(polyval(p_refine, N / 1000))
-            factor = factor * torch.exp(_polyval(refine, n / 1000.0))
-        return factor.clamp(float(occ.factor_range[0]), float(occ.factor_range[1]))
+    def _occupancy_factors(self, total: Tensor) -> Tensor:
+        """``c_N(N)`` of every angle bin's :class:`~calogen.calibration.OccupancyCorrection`
+        for the totals ``N [B]``: ``[n_bins, B]`` float64."""
+        lo, hi = self.occ_n_range[:, :1], self.occ_n_range[:, 1:]
+        n = torch.clamp_min(torch.minimum(torch.maximum(total[None, :], lo), hi), 1.0)
+        factor = _polyval_rows(self.occ_p_gen, _polyval_rows(self.occ_p_data, n)) / n
+        if self.occ_refined:  # closed-loop refinement exp(polyval(p_refine, N / 1000))
+            factor = factor * torch.exp(_polyval_rows(self.occ_p_refine, n / 1000.0))
+        low, high = self.occ_factor_range[:, :1], self.occ_factor_range[:, 1:]
+        return torch.minimum(torch.maximum(factor, low), high)
 
     def _shower_flow(
-        self, energy: Tensor, flow_noise: Tensor, theta: Tensor
+        self,
+        energy: Tensor,
+        flow_noise: Tensor,
+        theta: Tensor,
+        weights: tuple[Tensor, Tensor, Tensor],
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Per-layer counts (occupancy corrected), per-layer energies (GeV), CoG (mm), f64."""
         flow = self.shower_flow
@@ -345,37 +433,38 @@ class ShowerPipeline(nn.Module):
         # occupancy correction c_N(N) · N_i (of the shower's angle bin), then N clipped to
         # [1, max_points]
         total = counts.sum(1)
-        factor = self._occupancy_factor(self.occupancies[0], total)
-        if self.n_angle_bins > 1:
-            k0, k1, w = self._angle_weights(theta)
-            factors = torch.stack([self._occupancy_factor(o, total) for o in self.occupancies])
+        factors = self._occupancy_factors(total)
+        if self.n_angle_bins > 1:  # the bins' factors of each shower, blended
+            k0, k1, w = weights
             f0 = torch.gather(factors, 0, k0[None, :])[0]
             f1 = torch.gather(factors, 0, k1[None, :])[0]
             factor = (1.0 - w) * f0 + w * f1
+        else:
+            factor = factors[0]
         counts = distribute_counts(counts, total * factor)
         counts = distribute_counts(counts, counts.sum(1).clamp(1.0, float(self.max_points)))
         return counts, e_layer, cog
 
-    def _radial(self, points: Tensor, layer: Tensor, energy: Tensor, theta: Tensor) -> Tensor:
+    def _radial(
+        self,
+        points: Tensor,
+        layer: Tensor,
+        energy: Tensor,
+        weights: tuple[Tensor, Tensor, Tensor],
+    ) -> Tensor:
         """The radial quantile map of :class:`~calogen.calibration.RadialCorrection` on
         ``points [B, M, 4]`` with layers ``layer [B, M]`` (float64 inside); with angle bins,
-        the map of each shower's bin."""
+        each shower's bins' maps blended by ``weights`` (:meth:`_angle_weights`)."""
         e_bin = (energy.to(torch.float64)[:, None] >= self.radial_e_inner[None, :]).sum(1)
         group = (layer.to(torch.float64)[..., None] >= self.radial_l_inner).sum(-1)
         x = points[..., 0].to(torch.float64)
         y = points[..., 1].to(torch.float64)
         r = torch.sqrt(x * x + y * y)
         log_r = torch.log(r.clamp_min(1e-6))
-        if self.n_angle_bins > 1:
-            k0, k1, w = self._angle_weights(theta)
-            cell0 = (e_bin + k0 * self.radial_energy_bins)[:, None] * self.radial_groups + group
-            new = self._mapped_log_r(log_r, cell0)
-            if self.angle_nodes:  # blended with the next bin's map
-                cell1 = (e_bin + k1 * self.radial_energy_bins)[:, None] * self.radial_groups
-                new1 = self._mapped_log_r(log_r, cell1 + group)
-                new = (1.0 - w[:, None]) * new + w[:, None] * new1
+        if self.onnx:  # no searchsorted: each point compared with its cell's knots
+            new = self._mapped_log_r_onnx(log_r, e_bin, group, weights)
         else:
-            new = self._mapped_log_r(log_r, e_bin[:, None] * self.radial_groups + group)
+            new = self._mapped_log_r(log_r, e_bin, group, weights)
         scale = torch.where(r > 0, torch.exp(new - log_r), torch.ones_like(r))
         return torch.stack(
             [
@@ -387,34 +476,67 @@ class ShowerPipeline(nn.Module):
             -1,
         )
 
-    def _mapped_log_r(self, log_r: Tensor, cell: Tensor) -> Tensor:
-        """ln r of points ``[B, M]`` mapped by the radial table of their ``cell [B, M]``."""
+    def _mapped_log_r(
+        self,
+        log_r: Tensor,
+        e_bin: Tensor,
+        group: Tensor,
+        weights: tuple[Tensor, Tensor, Tensor],
+    ) -> Tensor:
+        """ln r of points ``[B, M]`` mapped by the blended table of their shower's angle bins
+        (:meth:`_register_radial_pairs`) and cell: one batched ``searchsorted``."""
+        k0, k1, w = weights
+        n_bins, groups = self.radial_n_bins, self.radial_groups
+        second = torch.where(w != 0, k1, k0)
+        pair = self.radial_pair_index[k0 * n_bins + second]  # [B]
+        rows = e_bin[:, None] * groups + torch.arange(groups)[None, :]  # [B, G]
+        keys = self.radial_pair_keys[pair[:, None], rows].reshape(e_bin.shape[0], -1)
+        v0 = self.radial_pair_v0[pair[:, None], rows].reshape(keys.shape)
+        v1 = self.radial_pair_v1[pair[:, None], rows].reshape(keys.shape)
+        w64 = w.to(torch.float64)[:, None]
+        values = (1.0 - w64) * v0 + w64 * v1  # [B, G * K]
+        offset = group.to(torch.float64) * RADIAL_SPAN
+        inside = log_r.clamp(-RADIAL_END + 1.0, RADIAL_END - 1.0)
+        key = inside + offset
+        i1 = torch.searchsorted(keys, key).clamp(1, keys.shape[1] - 1)
+        g0, g1 = torch.gather(keys, 1, i1 - 1), torch.gather(keys, 1, i1)
+        d0, d1 = torch.gather(values, 1, i1 - 1), torch.gather(values, 1, i1)
+        mapped = d0 + (key - g0) / (g1 - g0) * (d1 - d0) - offset
+        # beyond the end knots (ln r outside +-49: never for real points) the constant shift
+        return mapped + (log_r - inside)
+
+    def _mapped_log_r_onnx(
+        self,
+        log_r: Tensor,
+        e_bin: Tensor,
+        group: Tensor,
+        weights: tuple[Tensor, Tensor, Tensor],
+    ) -> Tensor:
+        """:meth:`_mapped_log_r` without ``searchsorted`` (ONNX): each bin's map on its own,
+        by comparison with the point's knots, then blended."""
+        k0, k1, w = weights
+        cell0 = (e_bin + k0 * self.radial_energy_bins)[:, None] * self.radial_groups + group
+        new = self._mapped_log_r_cell(log_r, cell0)
+        if self.angle_nodes:  # blended with the next bin's map
+            cell1 = (e_bin + k1 * self.radial_energy_bins)[:, None] * self.radial_groups
+            new1 = self._mapped_log_r_cell(log_r, cell1 + group)
+            new = (1.0 - w[:, None]) * new + w[:, None] * new1
+        return new
+
+    def _mapped_log_r_cell(self, log_r: Tensor, cell: Tensor) -> Tensor:
+        """ln r of points ``[B, M]`` mapped by the radial table of their ``cell [B, M]``
+        (comparison with each point's K knots: ONNX has no searchsorted)."""
         n_knots = self.radial_gen.shape[-1]
-        if self.onnx:  # ONNX has no searchsorted: compare with each point's K knots
-            knots_gen = self.radial_gen[cell]  # [B, M, K]
-            knots_data = self.radial_data[cell]
-            above = (log_r[..., None] > knots_gen).sum(-1)  # knots below the radius, 0 … K
-            i1 = above.clamp(1, n_knots - 1)[..., None]
-            g0 = torch.gather(knots_gen, -1, i1 - 1)[..., 0]
-            g1 = torch.gather(knots_gen, -1, i1)[..., 0]
-            d0 = torch.gather(knots_data, -1, i1 - 1)[..., 0]
-            d1 = torch.gather(knots_data, -1, i1)[..., 0]
-            first_gen, first_data = knots_gen[..., 0], knots_data[..., 0]
-            last_gen, last_data = knots_gen[..., -1], knots_data[..., -1]
-        else:  # one searchsorted over all bins' knots (O(log K) per point, 8 gathers)
-            start = cell * n_knots
-            key = log_r.clamp(self.radial_lo, self.radial_hi) - self.radial_lo
-            key = key + cell.to(torch.float64) * self.radial_span
-            above = torch.searchsorted(self.radial_keys, key.reshape(-1)).reshape(key.shape)
-            above = above - start  # knots below the radius, 0 … K
-            i1 = start + above.clamp(1, n_knots - 1)
-            flat_gen = self.radial_gen.reshape(-1)
-            flat_data = self.radial_data.reshape(-1)
-            g0, g1 = torch.take(flat_gen, i1 - 1), torch.take(flat_gen, i1)
-            d0, d1 = torch.take(flat_data, i1 - 1), torch.take(flat_data, i1)
-            first_gen, first_data = torch.take(flat_gen, start), torch.take(flat_data, start)
-            end = start + (n_knots - 1)
-            last_gen, last_data = torch.take(flat_gen, end), torch.take(flat_data, end)
+        knots_gen = self.radial_gen[cell]  # [B, M, K]
+        knots_data = self.radial_data[cell]
+        above = (log_r[..., None] > knots_gen).sum(-1)  # knots below the radius, 0 … K
+        i1 = above.clamp(1, n_knots - 1)[..., None]
+        g0 = torch.gather(knots_gen, -1, i1 - 1)[..., 0]
+        g1 = torch.gather(knots_gen, -1, i1)[..., 0]
+        d0 = torch.gather(knots_data, -1, i1 - 1)[..., 0]
+        d1 = torch.gather(knots_data, -1, i1)[..., 0]
+        first_gen, first_data = knots_gen[..., 0], knots_data[..., 0]
+        last_gen, last_data = knots_gen[..., -1], knots_data[..., -1]
         inner = d0 + (log_r - g0) / (g1 - g0) * (d1 - d0)
         below = log_r + (first_data - first_gen)
         beyond = log_r + (last_data - last_gen)
@@ -501,7 +623,8 @@ class ShowerPipeline(nn.Module):
             theta = theta_deg.reshape(-1).to(torch.float32)
         if flow_noise is None:  # sample(): the mirror values are drawn after the points
             flow_noise = torch.randn((energy.shape[0], int(self.shower_flow.dim)))
-        counts_layer, e_layer, cog = self._shower_flow(energy, flow_noise, theta)
+        weights = self._angle_weights(theta)  # the corrections' angle bins of each shower
+        counts_layer, e_layer, cog = self._shower_flow(energy, flow_noise, theta, weights)
         n_points = counts_layer.sum(1)
         conditions = [
             energy / cfg.e_scale_gev * 2.0 - 1.0,
@@ -575,7 +698,7 @@ class ShowerPipeline(nn.Module):
         e32 = torch.where(valid, new, torch.zeros_like(new)).to(torch.float32)
 
         if self.has_radial:  # radial quantile correction (layers assigned, before the shift)
-            points = self._radial(points, layer, energy, theta)
+            points = self._radial(points, layer, energy, weights)
 
         # centre of gravity (x, y), of the core within CORE_COG_RADIUS_MM where the Shower Flow
         # gives the core's (all points for showers without energy in the core), to the flow's
