@@ -53,3 +53,36 @@ def shared_data() -> Path:
 def fixtures() -> Path:
     """Folder of the small committed Geant4 subset (tests/data)."""
     return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def normal_incidence_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny CaloClouds II teacher trained for a few iterations on the normal-incidence
+    fixture: a model that supports only normal incidence (the shipped default is
+    angle-aware), for the refusals of --theta / --direction."""
+    import yaml
+
+    from calogen.cli import main
+
+    folder = tmp_path_factory.mktemp("normal_model")
+    config = {
+        "base": "small",
+        "widths": [16, 32, 16],
+        "time_features": 8,
+        "shower_flow": {"feature_set": "caloclouds2", "blocks": 1, "affine_per_block": 1,
+                        "spline_per_block": 0, "hidden": [16, 16]},
+        "iterations": 4,
+        "batch_size": 4,
+        "points_per_shower": 64,
+        "checkpoint_every": 4,
+        "shower_flow_iterations": 4,
+        "shower_flow_batch": 32,
+        "lr_warmup": 0,
+        "max_points": 600,
+    }  # fmt: skip
+    (folder / "tiny.yaml").write_text(yaml.safe_dump(config))
+    out = folder / "model"
+    data = FIXTURES / "g4_photons_subset.h5"
+    argv = ["train", "caloclouds2", "--config", str(folder / "tiny.yaml"), "--data", str(data)]
+    assert main([*argv, "-o", str(out), "--quiet"]) == 0
+    return out

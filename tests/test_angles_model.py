@@ -219,12 +219,16 @@ def test_angle_range_warning(fixtures, inclined_file, tmp_path, capsys) -> None:
     np.testing.assert_allclose(angles_from_directions(shown.directions)[0], hi + 5.0, atol=1e-3)
 
 
-def test_bench_at_angles(capsys) -> None:
-    timing = ["bench", "--model", "gflash", "-n", "4", "--batch", "2", "--repeats", "1"]
-    code = cli_main([*timing, "--theta", "0", "60", "--phi", "0", "360", "--json"])
-    assert code == 0
-    assert json.loads(capsys.readouterr().out)["num_showers"] == 4
-    assert cli_main(["bench", "--model", "default", "-n", "2", "--theta", "30"]) == 2
+def test_bench_at_angles(capsys, normal_incidence_model) -> None:
+    timing = ["bench", "-n", "4", "--batch", "2", "--repeats", "1"]
+    for model in ("gflash", "default"):  # the shipped default is angle-aware
+        code = cli_main(
+            [*timing, "--model", model, "--theta", "0", "60", "--phi", "0", "360", "--json"]
+        )
+        assert code == 0
+        assert json.loads(capsys.readouterr().out)["num_showers"] == 4
+    refused = ["bench", "--model", str(normal_incidence_model), "-n", "2", "--theta", "30"]
+    assert cli_main(refused) == 2
     assert "supports only normal incidence" in capsys.readouterr().err
 
 

@@ -60,24 +60,21 @@ def test_default_model_visible_energy_follows_energy() -> None:
     assert 7.0 < ratio < 10.0  # 9x the energy, slightly less than linear (leakage)
 
 
-def test_direction_refused_and_range_warning(tmp_path: Path, capsys) -> None:
+def test_direction_refused_and_range_warning(
+    tmp_path: Path, capsys, normal_incidence_model: Path
+) -> None:
     out = tmp_path / "d.h5"
-    code = main(
-        [
-            "generate",
-            "--energy",
-            "50",
-            "--num",
-            "2",
-            "--direction",
-            "0",
-            "0.6",
-            "0.8",
-            "-o",
-            str(out),
-        ]
-    )
-    assert code == 2 and "supports only normal incidence" in capsys.readouterr().err
+    direction = ["--direction", "0", "0.6", "0.8", "--num", "2", "--quiet", "-o", str(out)]
+    # the shipped default takes the direction (theta = 36.9 deg) ...
+    assert main(["generate", "--energy", "50", *direction]) == 0
+    with ShowerFile(out) as f:
+        np.testing.assert_allclose(f.read().directions, [[0, 0.6, 0.8]] * 2, atol=1e-6)
+    out.unlink()
+    # ... a normal-incidence model refuses it in one line, writing nothing
+    argv = ["generate", "--model", str(normal_incidence_model), "--energy", "50", *direction]
+    assert main(argv) == 2
+    assert "supports only normal incidence" in capsys.readouterr().err
+    assert not out.exists()
     assert (
         main(
             [

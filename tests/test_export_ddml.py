@@ -229,7 +229,7 @@ def test_ddml_wrapper_with_a_multi_step_sampler():
     model.cm_sigmas = (80.0, 2.0, 0.3)
     depth = slab().layer_z_mm
     shower = DDMLShower(ShowerPipeline(model).eval(), depth).eval()
-    assert shower.noise_tensors == 3
+    assert shower.noise_tensors == 3 + int(model.config.mirror_points)  # + the mirror signs
     for seed, (energy, theta, phi) in ((3, (40.0, 20.0, 10.0)), (4, (75.0, 55.0, -100.0))):
         ref = _python_shower(model, energy, theta, phi, seed)
         torch.manual_seed(seed)

@@ -1,30 +1,44 @@
 #!/usr/bin/env bash
-# Rebuild, ship and evaluate the default model (CaloClouds II (CM), small widths).
-# Usage: bash scripts/default_model/build.sh [RUNS_DIR]   (about 45 min on one CPU core)
+# Rebuild, ship and evaluate the default model: the angle-aware CaloClouds II (CM), small
+# widths, one network evaluation per shower (issue 15; docs/default_model.md, docs/angles.md).
+# Usage: bash scripts/default_model/build.sh [RUNS_DIR]
+#   about 30 core-minutes of Geant4 (skipped when RUNS_DIR/merged_gt40.npz exists), then
+#   about 35 min of training on one CPU core; every stage resumes after a kill.
+# The model of 2026-11-23 (normal incidence only) was built by this script's earlier version
+# (git log -- scripts/default_model/build.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-DATA=${CALOGEN_SHARED_DATA:-../shared/data}/g4_photons_10-90GeV_train.h5
+SHARED=${CALOGEN_SHARED_DATA:-../shared/data}
+DATA=$SHARED/g4_photons_10-90GeV_train.h5
+ANGLES=$SHARED/g4_photons_angles_train.h5
 RUNS=${1:-runs}
+G4PY=${G4PY:-python}   # the Python that runs the Geant4 tool (its venv)
 mkdir -p "$RUNS"
 
-# 1. teacher (EDM) on showers 0-8999, then consistency distillation to one step
-#    (--no-corrections: the shipped model's corrections were fitted by the separate command
-#    below with seed 0; 'calogen train caloclouds2-cm --config small -n 9000 --seed 7' runs
-#    the same recipe in one command, fitting them with the run's seed)
-calogen train caloclouds2 --config scripts/default_model/teacher.yaml --data "$DATA" \
-    --out "$RUNS/default_teacher" --seed 7 --threads 1 --no-corrections
-calogen distill --teacher "$RUNS/default_teacher" --config scripts/default_model/distill.yaml \
-    --data "$DATA" --out "$RUNS/default_student" --seed 7 --threads 1 --no-corrections
-# radial quantile correction, then the occupancy correction (CaloClouds section 3.3, refined in
-# closed loop), both from the first 1,000 training showers
-calogen fit-occupancy --model "$RUNS/default_student" --data "$DATA" --showers 1000 --seed 0 \
-    --threads 1
+# 1. training data: showers 0-8999 of the normal-incidence file, the 6,000 of the angles file,
+#    and the 2,161 showers above 40 deg of 6,600 more made with the Geant4 tool (fixed seeds)
+[ -f "$RUNS/merged_gt40.npz" ] || python scripts/default_model/make_training_cache.py \
+    --shared "$SHARED" --g4 "$G4PY" --work "$RUNS/g4_angled" -o "$RUNS/merged_gt40.npz"
 
-# 2. ship it: the model folder's two files go into the package
-cp "$RUNS/default_student/model.json" "$RUNS/default_student/model.safetensors" \
-    "$RUNS/default_student/occupancy.json" src/calogen/default_model/
+# 2. teacher (EDM, 25,000 iterations) and consistency distillation (20,000) from the cache,
+#    'small-angles' presets, seed 7; then the corrections (radial map, occupancy, axis shift)
+#    per polar-angle class, interpolated in theta, fitted on 3,000 + 3,000 training showers
+R=$RUNS/default_angles
+resume() { [ -d "$1/checkpoints" ] && echo --resume || true; }
+[ -f "$R/teacher.done" ] || { calogen train caloclouds2 --config small-angles \
+    --data "$RUNS/merged_gt40.npz" -o "$R/teacher" --seed 7 --threads 1 --no-corrections \
+    $(resume "$R/teacher") && touch "$R/teacher.done"; }
+[ -f "$R/student.done" ] || { calogen distill --teacher "$R/teacher" --config small-angles \
+    --data "$RUNS/merged_gt40.npz" -o "$R/student" --seed 7 --threads 1 --no-corrections \
+    $(resume "$R/student") && touch "$R/student.done"; }
+calogen fit-occupancy --model "$R/student" --data "$DATA" "$ANGLES" -n 3000 --seed 7 \
+    --threads 1 --angle-edges 0.5 23.4 40.9 52.4
 
-# 3. held-out test split (showers 9000-9999) and the evaluation beside GFlash
+# 3. ship it: the model folder's files go into the package
+cp "$R/student/model.json" "$R/student/model.safetensors" "$R/student/occupancy.json" \
+    src/calogen/default_model/
+
+# 4. held-out test split (showers 9000-9999) and the evaluation beside GFlash
 python - "$DATA" "$RUNS/g4_test_split.h5" <<'PY'
 import sys
 from calogen.data.io import read_showers, write_showers
@@ -37,3 +51,5 @@ calogen evaluate --reference "$RUNS/g4_test_split.h5" --reference-label "Geant4 
     --candidate "$RUNS/default_1000.h5" --label "default (CaloClouds II CM)" \
     --candidate "$RUNS/gflash_1000.h5" --label GFlash \
     -o docs/default_model_evaluation --overwrite
+# the fixed-energy and fixed-angle Geant4 test sets (docs/angles.md):
+#   WHICH=model bash scripts/angles_model/evaluate.sh default "default" OUT split g4_10GeV_t0 ...

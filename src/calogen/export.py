@@ -674,7 +674,9 @@ class ShowerPipeline(nn.Module):
         if self.onnx:  # the layer edges at or below each row
             layer = (edges[:, None, :] <= row[..., None]).sum(-1)
         else:
-            layer = torch.searchsorted(edges, row.expand(edges.shape[0], -1), right=True)
+            layer = torch.searchsorted(
+                edges, row.expand(edges.shape[0], -1).contiguous(), right=True
+            )
         layer = layer.clamp_max(n_layers - 1)
         valid64 = valid.to(torch.float64)
 
