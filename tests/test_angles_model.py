@@ -343,6 +343,22 @@ def test_angle_class_edges_are_part_of_the_model(fixtures, inclined_file, tmp_pa
         with torch.inference_mode():
             row = ddml(*(torch.tensor([v]) for v in (50.0, theta, 30.0))).numpy()
         _assert_same_shower(row, ref)
+    # the radial maps interpolated in the incident energy: Python and the export agree
+    # between the energy bins' centres and beyond the outer ones
+    gen.model.radial_energy = "interpolate"
+    ddml = DDMLShower(ShowerPipeline(gen.model).eval(), slab().layer_z_mm).eval()
+    for seed, energy, theta64 in ((10, 12.0, mid), (11, 57.0, 0.0), (12, 88.0, beyond)):
+        theta = float(np.float32(theta64))
+        ref = _python_shower(gen.model, energy, theta, 30.0, seed)
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            row = ddml(*(torch.tensor([v]) for v in (energy, theta, 30.0))).numpy()
+        _assert_same_shower(row, ref)
+    interpolated = _python_shower(gen.model, 57.0, 0.0, 30.0, 11)
+    gen.model.radial_energy = "bins"  # the interpolation moved the points
+    binned = _python_shower(gen.model, 57.0, 0.0, 30.0, 11)
+    assert binned.shape == interpolated.shape
+    assert not np.allclose(binned[:, :2], interpolated[:, :2])
     # a model file whose bins do not match its edges is refused in one line
     info["directional_corrections"]["theta_edges_deg"] = [0.5]
     (out / "model.json").write_text(json.dumps(info))
@@ -368,7 +384,8 @@ def test_blended_radial_map_is_the_blend_of_two_maps() -> None:
     maps = [random_map(), None, random_map()]  # bin 1 has no map: the identity
     stub = SimpleNamespace(binned=[(None, maps[1]), (None, maps[2])])
     stub.corrections_for = lambda b: (None, maps[b])
-    stub._radial_pair_table = lambda b0, b1: cc2.CaloClouds2._radial_pair_table(stub, b0, b1)
+    stub.radial_energy = "bins"
+    stub._radial_combo_table = lambda *bins: cc2.CaloClouds2._radial_combo_table(stub, *bins)
     n = 8
     counts = rng.integers(20, 60, n)
     shower = np.repeat(np.arange(n), counts)
@@ -376,6 +393,7 @@ def test_blended_radial_map_is_the_blend_of_two_maps() -> None:
     points[:, :2] = rng.normal(0, 1, (shower.size, 2)) * rng.lognormal(1.5, 1.5, (shower.size, 1))
     points[:, 2] = rng.integers(0, 30, shower.size)
     energies = rng.uniform(10, 90, n)
+    energies[:2] = (12.0, 88.0)  # extrapolated below and above the outer bin centres
     k0 = np.array([0, 1, 1, 2, 0, 1, 2, 1])
     k1 = np.array([0, 2, 2, 2, 0, 2, 2, 2])
     w = np.array([0.0, 0.3, 1.0, 0.0, 0.0, 1.4, 0.0, 0.0])
@@ -400,3 +418,43 @@ def test_blended_radial_map_is_the_blend_of_two_maps() -> None:
         np.arctan2(out[:, 1], out[:, 0]), np.arctan2(points[:, 1], points[:, 0]), atol=1e-5
     )
     assert np.any(log_r < maps[0].log_r_gen.min()) and np.any(log_r > maps[0].log_r_gen.max())
+
+    # interpolated in the incident energy too: the bilinear blend of four maps
+    from calogen.calibration import map_log_radius
+
+    stub.radial_energy = "interpolate"
+    out = points.copy()
+    cc2.CaloClouds2._blend_radial(stub, out, shower, energies, k0, k1, w)
+    e0, e1, we = maps[0].energy_weights(energies)
+    group = maps[0].layer_group(points[:, 2])
+
+    def mapped_at(b: int, e: np.ndarray) -> np.ndarray:
+        if maps[b] is None:
+            return log_r
+        m = maps[b]
+        gen = m.log_r_gen.reshape(-1, m.log_r_gen.shape[-1])
+        data = m.log_r_data.reshape(gen.shape)
+        return map_log_radius(log_r, e[shower] * m.n_layer_groups + group, gen, data)
+
+    def by_bin(k: np.ndarray, e: np.ndarray) -> np.ndarray:
+        return np.select([k[shower] == b for b in range(3)], [mapped_at(b, e) for b in range(3)])
+
+    wes = we[shower]
+    new = (1 - ws) * ((1 - wes) * by_bin(k0, e0) + wes * by_bin(k0, e1)) + ws * (
+        (1 - wes) * by_bin(k1, e0) + wes * by_bin(k1, e1)
+    )
+    np.testing.assert_allclose(np.hypot(out[:, 0], out[:, 1]), np.exp(new), rtol=2e-6)
+    assert np.any((we > 0) & (we < 1)) and np.any(we < 0)  # between and below the centres
+
+
+def test_radial_energy_weights() -> None:
+    """Linear between the energy bins' centres, extrapolated to the outer edges."""
+    from calogen.calibration import RadialCorrection
+
+    shape = (4, 1, 3)
+    gen = np.broadcast_to(np.arange(3.0), shape).copy()
+    corr = RadialCorrection([10.0, 30.0, 50.0, 70.0, 90.0], [0, 30], gen, gen.copy())
+    e0, e1, w = corr.energy_weights(np.array([5.0, 10.0, 20.0, 40.0, 50.0, 85.0, 90.0, 99.0]))
+    np.testing.assert_array_equal(e0, [0, 0, 0, 1, 1, 2, 2, 2])
+    np.testing.assert_array_equal(e1, e0 + 1)
+    np.testing.assert_allclose(w, [-0.5, -0.5, 0.0, 0.0, 0.5, 1.25, 1.5, 1.5])

@@ -303,10 +303,12 @@ def test_radial_correction_in_the_pipeline_matches_numpy() -> None:
     synthetic = RadialCorrection.fit(showers(2.0, 100, energies), showers(4.0, 100, energies))
     model = load_generator(None).model
     original, model.radial = model.radial, synthetic
+    binned, model.binned = model.binned, []  # one map, applied bin by bin (as apply())
+    energy_mode, model.radial_energy = model.radial_energy, "bins"
     try:
         pipe = ShowerPipeline(model, max_points=300)
     finally:
-        model.radial = original
+        model.radial, model.binned, model.radial_energy = original, binned, energy_mode
     points, shower, _ = showers(4.0, 6, energies[:6])
     points[:5, :2] = 0.0  # points on the axis stay there
     points[5:10, :2] *= 1e-4  # below the first quantile

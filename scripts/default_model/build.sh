@@ -22,7 +22,8 @@ mkdir -p "$RUNS"
 
 # 2. teacher (EDM, 25,000 iterations) and consistency distillation (20,000) from the cache,
 #    'small-angles' presets, seed 7; then the corrections (radial map, occupancy, axis shift)
-#    per polar-angle class, interpolated in theta, fitted on 3,000 + 3,000 training showers
+#    per polar-angle class, interpolated in theta (and the radial map in the incident
+#    energy), fitted on 3,000 + 3,000 training showers
 R=$RUNS/default_angles
 resume() { [ -d "$1/checkpoints" ] && echo --resume || true; }
 [ -f "$R/teacher.done" ] || { calogen train caloclouds2 --config small-angles \
@@ -32,7 +33,7 @@ resume() { [ -d "$1/checkpoints" ] && echo --resume || true; }
     --data "$RUNS/merged_gt40.npz" -o "$R/student" --seed 7 --threads 1 --no-corrections \
     $(resume "$R/student") && touch "$R/student.done"; }
 calogen fit-occupancy --model "$R/student" --data "$DATA" "$ANGLES" -n 3000 --seed 7 \
-    --threads 1 --angle-edges 0.5 23.4 40.9 52.4
+    --threads 1 --angle-edges 0.5 23.4 40.9 52.4 --radial-energy interpolate
 
 # 3. ship it: the model folder's files go into the package
 cp "$R/student/model.json" "$R/student/model.safetensors" "$R/student/occupancy.json" \

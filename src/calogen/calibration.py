@@ -471,6 +471,28 @@ class RadialCorrection:
         inner = np.asarray(self.energy_edges_gev[1:-1], np.float64)
         return np.searchsorted(inner, np.asarray(energies, np.float64), side="right")
 
+    def energy_weights(
+        self, energies: NDArray[np.floating]
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]]:
+        """``(bin e0, bin e1, weight w)`` per shower ``[S]`` for maps interpolated in the
+        incident energy: ``(1 - w)`` times the map of ``e0`` plus ``w`` times that of ``e1``,
+        linear between the bins' centres (the fit showers are uniform in E within a bin),
+        extrapolated linearly to the outer bin edges and constant beyond them."""
+        energies = np.asarray(energies, np.float64).reshape(-1)
+        n = self.n_energy_bins
+        if n < 2:
+            zeros = np.zeros(energies.shape, np.int64)
+            return zeros, zeros, np.zeros(energies.shape)
+        edges = np.asarray(self.energy_edges_gev, np.float64)
+        centres = 0.5 * (edges[1:] + edges[:-1])
+        j = np.clip(np.searchsorted(centres, energies, side="right") - 1, 0, n - 2)
+        w = (energies - centres[j]) / (centres[j + 1] - centres[j])
+        lowest = (edges[0] - centres[0]) / (centres[1] - centres[0])
+        highest = 1.0 + (edges[-1] - centres[-1]) / (centres[-1] - centres[-2])
+        w = np.where(j == 0, np.maximum(w, lowest), np.maximum(w, 0.0))
+        w = np.where(j == n - 2, np.minimum(w, highest), np.minimum(w, 1.0))
+        return j, j + 1, w
+
     def layer_group(self, layers: NDArray[np.floating]) -> NDArray[np.int64]:
         """Layer group of each point ``[P]`` (layer index, rounded)."""
         inner = np.asarray(self.layer_edges[1:-1], np.float64)

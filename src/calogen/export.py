@@ -210,6 +210,8 @@ class ShowerPipeline(nn.Module):
             ):
                 self.register_buffer(name, torch.as_tensor(values, dtype=torch.float64))
         self._register_occupancy_tables()
+        #: how the radial maps apply in the incident energy (CaloClouds2.radial_energy)
+        self.radial_energy = str(getattr(model, "radial_energy", "bins"))
         if radial is not None:
             self._register_radial_pairs(radials)
         axis_shift = getattr(model, "axis_shift", None)
@@ -289,58 +291,88 @@ class ShowerPipeline(nn.Module):
         self.occ_refined = any(any(float(v) for v in getattr(o, "p_refine", [0.0])) for o in occs)
 
     def _register_radial_pairs(self, radials: list[Any]) -> None:
-        """Radial maps as one table per pair of angle bins ``(k0, k1)`` whose maps a shower
-        blends (``(k, k)``: one bin's map): per cell (energy bin x layer group) the union of
-        both maps' knots, with end knots at ``±RADIAL_END`` on the maps' constant shifts,
-        and both maps' values there. Any blend ``(1 - w) f0 + w f1`` is then the linear
-        interpolation of the blended values: one ``searchsorted`` per point, exact (as
-        ``CaloClouds2._radial_pair_table`` in Python)."""
+        """Radial maps as one table per combination of the angle bins ``(k0, k1)`` and the
+        energy bins ``(e0, e1)`` whose maps a shower blends (``(k, k)``, ``(e, e)``: one
+        bin's map; energy pairs only with ``radial_energy`` "interpolate"): per layer group
+        the union of the (up to four) maps' knots, with end knots at ``±RADIAL_END`` on the
+        maps' constant shifts, and each map's values there. Any blend of the maps is then
+        the linear interpolation of the blended values: one ``searchsorted`` per point,
+        exact (as ``CaloClouds2._radial_combo_table`` in Python)."""
         from calogen.calibration import map_log_radius
 
         n_bins = len(radials)
-        pairs = [(k, k) for k in range(n_bins)]
-        if self.angle_nodes:
-            pairs += [(k, k + 1) for k in range(1, n_bins - 1)]
-        #: pair index of (k0, k1): pair_index[k0 * n_bins + k1] (-1: no such pair)
-        index = [-1] * (n_bins * n_bins)
-        for p, (a, b) in enumerate(pairs):
-            index[a * n_bins + b] = p
         ref = next(r for r in radials if r is not None)
-        k = ref.log_r_gen.shape[-1]
-        cells = ref.log_r_gen.shape[0] * ref.log_r_gen.shape[1]
-        width = 2 * k + 2
+        n_e, groups, k = ref.log_r_gen.shape
+        pairs = [(b, b) for b in range(n_bins)]
+        if self.angle_nodes:
+            pairs += [(b, b + 1) for b in range(1, n_bins - 1)]
+        e_pairs = [(e, e) for e in range(n_e)]
+        if self.radial_energy == "interpolate":
+            e_pairs += [(e, e + 1) for e in range(n_e - 1)]
+        #: combination index of (k0, k1, e0, e1): combo_index[((k0 * B + k1) * E + e0) * E + e1]
+        index = [-1] * (n_bins * n_bins * n_e * n_e)
+        combos = [(a, b, c, d) for a, b in pairs for c, d in e_pairs]
+        for n, (a, b, c, d) in enumerate(combos):
+            index[((a * n_bins + b) * n_e + c) * n_e + d] = n
+        width = 4 * k + 2
         end = RADIAL_END
-        knots = np.empty((len(pairs), cells, width))
-        values = np.empty((2, len(pairs), cells, width))
+        knots = np.empty((len(combos), groups, width))
+        values = np.empty((4, len(combos), groups, width))
 
-        def table(r: Any) -> tuple[np.ndarray, np.ndarray]:
-            gen = (r or ref).log_r_gen.reshape(-1, k)
-            return gen, (r.log_r_data.reshape(-1, k) if r is not None else gen)
+        def table(r: Any, e: int) -> tuple[np.ndarray, np.ndarray]:
+            gen = (r or ref).log_r_gen[e]
+            return gen, (r.log_r_data[e] if r is not None else gen)
 
-        for p, (a, b) in enumerate(pairs):
-            (gen0, data0), (gen1, data1) = table(radials[a]), table(radials[b])
-            for c in range(cells):
-                u = np.unique(np.concatenate([gen0[c], gen1[c]]))
+        for n, (a, b, c, d) in enumerate(combos):
+            tables = [table(radials[bin_], e) for bin_ in (a, b) for e in (c, d)]
+            for g in range(groups):
+                u = np.unique(np.concatenate([gen[g] for gen, _ in tables]))
                 if u[0] <= -end + 1 or u[-1] >= end - 1:
                     raise UsageError("export: radial map knots beyond the table's end knots")
                 pad = np.linspace(u[-1], end, width - u.size - 1, endpoint=False)[1:]
-                knots[p, c] = np.concatenate([[-end], u, pad, [end]])
-            flat = knots[p].reshape(-1)
-            rows = np.repeat(np.arange(cells), width)
-            values[0, p] = map_log_radius(flat, rows, gen0, data0).reshape(cells, width)
-            values[1, p] = map_log_radius(flat, rows, gen1, data1).reshape(cells, width)
-        groups = int(ref.n_layer_groups)
+                knots[n, g] = np.concatenate([[-end], u, pad, [end]])
+            rows = np.repeat(np.arange(groups), width)
+            for m, (gen, data) in enumerate(tables):
+                mapped = map_log_radius(knots[n].reshape(-1), rows, gen, data)
+                values[m, n] = mapped.reshape(groups, width)
         #: each layer group's knots moved to its own interval (group * RADIAL_SPAN): one
         #: searchsorted over a shower's groups at once
-        group_offset = (np.arange(cells) % groups)[:, None] * RADIAL_SPAN
-        self.register_buffer("radial_pair_index", torch.tensor(index, dtype=torch.int64))
-        for name, array in (
-            ("radial_pair_keys", knots + group_offset[None]),
-            ("radial_pair_v0", values[0] + group_offset[None]),
-            ("radial_pair_v1", values[1] + group_offset[None]),
-        ):
-            self.register_buffer(name, torch.as_tensor(array, dtype=torch.float64))
+        group_offset = np.arange(groups)[:, None] * RADIAL_SPAN
+        self.register_buffer("radial_combo_index", torch.tensor(index, dtype=torch.int64))
+        self.register_buffer(
+            "radial_combo_keys", torch.as_tensor(knots + group_offset, dtype=torch.float64)
+        )
+        self.register_buffer(
+            "radial_combo_values", torch.as_tensor(values + group_offset, dtype=torch.float64)
+        )
         self.radial_n_bins = n_bins
+        edges = np.asarray(ref.energy_edges_gev, np.float64)
+        centres = 0.5 * (edges[1:] + edges[:-1])
+        self.register_buffer("radial_e_centres", torch.as_tensor(centres, dtype=torch.float64))
+        #: the extrapolation limits of the energy weight (RadialCorrection.energy_weights)
+        self.radial_e_lowest = 0.0
+        self.radial_e_highest = 1.0
+        if n_e >= 2:
+            self.radial_e_lowest = float((edges[0] - centres[0]) / (centres[1] - centres[0]))
+            self.radial_e_highest = float(
+                1.0 + (edges[-1] - centres[-1]) / (centres[-1] - centres[-2])
+            )
+
+    def _energy_weights(self, energy: Tensor, e_bin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(e0, e1, w)`` of the radial maps in the incident energy (as
+        RadialCorrection.energy_weights); each shower's own bin without interpolation."""
+        n_e = self.radial_e_centres.shape[0]
+        if self.radial_energy != "interpolate" or n_e < 2:
+            return e_bin, e_bin, torch.zeros(e_bin.shape, dtype=torch.float64)
+        e64 = energy.to(torch.float64)
+        centres = self.radial_e_centres
+        j = ((e64[:, None] >= centres[None, :]).sum(1) - 1).clamp(0, n_e - 2)
+        w = (e64 - centres[j]) / (centres[j + 1] - centres[j])
+        low = torch.where(j == 0, torch.full_like(w, self.radial_e_lowest), torch.zeros_like(w))
+        high = torch.where(
+            j == n_e - 2, torch.full_like(w, self.radial_e_highest), torch.ones_like(w)
+        )
+        return j, j + 1, torch.minimum(torch.maximum(w, low), high)
 
     def _expm1(self, x: Tensor) -> Tensor:
         # ONNX has no Expm1; in float64 (as here) exp − 1 differs from it by ~1e-16 relative
@@ -462,9 +494,9 @@ class ShowerPipeline(nn.Module):
         r = torch.sqrt(x * x + y * y)
         log_r = torch.log(r.clamp_min(1e-6))
         if self.onnx:  # no searchsorted: each point compared with its cell's knots
-            new = self._mapped_log_r_onnx(log_r, e_bin, group, weights)
+            new = self._mapped_log_r_onnx(log_r, energy, e_bin, group, weights)
         else:
-            new = self._mapped_log_r(log_r, e_bin, group, weights)
+            new = self._mapped_log_r(log_r, energy, e_bin, group, weights)
         scale = torch.where(r > 0, torch.exp(new - log_r), torch.ones_like(r))
         return torch.stack(
             [
@@ -479,22 +511,25 @@ class ShowerPipeline(nn.Module):
     def _mapped_log_r(
         self,
         log_r: Tensor,
+        energy: Tensor,
         e_bin: Tensor,
         group: Tensor,
         weights: tuple[Tensor, Tensor, Tensor],
     ) -> Tensor:
-        """ln r of points ``[B, M]`` mapped by the blended table of their shower's angle bins
-        (:meth:`_register_radial_pairs`) and cell: one batched ``searchsorted``."""
+        """ln r of points ``[B, M]`` mapped by the blended table of their shower's angle and
+        energy bins (:meth:`_register_radial_pairs`) and layer group: one batched
+        ``searchsorted``."""
         k0, k1, w = weights
-        n_bins, groups = self.radial_n_bins, self.radial_groups
+        e0, e1, we = self._energy_weights(energy, e_bin)
+        n_bins, n_e = self.radial_n_bins, self.radial_e_centres.shape[0]
         second = torch.where(w != 0, k1, k0)
-        pair = self.radial_pair_index[k0 * n_bins + second]  # [B]
-        rows = e_bin[:, None] * groups + torch.arange(groups)[None, :]  # [B, G]
-        keys = self.radial_pair_keys[pair[:, None], rows].reshape(e_bin.shape[0], -1)
-        v0 = self.radial_pair_v0[pair[:, None], rows].reshape(keys.shape)
-        v1 = self.radial_pair_v1[pair[:, None], rows].reshape(keys.shape)
-        w64 = w.to(torch.float64)[:, None]
-        values = (1.0 - w64) * v0 + w64 * v1  # [B, G * K]
+        second_e = torch.where(we != 0, e1, e0)
+        combo = self.radial_combo_index[((k0 * n_bins + second) * n_e + e0) * n_e + second_e]
+        keys = self.radial_combo_keys[combo].reshape(e_bin.shape[0], -1)  # [B, G * K]
+        tables = self.radial_combo_values[:, combo].reshape(4, e_bin.shape[0], -1)
+        wa, wb = w.to(torch.float64)[:, None], we[:, None]
+        values = ((1.0 - wa) * (1.0 - wb)) * tables[0] + ((1.0 - wa) * wb) * tables[1]
+        values = values + (wa * (1.0 - wb)) * tables[2] + (wa * wb) * tables[3]
         offset = group.to(torch.float64) * RADIAL_SPAN
         inside = log_r.clamp(-RADIAL_END + 1.0, RADIAL_END - 1.0)
         key = inside + offset
@@ -508,18 +543,27 @@ class ShowerPipeline(nn.Module):
     def _mapped_log_r_onnx(
         self,
         log_r: Tensor,
+        energy: Tensor,
         e_bin: Tensor,
         group: Tensor,
         weights: tuple[Tensor, Tensor, Tensor],
     ) -> Tensor:
-        """:meth:`_mapped_log_r` without ``searchsorted`` (ONNX): each bin's map on its own,
-        by comparison with the point's knots, then blended."""
+        """:meth:`_mapped_log_r` without ``searchsorted`` (ONNX): each map on its own, by
+        comparison with the point's knots, then blended."""
         k0, k1, w = weights
-        cell0 = (e_bin + k0 * self.radial_energy_bins)[:, None] * self.radial_groups + group
-        new = self._mapped_log_r_cell(log_r, cell0)
-        if self.angle_nodes:  # blended with the next bin's map
-            cell1 = (e_bin + k1 * self.radial_energy_bins)[:, None] * self.radial_groups
-            new1 = self._mapped_log_r_cell(log_r, cell1 + group)
+        e0, e1, we = self._energy_weights(energy, e_bin)
+        n_e, groups = self.radial_energy_bins, self.radial_groups
+
+        def mapped(k: Tensor, e: Tensor) -> Tensor:
+            return self._mapped_log_r_cell(log_r, (e + k * n_e)[:, None] * groups + group)
+
+        new = mapped(k0, e0)
+        if self.radial_energy == "interpolate":  # blended with the next energy bin's map
+            new = (1.0 - we[:, None]) * new + we[:, None] * mapped(k0, e1)
+        if self.angle_nodes:  # blended with the next angle bin's map(s)
+            new1 = mapped(k1, e0)
+            if self.radial_energy == "interpolate":
+                new1 = (1.0 - we[:, None]) * new1 + we[:, None] * mapped(k1, e1)
             new = (1.0 - w[:, None]) * new + w[:, None] * new1
         return new
 

@@ -165,6 +165,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "their own occupancy correction and radial map (default: 0.5, i.e. normal "
         "incidence and inclined showers)",
     )
+    q.add_argument(
+        "--radial-energy",
+        choices=("bins", "interpolate"),
+        default=None,
+        help="CaloClouds II: how the radial map's incident-energy bins apply: 'bins', each "
+        "shower the map of its bin; 'interpolate', linearly in E between the bins' centres "
+        "(extrapolated to the outer edges); stored in the model (default: keep the model's, "
+        "'bins' for a new one)",
+    )
     q.set_defaults(func=_fit_occupancy)
 
     _register_distill(subparsers)
@@ -328,6 +337,7 @@ def _fit_occupancy(args: argparse.Namespace) -> int:
             axis=args.axis,
             by_angle=args.by_angle,
             theta_edges_deg=args.angle_edges,
+            radial_energy=args.radial_energy,
         )
     print(json.dumps(summary, indent=2))
     return 0

@@ -460,6 +460,10 @@ class CaloClouds2(nn.Module):
         #: beyond the last node the interpolation is extrapolated linearly up to this polar
         #: angle (deg; the largest of the fit showers), held constant further out
         self.theta_extrapolate_deg: float | None = None
+        #: how the radial maps' incident-energy bins apply: ``"bins"``, each shower the map
+        #: of its bin; ``"interpolate"``, linearly in E between the bins' centres (extrapolated
+        #: to the outer edges, constant beyond: RadialCorrection.energy_weights)
+        self.radial_energy: str = "bins"
         self.consistency = bool(consistency)
         self.cm_sigmas = tuple(cm_sigmas) if cm_sigmas else (float(config.sigma_max),)
         self.net = CaloClouds2Net(
@@ -500,6 +504,11 @@ class CaloClouds2(nn.Module):
             **({"radial_correction": self.radial.to_dict()} if self.radial else {}),
             **({"axis_shift": self.axis_shift.to_dict()} if self.axis_shift else {}),
             **({"directional_corrections": self._binned_dict()} if self.binned else {}),
+            **(
+                {"radial_energy": self.radial_energy}
+                if self.radial_energy != "bins" and (self.radial or self.binned)
+                else {}
+            ),
         }
 
     def _binned_dict(self) -> dict[str, Any]:
@@ -550,39 +559,44 @@ class CaloClouds2(nn.Module):
         top = max(float(self.theta_extrapolate_deg), nodes[-1])
         return (top - nodes[-2]) / (nodes[-1] - nodes[-2])
 
-    def _radial_pair_table(
-        self, b0: int, b1: int
-    ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-        """Knots ``[C, K]`` (the union of both maps' knots of each cell ``C`` = energy bin x
-        layer group, padded at the top) and the values ``[C, K]`` of the radial maps of bins
-        ``b0`` and ``b1`` there (a bin without a map: the identity). Between and beyond these
-        knots both maps are linear, so any blend of them is the linear interpolation of the
-        blended values: one table per shower, exact. Cached per pair of maps."""
-        m0, m1 = self.corrections_for(b0)[1], self.corrections_for(b1)[1]
-        key = (b0, b1, id(m0), id(m1))
-        cache = self.__dict__.setdefault("_radial_pair_cache", {})
+    def _radial_combo_table(
+        self, b0: int, b1: int, e0: int, e1: int
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """The radial maps a shower blends: angle bins ``b0``, ``b1`` x energy bins ``e0``,
+        ``e1``. Returns knots ``[G, K]`` (per layer group the union of the four maps' knots,
+        padded above the last) and the four maps' values there ``[4, G, K]`` (order
+        ``(b0, e0), (b0, e1), (b1, e0), (b1, e1)``; a bin without a map: the identity).
+        Between and beyond these knots every map is linear, so any blend of them is the
+        linear interpolation of the blended values: exact. Cached per combination."""
+        maps = (self.corrections_for(b0)[1], self.corrections_for(b1)[1])
+        key = (b0, b1, e0, e1, id(maps[0]), id(maps[1]))
+        cache = self.__dict__.setdefault("_radial_combo_cache", {})
         if key in cache:
-            return cache[key][2:]
+            return cache[key][1:]
         every = (self.corrections_for(b)[1] for b in range(len(self.binned) + 1))
-        ref = next(m for m in (m0, m1, *every) if m is not None)  # both None: the identity
-        n_knots = ref.log_r_gen.shape[-1]
+        ref = next(m for m in (*maps, *every) if m is not None)  # all None: the identity
+        groups = ref.n_layer_groups
 
-        def table(m: RadialCorrection | None) -> tuple[NDArray, NDArray]:
-            gen = (m or ref).log_r_gen.reshape(-1, n_knots)
-            return gen, (m.log_r_data.reshape(-1, n_knots) if m else gen)
+        def table(m: RadialCorrection | None, e: int) -> tuple[NDArray, NDArray]:
+            gen = (m or ref).log_r_gen[e]  # [G, K]
+            return gen, (m.log_r_data[e] if m is not None else gen)
 
-        (gen0, data0), (gen1, data1) = table(m0), table(m1)
-        width = 2 * n_knots
-        knots = np.empty((gen0.shape[0], width))
-        for c in range(gen0.shape[0]):
-            u = np.unique(np.concatenate([gen0[c], gen1[c]]))  # strictly increasing
-            knots[c, : u.size] = u  # padded above the last knot, where both maps are shifts
-            knots[c, u.size :] = u[-1] + np.arange(1, width - u.size + 1)
-        cells = np.repeat(np.arange(gen0.shape[0]), width)
-        values0 = map_log_radius(knots.ravel(), cells, gen0, data0).reshape(knots.shape)
-        values1 = map_log_radius(knots.ravel(), cells, gen1, data1).reshape(knots.shape)
-        cache[key] = (m0, m1, knots, values0, values1)  # the maps kept: their ids stay valid
-        return knots, values0, values1
+        tables = [table(m, e) for m in maps for e in (e0, e1)]
+        unions = [np.unique(np.concatenate([gen[g] for gen, _ in tables])) for g in range(groups)]
+        width = max(u.size for u in unions)
+        knots = np.empty((groups, width))
+        for g, u in enumerate(unions):  # padded above the last knot, where maps are shifts
+            knots[g, : u.size] = u
+            knots[g, u.size :] = u[-1] + np.arange(1, width - u.size + 1)
+        rows = np.repeat(np.arange(groups), width)
+        values = np.stack(
+            [
+                map_log_radius(knots.ravel(), rows, gen, data).reshape(knots.shape)
+                for gen, data in tables
+            ]
+        )
+        cache[key] = (maps, knots, values)  # the maps kept: their ids stay valid
+        return knots, values
 
     def _blend_radial(
         self,
@@ -593,9 +607,11 @@ class CaloClouds2(nn.Module):
         k1: NDArray[np.int64],
         w: NDArray[np.float64],
     ) -> None:
-        """Radial maps of bins ``k0`` and ``k1`` of each shower (packed ``points``, layers
-        assigned), blended in ln r with weights ``1 - w`` and ``w``, in place: each shower's
-        blended map is a table of its own (:meth:`_radial_pair_table`), all read by one
+        """Radial maps of each shower (packed ``points``, layers assigned), in place: those
+        of its angle bins ``k0``, ``k1`` blended in ln r with weights ``1 - w`` and ``w``,
+        and with :attr:`radial_energy` ``"interpolate"`` those of its two energy bins too
+        (:meth:`~calogen.calibration.RadialCorrection.energy_weights`). Each shower's
+        blended map is a table of its own (:meth:`_radial_combo_table`), all read by one
         ``np.interp``."""
         maps = [self.corrections_for(b)[1] for b in range(len(self.binned) + 1)]
         ref = next(m for m in maps if m is not None)
@@ -607,17 +623,28 @@ class CaloClouds2(nn.Module):
         ):
             raise UsageError("the angle bins' radial maps differ in their binning")
         n_showers, n_groups = len(energies), ref.n_layer_groups
-        second = np.where(w != 0, k1, k0)
-        rows = ref.energy_bin(energies)[:, None] * n_groups + np.arange(n_groups)  # [S, G]
-        width = 2 * ref.log_r_gen.shape[-1]
+        if self.radial_energy == "interpolate":
+            e0, e1, we = ref.energy_weights(energies)
+        else:
+            e0 = ref.energy_bin(energies)
+            e1, we = e0, np.zeros(n_showers)
+        second_b = np.where(w != 0, k1, k0)
+        second_e = np.where(we != 0, e1, e0)
+        combos = np.stack([k0, second_b, e0, second_e], 1)
+        unique, which = np.unique(combos, axis=0, return_inverse=True)
+        tables = [self._radial_combo_table(*(int(v) for v in c)) for c in unique]
+        width = max(t[0].shape[1] for t in tables)
         knots = np.empty((n_showers, n_groups, width + 2))
         values = np.empty((n_showers, n_groups, width + 2))
-        for b0, b1 in {(int(a), int(b)) for a, b in zip(k0, second, strict=True)}:
-            sel = np.flatnonzero((k0 == b0) & (second == b1))
-            x, v0, v1 = self._radial_pair_table(b0, b1)
-            knots[sel, :, 1:-1] = x[rows[sel]]
-            ws = w[sel, None, None]
-            values[sel, :, 1:-1] = (1.0 - ws) * v0[rows[sel]] + ws * v1[rows[sel]]
+        weights = np.stack([(1 - w) * (1 - we), (1 - w) * we, w * (1 - we), w * we], 1)
+        for c, (x, v) in enumerate(tables):
+            sel = np.flatnonzero(which.reshape(-1) == c)
+            pad = width - x.shape[1]  # above the last knot: every map a shift (slope 1)
+            step = np.arange(1, pad + 1)
+            x = np.concatenate([x, x[:, -1:] + step], 1)
+            v = np.concatenate([v, v[:, :, -1:] + step], 2)
+            knots[sel, :, 1:-1] = x
+            values[sel, :, 1:-1] = np.einsum("sk,kgw->sgw", weights[sel], v)
         r = radius_mm(points)
         log_r = np.log(np.maximum(r, 1e-6))
         # end knots beyond every point, on the maps' constant shifts outside their knots
@@ -788,7 +815,8 @@ class CaloClouds2(nn.Module):
             counts_per_layer=counts_layer,
             depth=depth_out,
         )
-        if self.binned and any(self.corrections_for(b)[1] for b in range(len(self.binned) + 1)):
+        blend = self.binned or self.radial_energy != "bins"
+        if blend and any(self.corrections_for(b)[1] for b in range(len(self.binned) + 1)):
             # the radial maps of each shower's bins (two, blended in ln r, between the bins'
             # angles); needs the layers assigned, before the CoG shift
             self._blend_radial(points_out, shower, energies, k0, k1, w)
@@ -1222,6 +1250,7 @@ class CaloClouds2DistillTrainer(scaffold.TrainerBase):
         info.pop("radial_correction", None)
         info.pop("axis_shift", None)
         info.pop("directional_corrections", None)
+        info.pop("radial_energy", None)
         info.update(
             {
                 "cm_sigmas": list(self.config.sample_sigmas),
@@ -1341,6 +1370,18 @@ def load_model(
     )
 
 
+RADIAL_ENERGY_MODES = ("bins", "interpolate")
+
+
+def check_radial_energy(mode: str) -> str:
+    """A valid :attr:`CaloClouds2.radial_energy` mode (one-line error otherwise)."""
+    if mode not in RADIAL_ENERGY_MODES:
+        raise UsageError(
+            f"radial_energy must be one of {', '.join(RADIAL_ENERGY_MODES)}, got {mode!r}"
+        )
+    return mode
+
+
 def _build(info: dict[str, Any]) -> CaloClouds2:
     cfg = CaloClouds2Config.from_dict(info["config"])
     occupancy = info.get("occupancy")
@@ -1356,6 +1397,7 @@ def _build(info: dict[str, Any]) -> CaloClouds2:
         consistency=info["calogen_model"] == CM_NAME,
         cm_sigmas=tuple(float(s) for s in info.get("cm_sigmas", (cfg.sigma_max,))),
     )
+    model.radial_energy = check_radial_energy(info.get("radial_energy", "bins"))
     binned = info.get("directional_corrections")
     if binned:
         edges = check_theta_edges(binned.get("theta_edges_deg", ()))
@@ -1416,6 +1458,7 @@ def fit_occupancy(
     min_bin_showers: int = 50,
     theta_edges_deg: Sequence[float] | None = None,
     interpolate: bool = True,
+    radial_energy: str | None = None,
 ) -> dict[str, Any]:
     """Fit ``c_N`` from data and generated showers, then refine it in closed loop.
 
@@ -1456,6 +1499,8 @@ def fit_occupancy(
     dirs = ref.directions if model.config.directions else None
     theta = angles_from_directions(dirs)[0] if dirs is not None else None
     model.binned = []  # each fit below uses the plain corrections
+    if radial_energy is not None:  # applied while fitting: the occupancy fit sees it
+        model.radial_energy = check_radial_energy(radial_energy)
     edges = check_theta_edges(
         THETA_CORRECTION_EDGES_DEG if theta_edges_deg is None else theta_edges_deg
     )
@@ -1526,6 +1571,7 @@ def fit_occupancy(
     info.pop("radial_correction", None)
     info.pop("axis_shift", None)
     info.pop("directional_corrections", None)
+    info.pop("radial_energy", None)
     info.update(model.model_info())
     info.pop("occupancy")  # save_occupancy writes it
     summary = scaffold.save_occupancy(

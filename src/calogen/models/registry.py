@@ -254,13 +254,16 @@ def fit_occupancy(
     axis: bool = True,
     by_angle: bool = True,
     theta_edges_deg: list[float] | None = None,
+    radial_energy: str | None = None,
 ) -> dict[str, Any]:
     """Fit and store the occupancy correction of a model folder; returns a summary.
 
     ``radial``: CaloClouds II models also fit the radial quantile correction first;
     ``axis``: angle-aware CaloClouds II models fit the per-layer axis shift last;
     ``by_angle``: and their occupancy and radial corrections per polar-angle bin (edges
-    ``theta_edges_deg``, deg; ``None``: normal incidence and inclined showers).
+    ``theta_edges_deg``, deg; ``None``: normal incidence and inclined showers);
+    ``radial_energy``: how their radial maps apply in the incident energy ("bins",
+    "interpolate"; ``None``: as the model has it).
     """
     from calogen.data.io import ShowerFile
     from calogen.models.training import read_model_info
@@ -283,6 +286,7 @@ def fit_occupancy(
         kwargs["axis"] = axis
         kwargs["by_angle"] = by_angle
         kwargs["theta_edges_deg"] = theta_edges_deg
+        kwargs["radial_energy"] = radial_energy
     elif theta_edges_deg is not None:
         raise UsageError("--angle-edges: only angle-aware CaloClouds II models have angle classes")
     return _with_model_errors(model_dir, info, func, Path(model_dir), data, **kwargs)
