@@ -168,11 +168,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument(
         "--radial-energy",
         choices=("bins", "interpolate"),
-        default=None,
+        default="interpolate",
         help="CaloClouds II: how the radial map's incident-energy bins apply: 'bins', each "
         "shower the map of its bin; 'interpolate', linearly in E between the bins' centres "
-        "(extrapolated to the outer edges); stored in the model (default: keep the model's, "
-        "'bins' for a new one)",
+        "(extrapolated to the outer edges: better at energies near the bin edges, "
+        "docs/default_model.md); stored in the model (default: interpolate)",
     )
     q.set_defaults(func=_fit_occupancy)
 

@@ -1458,7 +1458,7 @@ def fit_occupancy(
     min_bin_showers: int = 50,
     theta_edges_deg: Sequence[float] | None = None,
     interpolate: bool = True,
-    radial_energy: str | None = None,
+    radial_energy: str | None = "interpolate",
 ) -> dict[str, Any]:
     """Fit ``c_N`` from data and generated showers, then refine it in closed loop.
 
@@ -1500,6 +1500,8 @@ def fit_occupancy(
     theta = angles_from_directions(dirs)[0] if dirs is not None else None
     model.binned = []  # each fit below uses the plain corrections
     if radial_energy is not None:  # applied while fitting: the occupancy fit sees it
+        # (None: as the model has it; "interpolate" by default: docs/default_model.md, the
+        # radial map interpolated in the incident energy)
         model.radial_energy = check_radial_energy(radial_energy)
     edges = check_theta_edges(
         THETA_CORRECTION_EDGES_DEG if theta_edges_deg is None else theta_edges_deg

@@ -254,7 +254,7 @@ def fit_occupancy(
     axis: bool = True,
     by_angle: bool = True,
     theta_edges_deg: list[float] | None = None,
-    radial_energy: str | None = None,
+    radial_energy: str | None = "interpolate",
 ) -> dict[str, Any]:
     """Fit and store the occupancy correction of a model folder; returns a summary.
 
@@ -262,8 +262,9 @@ def fit_occupancy(
     ``axis``: angle-aware CaloClouds II models fit the per-layer axis shift last;
     ``by_angle``: and their occupancy and radial corrections per polar-angle bin (edges
     ``theta_edges_deg``, deg; ``None``: normal incidence and inclined showers);
-    ``radial_energy``: how their radial maps apply in the incident energy ("bins",
-    "interpolate"; ``None``: as the model has it).
+    ``radial_energy``: how their radial maps apply in the incident energy ("bins", each
+    shower its bin's map; "interpolate", linearly between the bins' centres; ``None``: as
+    the model has it).
     """
     from calogen.data.io import ShowerFile
     from calogen.models.training import read_model_info
