@@ -258,6 +258,7 @@ def test_mirror_points_flips_single_points(fixtures, inclined_file, tmp_path) ->
     )
     model = load_generator(out).model
     model.axis_shift = None
+    model.config.rotate_points = False  # the mirror alone (rotation: the test below)
     energies = np.array([30.0, 70.0])
     for theta in (0.0, 30.0):
         got = {}
@@ -359,6 +360,23 @@ def test_angle_class_edges_are_part_of_the_model(fixtures, inclined_file, tmp_pa
     binned = _python_shower(gen.model, 57.0, 0.0, 30.0, 11)
     assert binned.shape == interpolated.shape
     assert not np.allclose(binned[:, :2], interpolated[:, :2])
+    # each point rotated at normal incidence (rotate_points): Python and the export agree
+    from dataclasses import replace
+
+    config = gen.model.config
+    gen.model.config = replace(config, rotate_points=True)
+    ddml = DDMLShower(ShowerPipeline(gen.model).eval(), slab().layer_z_mm).eval()
+    for seed, theta in ((13, 0.0), (14, float(np.float32(mid)))):
+        ref = _python_shower(gen.model, 40.0, theta, 30.0, seed)
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            row = ddml(*(torch.tensor([v]) for v in (40.0, theta, 30.0))).numpy()
+        _assert_same_shower(row, ref)
+    rotated = _python_shower(gen.model, 40.0, 0.0, 0.0, 13)
+    gen.model.config = replace(config, rotate_points=False)
+    mirrored = _python_shower(gen.model, 40.0, 0.0, 0.0, 13)
+    gen.model.config = config
+    assert rotated.shape == mirrored.shape and not np.allclose(rotated[:, :2], mirrored[:, :2])
     # a model file whose bins do not match its edges is refused in one line
     info["directional_corrections"]["theta_edges_deg"] = [0.5]
     (out / "model.json").write_text(json.dumps(info))
@@ -458,3 +476,24 @@ def test_radial_energy_weights() -> None:
     np.testing.assert_array_equal(e0, [0, 0, 0, 1, 1, 2, 2, 2])
     np.testing.assert_array_equal(e1, e0 + 1)
     np.testing.assert_allclose(w, [-0.5, -0.5, 0.0, 0.0, 0.5, 1.25, 1.5, 1.5])
+
+
+def test_rotate_by_draws_keeps_radius_and_spreads_azimuth() -> None:
+    """Points all on the +x axis, rotated by the azimuth of normal draws: radii unchanged,
+    azimuths uniform; unselected points untouched."""
+    from scipy.stats import kstest
+
+    rng = np.random.default_rng(5)
+    n = 20_000
+    points = np.zeros((n, 4), np.float32)
+    points[:, 0] = rng.uniform(1.0, 50.0, n)
+    points[:, 2:] = 1.0
+    before = points.copy()
+    draws = rng.standard_normal((n, 2)).astype(np.float32)
+    select = np.arange(n) % 4 != 0
+    cc2.rotate_by_draws(points, draws, select)
+    np.testing.assert_array_equal(points[~select], before[~select])
+    np.testing.assert_allclose(np.hypot(points[:, 0], points[:, 1]), before[:, 0], rtol=1e-6)
+    phi = np.arctan2(points[select, 1], points[select, 0])
+    assert kstest(phi, "uniform", args=(-np.pi, 2 * np.pi)).pvalue > 1e-3
+    np.testing.assert_array_equal(points[:, 2:], before[:, 2:])

@@ -89,7 +89,7 @@ def test_presets_and_config_round_trip() -> None:
     # both presets carry the recipe of the shipped default (docs/default_model.md)
     for name in ("small", "paper"):
         cfg = cc2.get_config(name)
-        assert cfg.core_radius_mm == 2.0 and cfg.mirror
+        assert cfg.core_radius_mm == 2.0 and cfg.mirror_points and cfg.rotate_points
         assert cfg.shower_flow["feature_set"] == "caloclouds2_core"
         assert cc2.get_distill_config(name).n_grid == 40
     assert small.shower_flow_iterations == 15_000

@@ -229,6 +229,8 @@ class ShowerPipeline(nn.Module):
         #: mirror each point (config ``mirror_points``) by the signs of one more point-noise
         #: tensor, or else each shower (``mirror``) by two more flow-noise columns
         self.mirror_points = bool(getattr(cfg, "mirror_points", False))
+        #: ... and at normal incidence rotate each point by the azimuth of those two draws
+        self.rotate_points = self.mirror_points and bool(getattr(cfg, "rotate_points", False))
         self.mirror = bool(getattr(cfg, "mirror", False)) and not self.mirror_points
         #: an angle-aware model (config ``directions``): the point network and the Shower Flow
         #: take the polar angle theta as a condition (``theta / ANGLE_SCALE_DEG - 1``), the
@@ -693,20 +695,29 @@ class ShowerPipeline(nn.Module):
         depth = x[..., 2]
         points = self.normalisation.inverse(x)
         if self.mirror_points:  # the signs of the last noise tensor mirror each point
-            flip_x = noise[-1][..., 0] < 0
+            draw_x, draw_y = noise[-1][..., 0], noise[-1][..., 1]
+            flip_x = draw_x < 0
             if self.takes_theta:  # inclined along x: only y -> -y is a symmetry
                 flip_x = flip_x & (theta[:, None] <= 0)
-            flip_y = noise[-1][..., 1] < 0
+            flip_y = draw_y < 0
+            normal = (theta[:, None] <= 0).expand(flip_x.shape)
+            if self.rotate_points:  # normal incidence: rotated instead (by the draws' azimuth)
+                flip_x = flip_x & ~normal
+                flip_y = flip_y & ~normal
             px, py = points[..., 0], points[..., 1]
-            points = torch.stack(
-                [
-                    torch.where(flip_x, -px, px),
-                    torch.where(flip_y, -py, py),
-                    points[..., 2],
-                    points[..., 3],
-                ],
-                -1,
-            )
+            px = torch.where(flip_x, -px, px)
+            py = torch.where(flip_y, -py, py)
+            if self.rotate_points:  # as caloclouds2.rotate_by_draws, in float64
+                d0, d1 = draw_x.to(torch.float64), draw_y.to(torch.float64)
+                norm = torch.sqrt(d0 * d0 + d1 * d1)
+                has = norm > 0
+                safe = torch.where(has, norm, torch.ones_like(norm))
+                cos = torch.where(has, d0 / safe, torch.ones_like(norm))
+                sin = torch.where(has, d1 / safe, torch.zeros_like(norm))
+                x64, y64 = px.to(torch.float64), py.to(torch.float64)
+                px = torch.where(normal, (cos * x64 - sin * y64).to(px.dtype), px)
+                py = torch.where(normal, (sin * x64 + cos * y64).to(py.dtype), py)
+            points = torch.stack([px, py, points[..., 2], points[..., 3]], -1)
 
         # depth-sorted layer assignment; rows beyond N go to the end
         valid = position[None, :] < n_points.to(torch.int64)[:, None]
