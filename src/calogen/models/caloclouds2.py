@@ -659,9 +659,15 @@ class CaloClouds2(nn.Module):
             e1, we = e0, np.zeros(n_showers)
         second_b = np.where(w != 0, k1, k0)
         second_e = np.where(we != 0, e1, e0)
-        combos = np.stack([k0, second_b, e0, second_e], 1)
-        unique, which = np.unique(combos, axis=0, return_inverse=True)
-        tables = [self._radial_combo_table(*(int(v) for v in c)) for c in unique]
+        n_bins, n_e = len(maps), ref.n_energy_bins  # one integer per combination
+        key = ((k0 * n_bins + second_b) * n_e + e0) * n_e + second_e
+        unique, which = np.unique(key, return_inverse=True)
+        combos = [
+            (int(u) // (n_bins * n_e * n_e), int(u) // (n_e * n_e) % n_bins, int(u) // n_e % n_e,
+             int(u) % n_e)
+            for u in unique
+        ]  # fmt: skip
+        tables = [self._radial_combo_table(*c) for c in combos]
         width = max(t[0].shape[1] for t in tables)
         knots = np.empty((n_showers, n_groups, width + 2))
         values = np.empty((n_showers, n_groups, width + 2))
