@@ -159,6 +159,18 @@ def test_resume_is_exact_and_normal_incidence_generator(subset, tmp_path) -> Non
     raw = a.sample_voxels(energies, seed=4)
     ratio = scaled.sum((1, 2, 3)) / raw.sum((1, 2, 3))
     np.testing.assert_allclose(scaled, raw * ratio[:, None, None, None], rtol=1e-4, atol=1e-12)
+    # mirror (generation only): each shower as before, or flipped in x, y or both
+    many = np.linspace(15.0, 85.0, 12)
+    a.model.config.generation_batch = 12  # one batch: the flips are drawn after it
+    plain = a.sample_voxels(many, seed=5)
+    a.model.config.mirror = True
+    mirrored = a.sample_voxels(many, seed=5)
+    a.model.config.mirror = False
+    kinds = []
+    for p, m in zip(plain, mirrored, strict=True):
+        options = [p, p[:, ::-1, :], p[:, :, ::-1], p[:, ::-1, ::-1]]
+        kinds.append(next(k for k, o in enumerate(options) if np.array_equal(o, m)))
+    assert len(set(kinds)) >= 3  # the flips happen, independently in x and y
 
 
 def test_angle_condition_is_used(angled, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -119,6 +119,11 @@ class BIBAEConfig(scaffold.ModelConfig):
     grid_centre_mm: tuple[float, float] = (0.0, 0.0)
     #: Learn inclined showers in their axis frame (see the module docstring).
     axis_frame: bool = False
+    #: Mirror each generated shower at random in x and y at normal incidence (in y only for
+    #: inclined showers in the axis frame): the symmetry of the physics, which the decoder
+    #: only approximates (its showers' centre of gravity in x is offset by +0.23 mm,
+    #: docs/bibae_l2lflows.md). Generation only; the grid must be centred on the axis.
+    mirror: bool = False
     energy_unit_mev: float = 0.1
     slope_scale: float = 0.5
     # networks
@@ -198,6 +203,8 @@ class BIBAEConfig(scaffold.ModelConfig):
         if self.energy_unit_mev <= 0 or self.slope_scale <= 0:
             raise UsageError("BIB-AE config: 'energy_unit_mev' and 'slope_scale' must be > 0")
         shape = (self.n_layers, self.nx, self.ny)
+        if self.mirror and any(float(c) != 0.0 for c in self.grid_centre_mm):
+            raise UsageError("BIB-AE config: mirror needs a grid centred on the axis")
         if min(_stage_shapes(shape, len(self.channels))[-1]) < 1:
             raise UsageError(
                 f"BIB-AE config: grid {shape} too small for {len(self.channels)} stages"
@@ -602,6 +609,15 @@ class BIBAE(nn.Module):
                 total = e.flatten(1).sum(1).clamp_min(1e-12)
                 e = e * (target / total)[:, None, None, None]
             out[sl] = e.float().numpy()
+            if cfg.mirror:  # one uniform draw per shower and axis, after the shower's own
+                flips = torch.rand((base.shape[0], 2), generator=generator).numpy() < 0.5
+                normal = np.all(np.asarray(slopes[sl], np.float64) == 0.0, axis=1)
+                flips[:, 0] &= normal  # inclined (along x in the axis frame): y only
+                if not cfg.axis_frame:
+                    flips[:, 1] &= normal  # detector frame: any inclination breaks y too
+                block = out[sl]
+                block[flips[:, 0]] = block[flips[:, 0]][:, :, ::-1, :]
+                block[flips[:, 1]] = block[flips[:, 1]][:, :, :, ::-1]
         return out
 
     def evis_gev(self, incident: NDArray, code: Tensor) -> Tensor:
