@@ -162,14 +162,7 @@ class Normalisation:
             memory_format=torch.contiguous_format
         )
         if self.core_radius_mm > 0:
-            r = (x * x).add_(y * y).sqrt_()
-            r0 = self.core_radius_mm
-            span = math.asinh(self.half_width_mm / r0)
-            tiny = 1e-6
-            inside = r > tiny  # r -> r0 sinh(r span), factor r0 sinh(r span) / r
-            safe = torch.where(inside, r, torch.ones_like(r))
-            scale = torch.sinh(safe * span).mul_(r0).div_(safe)
-            scale = torch.where(inside, scale, torch.full_like(r, r0 * span))
+            scale = self._radial_scale((x * x).add_(y * y).sqrt_(), inverse=True)
             x.mul_(scale)
             y.mul_(scale)
         else:
