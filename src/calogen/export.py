@@ -213,7 +213,7 @@ class ShowerPipeline(nn.Module):
         #: how the radial maps apply in the incident energy (CaloClouds2.radial_energy)
         self.radial_energy = str(getattr(model, "radial_energy", "bins"))
         if radial is not None:
-            self._register_radial_pairs(radials)
+            self._register_radial_pairs(model, radials)
         axis_shift = getattr(model, "axis_shift", None)
         #: per-layer shift along the inclination (calogen.calibration.AxisShiftCorrection)
         self.has_axis_shift = axis_shift is not None
@@ -292,16 +292,15 @@ class ShowerPipeline(nn.Module):
             self.register_buffer(name, table(rows))
         self.occ_refined = any(any(float(v) for v in getattr(o, "p_refine", [0.0])) for o in occs)
 
-    def _register_radial_pairs(self, radials: list[Any]) -> None:
+    def _register_radial_pairs(self, model: Any, radials: list[Any]) -> None:
         """Radial maps as one table per combination of the angle bins ``(k0, k1)`` and the
         energy bins ``(e0, e1)`` whose maps a shower blends (``(k, k)``, ``(e, e)``: one
         bin's map; energy pairs only with ``radial_energy`` "interpolate"): per layer group
         the union of the (up to four) maps' knots, with end knots at ``±RADIAL_END`` on the
         maps' constant shifts, and each map's values there. Any blend of the maps is then
         the linear interpolation of the blended values: one ``searchsorted`` per point,
-        exact (as ``CaloClouds2._radial_combo_table`` in Python)."""
-        from calogen.calibration import map_log_radius
-
+        exact. The tables are the model's own (``CaloClouds2._radial_combo_table``), padded to
+        one width."""
         n_bins = len(radials)
         ref = next(r for r in radials if r is not None)
         n_e, groups, k = ref.log_r_gen.shape
@@ -320,23 +319,22 @@ class ShowerPipeline(nn.Module):
         end = RADIAL_END
         knots = np.empty((len(combos), groups, width))
         values = np.empty((4, len(combos), groups, width))
-
-        def table(r: Any, e: int) -> tuple[np.ndarray, np.ndarray]:
-            gen = (r or ref).log_r_gen[e]
-            return gen, (r.log_r_data[e] if r is not None else gen)
-
-        for n, (a, b, c, d) in enumerate(combos):
-            tables = [table(radials[bin_], e) for bin_ in (a, b) for e in (c, d)]
-            for g in range(groups):
-                u = np.unique(np.concatenate([gen[g] for gen, _ in tables]))
-                if u[0] <= -end + 1 or u[-1] >= end - 1:
-                    raise UsageError("export: radial map knots beyond the table's end knots")
-                pad = np.linspace(u[-1], end, width - u.size - 1, endpoint=False)[1:]
-                knots[n, g] = np.concatenate([[-end], u, pad, [end]])
-            rows = np.repeat(np.arange(groups), width)
-            for m, (gen, data) in enumerate(tables):
-                mapped = map_log_radius(knots[n].reshape(-1), rows, gen, data)
-                values[m, n] = mapped.reshape(groups, width)
+        for n, combo in enumerate(combos):
+            x, v = model._radial_combo_table(*combo)  # [G, K'], [4, G, K']: the model's own
+            if x.min() <= -end + 1 or x.max() >= end - 1:
+                raise UsageError("export: radial map knots beyond the table's end knots")
+            # padded to the fixed width between the last knot and the end knot (every map a
+            # shift there), end knots at -end and +end on the shifts
+            fill = (np.arange(1, width - x.shape[1] - 1) / (width - x.shape[1] - 1))[None, :]
+            pad = x[:, -1:] + (end - x[:, -1:]) * fill
+            knots[n] = np.concatenate(
+                [np.full((groups, 1), -end), x, pad, np.full((groups, 1), end)], 1
+            )
+            values[:, n] = np.concatenate(
+                [v[..., :1] + (-end - x[:, :1]), v, v[..., -1:] + (pad - x[:, -1:]),
+                 v[..., -1:] + (end - x[:, -1:])],
+                2,
+            )  # fmt: skip
         #: each layer group's knots moved to its own interval (group * RADIAL_SPAN): one
         #: searchsorted over a shower's groups at once
         group_offset = np.arange(groups)[:, None] * RADIAL_SPAN

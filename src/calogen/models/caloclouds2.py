@@ -614,9 +614,10 @@ class CaloClouds2(nn.Module):
         unions = [np.unique(np.concatenate([gen[g] for gen, _ in tables])) for g in range(groups)]
         width = max(u.size for u in unions)
         knots = np.empty((groups, width))
-        for g, u in enumerate(unions):  # padded above the last knot, where maps are shifts
-            knots[g, : u.size] = u
-            knots[g, u.size :] = u[-1] + np.arange(1, width - u.size + 1)
+        for g, u in enumerate(unions):  # padded above the last knot (within 1 of it), where
+            knots[g, : u.size] = u  # every map is a shift
+            pad = width - u.size
+            knots[g, u.size :] = u[-1] + np.arange(1, pad + 1) / (pad + 1)
         rows = np.repeat(np.arange(groups), width)
         values = np.stack(
             [
