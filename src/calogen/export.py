@@ -115,14 +115,6 @@ class ExportInfo:
 # ---------------------------------------------------------------------------------------------
 
 
-def _polyval(coefficients: Sequence[float], x: Tensor) -> Tensor:
-    """``numpy.polyval`` (Horner, highest power first) in the dtype of ``x``."""
-    y = torch.zeros_like(x)
-    for c in coefficients:
-        y = y * x + float(c)
-    return y
-
-
 def _polyval_rows(coefficients: Tensor, x: Tensor) -> Tensor:
     """Row ``b`` of ``x [n, B]`` through the polynomial of row ``b`` of ``coefficients
     [n, D]`` (Horner, highest power first)."""
