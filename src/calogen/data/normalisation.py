@@ -125,8 +125,7 @@ class Normalisation:
         """Map normalised points back to (x mm, y mm, integer layer, e GeV)."""
         if isinstance(normalised, torch.Tensor):
             return self._inverse_torch(normalised, clip_layers)
-        is_torch = isinstance(normalised, torch.Tensor)
-        out = normalised.clone() if is_torch else np.array(normalised, dtype=np.float32, copy=True)
+        out = np.array(normalised, dtype=np.float32, copy=True)
         if self.core_radius_mm > 0:
             r = (normalised[..., 0] ** 2 + normalised[..., 1] ** 2) ** 0.5
             scale = self._radial_scale(r, inverse=True)
@@ -135,20 +134,12 @@ class Normalisation:
         else:
             out[..., 0] = normalised[..., 0] * self.half_width_mm
             out[..., 1] = normalised[..., 1] * self.half_width_mm
-        depth = (normalised[..., 2] + 1.0) / 2.0 * self.n_layers
-        layer = depth.floor() if is_torch else np.floor(depth)
-        if clip_layers:
-            layer = (
-                layer.clamp(0, self.n_layers - 1)
-                if is_torch
-                else np.clip(layer, 0, self.n_layers - 1)
-            )
-        out[..., 2] = layer
+        layer = np.floor((normalised[..., 2] + 1.0) / 2.0 * self.n_layers)
+        out[..., 2] = np.clip(layer, 0, self.n_layers - 1) if clip_layers else layer
         scaled = (normalised[..., 3] + 1.0) / 2.0
         if self.energy_scale == "log":
             lo, hi = math.log(self.e_min_gev), math.log(self.e_max_gev)
-            logs = scaled * (hi - lo) + lo
-            out[..., 3] = logs.exp() if is_torch else np.exp(logs)
+            out[..., 3] = np.exp(scaled * (hi - lo) + lo)
         else:
             out[..., 3] = scaled * self.e_max_gev
         return out
