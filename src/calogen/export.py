@@ -485,10 +485,11 @@ class ShowerPipeline(nn.Module):
         y = points[..., 1].to(torch.float64)
         r = torch.sqrt(x * x + y * y)
         log_r = torch.log(r.clamp_min(1e-6))
+        e_weights = self._energy_weights(energy, e_bin)
         if self.onnx:  # no searchsorted: each point compared with its cell's knots
-            new = self._mapped_log_r_onnx(log_r, energy, e_bin, group, weights)
+            new = self._mapped_log_r_onnx(log_r, group, weights, e_weights)
         else:
-            new = self._mapped_log_r(log_r, energy, e_bin, group, weights)
+            new = self._mapped_log_r(log_r, group, weights, e_weights)
         scale = torch.where(r > 0, torch.exp(new - log_r), torch.ones_like(r))
         return torch.stack(
             [
@@ -503,22 +504,21 @@ class ShowerPipeline(nn.Module):
     def _mapped_log_r(
         self,
         log_r: Tensor,
-        energy: Tensor,
-        e_bin: Tensor,
         group: Tensor,
         weights: tuple[Tensor, Tensor, Tensor],
+        e_weights: tuple[Tensor, Tensor, Tensor],
     ) -> Tensor:
-        """ln r of points ``[B, M]`` mapped by the blended table of their shower's angle and
-        energy bins (:meth:`_register_radial_pairs`) and layer group: one batched
-        ``searchsorted``."""
+        """ln r of points ``[B, M]`` mapped by the blended table of their shower's angle bins
+        (``weights``) and energy bins (``e_weights``, :meth:`_energy_weights`) and layer group
+        (:meth:`_register_radial_pairs`): one batched ``searchsorted``."""
         k0, k1, w = weights
-        e0, e1, we = self._energy_weights(energy, e_bin)
+        e0, e1, we = e_weights
         n_bins, n_e = self.radial_n_bins, self.radial_e_centres.shape[0]
         second = torch.where(w != 0, k1, k0)
         second_e = torch.where(we != 0, e1, e0)
         combo = self.radial_combo_index[((k0 * n_bins + second) * n_e + e0) * n_e + second_e]
-        keys = self.radial_combo_keys[combo].reshape(e_bin.shape[0], -1)  # [B, G * K]
-        tables = self.radial_combo_values[:, combo].reshape(4, e_bin.shape[0], -1)
+        keys = self.radial_combo_keys[combo].reshape(k0.shape[0], -1)  # [B, G * K]
+        tables = self.radial_combo_values[:, combo].reshape(4, k0.shape[0], -1)
         wa, wb = w.to(torch.float64)[:, None], we[:, None]
         values = ((1.0 - wa) * (1.0 - wb)) * tables[0] + ((1.0 - wa) * wb) * tables[1]
         values = values + (wa * (1.0 - wb)) * tables[2] + (wa * wb) * tables[3]
@@ -535,15 +535,14 @@ class ShowerPipeline(nn.Module):
     def _mapped_log_r_onnx(
         self,
         log_r: Tensor,
-        energy: Tensor,
-        e_bin: Tensor,
         group: Tensor,
         weights: tuple[Tensor, Tensor, Tensor],
+        e_weights: tuple[Tensor, Tensor, Tensor],
     ) -> Tensor:
         """:meth:`_mapped_log_r` without ``searchsorted`` (ONNX): each map on its own, by
         comparison with the point's knots, then blended."""
         k0, k1, w = weights
-        e0, e1, we = self._energy_weights(energy, e_bin)
+        e0, e1, we = e_weights
         n_e, groups = self.radial_energy_bins, self.radial_groups
 
         def mapped(k: Tensor, e: Tensor) -> Tensor:
