@@ -187,8 +187,8 @@ class PointWiseNet(nn.Module):
         last = len(merged) - 1
         for i, (weight, bias) in enumerate(merged):
             out = torch.baddbmm(bias[:, None, :], out, weight.transpose(1, 2))
-            if i < last:
-                out = self.act(out)
+            if i < last:  # in place: a new tensor per layer costs more than the LeakyReLU
+                out = torch.nn.functional.leaky_relu_(out, self.act.negative_slope)
         return x + out if self.residual else out
 
     @torch.no_grad()
