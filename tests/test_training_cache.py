@@ -173,3 +173,24 @@ def test_cache_header_and_cpu_only_trainers(cache):
 
     with pytest.raises(UsageError, match="'l2lflows' trains on the CPU only"):
         GridTrainer(None, None, 0, "data.h5").to("cuda")
+
+
+def test_selected_showers_form_a_cache_of_their_own(cache, tmp_path):
+    from calogen.models.training_cache import select_training_cache
+
+    cache = cache[0]
+    data, _ = read_training_cache(cache)
+    keep = np.array([1, 3, 4])
+    out = tmp_path / "subset.npz"
+    select_training_cache(cache, keep, "three showers", out)
+    sub, meta = read_training_cache(out)
+    assert meta["selection"] == "three showers"
+    np.testing.assert_array_equal(sub.energies, data.energies[keep])
+    np.testing.assert_array_equal(sub.counts, data.counts[keep])
+    for j, i in enumerate(keep):  # every stored point of each kept shower, in order
+        np.testing.assert_array_equal(
+            sub.points[sub.offsets[j] : sub.offsets[j + 1]],
+            data.points[data.offsets[i] : data.offsets[i + 1]],
+        )
+    with pytest.raises(UsageError, match="increasing shower indices"):
+        select_training_cache(cache, [3, 1], "unsorted", tmp_path / "bad.npz")

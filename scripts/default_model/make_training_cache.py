@@ -28,11 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from calogen.models.caloclouds import TrainingData
 from calogen.models.training_cache import (
-    _save,
     merge_training_caches,
     read_training_cache,
+    select_training_cache,
     write_training_cache,
 )
 
@@ -48,18 +47,9 @@ THETA_CUT_DEG = 40.0
 
 def select_inclined(cache: Path, out: Path) -> dict:
     """The showers of ``cache`` with theta > THETA_CUT_DEG, as a cache of their own."""
-    data, meta = read_training_cache(cache)
-    keep = np.flatnonzero(np.asarray(data.features["theta_deg"]) > THETA_CUT_DEG)
-    stored = np.diff(data.offsets)
-    rows = np.concatenate([np.arange(data.offsets[i], data.offsets[i + 1]) for i in keep])
-    subset = TrainingData(
-        points=data.points[rows],
-        offsets=np.concatenate(([0], np.cumsum(stored[keep]))).astype(np.int64),
-        energies=data.energies[keep],
-        features={k: np.asarray(v)[keep] for k, v in data.features.items()},
-        n_points=data.counts[keep],
-    )
-    return _save(subset, {**meta, "selection": f"theta_deg > {THETA_CUT_DEG:g}"}, out)
+    theta = read_training_cache(cache)[0].features["theta_deg"]
+    keep = np.flatnonzero(np.asarray(theta) > THETA_CUT_DEG)
+    return select_training_cache(cache, keep, f"theta_deg > {THETA_CUT_DEG:g}", out)
 
 
 def main() -> int:

@@ -11,8 +11,7 @@ import argparse
 
 import numpy as np
 
-from calogen.models.caloclouds import TrainingData
-from calogen.models.training_cache import _save, read_training_cache
+from calogen.models.training_cache import read_training_cache, select_training_cache
 
 
 def main() -> None:
@@ -22,20 +21,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("-o", "--out", required=True)
     args = ap.parse_args()
-    data, meta = read_training_cache(args.cache)
-    n_all = len(data.energies)
+    n_all = read_training_cache(args.cache)[0].n_showers
     keep = np.sort(np.random.default_rng(args.seed).choice(n_all, args.n, replace=False))
-    stored = np.diff(data.offsets)
-    rows = np.concatenate([np.arange(data.offsets[i], data.offsets[i + 1]) for i in keep])
-    subset = TrainingData(
-        points=data.points[rows],
-        offsets=np.concatenate(([0], np.cumsum(stored[keep]))).astype(np.int64),
-        energies=data.energies[keep],
-        features={k: np.asarray(v)[keep] for k, v in data.features.items()},
-        n_points=data.counts[keep],
-    )
     selection = f"random {args.n} of {n_all} (seed {args.seed})"
-    _save(subset, {**meta, "selection": selection}, args.out)
+    select_training_cache(args.cache, keep, selection, args.out)
     print(f"{args.out}: {selection}")
 
 

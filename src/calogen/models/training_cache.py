@@ -124,6 +124,31 @@ def merge_training_caches(
     return _save(merged, meta, out)
 
 
+def select_training_cache(
+    path: str | os.PathLike[str],
+    keep: Sequence[int] | np.ndarray,
+    selection: str,
+    out: str | os.PathLike[str],
+) -> dict[str, Any]:
+    """Write the showers ``keep`` (indices, increasing) of the cache at ``path`` as a cache of
+    their own at ``out``, every stored point and condition with them; ``selection`` says in
+    the header how they were chosen (e.g. ``"theta_deg > 40"``). Returns the summary."""
+    data, meta = read_training_cache(path)
+    keep = np.asarray(keep, np.int64)
+    if keep.size == 0 or np.any(np.diff(keep) <= 0) or keep[0] < 0 or keep[-1] >= data.n_showers:
+        raise UsageError(f"{path}: select increasing shower indices below {data.n_showers}")
+    stored = np.diff(data.offsets)
+    rows = np.concatenate([np.arange(data.offsets[i], data.offsets[i + 1]) for i in keep])
+    subset = TrainingData(
+        points=data.points[rows],
+        offsets=np.concatenate(([0], np.cumsum(stored[keep]))).astype(np.int64),
+        energies=data.energies[keep],
+        features={k: np.asarray(v)[keep] for k, v in data.features.items()},
+        n_points=data.counts[keep],
+    )
+    return _save(subset, {**meta, "selection": selection}, out)
+
+
 def _save(data: TrainingData, meta: dict[str, Any], out: Path | str) -> dict[str, Any]:
     """Write ``data`` (its ``counts``: the simulated N) and ``meta`` atomically."""
     out = Path(out)
