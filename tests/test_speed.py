@@ -69,6 +69,10 @@ def test_shower_flow_inverse_is_zuko_and_follows_weight_updates() -> None:
         for p in flow.flow.parameters():
             p.add_(0.01)  # in place, as an optimiser step
         torch.testing.assert_close(flow.inverse(c, z), flow.flow(c).transform.inv(z))
+        for name, p in flow.flow.named_parameters():
+            if name.endswith("bias"):
+                p.add_(0.05)  # the biases alone
+        torch.testing.assert_close(flow.inverse(c, z), flow.flow(c).transform.inv(z))
 
 
 def test_shower_flow_inverse_with_angle_condition_is_zuko() -> None:

@@ -387,8 +387,14 @@ class ShowerFlow(nn.Module):
         """Per transform ``(passes, W1_x^T, W1_c, b1, [(W^T, b) hidden], W_out^T, b_out,
         LeakyReLU slope)`` with the masks applied (see :meth:`inverse`); cached until a
         weight changes (training, loading)."""
-        linears = [m for t in transforms for m in t.hyper if isinstance(m, MaskedLinear)]
-        key = tuple((id(m.weight), m.weight._version, m.weight.data_ptr()) for m in linears)
+        tensors = [
+            p
+            for t in transforms
+            for m in t.hyper
+            if isinstance(m, MaskedLinear)
+            for p in (m.weight, m.bias)
+        ]
+        key = tuple((id(p), p._version, p.data_ptr()) for p in tensors)
         cache = self.__dict__.get("_inverse_cache")
         if cache is not None and cache[0] == key:
             return cache[1]
