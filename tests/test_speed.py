@@ -87,6 +87,18 @@ def test_shower_flow_inverse_with_angle_condition_is_zuko() -> None:
             torch.testing.assert_close(flow.inverse(c, z), flow.flow(c).transform.inv(z))
 
 
+def test_shower_flow_inverse_with_another_activation_uses_zuko() -> None:
+    flow = ShowerFlow(
+        ShowerFlowConfig(feature_set="caloclouds2", blocks=1, affine_per_block=2,
+                         spline_per_block=0)
+    )  # fmt: skip
+    first = next(iter(flow.flow.transform.transforms))
+    first.hyper[1] = torch.nn.ELU()  # not the Shower Flow's LeakyReLU: zuko's own inverse
+    c, z = torch.randn(3, 1), torch.randn(3, flow.dim)
+    with torch.no_grad():
+        assert torch.equal(flow.inverse(c, z), flow.flow(c).transform.inv(z))
+
+
 def test_shower_flow_inverse_with_splines_uses_zuko() -> None:
     flow = ShowerFlow(ShowerFlowConfig(blocks=1, affine_per_block=1, spline_per_block=1))
     c, z = torch.randn(3, 1), torch.randn(3, flow.dim)

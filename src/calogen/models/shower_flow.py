@@ -402,10 +402,7 @@ class ShowerFlow(nn.Module):
         prepared = []
         with torch.no_grad():
             for t in transforms:
-                masked = [m for m in t.hyper if isinstance(m, MaskedLinear)]
-                acts = [m for m in t.hyper if not isinstance(m, MaskedLinear)]
-                if len(masked) < 2 or any(not isinstance(a, nn.LeakyReLU) for a in acts):
-                    raise UsageError("shower flow: unexpected hyper network")
+                masked, acts = list(t.hyper)[::2], list(t.hyper)[1::2]  # see _plain_affine
                 first, *middle, last = masked
                 w_1 = first.weight * first.mask
                 w_last = (last.weight * last.mask).unflatten(0, (dim, 2))  # (shift, scale)
@@ -468,12 +465,21 @@ _LOG_MIN_SLOPE = math.log(1e-3)
 
 
 def _plain_affine(transform: nn.Module) -> bool:
-    """A zuko masked-autoregressive transform with default affine univariates."""
-    return (
+    """A zuko masked-autoregressive transform with default affine univariates and a hyper
+    network of masked linear layers with LeakyReLU between them (the Shower Flow's)."""
+    if not (
         isinstance(transform, zuko.flows.MaskedAutoregressiveTransform)
         and transform.univariate is MonotonicAffineTransform
         and transform.total == 2
         and isinstance(transform.hyper, MaskedMLP)
+    ):
+        return False
+    layers = list(transform.hyper)
+    return (
+        len(layers) >= 3
+        and all(isinstance(m, MaskedLinear) for m in layers[::2])
+        and all(isinstance(m, nn.LeakyReLU) for m in layers[1::2])
+        and len({m.negative_slope for m in layers[1::2]}) == 1
     )
 
 
