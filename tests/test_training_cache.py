@@ -192,5 +192,11 @@ def test_selected_showers_form_a_cache_of_their_own(cache, tmp_path):
             sub.points[sub.offsets[j] : sub.offsets[j + 1]],
             data.points[data.offsets[i] : data.offsets[i + 1]],
         )
+    # the same showers chosen by a function of the cache's data (read once)
+    select_training_cache(cache, lambda d: np.flatnonzero(np.isin(np.arange(d.n_showers), keep)),
+                          "three showers", tmp_path / "by_function.npz")  # fmt: skip
+    again, _ = read_training_cache(tmp_path / "by_function.npz")
+    np.testing.assert_array_equal(again.points, sub.points)
+    np.testing.assert_array_equal(again.energies, sub.energies)
     with pytest.raises(UsageError, match="increasing shower indices"):
         select_training_cache(cache, [3, 1], "unsorted", tmp_path / "bad.npz")

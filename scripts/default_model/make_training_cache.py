@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from calogen.models.caloclouds import TrainingData
 from calogen.models.training_cache import (
     merge_training_caches,
-    read_training_cache,
     select_training_cache,
     write_training_cache,
 )
@@ -47,9 +47,11 @@ THETA_CUT_DEG = 40.0
 
 def select_inclined(cache: Path, out: Path) -> dict:
     """The showers of ``cache`` with theta > THETA_CUT_DEG, as a cache of their own."""
-    theta = read_training_cache(cache)[0].features["theta_deg"]
-    keep = np.flatnonzero(np.asarray(theta) > THETA_CUT_DEG)
-    return select_training_cache(cache, keep, f"theta_deg > {THETA_CUT_DEG:g}", out)
+
+    def inclined(data: TrainingData) -> np.ndarray:
+        return np.flatnonzero(np.asarray(data.features["theta_deg"]) > THETA_CUT_DEG)
+
+    return select_training_cache(cache, inclined, f"theta_deg > {THETA_CUT_DEG:g}", out)
 
 
 def main() -> int:

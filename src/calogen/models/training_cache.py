@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,15 +126,17 @@ def merge_training_caches(
 
 def select_training_cache(
     path: str | os.PathLike[str],
-    keep: Sequence[int] | np.ndarray,
+    keep: Sequence[int] | np.ndarray | Callable[[TrainingData], np.ndarray],
     selection: str,
     out: str | os.PathLike[str],
 ) -> dict[str, Any]:
-    """Write the showers ``keep`` (indices, increasing) of the cache at ``path`` as a cache of
-    their own at ``out``, every stored point and condition with them; ``selection`` says in
-    the header how they were chosen (e.g. ``"theta_deg > 40"``). Returns the summary."""
+    """Write the showers ``keep`` (indices, increasing; or a function of the cache's
+    :class:`TrainingData` that returns them, so the cache is read once) of the cache at
+    ``path`` as a cache of their own at ``out``, every stored point and condition with them;
+    ``selection`` says in the header how they were chosen (e.g. ``"theta_deg > 40"``).
+    Returns the summary."""
     data, meta = read_training_cache(path)
-    keep = np.asarray(keep, np.int64)
+    keep = np.asarray(keep(data) if callable(keep) else keep, np.int64)
     if keep.size == 0 or np.any(np.diff(keep) <= 0) or keep[0] < 0 or keep[-1] >= data.n_showers:
         raise UsageError(f"{path}: select increasing shower indices below {data.n_showers}")
     stored = np.diff(data.offsets)
