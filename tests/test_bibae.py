@@ -15,6 +15,7 @@ from calogen.generator import Generator
 from calogen.models.bibae import (
     BIBAE,
     BIBAEConfig,
+    Resize3d,
     get_config,
     gradient_penalty,
     mmd,
@@ -82,9 +83,12 @@ def test_presets_and_validation() -> None:
         get_config({"nx": 3})  # too small for three stride-2 stages
 
 
+@pytest.mark.parametrize("decoder", ["transposed", "upsample"])
 @pytest.mark.parametrize("shape", [(30, 30, 30), (30, 12, 17)])
-def test_network_shapes_on_any_grid(shape) -> None:  # type: ignore[no-untyped-def]
-    cfg = get_config({**TINY, "n_layers": shape[0], "nx": shape[1], "ny": shape[2]})
+def test_network_shapes_on_any_grid(shape, decoder) -> None:  # type: ignore[no-untyped-def]
+    cfg = get_config(
+        {**TINY, "n_layers": shape[0], "nx": shape[1], "ny": shape[2], "decoder": decoder}
+    )
     model = BIBAE(cfg)
     y = torch.rand(2, 1, *shape)
     cond = torch.randn(2, 4)
@@ -97,6 +101,30 @@ def test_network_shapes_on_any_grid(shape) -> None:  # type: ignore[no-untyped-d
     assert model.critic(y, cond, xyz).shape == (2,)
     # the post-processor starts as the identity (zero-initialised last layer)
     torch.testing.assert_close(model.post(y, cond, xyz), y)
+
+
+def test_upsample_decoder_has_no_preferred_side() -> None:
+    """The upsample-and-convolve stage commutes with mirroring when its kernel is symmetric
+    (odd output sizes included); the transposed convolution with a symmetric kernel does not:
+    at 7 -> 15 its one-sided output padding shifts the image (the +x/+y offset of
+    docs/bibae_l2lflows.md)."""
+    with pytest.raises(UsageError, match="decoder"):
+        get_config({"decoder": "pixelshuffle"})
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 7, 7, 7)
+    mirror = (3, 4)
+    up = Resize3d(1, 1)
+    with torch.no_grad():
+        up.conv.weight.copy_(torch.rand(1, 1, 3, 3, 3))
+        up.conv.weight.copy_(up.conv.weight + up.conv.weight.flip(mirror))  # symmetric in x, y
+        out = up(x, (15, 15, 15))
+        torch.testing.assert_close(up(x.flip(mirror), (15, 15, 15)), out.flip(mirror))
+        tconv = torch.nn.ConvTranspose3d(1, 1, 4, 2, 1)
+        tconv.weight.copy_(torch.ones(1, 1, 4, 4, 4))
+        t_out = tconv(x, output_size=(15, 15, 15))
+        assert not torch.allclose(
+            tconv(x.flip(mirror), output_size=(15, 15, 15)), t_out.flip(mirror)
+        )
 
 
 def test_coordinates_follow_the_requested_axis() -> None:

@@ -85,7 +85,13 @@ def test_presets_and_config_round_trip() -> None:
     assert small.widths == (32, 64, 128, 64, 32)
     assert cc2.CaloClouds2Config.from_dict(small.to_dict()) == small
     d = cc2.get_distill_config("paper")
-    assert (d.n_grid, d.target_decay, d.sample_sigmas) == (40, 0.95, (80.0,))
+    assert (d.n_grid, d.target_decay, d.sample_sigmas, d.loss) == (40, 0.95, (80.0,), "l2")
+    huber = cc2.get_distill_config({"base": "small", "loss": "pseudo_huber", "huber_c": 0.01})
+    assert (huber.loss, huber.huber_c, huber.n_grid) == ("pseudo_huber", 0.01, 40)
+    with pytest.raises(Exception, match="loss"):
+        cc2.get_distill_config({"loss": "l1"})
+    with pytest.raises(Exception, match="huber_c"):
+        cc2.get_distill_config({"huber_c": 0.0})
     # both presets carry the recipe of the shipped default (docs/default_model.md)
     for name in ("small", "paper"):
         cfg = cc2.get_config(name)
@@ -258,6 +264,28 @@ def test_student_starts_from_ema_teacher(trained, tmp_path) -> None:
     s = load_tensors(out / "model.safetensors")
     for key, value in t.items():
         assert torch.allclose(value, s[key]), key
+
+
+@pytest.mark.slow
+def test_distillation_distance_reaches_the_trainer(trained, tmp_path) -> None:
+    """``loss: pseudo_huber`` is recorded with the student and trains other weights than L2
+    from the same teacher, seed and batches."""
+    outs = {}
+    for loss in ("l2", "pseudo_huber"):
+        outs[loss] = tmp_path / loss
+        cfg = dict(TINY_DISTILL, iterations=3, loss=loss)
+        cc2.distill(
+            teacher=trained["teacher"],
+            config=cfg,
+            data=trained["data"],
+            out=outs[loss],
+            progress=False,
+        )
+    info = json.loads((outs["pseudo_huber"] / "model.json").read_text())
+    assert info["distillation"]["config"]["loss"] == "pseudo_huber"
+    a = load_tensors(outs["l2"] / "model.safetensors")
+    b = load_tensors(outs["pseudo_huber"] / "model.safetensors")
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("net"))
 
 
 @pytest.mark.slow

@@ -209,3 +209,42 @@ def test_student_from_teacher_matches_teacher_at_large_sigma() -> None:
     # and the teacher sampler runs on this network
     out = heun_sample(teacher, torch.randn(32, 2), cond, n_steps=3)
     assert out.shape == (32, 2)
+
+
+def test_pseudo_huber_distance() -> None:
+    """``pseudo_huber``: sqrt(|d|^2 + c^2) - c per point, on the same noise and grid index as
+    the L2 loss; near zero for the exact consistency function as L2 is."""
+    g, cond, x0, teacher, student, _ = _tiny_problem()
+    sigmas = consistency_sigmas(18)
+    index = torch.randint(0, 17, (256, 1), generator=g)
+    noise = torch.randn(256, 2, generator=g)
+    shift = ConsistencyFunction(lambda x, c, cond: torch.zeros_like(x), SMIN, SD)
+    kw = {"index": index, "noise": noise, "sigmas": sigmas}
+    with torch.no_grad():
+        l2 = consistency_distillation_loss(student, shift, teacher, x0, cond, **kw)
+        c = 0.01
+        huber = consistency_distillation_loss(
+            student, shift, teacher, x0, cond, distance="pseudo_huber", huber_c=c, **kw
+        )
+        # by hand: the same student and target outputs
+        grid = sigmas.to(x0.dtype)
+        t_next, t_cur = grid[index + 1], grid[index]
+        x_next = x0 + t_next * noise
+        d = student(x_next, t_next, cond) - shift(
+            heun_step(teacher, x_next, t_next, t_cur, cond), t_cur, cond
+        )
+    torch.testing.assert_close(l2, d.pow(2).mean())
+    torch.testing.assert_close(huber, ((d.pow(2).sum(-1) + c * c).sqrt() - c).mean())
+    mu, s = 0.1, 0.3
+    exact, gauss = GaussianConsistency(mu, s), GaussianDenoiser(mu, s).double()
+    xg = mu + s * torch.randn(2000, 1, dtype=torch.float64)
+    ident = ConsistencyFunction(lambda x, c, cond: torch.zeros_like(x), SMIN, SD)
+    losses = [
+        consistency_distillation_loss(
+            f, f, gauss, xg, sigmas=consistency_sigmas(18), distance="pseudo_huber"
+        ).item()
+        for f in (exact, ident)
+    ]
+    assert losses[0] < 0.1 * losses[1]  # a distance, not its square: L2 gives ~2e-3
+    with pytest.raises(ValueError, match="distance"):
+        consistency_distillation_loss(student, shift, teacher, x0, cond, distance="l1", **kw)

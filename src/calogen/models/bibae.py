@@ -138,6 +138,11 @@ class BIBAEConfig(scaffold.ModelConfig):
     evis_flow_hidden: tuple[int, ...] = (64, 64)
     latent_flow_transforms: int = 6
     latent_flow_hidden: tuple[int, ...] = (128, 128)
+    #: Decoder upsampling: ``"transposed"`` (stride-2 transposed convolutions, kernel 4, as
+    #: in the paper) or ``"upsample"`` (trilinear resize to the stage's shape, then a 3 x 3 x
+    #: 3 convolution: no checkerboard and no one-sided padding at odd sizes,
+    #: docs/bibae_l2lflows.md).
+    decoder: str = "transposed"
     # losses
     w_rec: float = 0.05
     w_kld: float = 1.0
@@ -198,6 +203,8 @@ class BIBAEConfig(scaffold.ModelConfig):
         self.check_positive(positive, "BIB-AE config")
         if not self.channels or len(self.channels) != len(self.critic_channels):
             raise UsageError("BIB-AE config: 'channels' and 'critic_channels' need equal length")
+        if self.decoder not in ("transposed", "upsample"):
+            raise UsageError("BIB-AE config 'decoder' must be 'transposed' or 'upsample'")
         if self.latent not in ("prior", "flow"):
             raise UsageError("BIB-AE config 'latent' must be 'prior' or 'flow'")
         if self.energy_unit_mev <= 0 or self.slope_scale <= 0:
@@ -299,8 +306,37 @@ class Encoder(nn.Module):
         return mu, logvar.clamp(-12.0, 8.0)
 
 
+class Resize3d(nn.Module):
+    """Trilinear resize to the ``output_size`` of each call, then a 3 x 3 x 3 convolution
+    (padding 1): the upsample-and-convolve alternative to a transposed convolution, symmetric
+    under mirroring of every axis."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(in_channels, out_channels, 3, padding=1)
+
+    def forward(self, x: Tensor, output_size: Sequence[int]) -> Tensor:
+        up = nn.functional.interpolate(
+            x, size=tuple(output_size), mode="trilinear", align_corners=False
+        )
+        return self.conv(up)
+
+
+def _upsampler(kind: str, c_in: int, c_out: int) -> nn.Module:
+    if kind == "upsample":
+        return Resize3d(c_in, c_out)
+    return nn.ConvTranspose3d(c_in, c_out, 4, 2, 1)
+
+
 class Decoder(nn.Module):
-    def __init__(self, shape: Sequence[int], channels: Sequence[int], hidden: int, latent: int):
+    def __init__(
+        self,
+        shape: Sequence[int],
+        channels: Sequence[int],
+        hidden: int,
+        latent: int,
+        kind: str = "transposed",
+    ):
         super().__init__()
         self.shapes = _stage_shapes(shape, len(channels))
         self.channels = tuple(channels)
@@ -315,11 +351,11 @@ class Decoder(nn.Module):
         self.cond_bias = nn.ModuleList()
         self.coord_proj = nn.ModuleList()
         for i in range(len(channels) - 1, 0, -1):
-            self.ups.append(nn.ConvTranspose3d(channels[i], channels[i - 1], 4, 2, 1))
+            self.ups.append(_upsampler(kind, channels[i], channels[i - 1]))
             self.norms.append(nn.GroupNorm(1, channels[i - 1]))
             self.cond_bias.append(nn.Linear(COND_DIM, channels[i - 1]))
             self.coord_proj.append(nn.Conv3d(N_COORDS, channels[i - 1], 1))
-        self.out = nn.ConvTranspose3d(channels[0], 1, 4, 2, 1)
+        self.out = _upsampler(kind, channels[0], 1)
         self.out_coord = nn.Conv3d(N_COORDS, 1, 1)
         self.act = nn.LeakyReLU(0.2)
 
@@ -456,7 +492,7 @@ class BIBAE(nn.Module):
         self.config = cfg = config
         shape = (cfg.n_layers, cfg.nx, cfg.ny)
         self.encoder = Encoder(shape, cfg.channels, cfg.hidden, cfg.latent_dim)
-        self.decoder = Decoder(shape, cfg.channels, cfg.hidden, cfg.latent_dim)
+        self.decoder = Decoder(shape, cfg.channels, cfg.hidden, cfg.latent_dim, cfg.decoder)
         self.critic = ImageCritic(
             shape, cfg.critic_channels, cfg.critic_hidden, cfg.energy_unit_mev
         )

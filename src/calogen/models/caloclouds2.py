@@ -69,6 +69,7 @@ from calogen.models.blocks import PointWiseNet
 from calogen.models.caloclouds import TrainingData, load_training_data, point_trainer
 from calogen.models.configs import resolve_config
 from calogen.models.consistency import (
+    DISTANCES,
     ConsistencyDistiller,
     ConsistencyFunction,
     consistency_sample,
@@ -240,9 +241,18 @@ class DistillConfig(_PointTraining):
     sample_sigmas: tuple[float, ...] = (80.0,)
     checkpoint_every: int = 5000
     max_showers: int | None = None
+    #: distance between student and target outputs per point: ``"l2"`` (squared error, the
+    #: consistency-models paper's choice for CaloClouds II) or ``"pseudo_huber"``
+    #: (``sqrt(|d|^2 + c^2) - c``, Song & Dhariwal 2023, with ``c = huber_c``)
+    loss: str = "l2"
+    huber_c: float = 0.001
 
     def validate(self) -> None:
         self.check_positive(("iterations", "batch_size", "checkpoint_every"), "distillation config")
+        if self.loss not in DISTANCES:
+            raise UsageError(f"distillation config 'loss' must be one of {', '.join(DISTANCES)}")
+        if self.huber_c <= 0:
+            raise UsageError("distillation config 'huber_c' must be > 0")
         if self.n_grid < 2:
             raise UsageError("distillation config 'n_grid' must be >= 2")
         if not 0 <= self.target_decay <= 1 or not 0 <= self.ema_decay < 1:
@@ -1259,6 +1269,8 @@ class CaloClouds2DistillTrainer(scaffold.TrainerBase):
             rho=tcfg.rho,
             target_decay=config.target_decay,
             grad_clip=config.grad_clip,
+            distance=config.loss,
+            huber_c=config.huber_c,
         )
 
     # Trainer protocol

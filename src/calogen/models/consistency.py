@@ -99,6 +99,10 @@ def _draw_index(
     return torch.randint(0, n - 1, shape, generator=generator, device=device)
 
 
+#: Per-point distances of :func:`consistency_distillation_loss`.
+DISTANCES = ("l2", "pseudo_huber")
+
+
 def consistency_distillation_loss(
     student: Denoiser,
     target: Denoiser,
@@ -111,8 +115,10 @@ def consistency_distillation_loss(
     noise: Tensor | None = None,
     weight: Tensor | None = None,
     generator: torch.Generator | None = None,
+    distance: str = "l2",
+    huber_c: float = 0.001,
 ) -> Tensor:
-    """Consistency-distillation loss (L2, ``λ = 1``) for one batch.
+    """Consistency-distillation loss (``λ = 1``) for one batch.
 
     Args:
         student, target: consistency functions ``f(x, σ, cond)`` (θ and θ⁻).
@@ -125,8 +131,12 @@ def consistency_distillation_loss(
             per point if ``None``.
         noise: standard normal noise like ``x0`` (drawn if ``None``).
         weight: optional mask broadcasting against ``x0[..., :1]`` (padding).
+        distance: per point, ``"l2"``: mean squared difference per feature;
+            ``"pseudo_huber"``: ``sqrt(|d|^2 + c^2) - c`` with ``c = huber_c`` (Song &
+            Dhariwal 2023, improved consistency training), which weighs large differences
+            linearly instead of quadratically.
     Returns:
-        scalar loss (mean squared difference per feature over weighted points).
+        scalar loss (mean over weighted points).
     """
     n_grid = sigmas.shape[0]
     if index is None:
@@ -141,7 +151,13 @@ def consistency_distillation_loss(
         x_hat = heun_step(teacher, x_next, t_next, t_cur, cond)
         target_out = target(x_hat, t_cur, cond)
     student_out = student(x_next, t_next, cond)
-    per_point = (student_out - target_out).pow(2).mean(dim=-1, keepdim=True)
+    squared = (student_out - target_out).pow(2)
+    if distance == "pseudo_huber":
+        per_point = (squared.sum(dim=-1, keepdim=True) + huber_c**2).sqrt() - huber_c
+    elif distance == "l2":
+        per_point = squared.mean(dim=-1, keepdim=True)
+    else:
+        raise ValueError(f"unknown distance {distance!r}; one of {', '.join(DISTANCES)}")
     if weight is None:
         return per_point.mean()
     weight = torch.broadcast_to(weight.to(per_point.dtype), per_point.shape)
@@ -173,6 +189,8 @@ class ConsistencyDistiller:
         rho: float = 7.0,
         target_decay: float = 0.95,
         grad_clip: float | None = None,
+        distance: str = "l2",
+        huber_c: float = 0.001,
     ) -> None:
         self.student = student
         self.target = target
@@ -181,6 +199,8 @@ class ConsistencyDistiller:
         self.sigmas = consistency_sigmas(n_grid, sigma_min, sigma_max, rho)
         self.target_decay = float(target_decay)
         self.grad_clip = grad_clip
+        self.distance = distance
+        self.huber_c = float(huber_c)
         for p in list(target.parameters()) + list(teacher.parameters()):
             p.requires_grad_(False)
         target.eval()
@@ -188,7 +208,15 @@ class ConsistencyDistiller:
 
     def loss(self, x0: Tensor, cond: object = None, **kwargs: object) -> Tensor:
         return consistency_distillation_loss(
-            self.student, self.target, self.teacher, x0, cond, sigmas=self.sigmas, **kwargs
+            self.student,
+            self.target,
+            self.teacher,
+            x0,
+            cond,
+            sigmas=self.sigmas,
+            distance=self.distance,
+            huber_c=self.huber_c,
+            **kwargs,
         )
 
     def step(self, x0: Tensor, cond: object = None, **kwargs: object) -> float:
@@ -240,6 +268,7 @@ def consistency_sample(
 
 
 __all__ = [
+    "DISTANCES",
     "ConsistencyDistiller",
     "ConsistencyFunction",
     "consistency_distillation_loss",
