@@ -3,7 +3,7 @@
 # widths, one network evaluation per shower (issue 15; docs/default_model.md, docs/angles.md).
 # Usage: bash scripts/default_model/build.sh [RUNS_DIR]
 #   about 30 core-minutes of Geant4 (skipped when RUNS_DIR/merged_gt40.npz exists), then
-#   about 35 min of training on one CPU core; every stage resumes after a kill.
+#   about 45 min of training on one CPU core; every stage resumes after a kill.
 # The model of 2026-11-23 (normal incidence only) was built by this script's earlier version
 # (git log -- scripts/default_model/build.sh).
 set -euo pipefail
@@ -20,7 +20,7 @@ mkdir -p "$RUNS"
 [ -f "$RUNS/merged_gt40.npz" ] || python scripts/default_model/make_training_cache.py \
     --shared "$SHARED" --g4 "$G4PY" --work "$RUNS/g4_angled" -o "$RUNS/merged_gt40.npz"
 
-# 2. teacher (EDM, 25,000 iterations) and consistency distillation (20,000) from the cache,
+# 2. teacher (EDM, 25,000 iterations) and consistency distillation (40,000) from the cache,
 #    'small-angles' presets, seed 7; then the corrections (radial map, occupancy, axis shift)
 #    per polar-angle class, interpolated in theta (and the radial map in the incident
 #    energy), fitted on 3,000 + 3,000 training showers

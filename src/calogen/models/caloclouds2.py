@@ -348,12 +348,14 @@ PRESETS.update({f"{name}-angles": _angle_aware(PRESETS[name]) for name in ("smal
 
 #: Distillation: the teacher's ODE on a 40-point Karras grid (the paper's 18 leave each Heun
 #: step too coarse for a small teacher, which needs ~40 Heun steps to converge,
-#: docs/default_model.md); ``small``: RAdam, lr 1e-3 -> 1e-5 cosine, 20,000 iterations.
+#: docs/default_model.md); ``small``: RAdam, lr 1e-3 -> 1e-5 cosine, 40,000 iterations (20,000
+#: until 2026-11-30: the students were under-distilled, and which energies suffered changed
+#: from run to run; docs/default_model.md, "Distilling twice as long").
 DISTILL_PRESETS: dict[str, DistillConfig] = {
     "paper": DistillConfig(n_grid=40),
     "small": DistillConfig(
         n_grid=40,
-        iterations=20_000,
+        iterations=40_000,
         batch_size=32,
         points_per_shower=128,
         lr_start=1e-3,
