@@ -103,6 +103,8 @@ COND_DIM = 4
 N_COORDS = 3
 #: Length scale of the transverse coordinate channels, mm.
 COORD_SCALE_MM = 50.0
+#: Decoder upsampling stages (:class:`BIBAEConfig` ``decoder``).
+DECODERS = ("transposed", "upsample")
 
 
 @dataclass
@@ -203,8 +205,8 @@ class BIBAEConfig(scaffold.ModelConfig):
         self.check_positive(positive, "BIB-AE config")
         if not self.channels or len(self.channels) != len(self.critic_channels):
             raise UsageError("BIB-AE config: 'channels' and 'critic_channels' need equal length")
-        if self.decoder not in ("transposed", "upsample"):
-            raise UsageError("BIB-AE config 'decoder' must be 'transposed' or 'upsample'")
+        if self.decoder not in DECODERS:
+            raise UsageError(f"BIB-AE config 'decoder' must be one of {', '.join(DECODERS)}")
         if self.latent not in ("prior", "flow"):
             raise UsageError("BIB-AE config 'latent' must be 'prior' or 'flow'")
         if self.energy_unit_mev <= 0 or self.slope_scale <= 0:
