@@ -92,6 +92,13 @@ def test_presets_and_config_round_trip() -> None:
         cc2.get_distill_config({"loss": "l1"})
     with pytest.raises(Exception, match="huber_c"):
         cc2.get_distill_config({"huber_c": 0.0})
+    weighted = cc2.get_distill_config({"base": "small", "feature_weights": [1, 1, 1, 4]})
+    assert weighted.feature_weights == (1.0, 1.0, 1.0, 4.0)
+    assert cc2.DistillConfig.from_dict(weighted.to_dict()) == weighted
+    assert cc2.DistillConfig.from_dict(d.to_dict()).feature_weights is None
+    for bad in ([1, 1, 1], [1, 1, 1, -1], [0, 0, 0, 0], [1, 1, 1, float("nan")]):
+        with pytest.raises(Exception, match="feature_weights"):
+            cc2.get_distill_config({"feature_weights": bad})
     # both presets carry the recipe of the shipped default (docs/default_model.md)
     for name in ("small", "paper"):
         cfg = cc2.get_config(name)
@@ -268,12 +275,17 @@ def test_student_starts_from_ema_teacher(trained, tmp_path) -> None:
 
 @pytest.mark.slow
 def test_distillation_distance_reaches_the_trainer(trained, tmp_path) -> None:
-    """``loss: pseudo_huber`` is recorded with the student and trains other weights than L2
-    from the same teacher, seed and batches."""
+    """``loss: pseudo_huber`` and ``feature_weights`` are recorded with the student and train
+    other weights than plain L2 from the same teacher, seed and batches."""
     outs = {}
-    for loss in ("l2", "pseudo_huber"):
+    variants = {
+        "l2": {"loss": "l2"},
+        "pseudo_huber": {"loss": "pseudo_huber"},
+        "weighted": {"feature_weights": [1, 1, 1, 4]},
+    }
+    for loss, extra in variants.items():
         outs[loss] = tmp_path / loss
-        cfg = dict(TINY_DISTILL, iterations=3, loss=loss)
+        cfg = dict(TINY_DISTILL, iterations=3, **extra)
         cc2.distill(
             teacher=trained["teacher"],
             config=cfg,
@@ -283,9 +295,12 @@ def test_distillation_distance_reaches_the_trainer(trained, tmp_path) -> None:
         )
     info = json.loads((outs["pseudo_huber"] / "model.json").read_text())
     assert info["distillation"]["config"]["loss"] == "pseudo_huber"
+    weighted = json.loads((outs["weighted"] / "model.json").read_text())
+    assert weighted["distillation"]["config"]["feature_weights"] == [1.0, 1.0, 1.0, 4.0]
     a = load_tensors(outs["l2"] / "model.safetensors")
-    b = load_tensors(outs["pseudo_huber"] / "model.safetensors")
-    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("net"))
+    for other in ("pseudo_huber", "weighted"):
+        b = load_tensors(outs[other] / "model.safetensors")
+        assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("net")), other
 
 
 @pytest.mark.slow

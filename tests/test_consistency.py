@@ -248,3 +248,48 @@ def test_pseudo_huber_distance() -> None:
     assert losses[0] < 0.1 * losses[1]  # a distance, not its square: L2 gives ~2e-3
     with pytest.raises(ValueError, match="distance"):
         consistency_distillation_loss(student, shift, teacher, x0, cond, distance="l1", **kw)
+
+
+def test_feature_weights_of_the_distance() -> None:
+    """``feature_weights`` weighs each feature's squared difference (normalised to mean 1):
+    equal weights give the plain loss, (0, 2) only the second feature's, for both distances."""
+    g, cond, x0, teacher, student, _ = _tiny_problem()
+    sigmas = consistency_sigmas(18)
+    index = torch.randint(0, 17, (256, 1), generator=g)
+    noise = torch.randn(256, 2, generator=g)
+    shift = ConsistencyFunction(lambda x, c, cond: torch.zeros_like(x), SMIN, SD)
+    kw = {"index": index, "noise": noise, "sigmas": sigmas}
+    with torch.no_grad():
+        grid = sigmas.to(x0.dtype)
+        t_next, t_cur = grid[index + 1], grid[index]
+        x_next = x0 + t_next * noise
+        d = student(x_next, t_next, cond) - shift(
+            heun_step(teacher, x_next, t_next, t_cur, cond), t_cur, cond
+        )
+        plain = consistency_distillation_loss(student, shift, teacher, x0, cond, **kw)
+        equal = consistency_distillation_loss(
+            student, shift, teacher, x0, cond, feature_weights=(3.0, 3.0), **kw
+        )
+        second = consistency_distillation_loss(
+            student, shift, teacher, x0, cond, feature_weights=(0.0, 1.0), **kw
+        )
+        huber = consistency_distillation_loss(
+            student,
+            shift,
+            teacher,
+            x0,
+            cond,
+            feature_weights=(1.0, 3.0),
+            huber_c=0.01,
+            distance="pseudo_huber",
+            **kw,
+        )
+    torch.testing.assert_close(equal, plain)
+    torch.testing.assert_close(second, d[:, 1].pow(2).mean())
+    w = torch.tensor([0.5, 1.5])
+    by_hand = ((d.pow(2) * w).sum(-1) + 0.01**2).sqrt() - 0.01
+    torch.testing.assert_close(huber, by_hand.mean())
+    with pytest.raises(ValueError, match="feature_weights"):
+        consistency_distillation_loss(
+            student, shift, teacher, x0, cond, feature_weights=(1.0, 1.0, 1.0), **kw
+        )

@@ -232,7 +232,7 @@ class DistillConfig(_PointTraining):
     """Hyperparameters of consistency distillation (see :data:`DISTILL_PRESETS`)."""
 
     LABEL: ClassVar[str] = "distillation"
-    TUPLES: ClassVar[dict[str, type]] = {"sample_sigmas": float}
+    TUPLES: ClassVar[dict[str, type]] = {"sample_sigmas": float, "feature_weights": float}
 
     n_grid: int = 18
     target_decay: float = 0.95
@@ -246,9 +246,23 @@ class DistillConfig(_PointTraining):
     #: (``sqrt(|d|^2 + c^2) - c``, Song & Dhariwal 2023, with ``c = huber_c``)
     loss: str = "l2"
     huber_c: float = 0.001
+    #: weight of each normalised point feature (x, y, layer, energy) in that distance
+    #: (normalised to mean 1; ``None``: equal). A one-step student pulls its point energies
+    #: towards the mean (docs/default_model.md): weighting the energy feature up asks it to
+    #: spend more of its capacity on them
+    feature_weights: tuple[float, ...] | None = None
 
     def validate(self) -> None:
         self.check_positive(("iterations", "batch_size", "checkpoint_every"), "distillation config")
+        if self.feature_weights is not None and (
+            len(self.feature_weights) != 4
+            or any(not (w >= 0 and math.isfinite(w)) for w in self.feature_weights)
+            or sum(self.feature_weights) <= 0
+        ):
+            raise UsageError(
+                "distillation config 'feature_weights' must be 4 finite weights >= 0 "
+                "(x, y, layer, energy), not all zero"
+            )
         if self.loss not in DISTANCES:
             raise UsageError(f"distillation config 'loss' must be one of {', '.join(DISTANCES)}")
         if self.huber_c <= 0:
@@ -1273,6 +1287,7 @@ class CaloClouds2DistillTrainer(scaffold.TrainerBase):
             grad_clip=config.grad_clip,
             distance=config.loss,
             huber_c=config.huber_c,
+            feature_weights=config.feature_weights,
         )
 
     # Trainer protocol

@@ -117,6 +117,7 @@ def consistency_distillation_loss(
     generator: torch.Generator | None = None,
     distance: str = "l2",
     huber_c: float = 0.001,
+    feature_weights: Sequence[float] | None = None,
 ) -> Tensor:
     """Consistency-distillation loss (``λ = 1``) for one batch.
 
@@ -135,6 +136,9 @@ def consistency_distillation_loss(
             ``"pseudo_huber"``: ``sqrt(|d|^2 + c^2) - c`` with ``c = huber_c`` (Song &
             Dhariwal 2023, improved consistency training), which weighs large differences
             linearly instead of quadratically.
+        feature_weights: optional weight of each feature in the per-point distance (``[D]``;
+            L2: weighted mean over the features, so all ones equals the plain mean;
+            pseudo-Huber: ``|d|^2`` becomes ``sum_k w_k d_k^2``). ``None``: all equal.
     Returns:
         scalar loss (mean over weighted points).
     """
@@ -152,6 +156,11 @@ def consistency_distillation_loss(
         target_out = target(x_hat, t_cur, cond)
     student_out = student(x_next, t_next, cond)
     squared = (student_out - target_out).pow(2)
+    if feature_weights is not None:
+        w = torch.as_tensor(feature_weights, dtype=squared.dtype, device=squared.device)
+        if w.shape != squared.shape[-1:]:
+            raise ValueError(f"feature_weights needs {squared.shape[-1]} values, got {w.numel()}")
+        squared = squared * (w * (w.numel() / w.sum()))
     if distance == "pseudo_huber":
         per_point = (squared.sum(dim=-1, keepdim=True) + huber_c**2).sqrt() - huber_c
     elif distance == "l2":
@@ -191,6 +200,7 @@ class ConsistencyDistiller:
         grad_clip: float | None = None,
         distance: str = "l2",
         huber_c: float = 0.001,
+        feature_weights: Sequence[float] | None = None,
     ) -> None:
         self.student = student
         self.target = target
@@ -201,6 +211,7 @@ class ConsistencyDistiller:
         self.grad_clip = grad_clip
         self.distance = distance
         self.huber_c = float(huber_c)
+        self.feature_weights = None if feature_weights is None else tuple(feature_weights)
         for p in list(target.parameters()) + list(teacher.parameters()):
             p.requires_grad_(False)
         target.eval()
@@ -216,6 +227,7 @@ class ConsistencyDistiller:
             sigmas=self.sigmas,
             distance=self.distance,
             huber_c=self.huber_c,
+            feature_weights=self.feature_weights,
             **kwargs,
         )
 

@@ -73,7 +73,8 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)  # type: ignore[call-overload]
         for key in self.TUPLES:
-            out[key] = list(getattr(self, key))
+            value = getattr(self, key)
+            out[key] = None if value is None else list(value)
         return out
 
     @classmethod
