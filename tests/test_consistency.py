@@ -211,9 +211,9 @@ def test_student_from_teacher_matches_teacher_at_large_sigma() -> None:
     assert out.shape == (32, 2)
 
 
-def test_pseudo_huber_distance() -> None:
-    """``pseudo_huber``: sqrt(|d|^2 + c^2) - c per point, on the same noise and grid index as
-    the L2 loss; near zero for the exact consistency function as L2 is."""
+def _fixed_draws() -> tuple:
+    """The tiny problem with a fixed grid index and noise per point, a zero-network target
+    and the student-minus-target difference ``d`` computed by hand: ``(problem, kw, d)``."""
     g, cond, x0, teacher, student, _ = _tiny_problem()
     sigmas = consistency_sigmas(18)
     index = torch.randint(0, 17, (256, 1), generator=g)
@@ -221,18 +221,24 @@ def test_pseudo_huber_distance() -> None:
     shift = ConsistencyFunction(lambda x, c, cond: torch.zeros_like(x), SMIN, SD)
     kw = {"index": index, "noise": noise, "sigmas": sigmas}
     with torch.no_grad():
-        l2 = consistency_distillation_loss(student, shift, teacher, x0, cond, **kw)
-        c = 0.01
-        huber = consistency_distillation_loss(
-            student, shift, teacher, x0, cond, distance="pseudo_huber", huber_c=c, **kw
-        )
-        # by hand: the same student and target outputs
         grid = sigmas.to(x0.dtype)
         t_next, t_cur = grid[index + 1], grid[index]
         x_next = x0 + t_next * noise
         d = student(x_next, t_next, cond) - shift(
             heun_step(teacher, x_next, t_next, t_cur, cond), t_cur, cond
         )
+    return (student, shift, teacher, x0, cond), kw, d
+
+
+def test_pseudo_huber_distance() -> None:
+    """``pseudo_huber``: sqrt(|d|^2 + c^2) - c per point, on the same noise and grid index as
+    the L2 loss; near zero for the exact consistency function as L2 is."""
+    problem, kw, d = _fixed_draws()
+    student, shift, teacher, x0, cond = problem
+    with torch.no_grad():
+        l2 = consistency_distillation_loss(*problem, **kw)
+        c = 0.01
+        huber = consistency_distillation_loss(*problem, distance="pseudo_huber", huber_c=c, **kw)
     torch.testing.assert_close(l2, d.pow(2).mean())
     torch.testing.assert_close(huber, ((d.pow(2).sum(-1) + c * c).sqrt() - c).mean())
     mu, s = 0.1, 0.3
@@ -252,37 +258,14 @@ def test_pseudo_huber_distance() -> None:
 
 def test_feature_weights_of_the_distance() -> None:
     """``feature_weights`` weighs each feature's squared difference (normalised to mean 1):
-    equal weights give the plain loss, (0, 2) only the second feature's, for both distances."""
-    g, cond, x0, teacher, student, _ = _tiny_problem()
-    sigmas = consistency_sigmas(18)
-    index = torch.randint(0, 17, (256, 1), generator=g)
-    noise = torch.randn(256, 2, generator=g)
-    shift = ConsistencyFunction(lambda x, c, cond: torch.zeros_like(x), SMIN, SD)
-    kw = {"index": index, "noise": noise, "sigmas": sigmas}
+    equal weights give the plain loss, (0, 1) only the second feature's, for both distances."""
+    problem, kw, d = _fixed_draws()
     with torch.no_grad():
-        grid = sigmas.to(x0.dtype)
-        t_next, t_cur = grid[index + 1], grid[index]
-        x_next = x0 + t_next * noise
-        d = student(x_next, t_next, cond) - shift(
-            heun_step(teacher, x_next, t_next, t_cur, cond), t_cur, cond
-        )
-        plain = consistency_distillation_loss(student, shift, teacher, x0, cond, **kw)
-        equal = consistency_distillation_loss(
-            student, shift, teacher, x0, cond, feature_weights=(3.0, 3.0), **kw
-        )
-        second = consistency_distillation_loss(
-            student, shift, teacher, x0, cond, feature_weights=(0.0, 1.0), **kw
-        )
+        plain = consistency_distillation_loss(*problem, **kw)
+        equal = consistency_distillation_loss(*problem, feature_weights=(3.0, 3.0), **kw)
+        second = consistency_distillation_loss(*problem, feature_weights=(0.0, 1.0), **kw)
         huber = consistency_distillation_loss(
-            student,
-            shift,
-            teacher,
-            x0,
-            cond,
-            feature_weights=(1.0, 3.0),
-            huber_c=0.01,
-            distance="pseudo_huber",
-            **kw,
+            *problem, feature_weights=(1.0, 3.0), huber_c=0.01, distance="pseudo_huber", **kw
         )
     torch.testing.assert_close(equal, plain)
     torch.testing.assert_close(second, d[:, 1].pow(2).mean())
@@ -290,6 +273,4 @@ def test_feature_weights_of_the_distance() -> None:
     by_hand = ((d.pow(2) * w).sum(-1) + 0.01**2).sqrt() - 0.01
     torch.testing.assert_close(huber, by_hand.mean())
     with pytest.raises(ValueError, match="feature_weights"):
-        consistency_distillation_loss(
-            student, shift, teacher, x0, cond, feature_weights=(1.0, 1.0, 1.0), **kw
-        )
+        consistency_distillation_loss(*problem, feature_weights=(1.0, 1.0, 1.0), **kw)
