@@ -3,7 +3,7 @@
 # widths, one network evaluation per shower (issue 15; docs/default_model.md, docs/angles.md).
 # Usage: bash scripts/default_model/build.sh [RUNS_DIR]
 #   about 30 core-minutes of Geant4 (skipped when RUNS_DIR/merged_gt40.npz exists), then
-#   about 45 min of training on one CPU core; every stage resumes after a kill.
+#   about 75 min of training on one CPU core; every stage resumes after a kill.
 # The model of 2026-11-23 (normal incidence only) was built by this script's earlier version
 # (git log -- scripts/default_model/build.sh).
 set -euo pipefail
@@ -20,10 +20,11 @@ mkdir -p "$RUNS"
 [ -f "$RUNS/merged_gt40.npz" ] || python scripts/default_model/make_training_cache.py \
     --shared "$SHARED" --g4 "$G4PY" --work "$RUNS/g4_angled" -o "$RUNS/merged_gt40.npz"
 
-# 2. teacher (EDM, 25,000 iterations) and consistency distillation (40,000) from the cache,
-#    'small-angles' presets, seed 7; then the corrections (radial map, occupancy, axis shift)
-#    per polar-angle class, interpolated in theta (and the radial map in the incident
-#    energy), fitted on 3,000 + 3,000 training showers
+# 2. teacher (EDM, 25,000 iterations) and consistency distillation from the cache,
+#    'small-angles' presets, seed 7, the distillation run for 80,000 iterations instead of the
+#    preset's 40,000 (the one-step student keeps gaining: docs/default_model.md); then the
+#    corrections (radial map, occupancy, axis shift) per polar-angle class, interpolated in
+#    theta (and the radial map in the incident energy), fitted on 3,000 + 3,000 training showers
 R=$RUNS/default_angles
 resume() { [ -d "$1/checkpoints" ] && echo --resume || true; }
 [ -f "$R/teacher.done" ] || { calogen train caloclouds2 --config small-angles \
@@ -31,6 +32,7 @@ resume() { [ -d "$1/checkpoints" ] && echo --resume || true; }
     $(resume "$R/teacher") && touch "$R/teacher.done"; }
 [ -f "$R/student.done" ] || { calogen distill --teacher "$R/teacher" --config small-angles \
     --data "$RUNS/merged_gt40.npz" -o "$R/student" --seed 7 --threads 1 --no-corrections \
+    --iterations 80000 \
     $(resume "$R/student") && touch "$R/student.done"; }
 calogen fit-occupancy --model "$R/student" --data "$DATA" "$ANGLES" -n 3000 --seed 7 \
     --threads 1 --angle-edges 0.5 23.4 40.9 52.4 --radial-energy interpolate
