@@ -136,9 +136,9 @@ def consistency_distillation_loss(
             ``"pseudo_huber"``: ``sqrt(|d|^2 + c^2) - c`` with ``c = huber_c`` (Song &
             Dhariwal 2023, improved consistency training), which weighs large differences
             linearly instead of quadratically.
-        feature_weights: optional weight of each feature in the per-point distance (``[D]``;
-            L2: weighted mean over the features, so all ones equals the plain mean;
-            pseudo-Huber: ``|d|^2`` becomes ``sum_k w_k d_k^2``). ``None``: all equal.
+        feature_weights: optional weight of each feature in the per-point distance (``[D]``,
+            rescaled to mean 1, so equal weights give the plain distance; L2: weighted mean
+            over the features; pseudo-Huber: ``|d|^2`` becomes ``sum_k w_k d_k^2``).
     Returns:
         scalar loss (mean over weighted points).
     """
