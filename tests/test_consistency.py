@@ -234,7 +234,6 @@ def test_pseudo_huber_distance() -> None:
     """``pseudo_huber``: sqrt(|d|^2 + c^2) - c per point, on the same noise and grid index as
     the L2 loss; near zero for the exact consistency function as L2 is."""
     problem, kw, d = _fixed_draws()
-    student, shift, teacher, x0, cond = problem
     with torch.no_grad():
         l2 = consistency_distillation_loss(*problem, **kw)
         c = 0.01
@@ -253,7 +252,7 @@ def test_pseudo_huber_distance() -> None:
     ]
     assert losses[0] < 0.1 * losses[1]  # a distance, not its square: L2 gives ~2e-3
     with pytest.raises(ValueError, match="distance"):
-        consistency_distillation_loss(student, shift, teacher, x0, cond, distance="l1", **kw)
+        consistency_distillation_loss(*problem, distance="l1", **kw)
 
 
 def test_feature_weights_of_the_distance() -> None:
