@@ -237,6 +237,53 @@ def test_core_centre_of_gravity_flow(fixtures, tmp_path) -> None:
     _check_calibrated(gen.model, np.array([15.0, 60.0, 85.0]))
 
 
+def test_shower_depth_and_depth_condition() -> None:
+    """``shower_depth`` is the energy-weighted mean layer; a ``depth_condition`` model takes it
+    as one more condition (``depth / 15 - 1``, last) and refuses to go without it."""
+    e = np.zeros((3, 30))
+    e[0, 10] = 2.0
+    e[1, [4, 8]] = [1.0, 3.0]
+    e[2, 5] = -1.0  # no positive energy: the middle layer
+    np.testing.assert_allclose(cc2.shower_depth(e), [10.0, 7.0, 15.0])
+    cfg = cc2.get_config({"base": "small", "depth_condition": True})
+    assert cfg.n_conditions == 3 and cc2.get_config("small").n_conditions == 2
+    angles = cc2.get_config({"base": "small-angles", "depth_condition": True})
+    assert angles.n_conditions == 4
+    assert cc2.CaloClouds2Config.from_dict(cfg.to_dict()) == cfg
+    model = cc2.CaloClouds2(cfg, load_generator(None).model.normalisation)
+    values = model.conditions(torch.tensor([50.0]), torch.tensor([600]), None, torch.tensor([9.0]))
+    np.testing.assert_allclose(values.numpy(), [[0.0, -0.8, -0.4]], atol=1e-6)
+    with pytest.raises(ValueError, match="depth"):
+        model.conditions(torch.tensor([50.0]), torch.tensor([600]))
+
+
+def test_depth_conditioned_train_distill_generate(fixtures, tmp_path) -> None:
+    """A ``depth_condition`` teacher and student train, generate calibrated showers, and the
+    condition follows the Shower Flow's energies per layer of each shower."""
+    data = fixtures / "g4_photons_subset.h5"
+    config = {**tiny_config(6), "depth_condition": True}
+    cc2.train(config=config, data=data, out=tmp_path / "t", progress=False)
+    cc2.distill(
+        teacher=tmp_path / "t", config=TINY_DISTILL, data=data, out=tmp_path / "s", progress=False
+    )
+    gen = load_generator(tmp_path / "s")
+    assert gen.model.config.depth_condition
+    energies = np.array([15.0, 60.0, 85.0])
+    _check_calibrated(gen.model, energies)
+    seen: list[torch.Tensor] = []
+    original = gen.model.conditions
+
+    def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
+        seen.append(out)
+        return out
+
+    gen.model.conditions = spy  # type: ignore[method-assign]
+    gen.model.generate(energies, torch.Generator().manual_seed(3))
+    depth = cc2.shower_depth(info_e_per_layer(gen.model, energies))
+    np.testing.assert_allclose(seen[0][:, -1].numpy(), depth / 15.0 - 1.0, rtol=1e-6)
+
+
 @pytest.mark.slow
 def test_sampler_step_options(trained) -> None:
     teacher = load_generator(trained["teacher"])

@@ -229,6 +229,9 @@ class ShowerPipeline(nn.Module):
         #: points come out around the shower axis, and only y is mirrored for theta > 0;
         #: :meth:`sample` then takes ``theta_deg``
         self.takes_theta = bool(getattr(cfg, "directions", False))
+        #: config ``depth_condition``: the network also takes the shower's energy-weighted
+        #: mean layer (from the Shower Flow's energies per layer) as ``depth / 15 - 1``
+        self.depth_condition = bool(getattr(cfg, "depth_condition", False))
         flow_config = getattr(model.shower_flow, "config", None)
         self.flow_angle = bool(getattr(flow_config, "angle", False))
         self.angle_scale_deg = 30.0
@@ -667,6 +670,15 @@ class ShowerPipeline(nn.Module):
         ]
         if self.takes_theta:
             conditions.append(theta / self.angle_scale_deg - 1.0)
+        if self.depth_condition:  # caloclouds2.shower_depth
+            e_pos = e_layer.clamp_min(0.0)
+            e_total = e_pos.sum(1)
+            index = torch.arange(e_pos.shape[1], dtype=e_pos.dtype, device=e_pos.device)
+            mean = (e_pos * index).sum(1) / torch.where(
+                e_total > 0, e_total, torch.ones_like(e_total)
+            )
+            depth = torch.where(e_total > 0, mean, torch.full_like(mean, 15.0))
+            conditions.append(depth.to(torch.float32) / 15.0 - 1.0)
         values = torch.stack(conditions, -1)
         # the network runs on the rows 0 … max(N) − 1 only (a data-dependent size: NonZero)
         limit = n_points.max().to(torch.int64)

@@ -102,6 +102,9 @@ CM_NAME = "caloclouds2-cm"
 N_LAYERS = 30
 #: depth of each layer's silicon mid-plane behind the front face, mm (the slab's)
 LAYER_DEPTH_MM = slab().layer_z_mm
+#: the depth condition of ``depth_condition`` models is ``depth / DEPTH_SCALE_LAYERS - 1``
+#: (depth: energy-weighted mean layer index; [-1, 1] for layers 0-30)
+DEPTH_SCALE_LAYERS = 15.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,6 +196,13 @@ class CaloClouds2Config(scaffold.ShowerFlowTraining, _PointTraining):
     #: layer shifted by minus the axis offset, then rotated by -phi) and generated showers are
     #: inclined back (:func:`~calogen.directions.incline_points`)
     directions: bool = False
+    #: condition the point network on the shower's depth too: its energy-weighted mean
+    #: layer (from the Shower Flow's energies per layer when generating, ``depth / 15 - 1``).
+    #: A shower that starts late is younger, so narrower, at a given layer; conditioned on
+    #: E, N (and theta) only, every shower gets the layers' average width (the core's share
+    #: of the energy falls with depth in such a model while it rises in Geant4:
+    #: docs/default_model.md)
+    depth_condition: bool = False
 
     def validate(self) -> None:
         self.check_positive(
@@ -223,8 +233,9 @@ class CaloClouds2Config(scaffold.ShowerFlowTraining, _PointTraining):
 
     @property
     def n_conditions(self) -> int:
-        """Shower conditions of the point network: E, N (and theta with ``directions``)."""
-        return 3 if self.directions else 2
+        """Shower conditions of the point network: E, N (theta with ``directions``, the
+        depth with ``depth_condition``)."""
+        return 2 + int(self.directions) + int(self.depth_condition)
 
 
 @dataclass
@@ -529,16 +540,27 @@ class CaloClouds2(nn.Module):
 
     # -- pieces ----------------------------------------------------------------------------------
     def conditions(
-        self, energies: Tensor, n_points: Tensor, theta_deg: Tensor | None = None
+        self,
+        energies: Tensor,
+        n_points: Tensor,
+        theta_deg: Tensor | None = None,
+        depth: Tensor | None = None,
     ) -> Tensor:
-        """``[S, 2]``: ``E/e_scale·2−1`` and ``N/n_scale·2−1``; ``[S, 3]`` with ``directions``,
-        the third ``theta / 30 deg − 1`` (``theta_deg`` ``None``: normal incidence)."""
+        """``[S, 2]``: ``E/e_scale·2−1`` and ``N/n_scale·2−1``; with ``directions`` then
+        ``theta / 30 deg − 1`` (``theta_deg`` ``None``: normal incidence); with
+        ``depth_condition`` last ``depth / 15 − 1`` (``depth`` ``[S]``: energy-weighted mean
+        layer index, :func:`shower_depth`)."""
         e = energies.to(torch.float32) / self.config.e_scale_gev * 2.0 - 1.0
         n = n_points.to(torch.float32) / self.config.n_scale * 2.0 - 1.0
-        if not self.config.directions:
-            return torch.stack([e, n], -1)
-        t = torch.zeros_like(e) if theta_deg is None else theta_deg.to(torch.float32)
-        return torch.stack([e, n, t / ANGLE_SCALE_DEG - 1.0], -1)
+        columns = [e, n]
+        if self.config.directions:
+            t = torch.zeros_like(e) if theta_deg is None else theta_deg.to(torch.float32)
+            columns.append(t / ANGLE_SCALE_DEG - 1.0)
+        if self.config.depth_condition:
+            if depth is None:
+                raise ValueError("a depth-conditioned model needs the showers' depth")
+            columns.append(depth.to(torch.float32) / DEPTH_SCALE_LAYERS - 1.0)
+        return torch.stack(columns, -1)
 
     def denoiser(self) -> EDMDenoiser:
         """EDM denoiser ``D(x; σ)`` around :attr:`net` (teacher)."""
@@ -828,6 +850,7 @@ class CaloClouds2(nn.Module):
             torch.as_tensor(energies, dtype=torch.float32),
             torch.as_tensor(counts),
             None if theta is None else torch.as_tensor(theta),
+            torch.as_tensor(shower_depth(flow_out["e_per_layer"])) if cfg.depth_condition else None,
         )
         total = int(counts.sum())
         points_out = np.zeros((total, 4), np.float32)
@@ -1045,6 +1068,16 @@ class CaloClouds2Generator(scaffold.GeneratorBase):
 # ---------------------------------------------------------------------------------------------
 
 
+def shower_depth(e_per_layer: NDArray[np.floating]) -> NDArray[np.float32]:
+    """Energy-weighted mean layer index ``[S]`` of showers with energies per layer
+    ``[S, n_layers]`` (negative entries count as 0; the middle layer for a shower without
+    energy): the depth condition of ``depth_condition`` models."""
+    e = np.clip(np.asarray(e_per_layer, np.float64), 0.0, None)
+    total = e.sum(1)
+    mean = (e * np.arange(e.shape[1])).sum(1) / np.where(total > 0, total, 1.0)
+    return np.where(total > 0, mean, DEPTH_SCALE_LAYERS).astype(np.float32)
+
+
 def subsample_points(
     offsets: NDArray[np.int64],
     showers: NDArray[np.int64],
@@ -1083,10 +1116,16 @@ def _batch(
     idx, owner = subsample_points(data.offsets, showers, points_per_shower, rng)
     x0 = torch.from_numpy(model.normalisation.forward(data.points[idx], rng))
     theta = data.features["theta_deg"][showers] if model.config.directions else None
+    depth = (
+        torch.as_tensor(shower_depth(data.features["e_per_layer"][showers]))
+        if model.config.depth_condition
+        else None
+    )
     values = model.conditions(
         torch.as_tensor(data.energies[showers], dtype=torch.float32),
         torch.as_tensor(data.counts[showers]),
         None if theta is None else torch.as_tensor(theta),
+        depth,
     )
     owner_t = torch.from_numpy(owner)
     if device is not None and device.type != "cpu":
