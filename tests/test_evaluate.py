@@ -248,11 +248,13 @@ def test_inclined_report(inclined: dict[str, Path], tmp_path: Path, capsys) -> N
             "--batches",
             "2",
             "--no-fpd-kpd",
+            "--feature-groups",
         ]
     )
     assert code == 0
     printed = capsys.readouterr().out
     assert "axis theta" in printed and "features that separate same most" in printed
+    assert "feature groups that separate same" in printed
     for stem in ("angle_response", "cog_along_tilt", "visible_energy_60deg"):
         assert (out / f"{stem}.png").stat().st_size > 1000
     m = json.loads((out / "metrics.json").read_text())
@@ -274,8 +276,11 @@ def test_inclined_report(inclined: dict[str, Path], tmp_path: Path, capsys) -> N
     ranking = m["candidates"]["same"]["feature_ranking"]
     assert len(ranking) == 28 and all(r["auc"] == 0.5 for r in ranking)  # identical samples
     assert "32 -> 64 -> 32 -> 1" in m["settings"]["classifier"]["network"]
+    groups = m["candidates"]["same"]["feature_groups"]  # identical samples: all at 0.5
+    assert len(groups) == 5 and all(g["auc_mean"] == pytest.approx(0.5, abs=0.1) for g in groups)
     md = (out / "report.md").read_text()
     assert "W1×100 axis theta" in md and "Per condition" in md and "angle_response.png" in md
+    assert "Feature groups that separate same" in md and "radial profile" in md
 
 
 def test_theta_for_a_candidate_without_directions(inclined: dict[str, Path]) -> None:

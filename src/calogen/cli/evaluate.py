@@ -144,6 +144,13 @@ def register(subparsers: Any) -> None:
     evaluate.add_argument(
         "--no-fpd-kpd", action="store_true", help="skip FPD and KPD (they take a while)"
     )
+    evaluate.add_argument(
+        "--feature-groups",
+        action="store_true",
+        help="also train the classifier on each feature group alone (occupancy and sampling "
+        "fraction, longitudinal, radial, centre of gravity, fitted axis): shows which group "
+        "separates most, spreads and correlations included (five more classifiers per candidate)",
+    )
     evaluate.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     evaluate.add_argument(
         "--chunk-size",
@@ -177,6 +184,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         candidate_theta_deg=args.theta,
         candidate_phi_deg=args.phi,
         reference_grid=args.reference_grid,
+        feature_groups=args.feature_groups,
     )
     metrics = evaluate(
         args.reference,
@@ -230,6 +238,11 @@ def _print_ranking(metrics: dict, where: str = "") -> None:
 
     for name, entry in metrics["candidates"].items():
         ranking = entry.get("feature_ranking", [])[:5]
+        groups = entry.get("feature_groups")
+        if isinstance(groups, list) and groups:
+            print(f"feature groups that separate {name}{where} (classifier AUC, group alone):")
+            for g in groups:
+                print(f"  {g['group']:<36} {g['auc_mean']:.3f} ± {g['auc_std']:.3f}")
         if ranking:
             print(f"features that separate {name} most{where} (single-feature AUC):")
             for r in ranking:

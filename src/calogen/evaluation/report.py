@@ -43,6 +43,7 @@ from calogen.errors import CalogenError, UsageError
 from calogen.evaluation import metrics as M
 from calogen.evaluation.angles import condition_table
 from calogen.evaluation.observables import (
+    CONDITION_NAMES,
     ObservableAccumulator,
     SampleObservables,
     ShowerFeatures,
@@ -85,6 +86,9 @@ class EvaluationConfig:
             grid (voxelised, then back to one point per voxel above 1e-5 GeV at the voxel
             centre): ``bibae`` (30 x 30 x 30), ``l2lflows`` (30 x 10 x 10) or a trained grid
             model folder (its ``model.json`` grid). None: no grid comparison.
+        feature_groups: also train the classifier on each feature group alone
+            (:func:`~calogen.evaluation.metrics.group_classifier`; five more classifiers per
+            candidate).
     """
 
     geometry: str = "slab"
@@ -105,6 +109,7 @@ class EvaluationConfig:
     candidate_theta_deg: float | None = None
     candidate_phi_deg: float | None = None
     reference_grid: str | None = None
+    feature_groups: bool = False
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -358,6 +363,20 @@ def _compare(
     ref_obs, names = reference[0].matrix(np.nan, axis=True)
     cand_obs, _ = candidate[0].matrix(np.nan, axis=True)
     out["feature_ranking"] = M.feature_ranking(ref_obs, cand_obs, names)
+    if config.feature_groups:
+        ref_in, in_names = classifier_inputs(reference[0])
+        try:
+            out["feature_groups"] = M.group_classifier(
+                ref_in,
+                classifier_inputs(candidate[0])[0],
+                in_names,
+                conditions=CONDITION_NAMES,
+                k_folds=config.k_folds,
+                epochs=config.classifier_epochs,
+                seed=config.seed,
+            )
+        except ValueError as exc:
+            out["feature_groups"] = {"skipped": str(exc)}
     if config.fpd_kpd:
         fpd_value, fpd_error = M.fpd(ref_matrix, cand_matrix, seed=config.seed + 42)
         kpd_value, kpd_error = M.kpd(ref_matrix, cand_matrix, seed=config.seed + 42)
@@ -746,6 +765,29 @@ def _ranking_tables(metrics: dict) -> list[tuple[str, list[str], list[list[str]]
     return tables
 
 
+def _group_tables(metrics: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Per candidate with ``feature_groups``: title, header and rows of the group AUCs."""
+    tables = []
+    for label, entry in metrics["candidates"].items():
+        groups = entry.get("feature_groups")
+        if not isinstance(groups, list) or not groups:
+            continue
+        rows = [
+            [g["group"], str(len(g["features"])), f"{g['auc_mean']:.3f} ± {g['auc_std']:.3f}"]
+            for g in groups
+        ]
+        tables.append((label, ["feature group", "features", "classifier AUC"], rows))
+    return tables
+
+
+#: What the group table shows (report text).
+GROUPS_NOTE = (
+    "The classifier trained on one group of features at a time (with the incident energy and "
+    "direction): unlike a single feature's AUC it also sees spreads that are too wide or too "
+    "narrow and correlations within the group."
+)
+
+
 def _condition_rows(metrics: dict) -> tuple[list[str], list[list[str]]] | None:
     """Per condition group: visible energy and fitted axis angle of every sample."""
     cond = metrics.get("conditions") or {}
@@ -875,6 +917,9 @@ def render_markdown(metrics: dict, figures: dict[str, list[Path]]) -> str:
     for label, header, rows in _ranking_tables(metrics):
         lines += [f"### Features that separate {label} from the reference", ""]
         lines += [_md_table(header, rows), ""]
+    for label, header, rows in _group_tables(metrics):
+        lines += [f"### Feature groups that separate {label} from the reference", ""]
+        lines += [GROUPS_NOTE, "", _md_table(header, rows), ""]
     conditions = _condition_rows(metrics)
     if conditions is not None:
         lines += ["### Per condition", "", _md_table(*conditions), ""]
@@ -919,6 +964,12 @@ def render_html(metrics: dict, figures: dict[str, list[Path]]) -> str:
     for label, header, rows in _ranking_tables(metrics):
         parts += [f"<h3>Features that separate {html.escape(label)} from the reference</h3>"]
         parts += [_html_table(header, rows)]
+    for label, header, rows in _group_tables(metrics):
+        parts += [
+            f"<h3>Feature groups that separate {html.escape(label)} from the reference</h3>",
+            f"<p>{html.escape(GROUPS_NOTE)}</p>",
+            _html_table(header, rows),
+        ]
     conditions = _condition_rows(metrics)
     if conditions is not None:
         parts += ["<h3>Per condition</h3>", _html_table(*conditions)]
