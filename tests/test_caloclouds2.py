@@ -251,17 +251,26 @@ def test_shower_depth_and_depth_condition() -> None:
     assert angles.n_conditions == 4
     assert cc2.CaloClouds2Config.from_dict(cfg.to_dict()) == cfg
     model = cc2.CaloClouds2(cfg, load_generator(None).model.normalisation)
-    values = model.conditions(torch.tensor([50.0]), torch.tensor([600]), None, torch.tensor([9.0]))
-    np.testing.assert_allclose(values.numpy(), [[0.0, -0.8, -0.4]], atol=1e-6)
-    with pytest.raises(ValueError, match="depth"):
+    values = model.conditions(torch.tensor([50.0]), torch.tensor([600]), None, e[:1])
+    np.testing.assert_allclose(values.numpy(), [[0.0, -0.8, -1.0 / 3.0]], atol=1e-6)
+    with pytest.raises(ValueError, match="energies per layer"):
         model.conditions(torch.tensor([50.0]), torch.tensor([600]))
+    # the visible energy as a share of the incident energy, after the depth
+    both = cc2.get_config({"base": "small", "depth_condition": True, "visible_condition": True})
+    assert both.n_conditions == 4
+    model = cc2.CaloClouds2(both, model.normalisation)
+    values = model.conditions(torch.tensor([50.0, 100.0]), torch.tensor([600, 600]), None, e[:2])
+    np.testing.assert_allclose(values[:, 2].numpy(), [10.0 / 15 - 1, 7.0 / 15 - 1], atol=1e-6)
+    share = np.array([2.0 / 50.0, 4.0 / 100.0])  # 0.04: (0.04 / 0.03 - 1) * 5 = 5/3
+    np.testing.assert_allclose(values[:, 3].numpy(), (share / 0.03 - 1) * 5, rtol=1e-6)
 
 
 def test_depth_conditioned_train_distill_generate(fixtures, tmp_path) -> None:
-    """A ``depth_condition`` teacher and student train, generate calibrated showers, and the
-    condition follows the Shower Flow's energies per layer of each shower."""
+    """A ``depth_condition`` + ``visible_condition`` teacher and student train, generate
+    calibrated showers, and both conditions follow the Shower Flow's energies per layer of
+    each shower."""
     data = fixtures / "g4_photons_subset.h5"
-    config = {**tiny_config(6), "depth_condition": True}
+    config = {**tiny_config(6), "depth_condition": True, "visible_condition": True}
     cc2.train(config=config, data=data, out=tmp_path / "t", progress=False)
     cc2.distill(
         teacher=tmp_path / "t", config=TINY_DISTILL, data=data, out=tmp_path / "s", progress=False
@@ -280,8 +289,11 @@ def test_depth_conditioned_train_distill_generate(fixtures, tmp_path) -> None:
 
     gen.model.conditions = spy  # type: ignore[method-assign]
     gen.model.generate(energies, torch.Generator().manual_seed(3))
-    depth = cc2.shower_depth(info_e_per_layer(gen.model, energies))
-    np.testing.assert_allclose(seen[0][:, -1].numpy(), depth / 15.0 - 1.0, rtol=1e-6)
+    e_layer = info_e_per_layer(gen.model, energies)
+    depth = cc2.shower_depth(e_layer)
+    np.testing.assert_allclose(seen[0][:, -2].numpy(), depth / 15.0 - 1.0, rtol=1e-6)
+    share = e_layer.sum(1) / energies
+    np.testing.assert_allclose(seen[0][:, -1].numpy(), (share / 0.03 - 1) * 5, rtol=1e-5)
 
 
 @pytest.mark.slow

@@ -340,13 +340,14 @@ def test_cli_ddml_errors(tmp_path, capsys):
     assert row.shape == (DDML_OUTPUT_FLOATS,) and row[:N_LAYERS].sum() <= 3000
 
 
-@pytest.mark.parametrize("depth_condition", [False, True])
-def test_ddml_wrapper_of_an_angle_aware_model(depth_condition: bool):
+@pytest.mark.parametrize("shower_conditions", [False, True])
+def test_ddml_wrapper_of_an_angle_aware_model(shower_conditions: bool):
     """An angle-aware CaloClouds II (config ``directions``; random weights, no training): the
     wrapper passes theta to the Shower Flow and the network, mirrors only y for inclined
     showers and inclines the points; a seeded call (eager and traced) is the shower of
     ``CaloClouds2.generate(..., theta_deg, phi_deg)`` with that seed. The same with the
-    network also conditioned on the shower depth (config ``depth_condition``)."""
+    network also conditioned on the shower depth and visible energy (configs
+    ``depth_condition``, ``visible_condition``)."""
     import dataclasses
     import warnings
 
@@ -358,7 +359,11 @@ def test_ddml_wrapper_of_an_angle_aware_model(depth_condition: bool):
         pytest.skip("needs the angle-aware CaloClouds II (config 'directions', issue 15 item 1)")
     default = load_generator(None).model
     torch.manual_seed(0)
-    config = dataclasses.replace(cc2.PRESETS["small-angles"], depth_condition=depth_condition)
+    config = dataclasses.replace(
+        cc2.PRESETS["small-angles"],
+        depth_condition=shower_conditions,
+        visible_condition=shower_conditions,
+    )
     model = cc2.CaloClouds2(
         config,
         default.normalisation,

@@ -105,6 +105,11 @@ LAYER_DEPTH_MM = slab().layer_z_mm
 #: the depth condition of ``depth_condition`` models is ``depth / DEPTH_SCALE_LAYERS - 1``
 #: (depth: energy-weighted mean layer index; [-1, 1] for layers 0-30)
 DEPTH_SCALE_LAYERS = 15.0
+#: the visible-energy condition of ``visible_condition`` models:
+#: ``(E_vis / E / VISIBLE_SHARE_REF - 1) * VISIBLE_GAIN`` (photons in the slab: E_vis / E is
+#: 0.028 +- 0.0025, so about -0.3 +- 0.4)
+VISIBLE_SHARE_REF = 0.03
+VISIBLE_GAIN = 5.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,6 +208,11 @@ class CaloClouds2Config(scaffold.ShowerFlowTraining, _PointTraining):
     #: of the energy falls with depth in such a model while it rises in Geant4:
     #: docs/default_model.md)
     depth_condition: bool = False
+    #: condition the point network on the shower's visible energy too, as a share of the
+    #: incident energy (``(E_vis / E / 0.03 - 1) * 5``; E_vis from the Shower Flow's energies
+    #: per layer when generating): in Geant4 a shower with more visible energy carries the
+    #: extra in its halo, the core's share falls; scaled per layer, a model's core carries it
+    visible_condition: bool = False
 
     def validate(self) -> None:
         self.check_positive(
@@ -234,8 +244,8 @@ class CaloClouds2Config(scaffold.ShowerFlowTraining, _PointTraining):
     @property
     def n_conditions(self) -> int:
         """Shower conditions of the point network: E, N (theta with ``directions``, the
-        depth with ``depth_condition``)."""
-        return 2 + int(self.directions) + int(self.depth_condition)
+        depth with ``depth_condition``, the visible energy with ``visible_condition``)."""
+        return 2 + int(self.directions) + int(self.depth_condition) + int(self.visible_condition)
 
 
 @dataclass
@@ -544,22 +554,33 @@ class CaloClouds2(nn.Module):
         energies: Tensor,
         n_points: Tensor,
         theta_deg: Tensor | None = None,
-        depth: Tensor | None = None,
+        e_per_layer: NDArray[np.floating] | Tensor | None = None,
     ) -> Tensor:
         """``[S, 2]``: ``E/e_scale·2−1`` and ``N/n_scale·2−1``; with ``directions`` then
         ``theta / 30 deg − 1`` (``theta_deg`` ``None``: normal incidence); with
-        ``depth_condition`` last ``depth / 15 − 1`` (``depth`` ``[S]``: energy-weighted mean
-        layer index, :func:`shower_depth`)."""
-        e = energies.to(torch.float32) / self.config.e_scale_gev * 2.0 - 1.0
-        n = n_points.to(torch.float32) / self.config.n_scale * 2.0 - 1.0
+        ``depth_condition`` then ``depth / 15 − 1`` (:func:`shower_depth` of ``e_per_layer``
+        ``[S, n_layers]``, GeV); with ``visible_condition`` last ``(E_vis / E / 0.03 − 1) · 5``
+        (``E_vis``: the sum of ``e_per_layer``)."""
+        cfg = self.config
+        e = energies.to(torch.float32) / cfg.e_scale_gev * 2.0 - 1.0
+        n = n_points.to(torch.float32) / cfg.n_scale * 2.0 - 1.0
         columns = [e, n]
-        if self.config.directions:
+        if cfg.directions:
             t = torch.zeros_like(e) if theta_deg is None else theta_deg.to(torch.float32)
             columns.append(t / ANGLE_SCALE_DEG - 1.0)
-        if self.config.depth_condition:
-            if depth is None:
-                raise ValueError("a depth-conditioned model needs the showers' depth")
-            columns.append(depth.to(torch.float32) / DEPTH_SCALE_LAYERS - 1.0)
+        if cfg.depth_condition or cfg.visible_condition:
+            if e_per_layer is None:
+                raise ValueError(
+                    "a depth- or visible-energy-conditioned model needs the showers'"
+                    " energies per layer"
+                )
+            e_layer = np.asarray(e_per_layer, np.float64)
+            if cfg.depth_condition:
+                depth = torch.as_tensor(shower_depth(e_layer))
+                columns.append(depth / DEPTH_SCALE_LAYERS - 1.0)
+            if cfg.visible_condition:
+                share = np.clip(e_layer, 0.0, None).sum(1) / energies.double().numpy()
+                columns.append(torch.as_tensor(visible_condition_value(share)))
         return torch.stack(columns, -1)
 
     def denoiser(self) -> EDMDenoiser:
@@ -850,7 +871,7 @@ class CaloClouds2(nn.Module):
             torch.as_tensor(energies, dtype=torch.float32),
             torch.as_tensor(counts),
             None if theta is None else torch.as_tensor(theta),
-            torch.as_tensor(shower_depth(flow_out["e_per_layer"])) if cfg.depth_condition else None,
+            flow_out["e_per_layer"],
         )
         total = int(counts.sum())
         points_out = np.zeros((total, 4), np.float32)
@@ -1078,6 +1099,13 @@ def shower_depth(e_per_layer: NDArray[np.floating]) -> NDArray[np.float32]:
     return np.where(total > 0, mean, DEPTH_SCALE_LAYERS).astype(np.float32)
 
 
+def visible_condition_value(share: NDArray[np.floating]) -> NDArray[np.float32]:
+    """The visible-energy condition ``(share / VISIBLE_SHARE_REF - 1) * VISIBLE_GAIN`` of
+    ``visible_condition`` models, ``share = E_vis / E`` per shower ``[S]``."""
+    value = (np.asarray(share, np.float64) / VISIBLE_SHARE_REF - 1.0) * VISIBLE_GAIN
+    return value.astype(np.float32)
+
+
 def subsample_points(
     offsets: NDArray[np.int64],
     showers: NDArray[np.int64],
@@ -1116,16 +1144,11 @@ def _batch(
     idx, owner = subsample_points(data.offsets, showers, points_per_shower, rng)
     x0 = torch.from_numpy(model.normalisation.forward(data.points[idx], rng))
     theta = data.features["theta_deg"][showers] if model.config.directions else None
-    depth = (
-        torch.as_tensor(shower_depth(data.features["e_per_layer"][showers]))
-        if model.config.depth_condition
-        else None
-    )
     values = model.conditions(
         torch.as_tensor(data.energies[showers], dtype=torch.float32),
         torch.as_tensor(data.counts[showers]),
         None if theta is None else torch.as_tensor(theta),
-        depth,
+        data.features["e_per_layer"][showers],
     )
     owner_t = torch.from_numpy(owner)
     if device is not None and device.type != "cpu":
