@@ -257,6 +257,49 @@ def test_radial_correction_maps_generated_radii_onto_the_data() -> None:
         RadialCorrection.from_dict(broken)
 
 
+def _aged_showers(rng, n_showers: int, aged: bool, energies):  # type: ignore[no-untyped-def]
+    """Showers of 400 points in the 15 layers from a start layer of 5 or 10 (half each);
+    ``aged``: the width grows with the layer after the start (1 + 0.4 age mm), else 3 mm."""
+    start = np.where(np.arange(n_showers) % 2 == 0, 5, 10)
+    shower = np.repeat(np.arange(n_showers), 400)
+    layer = start[shower] + rng.integers(0, 15, size=shower.size)
+    width = 1.0 + 0.4 * (layer - start[shower]) if aged else np.full(shower.size, 3.0)
+    points = np.zeros((shower.size, 4))
+    points[:, :2] = rng.normal(0.0, 1.0, size=(shower.size, 2)) * width[:, None]
+    points[:, 2] = layer
+    points[:, 3] = rng.exponential(1e-3, size=shower.size)
+    return points, shower, np.asarray(energies, np.float64)
+
+
+def test_radial_correction_by_layers_relative_to_the_shower_depth() -> None:
+    """A map by layer index gives a late shower's young layers the width of the average
+    shower there; grouped relative to each shower's depth it gives them their own."""
+    from calogen.calibration import RadialCorrection, relative_layers, weighted_quantiles
+
+    rng = np.random.default_rng(2)
+    energies = np.full(200, 50.0)
+    data = _aged_showers(rng, 200, True, energies)
+    gen = _aged_showers(rng, 200, False, energies)
+    pts, shower = np.array([[0, 0, 3, 1.0], [0, 0, 5, 3.0], [0, 0, 20, 2.0]]), np.array([0, 0, 1])
+    np.testing.assert_allclose(relative_layers(pts, shower), [14.0, 16.0, 15.0])  # depth 4.5 -> 4
+    medians = {}
+    for relative in (False, True):
+        corr = RadialCorrection.fit(data, gen, depth_relative=relative)
+        assert RadialCorrection.from_dict(corr.to_dict()).depth_relative == relative
+        fresh = _aged_showers(rng, 200, False, energies)
+        corr.apply(fresh[0], fresh[1], energies)
+        # late showers (start 10, depth 17: relative layers 10-14 are ages 2-6)
+        age = fresh[0][:, 2] - 10
+        late_young = (fresh[1] % 2 == 1) & (age >= 2) & (age <= 6)
+        r = np.hypot(*fresh[0][late_young, :2].T)
+        medians[relative] = weighted_quantiles(r, fresh[0][late_young, 3], np.array([0.5]))[0]
+    sel = (data[1] % 2 == 1) & (data[0][:, 2] >= 12) & (data[0][:, 2] <= 16)
+    target = weighted_quantiles(np.hypot(*data[0][sel, :2].T), data[0][sel, 3], np.array([0.5]))
+    assert abs(medians[True] / target[0] - 1) < 0.15
+    # by layer index, layers 10-14 and 15-19 mix in the early showers' older, wider layers
+    assert medians[False] / target[0] - 1 > 0.2
+
+
 def test_radial_correction_of_equal_samples_is_close_to_identity() -> None:
     from calogen.calibration import RadialCorrection
 

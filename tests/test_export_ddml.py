@@ -347,7 +347,8 @@ def test_ddml_wrapper_of_an_angle_aware_model(shower_conditions: bool):
     showers and inclines the points; a seeded call (eager and traced) is the shower of
     ``CaloClouds2.generate(..., theta_deg, phi_deg)`` with that seed. The same with the
     network also conditioned on the shower depth and visible energy (configs
-    ``depth_condition``, ``visible_condition``)."""
+    ``depth_condition``, ``visible_condition``) and a radial map by layers relative to the
+    shower's depth (``depth_relative``)."""
     import dataclasses
     import warnings
 
@@ -368,7 +369,7 @@ def test_ddml_wrapper_of_an_angle_aware_model(shower_conditions: bool):
         config,
         default.normalisation,
         default.occupancy,
-        radial=default.radial,
+        radial=dataclasses.replace(default.radial, depth_relative=shower_conditions),
         consistency=True,
     ).eval()
     pipeline = ShowerPipeline(model).eval()

@@ -457,6 +457,12 @@ class RadialCorrection:
     layer_edges: list[int]
     log_r_gen: NDArray[np.float64]
     log_r_data: NDArray[np.float64]
+    #: group the layers relative to each shower's depth (its energy-weighted mean layer,
+    #: rounded, counts as layer :data:`RELATIVE_DEPTH_LAYER`) instead of by layer index: a
+    #: map by layer index widens the points of a deep shower as much as the average shower
+    #: at those layers, which makes the core's share fall with depth, against Geant4
+    #: (docs/default_model.md)
+    depth_relative: bool = False
 
     @property
     def n_energy_bins(self) -> int:
@@ -504,6 +510,16 @@ class RadialCorrection:
             return table[index]
         return np.searchsorted(inner, np.rint(layers.astype(np.float64)), side="right")
 
+    def point_groups(
+        self, points: NDArray[np.floating], shower: NDArray[np.integer]
+    ) -> NDArray[np.int64]:
+        """Layer group of each point of packed ``points [P, 4]`` (layers assigned) with
+        ``shower [P]``: by layer index, or with :attr:`depth_relative` by the layer relative
+        to the shower's depth (:func:`relative_layers`)."""
+        if self.depth_relative:
+            return self.layer_group(relative_layers(points, shower))
+        return self.layer_group(points[:, 2])
+
     @classmethod
     def fit(
         cls,
@@ -513,6 +529,7 @@ class RadialCorrection:
         energy_edges_gev: tuple[float, ...] = (10.0, 30.0, 50.0, 70.0, 90.0),
         layer_edges: tuple[int, ...] = (0, 5, 10, 15, 20, 25, 30),
         min_points: int = 200,
+        depth_relative: bool = False,
     ) -> RadialCorrection:
         """Fit from ``(points [P, 4], shower [P], incident energy [S])`` of Geant4 and of
         generated showers (packed, physical units; the axis at x = y = 0).
@@ -527,6 +544,7 @@ class RadialCorrection:
             list(map(int, layer_edges)),
             np.zeros(shape),
             np.zeros(shape),
+            depth_relative=bool(depth_relative),
         )
         quantiles = []
         for points, shower, energies in (data, generated):
@@ -534,7 +552,7 @@ class RadialCorrection:
             keep = pts[:, 3] > 0
             pts, sh = pts[keep], np.asarray(shower)[keep]
             e_bin = out.energy_bin(np.asarray(energies, np.float64).reshape(-1))[sh]
-            group = out.layer_group(pts[:, 2])
+            group = out.point_groups(pts, sh)
             r = np.maximum(np.hypot(pts[:, 0], pts[:, 1]), 1e-3)
             q = np.full(shape, np.nan)
             for i in range(n_e):
@@ -572,7 +590,7 @@ class RadialCorrection:
         """``(r, ln r, mapped ln r)`` of every point ``[P]`` (r in mm from x = y = 0; points
         ``[P, 4]`` with layers assigned, ``P > 0``)."""
         e_bin = self.energy_bin(np.asarray(energies, np.float64).reshape(-1))[shower]
-        cell = e_bin * self.n_layer_groups + self.layer_group(points[:, 2])
+        cell = e_bin * self.n_layer_groups + self.point_groups(points, shower)
         r = radius_mm(points)
         log_r = np.log(np.maximum(r, 1e-6))
         knots_gen = self.log_r_gen.reshape(-1, self.log_r_gen.shape[-1])
@@ -587,6 +605,7 @@ class RadialCorrection:
             "layer_edges": list(self.layer_edges),
             "log_r_gen": np.round(self.log_r_gen, 7).tolist(),
             "log_r_data": np.round(self.log_r_data, 7).tolist(),
+            **({"depth_relative": True} if self.depth_relative else {}),
         }
 
     @classmethod
@@ -597,6 +616,7 @@ class RadialCorrection:
                 layer_edges=[int(v) for v in data["layer_edges"]],
                 log_r_gen=np.asarray(data["log_r_gen"], np.float64),
                 log_r_data=np.asarray(data["log_r_data"], np.float64),
+                depth_relative=bool(data.get("depth_relative", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise UsageError(f"invalid radial correction: {exc}") from None
@@ -610,6 +630,28 @@ class RadialCorrection:
         ):
             raise UsageError("invalid radial correction: quantile tables of the wrong shape")
         return out
+
+
+#: the layer that a shower's depth (its energy-weighted mean layer, rounded) counts as in a
+#: :class:`RadialCorrection` with ``depth_relative``
+RELATIVE_DEPTH_LAYER = 15
+
+
+def relative_layers(
+    points: NDArray[np.floating], shower: NDArray[np.integer]
+) -> NDArray[np.float64]:
+    """Layer of each point ``[P]`` relative to its shower's depth: ``layer - round(depth) +
+    RELATIVE_DEPTH_LAYER``, the depth being the energy-weighted mean layer index of the
+    shower's points (packed ``points [P, 4]`` with layers assigned; negative energies count
+    as 0)."""
+    shower = np.asarray(shower, np.int64)
+    layer = np.rint(np.asarray(points[:, 2], np.float64))
+    e = np.clip(np.asarray(points[:, 3], np.float64), 0.0, None)
+    n = int(shower.max()) + 1 if shower.size else 0
+    total = np.bincount(shower, weights=e, minlength=n)
+    depth = np.bincount(shower, weights=e * layer, minlength=n) / np.where(total > 0, total, 1.0)
+    depth = np.where(total > 0, np.rint(depth), RELATIVE_DEPTH_LAYER)
+    return layer - depth[shower] + RELATIVE_DEPTH_LAYER
 
 
 def map_log_radius(

@@ -183,11 +183,14 @@ class ShowerPipeline(nn.Module):
         radials = [radial] + [rad for _, rad in binned]
         if binned and any(r is not None for r in radials):
             shapes = {None if r is None else (r.log_r_gen.shape, tuple(r.energy_edges_gev),
-                      tuple(r.layer_edges)) for r in radials}  # fmt: skip
+                      tuple(r.layer_edges), r.depth_relative) for r in radials}  # fmt: skip
             if None in shapes or len(shapes) != 1:
                 raise UsageError("export: the angle bins' radial maps differ in their binning")
         #: radial quantile correction (calogen.calibration.RadialCorrection) as buffers
         self.has_radial = radial is not None
+        #: the radial maps group layers relative to each shower's depth
+        #: (RadialCorrection.depth_relative)
+        self.radial_depth_relative = bool(getattr(radial, "depth_relative", False))
         if radial is not None:
             k = radial.log_r_gen.shape[-1]
             self.radial_groups = int(radial.n_layer_groups)
@@ -480,12 +483,23 @@ class ShowerPipeline(nn.Module):
         layer: Tensor,
         energy: Tensor,
         weights: tuple[Tensor, Tensor, Tensor],
+        point_energy: Tensor,
     ) -> Tensor:
         """The radial quantile map of :class:`~calogen.calibration.RadialCorrection` on
         ``points [B, M, 4]`` with layers ``layer [B, M]`` (float64 inside); with angle bins,
-        each shower's bins' maps blended by ``weights`` (:meth:`_angle_weights`)."""
+        each shower's bins' maps blended by ``weights`` (:meth:`_angle_weights`);
+        ``point_energy [B, M]``: the points' calibrated energies (0 for padding), for maps
+        whose layer groups follow each shower's depth (:func:`~calogen.calibration.
+        relative_layers`)."""
         e_bin = (energy.to(torch.float64)[:, None] >= self.radial_e_inner[None, :]).sum(1)
-        group = (layer.to(torch.float64)[..., None] >= self.radial_l_inner).sum(-1)
+        layer64 = layer.to(torch.float64)
+        if self.radial_depth_relative:
+            e = point_energy.to(torch.float64).clamp_min(0.0)
+            e_sum = e.sum(1)
+            mean = (e * layer64).sum(1) / torch.where(e_sum > 0, e_sum, torch.ones_like(e_sum))
+            depth = torch.where(e_sum > 0, torch.round(mean), torch.full_like(mean, 15.0))
+            layer64 = layer64 - depth[:, None] + 15.0
+        group = (layer64[..., None] >= self.radial_l_inner).sum(-1)
         x = points[..., 0].to(torch.float64)
         y = points[..., 1].to(torch.float64)
         r = torch.sqrt(x * x + y * y)
@@ -761,7 +775,7 @@ class ShowerPipeline(nn.Module):
         e32 = torch.where(valid, new, torch.zeros_like(new)).to(torch.float32)
 
         if self.has_radial:  # radial quantile correction (layers assigned, before the shift)
-            points = self._radial(points, layer, energy, weights)
+            points = self._radial(points, layer, energy, weights, e32)
 
         # centre of gravity (x, y), of the core within CORE_COG_RADIUS_MM where the Shower Flow
         # gives the core's (all points for showers without energy in the core), to the flow's

@@ -174,6 +174,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(extrapolated to the outer edges: better at energies near the bin edges, "
         "docs/default_model.md); stored in the model (default: interpolate)",
     )
+    q.add_argument(
+        "--radial-layers",
+        choices=("absolute", "relative"),
+        default="absolute",
+        help="CaloClouds II: group the radial map's layers by layer index ('absolute') or "
+        "relative to each shower's depth, its energy-weighted mean layer ('relative': a deep "
+        "shower is not widened like the average shower at its layers; docs/default_model.md)",
+    )
     q.set_defaults(func=_fit_occupancy)
 
     _register_distill(subparsers)
@@ -338,6 +346,7 @@ def _fit_occupancy(args: argparse.Namespace) -> int:
             by_angle=args.by_angle,
             theta_edges_deg=args.angle_edges,
             radial_energy=args.radial_energy,
+            radial_layers=args.radial_layers,
         )
     print(json.dumps(summary, indent=2))
     return 0

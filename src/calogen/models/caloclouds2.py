@@ -714,10 +714,21 @@ class CaloClouds2(nn.Module):
         ``np.interp``."""
         maps = [self.corrections_for(b)[1] for b in range(len(self.binned) + 1)]
         ref = next(m for m in maps if m is not None)
-        binning = (ref.log_r_gen.shape, tuple(ref.energy_edges_gev), tuple(ref.layer_edges))
+        binning = (
+            ref.log_r_gen.shape,
+            tuple(ref.energy_edges_gev),
+            tuple(ref.layer_edges),
+            ref.depth_relative,
+        )
         if any(
             m is not None
-            and (m.log_r_gen.shape, tuple(m.energy_edges_gev), tuple(m.layer_edges)) != binning
+            and (
+                m.log_r_gen.shape,
+                tuple(m.energy_edges_gev),
+                tuple(m.layer_edges),
+                m.depth_relative,
+            )
+            != binning
             for m in maps
         ):
             raise UsageError("the angle bins' radial maps differ in their binning")
@@ -760,7 +771,7 @@ class CaloClouds2(nn.Module):
         values[..., -1] = values[..., -2] + (high - knots[..., -2])
         span = high - low + 1.0  # tables moved apart so that all knots increase together
         offset = np.arange(n_showers * n_groups) * span
-        cell = shower * n_groups + ref.layer_group(points[:, 2])
+        cell = shower * n_groups + ref.point_groups(points, shower)
         knots += offset.reshape(n_showers, n_groups, 1)
         values += offset.reshape(n_showers, n_groups, 1)
         new = np.interp(log_r + offset[cell], knots.ravel(), values.ravel()) - offset[cell]
@@ -1506,6 +1517,11 @@ def load_model(
 RADIAL_ENERGY_MODES = ("bins", "interpolate")
 
 
+#: how :func:`fit_occupancy` groups the layers of the radial maps: by layer index, or
+#: relative to each shower's depth
+RADIAL_LAYER_MODES = ("absolute", "relative")
+
+
 def check_radial_energy(mode: str) -> str:
     """A valid :attr:`CaloClouds2.radial_energy` mode (one-line error otherwise)."""
     if mode not in RADIAL_ENERGY_MODES:
@@ -1592,6 +1608,7 @@ def fit_occupancy(
     theta_edges_deg: Sequence[float] | None = None,
     interpolate: bool = True,
     radial_energy: str | None = "interpolate",
+    radial_layers: str = "absolute",
 ) -> dict[str, Any]:
     """Fit ``c_N`` from data and generated showers, then refine it in closed loop.
 
@@ -1618,8 +1635,14 @@ def fit_occupancy(
     ``min_bin_showers`` showers takes the corrections of the nearest bin that has enough.
     With two or more inclined bins and ``interpolate``, each bin's polar angle is the mean
     of its fit showers and generation interpolates between bins
-    (:attr:`CaloClouds2.theta_nodes_deg`).
+    (:attr:`CaloClouds2.theta_nodes_deg`). ``radial_layers`` ``"relative"`` groups the
+    radial maps' layers relative to each shower's depth
+    (:attr:`~calogen.calibration.RadialCorrection.depth_relative`).
     """
+    if radial_layers not in RADIAL_LAYER_MODES:
+        raise UsageError(
+            f"radial_layers must be one of {', '.join(RADIAL_LAYER_MODES)}, got {radial_layers!r}"
+        )
     if refine_iterations < 0:
         raise UsageError(f"refine_iterations must be >= 0, got {refine_iterations}")
     ref = scaffold.occupancy_reference(data, n_showers, geometry)
@@ -1648,7 +1671,14 @@ def fit_occupancy(
     else:
         groups = [np.arange(n_all)]
     fits: list[_GroupFit | None] = [
-        _fit_group(model, ref.subset(g), torch_seed, radial, refine_iterations)
+        _fit_group(
+            model,
+            ref.subset(g),
+            torch_seed,
+            radial,
+            refine_iterations,
+            depth_relative=radial_layers == "relative",
+        )
         if g.size >= min_bin_showers or (len(groups) == 1 and g.size > 0)
         else None
         for g in groups
@@ -1779,7 +1809,12 @@ class _GroupFit:
 
 
 def _fit_group(
-    model: CaloClouds2, ref: Any, torch_seed: int, radial: bool, refine_iterations: int
+    model: CaloClouds2,
+    ref: Any,
+    torch_seed: int,
+    radial: bool,
+    refine_iterations: int,
+    depth_relative: bool = False,
 ) -> _GroupFit:
     """Steps 0-2 of :func:`fit_occupancy` on the showers of ``ref``; ``model`` must have no
     binned corrections (its ``occupancy`` and ``radial`` are set while fitting)."""
@@ -1807,6 +1842,7 @@ def _fit_group(
         model.radial = RadialCorrection.fit(
             (real_points, ref.packed.shower, energies),
             (straighten_points(packed.points, packed.counts, dirs), packed.shower, energies),
+            depth_relative=depth_relative,
         )
 
     model.radial = None

@@ -255,6 +255,7 @@ def fit_occupancy(
     by_angle: bool = True,
     theta_edges_deg: list[float] | None = None,
     radial_energy: str | None = "interpolate",
+    radial_layers: str = "absolute",
 ) -> dict[str, Any]:
     """Fit and store the occupancy correction of a model folder; returns a summary.
 
@@ -264,7 +265,8 @@ def fit_occupancy(
     ``theta_edges_deg``, deg; ``None``: normal incidence and inclined showers);
     ``radial_energy``: how their radial maps apply in the incident energy ("bins", each
     shower its bin's map; "interpolate", linearly between the bins' centres; ``None``: as
-    the model has it).
+    the model has it); ``radial_layers``: their radial maps' layer groups by layer index
+    ("absolute") or relative to each shower's depth ("relative").
     """
     from calogen.data.io import ShowerFile
     from calogen.models.training import read_model_info
@@ -288,6 +290,7 @@ def fit_occupancy(
         kwargs["by_angle"] = by_angle
         kwargs["theta_edges_deg"] = theta_edges_deg
         kwargs["radial_energy"] = radial_energy
+        kwargs["radial_layers"] = radial_layers
     elif theta_edges_deg is not None:
         raise UsageError("--angle-edges: only angle-aware CaloClouds II models have angle classes")
     return _with_model_errors(model_dir, info, func, Path(model_dir), data, **kwargs)
