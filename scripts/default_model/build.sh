@@ -24,7 +24,8 @@ mkdir -p "$RUNS"
 #    'small-angles' presets, seed 7, the distillation run for 80,000 iterations instead of the
 #    preset's 40,000 (the one-step student keeps gaining: docs/default_model.md); then the
 #    corrections (radial map, occupancy, axis shift) per polar-angle class, interpolated in
-#    theta (and the radial map in the incident energy), fitted on 3,000 + 3,000 training showers
+#    theta (and the radial map in the incident energy, its layers grouped relative to each
+#    shower's depth), fitted on 3,000 + 3,000 training showers
 R=$RUNS/default_angles
 resume() { [ -d "$1/checkpoints" ] && echo --resume || true; }
 [ -f "$R/teacher.done" ] || { calogen train caloclouds2 --config small-angles \
@@ -35,7 +36,7 @@ resume() { [ -d "$1/checkpoints" ] && echo --resume || true; }
     --iterations 80000 \
     $(resume "$R/student") && touch "$R/student.done"; }
 calogen fit-occupancy --model "$R/student" --data "$DATA" "$ANGLES" -n 3000 --seed 7 \
-    --threads 1 --angle-edges 0.5 23.4 40.9 52.4 --radial-energy interpolate
+    --threads 1 --angle-edges 0.5 23.4 40.9 52.4 --radial-energy interpolate --radial-layers relative
 
 # 3. ship it: the model folder's files go into the package
 cp "$R/student/model.json" "$R/student/model.safetensors" "$R/student/occupancy.json" \
