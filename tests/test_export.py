@@ -284,8 +284,10 @@ def test_export_follows_normalisation_and_occupancy_options(tmp_path):
     _compare(session.run(None, feed)[0], showers, atol_mm=1e-3, rtol_e=1e-4)
 
 
-def test_radial_correction_in_the_pipeline_matches_numpy() -> None:
-    """The exported radial quantile map equals :meth:`RadialCorrection.apply`."""
+@pytest.mark.parametrize("depth_relative", [False, True])
+def test_radial_correction_in_the_pipeline_matches_numpy(depth_relative: bool) -> None:
+    """The exported radial quantile map equals :meth:`RadialCorrection.apply` (layer groups
+    by layer index, or relative to each shower's depth)."""
     from calogen.calibration import RadialCorrection
     from calogen.export import ShowerPipeline
     from calogen.models.registry import load_generator
@@ -300,7 +302,9 @@ def test_radial_correction_in_the_pipeline_matches_numpy() -> None:
         return pts, np.repeat(np.arange(n), 300), energies
 
     energies = rng.uniform(10, 90, 100)
-    synthetic = RadialCorrection.fit(showers(2.0, 100, energies), showers(4.0, 100, energies))
+    synthetic = RadialCorrection.fit(
+        showers(2.0, 100, energies), showers(4.0, 100, energies), depth_relative=depth_relative
+    )
     model = load_generator(None).model
     original, model.radial = model.radial, synthetic
     binned, model.binned = model.binned, []  # one map, applied bin by bin (as apply())
@@ -319,6 +323,7 @@ def test_radial_correction_in_the_pipeline_matches_numpy() -> None:
         torch.as_tensor(points[:, 2].reshape(6, 300)),
         torch.as_tensor(energies[:6], dtype=torch.float32),
         pipe._angle_weights(torch.zeros(6)),  # theta 0 (no angle bins)
+        torch.as_tensor(points[:, 3].reshape(6, 300)),
     ).numpy()
     expected = points.copy()
     synthetic.apply(expected, shower, energies[:6].astype(np.float32))
@@ -329,5 +334,6 @@ def test_radial_correction_in_the_pipeline_matches_numpy() -> None:
         torch.as_tensor(points[:, 2].reshape(6, 300)),
         torch.as_tensor(energies[:6], dtype=torch.float32),
         pipe._angle_weights(torch.zeros(6)),
+        torch.as_tensor(points[:, 3].reshape(6, 300)),
     ).numpy()
     np.testing.assert_allclose(got_onnx.reshape(-1, 4), expected, rtol=1e-5, atol=1e-5)
