@@ -637,20 +637,31 @@ class RadialCorrection:
 RELATIVE_DEPTH_LAYER = 15
 
 
+def shower_depth(e_per_layer: NDArray[np.floating]) -> NDArray[np.float64]:
+    """Energy-weighted mean layer index ``[S]`` of showers with energies per layer
+    ``[S, n_layers]`` (negative entries count as 0; :data:`RELATIVE_DEPTH_LAYER`, the middle
+    of the slab, for a shower without energy): the depth that the radial map's relative
+    layers and the network's depth condition (``CaloClouds2Config.depth_condition``) use."""
+    e = np.clip(np.asarray(e_per_layer, np.float64), 0.0, None)
+    total = e.sum(1)
+    mean = (e * np.arange(e.shape[1])).sum(1) / np.where(total > 0, total, 1.0)
+    return np.where(total > 0, mean, float(RELATIVE_DEPTH_LAYER))
+
+
 def relative_layers(
     points: NDArray[np.floating], shower: NDArray[np.integer]
 ) -> NDArray[np.float64]:
     """Layer of each point ``[P]`` relative to its shower's depth: ``layer - round(depth) +
-    RELATIVE_DEPTH_LAYER``, the depth being the energy-weighted mean layer index of the
-    shower's points (packed ``points [P, 4]`` with layers assigned; negative energies count
-    as 0)."""
+    RELATIVE_DEPTH_LAYER``, the depth being :func:`shower_depth` of the shower's points
+    (packed ``points [P, 4]`` with layers 0, 1, ... assigned; negative energies count as 0)."""
     shower = np.asarray(shower, np.int64)
     layer = np.rint(np.asarray(points[:, 2], np.float64))
-    e = np.clip(np.asarray(points[:, 3], np.float64), 0.0, None)
     n = int(shower.max()) + 1 if shower.size else 0
-    total = np.bincount(shower, weights=e, minlength=n)
-    depth = np.bincount(shower, weights=e * layer, minlength=n) / np.where(total > 0, total, 1.0)
-    depth = np.where(total > 0, np.rint(depth), RELATIVE_DEPTH_LAYER)
+    n_layers = int(layer.max()) + 1 if layer.size else 1
+    key = shower * n_layers + layer.astype(np.int64)
+    e = np.clip(np.asarray(points[:, 3], np.float64), 0.0, None)
+    e_layer = np.bincount(key, weights=e, minlength=n * n_layers)
+    depth = np.rint(shower_depth(e_layer.reshape(n, n_layers)))
     return layer - depth[shower] + RELATIVE_DEPTH_LAYER
 
 

@@ -686,18 +686,19 @@ class ShowerPipeline(nn.Module):
         ]
         if self.takes_theta:
             conditions.append(theta / self.angle_scale_deg - 1.0)
-        e_pos = e_layer.clamp_min(0.0)
-        e_total = e_pos.sum(1)
-        if self.depth_condition:  # caloclouds2.shower_depth
-            index = torch.arange(e_pos.shape[1], dtype=e_pos.dtype, device=e_pos.device)
-            mean = (e_pos * index).sum(1) / torch.where(
-                e_total > 0, e_total, torch.ones_like(e_total)
-            )
-            depth = torch.where(e_total > 0, mean, torch.full_like(mean, 15.0))
-            conditions.append(depth.to(torch.float32) / 15.0 - 1.0)
-        if self.visible_condition:  # caloclouds2.visible_condition_value
-            share = e_total / energy.to(torch.float64)
-            conditions.append(((share / 0.03 - 1.0) * 5.0).to(torch.float32))
+        if self.depth_condition or self.visible_condition:
+            e_pos = e_layer.clamp_min(0.0)
+            e_total = e_pos.sum(1)
+            if self.depth_condition:  # calibration.shower_depth
+                index = torch.arange(e_pos.shape[1], dtype=e_pos.dtype, device=e_pos.device)
+                mean = (e_pos * index).sum(1) / torch.where(
+                    e_total > 0, e_total, torch.ones_like(e_total)
+                )
+                depth = torch.where(e_total > 0, mean, torch.full_like(mean, 15.0))
+                conditions.append(depth.to(torch.float32) / 15.0 - 1.0)
+            if self.visible_condition:  # caloclouds2.visible_condition_value
+                share = e_total / energy.to(torch.float64)
+                conditions.append(((share / 0.03 - 1.0) * 5.0).to(torch.float32))
         values = torch.stack(conditions, -1)
         # the network runs on the rows 0 … max(N) − 1 only (a data-dependent size: NonZero)
         limit = n_points.max().to(torch.int64)

@@ -57,6 +57,7 @@ from calogen.calibration import (
     radius_mm,
     scale_radius,
     shift_cog,
+    shower_depth,
 )
 from calogen.data.normalisation import Normalisation
 from calogen.data.packed import PackedPoints, unpack
@@ -576,7 +577,7 @@ class CaloClouds2(nn.Module):
                 )
             e_layer = np.asarray(e_per_layer, np.float64)
             if cfg.depth_condition:
-                depth = torch.as_tensor(shower_depth(e_layer))
+                depth = torch.as_tensor(shower_depth(e_layer).astype(np.float32))
                 columns.append(depth / DEPTH_SCALE_LAYERS - 1.0)
             if cfg.visible_condition:
                 share = np.clip(e_layer, 0.0, None).sum(1) / energies.double().numpy()
@@ -1098,16 +1099,6 @@ class CaloClouds2Generator(scaffold.GeneratorBase):
 # ---------------------------------------------------------------------------------------------
 # training batches
 # ---------------------------------------------------------------------------------------------
-
-
-def shower_depth(e_per_layer: NDArray[np.floating]) -> NDArray[np.float32]:
-    """Energy-weighted mean layer index ``[S]`` of showers with energies per layer
-    ``[S, n_layers]`` (negative entries count as 0; the middle layer for a shower without
-    energy): the depth condition of ``depth_condition`` models."""
-    e = np.clip(np.asarray(e_per_layer, np.float64), 0.0, None)
-    total = e.sum(1)
-    mean = (e * np.arange(e.shape[1])).sum(1) / np.where(total > 0, total, 1.0)
-    return np.where(total > 0, mean, DEPTH_SCALE_LAYERS).astype(np.float32)
 
 
 def visible_condition_value(share: NDArray[np.floating]) -> NDArray[np.float32]:
