@@ -472,6 +472,17 @@ class RadialCorrection:
     def n_layer_groups(self) -> int:
         return len(self.layer_edges) - 1
 
+    @property
+    def binning(self) -> tuple[Any, ...]:
+        """What two maps must share to be blended point by point: table shape, energy
+        edges, layer edges and how layers are grouped."""
+        return (
+            self.log_r_gen.shape,
+            tuple(self.energy_edges_gev),
+            tuple(self.layer_edges),
+            self.depth_relative,
+        )
+
     def energy_bin(self, energies: NDArray[np.floating]) -> NDArray[np.int64]:
         """Incident-energy bin of each shower ``[S]``."""
         inner = np.asarray(self.energy_edges_gev[1:-1], np.float64)

@@ -182,8 +182,7 @@ class ShowerPipeline(nn.Module):
         self.angle_last_weight = float(model._last_weight()) if self.angle_nodes else 1.0
         radials = [radial] + [rad for _, rad in binned]
         if binned and any(r is not None for r in radials):
-            shapes = {None if r is None else (r.log_r_gen.shape, tuple(r.energy_edges_gev),
-                      tuple(r.layer_edges), r.depth_relative) for r in radials}  # fmt: skip
+            shapes = {None if r is None else r.binning for r in radials}
             if None in shapes or len(shapes) != 1:
                 raise UsageError("export: the angle bins' radial maps differ in their binning")
         #: radial quantile correction (calogen.calibration.RadialCorrection) as buffers
@@ -191,6 +190,11 @@ class ShowerPipeline(nn.Module):
         #: the radial maps group layers relative to each shower's depth
         #: (RadialCorrection.depth_relative)
         self.radial_depth_relative = bool(getattr(radial, "depth_relative", False))
+        from calogen.calibration import RELATIVE_DEPTH_LAYER
+
+        #: the layer a shower's (rounded) depth counts as, and the depth of a shower without
+        #: energy (calibration.shower_depth)
+        self.middle_layer = float(RELATIVE_DEPTH_LAYER)
         if radial is not None:
             k = radial.log_r_gen.shape[-1]
             self.radial_groups = int(radial.n_layer_groups)
@@ -237,6 +241,11 @@ class ShowerPipeline(nn.Module):
         self.depth_condition = bool(getattr(cfg, "depth_condition", False))
         #: config ``visible_condition``: ... and its visible energy over the incident energy
         self.visible_condition = bool(getattr(cfg, "visible_condition", False))
+        from calogen.models import caloclouds2 as cc2
+
+        self.depth_scale = float(cc2.DEPTH_SCALE_LAYERS)
+        self.visible_share_ref = float(cc2.VISIBLE_SHARE_REF)
+        self.visible_gain = float(cc2.VISIBLE_GAIN)
         flow_config = getattr(model.shower_flow, "config", None)
         self.flow_angle = bool(getattr(flow_config, "angle", False))
         self.angle_scale_deg = 30.0
@@ -497,8 +506,9 @@ class ShowerPipeline(nn.Module):
             e = point_energy.to(torch.float64).clamp_min(0.0)
             e_sum = e.sum(1)
             mean = (e * layer64).sum(1) / torch.where(e_sum > 0, e_sum, torch.ones_like(e_sum))
-            depth = torch.where(e_sum > 0, torch.round(mean), torch.full_like(mean, 15.0))
-            layer64 = layer64 - depth[:, None] + 15.0
+            middle = torch.full_like(mean, self.middle_layer)
+            depth = torch.where(e_sum > 0, torch.round(mean), middle)
+            layer64 = layer64 - depth[:, None] + self.middle_layer
         group = (layer64[..., None] >= self.radial_l_inner).sum(-1)
         x = points[..., 0].to(torch.float64)
         y = points[..., 1].to(torch.float64)
@@ -694,11 +704,12 @@ class ShowerPipeline(nn.Module):
                 mean = (e_pos * index).sum(1) / torch.where(
                     e_total > 0, e_total, torch.ones_like(e_total)
                 )
-                depth = torch.where(e_total > 0, mean, torch.full_like(mean, 15.0))
-                conditions.append(depth.to(torch.float32) / 15.0 - 1.0)
+                depth = torch.where(e_total > 0, mean, torch.full_like(mean, self.middle_layer))
+                conditions.append(depth.to(torch.float32) / self.depth_scale - 1.0)
             if self.visible_condition:  # caloclouds2.visible_condition_value
                 share = e_total / energy.to(torch.float64)
-                conditions.append(((share / 0.03 - 1.0) * 5.0).to(torch.float32))
+                value = (share / self.visible_share_ref - 1.0) * self.visible_gain
+                conditions.append(value.to(torch.float32))
         values = torch.stack(conditions, -1)
         # the network runs on the rows 0 … max(N) − 1 only (a data-dependent size: NonZero)
         limit = n_points.max().to(torch.int64)
