@@ -87,6 +87,32 @@ def test_shower_flow_inverse_with_angle_condition_is_zuko() -> None:
             torch.testing.assert_close(flow.inverse(c, z), flow.flow(c).transform.inv(z))
 
 
+def test_shower_flow_numpy_inverse_is_the_torch_inverse() -> None:
+    """sample() runs the inverse in numpy (torch's per-op dispatch dominates at batch 1):
+    equal to the torch form up to float32 rounding, and it follows weight updates."""
+    from calogen.models.shower_flow import _inverse_numpy
+
+    flow = ShowerFlow(
+        ShowerFlowConfig(feature_set="caloclouds2_core", blocks=2, affine_per_block=2,
+                         spline_per_block=0, angle=True)
+    )  # fmt: skip
+    for n in (1, 64):
+        c = flow.condition(np.linspace(10, 90, n), np.linspace(0, 60, n))
+        z = torch.randn(n, flow.dim)
+        with torch.no_grad():
+            got = _inverse_numpy(flow._inverse_layers_numpy(), c.numpy(), z.numpy())
+            np.testing.assert_allclose(got, flow.inverse(c, z).numpy(), rtol=1e-4, atol=1e-5)
+            for p in flow.flow.parameters():
+                p.add_(0.01)
+            got = _inverse_numpy(flow._inverse_layers_numpy(), c.numpy(), z.numpy())
+            np.testing.assert_allclose(got, flow.inverse(c, z).numpy(), rtol=1e-4, atol=1e-5)
+    first = next(iter(flow.flow.transform.transforms))
+    first.hyper[1] = torch.nn.ELU()  # not a plain affine MAF any more: torch/zuko path
+    assert flow._inverse_layers_numpy() is None
+    out = flow.sample(np.array([20.0]), torch.Generator().manual_seed(0), np.array([10.0]))
+    assert out["n_per_layer"].shape == (1, 30)
+
+
 def test_shower_flow_inverse_with_another_activation_uses_zuko() -> None:
     flow = ShowerFlow(
         ShowerFlowConfig(feature_set="caloclouds2", blocks=1, affine_per_block=2,

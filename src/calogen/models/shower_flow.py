@@ -338,8 +338,12 @@ class ShowerFlow(nn.Module):
         """
         c = self.condition(np.asarray(energies), theta_deg)
         z = torch.randn((c.shape[0], self.dim), generator=generator)
-        x = self.inverse(c, z)
-        pre = (x * self.std + self.mean).double().numpy()
+        layers = self._inverse_layers_numpy()
+        if layers is None:
+            x = self.inverse(c, z).numpy()
+        else:
+            x = _inverse_numpy(layers, c.numpy(), z.numpy())
+        pre = (x * self.std.numpy() + self.mean.numpy()).astype(np.float64)
         out = self._untransform(pre)
         if "n_per_layer" in out:
             total = out["n_per_layer"].sum(1)
@@ -382,6 +386,34 @@ class ShowerFlow(nn.Module):
                 x = (y - shift) / log_scale.exp()
             y = x
         return y
+
+    def _inverse_layers_numpy(self) -> list[tuple[Any, ...]] | None:
+        """:meth:`_inverse_layers` as float32 numpy arrays (``None`` for flows that are not
+        plain affine MAFs), for :func:`_inverse_numpy`; cached like them."""
+        transforms = list(self.flow.transform.transforms)
+        if not all(_plain_affine(t) for t in transforms):
+            return None
+        prepared = self._inverse_layers(transforms)
+        cache = self.__dict__.get("_inverse_numpy_cache")
+        if cache is not None and cache[0] is prepared:
+            return cache[1]
+        arrays: list[tuple[Any, ...]] | None = [
+            (
+                passes,
+                w_x.numpy(),
+                w_c.t().contiguous().numpy(),
+                b_1.numpy(),
+                [(w.numpy(), b.numpy()) for w, b in hidden],
+                w_out.numpy(),
+                b_out.numpy(),
+                np.float32(slope),
+            )
+            for passes, w_x, w_c, b_1, hidden, w_out, b_out, slope in prepared
+        ]
+        if not all(0.0 <= a[-1] <= 1.0 for a in arrays):  # max(h, s h) is LeakyReLU for these
+            arrays = None
+        self.__dict__["_inverse_numpy_cache"] = (prepared, arrays)
+        return arrays
 
     def _inverse_layers(self, transforms: list[nn.Module]) -> list[tuple[Any, ...]]:
         """Per transform ``(passes, W1_x^T, W1_c, b1, [(W^T, b) hidden], W_out^T, b_out,
@@ -462,6 +494,36 @@ class ShowerFlow(nn.Module):
 
 #: ``log`` of the minimum slope of zuko's ``MonotonicAffineTransform`` (default 1e-3)
 _LOG_MIN_SLOPE = math.log(1e-3)
+
+
+def _inverse_numpy(
+    layers: list[tuple[Any, ...]], c: NDArray[np.float32], z: NDArray[np.float32]
+) -> NDArray[np.float32]:
+    """:meth:`ShowerFlow.inverse` in numpy float32 on :meth:`ShowerFlow._inverse_layers_numpy`:
+    the same algebra, equal up to float rounding. Written out by hand because a generator
+    called for one shower at a time (full simulation) spends more in torch's per-operation
+    dispatch of the ~180 tiny operations than in the arithmetic: numpy takes a third of the
+    time at batch 1 and less at batch 100."""
+    dim = z.shape[1]
+    y = z
+    log_min = np.float32(_LOG_MIN_SLOPE)
+    for passes, w_x, w_c, b_1, hidden, w_out, b_out, slope in reversed(layers):
+        context = c @ w_c
+        context += b_1
+        x = y
+        for p in range(passes):
+            h = context if p == 0 else x @ w_x + context
+            h = np.maximum(h, h * slope)
+            for w, b in hidden:
+                h = h @ w
+                h += b
+                h = np.maximum(h, h * slope)
+            out = h @ w_out
+            out += b_out
+            scale = out[:, dim:]
+            x = (y - out[:, :dim]) / np.exp(scale / (1 + np.abs(scale / log_min)))
+        y = x
+    return y
 
 
 def _plain_affine(transform: nn.Module) -> bool:
