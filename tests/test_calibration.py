@@ -300,6 +300,54 @@ def test_radial_correction_by_layers_relative_to_the_shower_depth() -> None:
     assert medians[False] / target[0] - 1 > 0.2
 
 
+def _visible_showers(rng, n_showers: int, correlated: bool, energies):  # type: ignore[no-untyped-def]
+    """Showers of 400 points whose visible energy varies by x 0.8-1.2 from shower to shower;
+    ``correlated``: the width falls with it (2.5 mm at 0.8, 1.5 mm at 1.2), else 2 mm."""
+    scale = rng.uniform(0.8, 1.2, n_showers)
+    shower = np.repeat(np.arange(n_showers), 400)
+    width = 2.0 - 2.5 * (scale - 1.0) if correlated else np.full(n_showers, 2.0)
+    points = np.zeros((shower.size, 4))
+    points[:, :2] = rng.normal(0.0, 1.0, size=(shower.size, 2)) * width[shower, None]
+    points[:, 2] = rng.integers(0, 30, size=shower.size)
+    points[:, 3] = 1e-3 * scale[shower] * np.asarray(energies)[shower] / 50.0
+    return points, shower, np.asarray(energies, np.float64)
+
+
+def test_radial_correction_by_shower_class_restores_a_correlation() -> None:
+    """With classes by the visible energy, the map gives the bright and the faint showers
+    their own widths (Geant4's core share falls with E_vis); one class cannot."""
+    from calogen.calibration import RadialCorrection, ShowerClasses, weighted_quantiles
+
+    rng = np.random.default_rng(4)
+    energies = rng.uniform(20.0, 80.0, 600)
+    data = _visible_showers(rng, 600, True, energies)
+    gen = _visible_showers(rng, 600, False, energies)
+    fresh = _visible_showers(rng, 600, False, energies)
+    bright = ShowerClasses.residuals(*fresh, "visible")[0] > 0  # E_vis / E above its trend
+    widths = {}
+    for kinds in ((), ("visible",)):
+        corr = RadialCorrection.fit(data, gen, shower_classes=kinds)
+        again = RadialCorrection.from_dict(corr.to_dict())
+        assert again.binning == corr.binning and again.n_groups == corr.n_groups
+        points = fresh[0].copy()
+        corr.apply(points, fresh[1], energies)
+        r = np.hypot(*points[:, :2].T)
+        widths[kinds] = [
+            weighted_quantiles(r[sel[fresh[1]]], points[sel[fresh[1]], 3], np.array([0.5]))[0]
+            for sel in (bright, ~bright)
+        ]
+    # Geant4-like sample: faint half 2.25 mm, bright half 1.75 mm wide on average (1.29)
+    assert widths[("visible",)][1] / widths[("visible",)][0] > 1.2
+    assert abs(widths[()][1] / widths[()][0] - 1.0) < 0.05  # one class: no correlation
+    classes = RadialCorrection.fit(data, gen, shower_classes=("depth", "visible")).shower_classes
+    assert classes is not None and classes.n_classes == 9
+    assert classes.classify(*data).max() == 8
+    with pytest.raises(UsageError, match="shower classes"):
+        RadialCorrection.fit(data, gen, shower_classes=("width",))
+    with pytest.raises(UsageError, match="incident energies"):
+        RadialCorrection.fit(data, gen, shower_classes=("depth",)).point_groups(*data[:2])
+
+
 def test_radial_correction_of_equal_samples_is_close_to_identity() -> None:
     from calogen.calibration import RadialCorrection
 

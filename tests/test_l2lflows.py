@@ -155,3 +155,47 @@ def test_cli_train_and_generate(subset, tmp_path) -> None:  # type: ignore[no-un
     )
     assert rc == 0 and gen.exists()
     assert main([*args, "--no-progress"]) == 2  # checkpoints exist: needs --resume
+
+
+def test_compact_weights_load_as_float16_rounded(trained, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The shipping form (float16, masks and orders left out) loads into the same model
+    with its weights rounded to float16; a plain file still needs every tensor."""
+    import shutil
+
+    from calogen.models.l2lflows import load_model
+    from calogen.models.training import (
+        MODEL_TENSORS,
+        load_tensors,
+        save_compact_model,
+        save_tensors,
+    )
+
+    compact = tmp_path / "compact"
+    shutil.copytree(trained, compact)
+    full = load_model(trained)
+    save_compact_model(compact, full.generation_modules())
+    stored = load_tensors(compact / MODEL_TENSORS)
+    assert all(t.dtype == torch.float16 for t in stored.values())
+    assert not any(k.endswith((".mask", ".order")) for k in stored)
+    small = load_model(compact)
+    for (key, a), b in zip(full.state_dict().items(), small.state_dict().values(), strict=True):
+        expected = a.half().float() if a.is_floating_point() else a
+        assert torch.equal(b, expected), key
+    assert load_generator(compact).sample(np.array([30.0]), seed=1).points.shape[0] == 1
+    # the same tensors without the compact marker: the missing masks are an error
+    save_tensors(compact / MODEL_TENSORS, stored)
+    with pytest.raises(UsageError, match="do not fit"):
+        load_model(compact)
+
+
+def test_shipped_l2lflows_is_selected_by_name() -> None:
+    from calogen.cli import SHIPPED_MODELS, model_dir
+
+    assert "l2lflows" in SHIPPED_MODELS
+    folder = model_dir("l2lflows")
+    assert folder is not None and folder.endswith("pretrained/l2lflows")
+    generator = load_generator(folder)
+    assert generator.name == "l2lflows"
+    showers = generator.sample(np.array([50.0]), seed=3)
+    e_vis_mev = 1e3 * float(showers.points[0, :, 3].sum())
+    assert 1000.0 < e_vis_mev < 1800.0  # Geant4 at 50 GeV: 1,401 MeV (grid: 98 %)

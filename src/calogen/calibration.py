@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -432,6 +433,131 @@ def weighted_quantiles(
     return np.interp(levels, cw, v)
 
 
+#: per-shower quantities that :class:`ShowerClasses` can split showers by
+SHOWER_CLASS_KINDS = ("depth", "visible")
+
+
+@dataclass
+class ShowerClasses:
+    """Classes of showers for :class:`RadialCorrection`: by the residual of the shower depth
+    (:func:`shower_depth`, in layers) and/or of the visible fraction ``E_vis / E`` from their
+    linear trend in ``ln E``, each cut at quantiles of the Geant4 fit showers.
+
+    Geant4's share of energy near the axis rises with the depth of a shower and falls with
+    its visible energy, and a one-step model gets these correlations wrong
+    (docs/default_model.md); a radial map per class restores each class's radial profile.
+
+    Attributes:
+        kinds: the quantities, in the order of the class index (the last varies fastest).
+        trends: ``(a, b)`` of ``a + b ln E`` per kind.
+        edges: inner edges of the residual per kind (increasing).
+    """
+
+    kinds: tuple[str, ...]
+    trends: list[tuple[float, float]]
+    edges: list[list[float]]
+
+    @property
+    def n_classes(self) -> int:
+        return int(np.prod([len(e) + 1 for e in self.edges]))
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        return (self.kinds, tuple(map(tuple, self.trends)), tuple(map(tuple, self.edges)))
+
+    @staticmethod
+    def values(
+        points: NDArray[np.floating], shower: NDArray[np.integer], n_showers: int, kind: str
+    ) -> NDArray[np.float64]:
+        """Per shower ``[S]``: its depth (mean layer) or its visible energy (GeV)."""
+        shower = np.asarray(shower, np.int64)
+        e = np.clip(np.asarray(points[:, 3], np.float64), 0.0, None)
+        if kind == "visible":
+            return np.bincount(shower, weights=e, minlength=n_showers)
+        layer = np.clip(np.rint(np.asarray(points[:, 2], np.float64)), 0, N_LAYERS - 1)
+        key = shower * N_LAYERS + layer.astype(np.int64)
+        e_layer = np.bincount(key, weights=e, minlength=n_showers * N_LAYERS)
+        return shower_depth(e_layer.reshape(n_showers, N_LAYERS))
+
+    @classmethod
+    def residuals(
+        cls,
+        points: NDArray[np.floating],
+        shower: NDArray[np.integer],
+        energies: NDArray[np.floating],
+        kind: str,
+        trend: tuple[float, float] | None = None,
+    ) -> tuple[NDArray[np.float64], tuple[float, float]]:
+        """Residual ``[S]`` of ``kind`` from ``a + b ln E`` (fitted when ``trend`` is None;
+        the visible energy as the fraction ``E_vis / E``) and the trend."""
+        energies = np.asarray(energies, np.float64).reshape(-1)
+        value = cls.values(points, shower, energies.size, kind)
+        if kind == "visible":
+            value = value / energies
+        log_e = np.log(energies)
+        if trend is None:
+            b, a = np.polyfit(log_e, value, 1) if np.ptp(log_e) > 0 else (0.0, value.mean())
+            trend = (float(a), float(b))
+        return value - (trend[0] + trend[1] * log_e), trend
+
+    @classmethod
+    def fit(
+        cls,
+        points: NDArray[np.floating],
+        shower: NDArray[np.integer],
+        energies: NDArray[np.floating],
+        *,
+        kinds: tuple[str, ...] = ("depth",),
+        n_bins: int = 3,
+    ) -> ShowerClasses:
+        """Trends and quantile edges from (Geant4) showers, ``n_bins`` classes per kind."""
+        unknown = set(kinds) - set(SHOWER_CLASS_KINDS)
+        if unknown or not kinds or len(set(kinds)) != len(kinds):
+            raise UsageError(
+                f"shower classes must be some of {', '.join(SHOWER_CLASS_KINDS)}, got {kinds}"
+            )
+        if n_bins < 2:
+            raise UsageError(f"shower classes need at least 2 bins per kind, got {n_bins}")
+        trends, edges = [], []
+        levels = np.arange(1, n_bins) / n_bins
+        for kind in kinds:
+            residual, trend = cls.residuals(points, shower, energies, kind)
+            trends.append(trend)
+            edges.append([float(v) for v in np.quantile(residual, levels)])
+        return cls(tuple(kinds), trends, edges)
+
+    def classify(
+        self,
+        points: NDArray[np.floating],
+        shower: NDArray[np.integer],
+        energies: NDArray[np.floating],
+    ) -> NDArray[np.int64]:
+        """Class of each shower ``[S]`` of packed ``points`` (layers assigned)."""
+        index = np.zeros(np.asarray(energies).size, np.int64)
+        for kind, trend, edges in zip(self.kinds, self.trends, self.edges, strict=True):
+            residual, _ = self.residuals(points, shower, energies, kind, tuple(trend))
+            index = index * (len(edges) + 1) + np.searchsorted(edges, residual, side="right")
+        return index
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kinds": list(self.kinds),
+            "trends": [list(t) for t in self.trends],
+            "edges": [list(e) for e in self.edges],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ShowerClasses:
+        kinds = tuple(str(k) for k in data["kinds"])
+        trends = [(float(a), float(b)) for a, b in data["trends"]]
+        edges = [[float(v) for v in e] for e in data["edges"]]
+        if set(kinds) - set(SHOWER_CLASS_KINDS) or not (len(kinds) == len(trends) == len(edges)):
+            raise ValueError(f"shower classes: unknown kinds or lengths ({kinds})")
+        if any(np.any(np.diff(e) <= 0) for e in edges):
+            raise ValueError("shower classes: edges must increase")
+        return cls(kinds, trends, edges)
+
+
 @dataclass
 class RadialCorrection:
     """Quantile map of the transverse radius (mm from the axis) of generated points.
@@ -463,6 +589,11 @@ class RadialCorrection:
     #: at those layers, which makes the core's share fall with depth, against Geant4
     #: (docs/default_model.md)
     depth_relative: bool = False
+    #: maps of their own for classes of showers (:class:`ShowerClasses`: by the residuals of
+    #: the shower depth and of the visible energy from their trend in ln E), so that the
+    #: radial shape follows the shower's depth and visible energy as in Geant4; ``None``: one
+    #: class
+    shower_classes: ShowerClasses | None = None
 
     @property
     def n_energy_bins(self) -> int:
@@ -473,6 +604,12 @@ class RadialCorrection:
         return len(self.layer_edges) - 1
 
     @property
+    def n_groups(self) -> int:
+        """Point groups of the tables (their second axis): layer groups x shower classes."""
+        classes = self.shower_classes.n_classes if self.shower_classes is not None else 1
+        return self.n_layer_groups * classes
+
+    @property
     def binning(self) -> tuple[Any, ...]:
         """What two maps must share to be blended point by point: table shape, energy
         edges, layer edges and how layers are grouped."""
@@ -481,6 +618,7 @@ class RadialCorrection:
             tuple(self.energy_edges_gev),
             tuple(self.layer_edges),
             self.depth_relative,
+            None if self.shower_classes is None else self.shower_classes.key,
         )
 
     def energy_bin(self, energies: NDArray[np.floating]) -> NDArray[np.int64]:
@@ -522,14 +660,26 @@ class RadialCorrection:
         return np.searchsorted(inner, np.rint(layers.astype(np.float64)), side="right")
 
     def point_groups(
-        self, points: NDArray[np.floating], shower: NDArray[np.integer]
+        self,
+        points: NDArray[np.floating],
+        shower: NDArray[np.integer],
+        energies: NDArray[np.floating] | None = None,
     ) -> NDArray[np.int64]:
-        """Layer group of each point of packed ``points [P, 4]`` (layers assigned) with
-        ``shower [P]``: by layer index, or with :attr:`depth_relative` by the layer relative
-        to the shower's depth (:func:`relative_layers`)."""
+        """Group of each point of packed ``points [P, 4]`` (layers assigned) with ``shower
+        [P]``: its layer group, by layer index or with :attr:`depth_relative` by the layer
+        relative to the shower's depth (:func:`relative_layers`); with
+        :attr:`shower_classes` plus ``n_layer_groups`` times its shower's class (which needs
+        the incident ``energies [S]`` in GeV)."""
         if self.depth_relative:
-            return self.layer_group(relative_layers(points, shower))
-        return self.layer_group(points[:, 2])
+            group = self.layer_group(relative_layers(points, shower))
+        else:
+            group = self.layer_group(points[:, 2])
+        if self.shower_classes is None:
+            return group
+        if energies is None:
+            raise UsageError("a radial map with shower classes needs the incident energies")
+        classes = self.shower_classes.classify(points, shower, energies)
+        return group + self.n_layer_groups * classes[np.asarray(shower, np.int64)]
 
     @classmethod
     def fit(
@@ -541,14 +691,24 @@ class RadialCorrection:
         layer_edges: tuple[int, ...] = (0, 5, 10, 15, 20, 25, 30),
         min_points: int = 200,
         depth_relative: bool = False,
+        shower_classes: Sequence[str] = (),
+        n_class_bins: int = 3,
     ) -> RadialCorrection:
         """Fit from ``(points [P, 4], shower [P], incident energy [S])`` of Geant4 and of
         generated showers (packed, physical units; the axis at x = y = 0).
 
-        A bin with fewer than ``min_points`` points in either sample is left unchanged.
+        ``shower_classes``: any of ``"depth"``, ``"visible"`` (:class:`ShowerClasses`, each
+        split into ``n_class_bins`` classes at the Geant4 showers' quantiles). A bin with
+        fewer than ``min_points`` points in either sample is left unchanged.
         """
         levels = np.asarray(RADIAL_LEVELS)
-        n_e, n_l = len(energy_edges_gev) - 1, len(layer_edges) - 1
+        classes = (
+            ShowerClasses.fit(*data, kinds=tuple(shower_classes), n_bins=n_class_bins)
+            if shower_classes
+            else None
+        )
+        n_e = len(energy_edges_gev) - 1
+        n_l = (len(layer_edges) - 1) * (classes.n_classes if classes is not None else 1)
         shape = (n_e, n_l, len(levels))
         out = cls(
             list(map(float, energy_edges_gev)),
@@ -556,14 +716,16 @@ class RadialCorrection:
             np.zeros(shape),
             np.zeros(shape),
             depth_relative=bool(depth_relative),
+            shower_classes=classes,
         )
         quantiles = []
         for points, shower, energies in (data, generated):
             pts = np.asarray(points, np.float64)
             keep = pts[:, 3] > 0
             pts, sh = pts[keep], np.asarray(shower)[keep]
-            e_bin = out.energy_bin(np.asarray(energies, np.float64).reshape(-1))[sh]
-            group = out.point_groups(pts, sh)
+            energies = np.asarray(energies, np.float64).reshape(-1)
+            e_bin = out.energy_bin(energies)[sh]
+            group = out.point_groups(pts, sh, energies)
             r = np.maximum(np.hypot(pts[:, 0], pts[:, 1]), 1e-3)
             q = np.full(shape, np.nan)
             for i in range(n_e):
@@ -600,8 +762,9 @@ class RadialCorrection:
     ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
         """``(r, ln r, mapped ln r)`` of every point ``[P]`` (r in mm from x = y = 0; points
         ``[P, 4]`` with layers assigned, ``P > 0``)."""
-        e_bin = self.energy_bin(np.asarray(energies, np.float64).reshape(-1))[shower]
-        cell = e_bin * self.n_layer_groups + self.point_groups(points, shower)
+        energies = np.asarray(energies, np.float64).reshape(-1)
+        e_bin = self.energy_bin(energies)[shower]
+        cell = e_bin * self.n_groups + self.point_groups(points, shower, energies)
         r = radius_mm(points)
         log_r = np.log(np.maximum(r, 1e-6))
         knots_gen = self.log_r_gen.reshape(-1, self.log_r_gen.shape[-1])
@@ -617,6 +780,11 @@ class RadialCorrection:
             "log_r_gen": np.round(self.log_r_gen, 7).tolist(),
             "log_r_data": np.round(self.log_r_data, 7).tolist(),
             **({"depth_relative": True} if self.depth_relative else {}),
+            **(
+                {"shower_classes": self.shower_classes.to_dict()}
+                if self.shower_classes is not None
+                else {}
+            ),
         }
 
     @classmethod
@@ -628,10 +796,15 @@ class RadialCorrection:
                 log_r_gen=np.asarray(data["log_r_gen"], np.float64),
                 log_r_data=np.asarray(data["log_r_data"], np.float64),
                 depth_relative=bool(data.get("depth_relative", False)),
+                shower_classes=(
+                    ShowerClasses.from_dict(data["shower_classes"])
+                    if data.get("shower_classes")
+                    else None
+                ),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise UsageError(f"invalid radial correction: {exc}") from None
-        shape = (out.n_energy_bins, out.n_layer_groups)
+        shape = (out.n_energy_bins, out.n_groups)
         if (
             out.log_r_gen.ndim != 3
             or out.log_r_gen.shape != out.log_r_data.shape

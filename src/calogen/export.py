@@ -185,6 +185,11 @@ class ShowerPipeline(nn.Module):
             shapes = {None if r is None else r.binning for r in radials}
             if None in shapes or len(shapes) != 1:
                 raise UsageError("export: the angle bins' radial maps differ in their binning")
+        if any(getattr(r, "shower_classes", None) is not None for r in radials):
+            raise UsageError(
+                "export: radial maps with shower classes are not exported yet "
+                "(refit the corrections without --radial-classes)"
+            )
         #: radial quantile correction (calogen.calibration.RadialCorrection) as buffers
         self.has_radial = radial is not None
         #: the radial maps group layers relative to each shower's depth

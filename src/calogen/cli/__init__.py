@@ -20,6 +20,7 @@ import importlib
 import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from calogen import __version__
@@ -170,11 +171,20 @@ def add_num(
     )
 
 
+#: models shipped inside the package besides the default, selected by name with ``--model``
+#: (folders under ``calogen/pretrained``; docs/bibae_l2lflows.md says how they were made)
+SHIPPED_MODELS = ("l2lflows",)
+
+
 def add_model(
     parser: argparse.ArgumentParser,
     *,
-    help: str = "trained model folder, or 'default' for the model shipped with calogen",
-    metavar: str = "DIR|default",
+    help: str = (
+        "trained model folder, 'default' for the model shipped with calogen, or the name of "
+        "another shipped model: " + ", ".join(SHIPPED_MODELS) + " (a folder of that name in "
+        "the working directory: ./NAME)"
+    ),
+    metavar: str = "DIR|default|NAME",
     default: str | None = "default",
     required: bool = False,
 ) -> argparse.Action:
@@ -187,8 +197,13 @@ def add_model(
 
 
 def model_dir(value: str | None) -> str | None:
-    """The folder named by ``--model``: ``None`` (the shipped model) for ``default``."""
-    return None if value in (None, "default") else value
+    """The folder named by ``--model``: ``None`` (the shipped model) for ``default``, the
+    package's folder for the name of another shipped model (:data:`SHIPPED_MODELS`)."""
+    if value in (None, "default"):
+        return None
+    if value in SHIPPED_MODELS:
+        return str(Path(__file__).resolve().parents[1] / "pretrained" / value)
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -182,6 +182,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "relative to each shower's depth, its energy-weighted mean layer ('relative': a deep "
         "shower is not widened like the average shower at its layers; docs/default_model.md)",
     )
+    q.add_argument(
+        "--radial-classes",
+        nargs="+",
+        choices=("depth", "visible"),
+        default=None,
+        metavar="KIND",
+        help="CaloClouds II: radial maps of their own for three classes of showers by the "
+        "residual of the shower depth ('depth') and/or of the visible fraction E_vis/E "
+        "('visible') from their trend in ln E (Geant4's core share rises with depth and "
+        "falls with E_vis; docs/default_model.md). Not exported yet (default: one class)",
+    )
     q.set_defaults(func=_fit_occupancy)
 
     _register_distill(subparsers)
@@ -347,6 +358,7 @@ def _fit_occupancy(args: argparse.Namespace) -> int:
             theta_edges_deg=args.angle_edges,
             radial_energy=args.radial_energy,
             radial_layers=args.radial_layers,
+            radial_classes=args.radial_classes,
         )
     print(json.dumps(summary, indent=2))
     return 0

@@ -674,7 +674,7 @@ class CaloClouds2(nn.Module):
             return cache[key][1:]
         every = (self.corrections_for(b)[1] for b in range(len(self.binned) + 1))
         ref = next(m for m in (*maps, *every) if m is not None)  # all None: the identity
-        groups = ref.n_layer_groups
+        groups = ref.n_groups
 
         def table(m: RadialCorrection | None, e: int) -> tuple[NDArray, NDArray]:
             gen = (m or ref).log_r_gen[e]  # [G, K]
@@ -717,7 +717,7 @@ class CaloClouds2(nn.Module):
         ref = next(m for m in maps if m is not None)
         if any(m is not None and m.binning != ref.binning for m in maps):
             raise UsageError("the angle bins' radial maps differ in their binning")
-        n_showers, n_groups = len(energies), ref.n_layer_groups
+        n_showers, n_groups = len(energies), ref.n_groups
         if self.radial_energy == "interpolate":
             e0, e1, we = ref.energy_weights(energies)
         else:
@@ -756,7 +756,7 @@ class CaloClouds2(nn.Module):
         values[..., -1] = values[..., -2] + (high - knots[..., -2])
         span = high - low + 1.0  # tables moved apart so that all knots increase together
         offset = np.arange(n_showers * n_groups) * span
-        cell = shower * n_groups + ref.point_groups(points, shower)
+        cell = shower * n_groups + ref.point_groups(points, shower, energies)
         knots += offset.reshape(n_showers, n_groups, 1)
         values += offset.reshape(n_showers, n_groups, 1)
         new = np.interp(log_r + offset[cell], knots.ravel(), values.ravel()) - offset[cell]
@@ -1584,6 +1584,7 @@ def fit_occupancy(
     interpolate: bool = True,
     radial_energy: str | None = "interpolate",
     radial_layers: str = "absolute",
+    radial_classes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Fit ``c_N`` from data and generated showers, then refine it in closed loop.
 
@@ -1612,7 +1613,9 @@ def fit_occupancy(
     of its fit showers and generation interpolates between bins
     (:attr:`CaloClouds2.theta_nodes_deg`). ``radial_layers`` ``"relative"`` groups the
     radial maps' layers relative to each shower's depth
-    (:attr:`~calogen.calibration.RadialCorrection.depth_relative`).
+    (:attr:`~calogen.calibration.RadialCorrection.depth_relative`); ``radial_classes``
+    (``"depth"``, ``"visible"``) gives classes of showers maps of their own
+    (:class:`~calogen.calibration.ShowerClasses`).
     """
     if radial_layers not in RADIAL_LAYER_MODES:
         raise UsageError(
@@ -1653,6 +1656,7 @@ def fit_occupancy(
             radial,
             refine_iterations,
             depth_relative=radial_layers == "relative",
+            shower_classes=tuple(radial_classes),
         )
         if g.size >= min_bin_showers or (len(groups) == 1 and g.size > 0)
         else None
@@ -1790,6 +1794,7 @@ def _fit_group(
     radial: bool,
     refine_iterations: int,
     depth_relative: bool = False,
+    shower_classes: tuple[str, ...] = (),
 ) -> _GroupFit:
     """Steps 0-2 of :func:`fit_occupancy` on the showers of ``ref``; ``model`` must have no
     binned corrections (its ``occupancy`` and ``radial`` are set while fitting)."""
@@ -1818,6 +1823,7 @@ def _fit_group(
             (real_points, ref.packed.shower, energies),
             (straighten_points(packed.points, packed.counts, dirs), packed.shower, energies),
             depth_relative=depth_relative,
+            shower_classes=shower_classes,
         )
 
     model.radial = None

@@ -256,6 +256,7 @@ def fit_occupancy(
     theta_edges_deg: list[float] | None = None,
     radial_energy: str | None = "interpolate",
     radial_layers: str = "absolute",
+    radial_classes: list[str] | None = None,
 ) -> dict[str, Any]:
     """Fit and store the occupancy correction of a model folder; returns a summary.
 
@@ -266,7 +267,8 @@ def fit_occupancy(
     ``radial_energy``: how their radial maps apply in the incident energy ("bins", each
     shower its bin's map; "interpolate", linearly between the bins' centres; ``None``: as
     the model has it); ``radial_layers``: their radial maps' layer groups by layer index
-    ("absolute") or relative to each shower's depth ("relative").
+    ("absolute") or relative to each shower's depth ("relative"); ``radial_classes``: maps
+    of their own for classes of showers by depth and/or visible energy ("depth", "visible").
     """
     from calogen.data.io import ShowerFile
     from calogen.models.training import read_model_info
@@ -291,6 +293,9 @@ def fit_occupancy(
         kwargs["theta_edges_deg"] = theta_edges_deg
         kwargs["radial_energy"] = radial_energy
         kwargs["radial_layers"] = radial_layers
+        kwargs["radial_classes"] = tuple(radial_classes or ())
+    elif radial_classes:
+        raise UsageError("--radial-classes: only CaloClouds II models have a radial map")
     elif theta_edges_deg is not None:
         raise UsageError("--angle-edges: only angle-aware CaloClouds II models have angle classes")
     return _with_model_errors(model_dir, info, func, Path(model_dir), data, **kwargs)

@@ -254,13 +254,30 @@ def module_tensors(modules: dict[str, nn.Module]) -> dict[str, Tensor]:
     return {f"{name}.{k}": v for name, m in modules.items() for k, v in m.state_dict().items()}
 
 
+#: safetensors metadata key of a :func:`compact_tensors` file (value: the float dtype)
+COMPACT_METADATA_KEY = "calogen_compact"
+
+
 def load_module_tensors(
-    modules: dict[str, nn.Module], tensors: dict[str, Tensor], what: str = "checkpoint"
+    modules: dict[str, nn.Module],
+    tensors: dict[str, Tensor],
+    what: str = "checkpoint",
+    *,
+    compact: bool = False,
 ) -> None:
-    """Load ``{name.param: tensor}`` into modules; mismatches → :class:`UsageError`."""
+    """Load ``{name.param: tensor}`` into modules; mismatches → :class:`UsageError`.
+
+    Floating-point tensors of another precision are cast to the module's. With ``compact``
+    (a :func:`compact_tensors` file) the integer and boolean buffers that the file leaves out
+    (the masks and orders that a module builds from its config) keep the module's own values.
+    """
     for name, module in modules.items():
         prefix = f"{name}."
         sd = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if compact:
+            for key, own in module.state_dict().items():
+                if key not in sd and not own.is_floating_point():
+                    sd[key] = own
         try:
             module.load_state_dict(sd, strict=True)
         except RuntimeError as exc:
@@ -269,6 +286,25 @@ def load_module_tensors(
                 f"{what}: weights of '{name}' do not fit the configured network "
                 f"({' '.join(s.strip() for s in first)})"
             ) from None
+
+
+def compact_tensors(
+    modules: dict[str, nn.Module], dtype: torch.dtype = torch.float16
+) -> dict[str, Tensor]:
+    """``{name.param: tensor}`` of ``modules`` for shipping a model in a small file: floating
+    -point tensors in ``dtype`` (float16: half the bytes; relative rounding 5e-4), integer and
+    boolean buffers left out (they are structure that the module rebuilds from its config,
+    e.g. the masks of masked autoregressive flows; :func:`load_module_tensors` keeps them).
+    Only for models whose structure buffers do not depend on training: check the shipped
+    model's fidelity after compacting."""
+    out: dict[str, Tensor] = {}
+    for name, module in modules.items():
+        for key, value in module.state_dict().items():
+            if value.is_floating_point():
+                if value.abs().max() > torch.finfo(dtype).max:
+                    raise UsageError(f"{name}.{key}: values beyond the range of {dtype}")
+                out[f"{name}.{key}"] = value.detach().to(dtype)
+    return out
 
 
 class EMA(nn.Module):
@@ -505,9 +541,36 @@ def load_model_tensors(model_dir: str | os.PathLike[str], modules: dict[str, nn.
     path = Path(model_dir) / MODEL_TENSORS
     try:
         tensors = load_tensors(path)
+        compact = COMPACT_METADATA_KEY in tensors_metadata(path)
     except CalogenError as exc:
         raise UsageError(str(exc)) from None
-    load_module_tensors(modules, tensors, what=str(path))
+    load_module_tensors(modules, tensors, what=str(path), compact=compact)
+
+
+def tensors_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The metadata of a safetensors file (``{}`` if it has none)."""
+    from safetensors import safe_open
+
+    path = check_safetensors(path)
+    try:
+        with safe_open(str(path), "pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as exc:  # safetensors raises its own error types
+        raise CalogenError(f"{path}: cannot read safetensors file: {exc}") from None
+
+
+def save_compact_model(
+    model_dir: str | os.PathLike[str],
+    modules: dict[str, nn.Module],
+    dtype: torch.dtype = torch.float16,
+) -> Path:
+    """Rewrite ``model.safetensors`` of a model folder in the :func:`compact_tensors` form
+    (for shipping a model inside the package; ``model.json`` is left as it is)."""
+    return save_tensors(
+        Path(model_dir) / MODEL_TENSORS,
+        compact_tensors(modules, dtype),
+        metadata={COMPACT_METADATA_KEY: str(dtype).removeprefix("torch.")},
+    )
 
 
 # ---------------------------------------------------------------------------------------------
