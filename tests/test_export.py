@@ -284,10 +284,15 @@ def test_export_follows_normalisation_and_occupancy_options(tmp_path):
     _compare(session.run(None, feed)[0], showers, atol_mm=1e-3, rtol_e=1e-4)
 
 
-@pytest.mark.parametrize("depth_relative", [False, True])
-def test_radial_correction_in_the_pipeline_matches_numpy(depth_relative: bool) -> None:
+@pytest.mark.parametrize(
+    ("depth_relative", "classes"),
+    [(False, ()), (True, ()), (True, ("depth", "visible")), (False, ("visible",))],
+)
+def test_radial_correction_in_the_pipeline_matches_numpy(
+    depth_relative: bool, classes: tuple[str, ...]
+) -> None:
     """The exported radial quantile map equals :meth:`RadialCorrection.apply` (layer groups
-    by layer index, or relative to each shower's depth)."""
+    by layer index, or relative to each shower's depth; with shower classes)."""
     from calogen.calibration import RadialCorrection
     from calogen.export import ShowerPipeline
     from calogen.models.registry import load_generator
@@ -303,8 +308,15 @@ def test_radial_correction_in_the_pipeline_matches_numpy(depth_relative: bool) -
 
     energies = rng.uniform(10, 90, 100)
     synthetic = RadialCorrection.fit(
-        showers(2.0, 100, energies), showers(4.0, 100, energies), depth_relative=depth_relative
+        showers(2.0, 100, energies),
+        showers(4.0, 100, energies),
+        depth_relative=depth_relative,
+        shower_classes=classes,
     )
+    if classes:
+        assert synthetic.shower_classes is not None and synthetic.n_groups == 6 * (
+            3 ** len(classes)
+        )
     model = load_generator(None).model
     original, model.radial = model.radial, synthetic
     binned, model.binned = model.binned, []  # one map, applied bin by bin (as apply())
@@ -318,6 +330,8 @@ def test_radial_correction_in_the_pipeline_matches_numpy(depth_relative: bool) -
     points[5:10, :2] *= 1e-4  # below the first quantile
     points[10:15, :2] *= 1e3  # beyond the last
     points = points.astype(np.float32)
+    if classes:  # the six showers fall into more than one class
+        assert np.unique(synthetic.shower_classes.classify(points, shower, energies[:6])).size > 1
     got = pipe._radial(
         torch.as_tensor(points.reshape(6, 300, 4)),
         torch.as_tensor(points[:, 2].reshape(6, 300)),

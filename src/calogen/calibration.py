@@ -518,6 +518,7 @@ class ShowerClasses:
             )
         if n_bins < 2:
             raise UsageError(f"shower classes need at least 2 bins per kind, got {n_bins}")
+        kinds = tuple(k for k in SHOWER_CLASS_KINDS if k in kinds)  # one order (the export's)
         trends, edges = [], []
         levels = np.arange(1, n_bins) / n_bins
         for kind in kinds:
@@ -551,8 +552,10 @@ class ShowerClasses:
         kinds = tuple(str(k) for k in data["kinds"])
         trends = [(float(a), float(b)) for a, b in data["trends"]]
         edges = [[float(v) for v in e] for e in data["edges"]]
-        if set(kinds) - set(SHOWER_CLASS_KINDS) or not (len(kinds) == len(trends) == len(edges)):
-            raise ValueError(f"shower classes: unknown kinds or lengths ({kinds})")
+        if kinds != tuple(k for k in SHOWER_CLASS_KINDS if k in kinds) or not (
+            len(kinds) == len(trends) == len(edges)
+        ):
+            raise ValueError(f"shower classes: unknown kinds, order or lengths ({kinds})")
         if any(np.any(np.diff(e) <= 0) for e in edges):
             raise ValueError("shower classes: edges must increase")
         return cls(kinds, trends, edges)

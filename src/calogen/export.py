@@ -185,11 +185,6 @@ class ShowerPipeline(nn.Module):
             shapes = {None if r is None else r.binning for r in radials}
             if None in shapes or len(shapes) != 1:
                 raise UsageError("export: the angle bins' radial maps differ in their binning")
-        if any(getattr(r, "shower_classes", None) is not None for r in radials):
-            raise UsageError(
-                "export: radial maps with shower classes are not exported yet "
-                "(refit the corrections without --radial-classes)"
-            )
         #: radial quantile correction (calogen.calibration.RadialCorrection) as buffers
         self.has_radial = radial is not None
         #: the radial maps group layers relative to each shower's depth
@@ -200,9 +195,22 @@ class ShowerPipeline(nn.Module):
         #: the layer a shower's (rounded) depth counts as, and the depth of a shower without
         #: energy (calibration.shower_depth)
         self.middle_layer = float(RELATIVE_DEPTH_LAYER)
+        classes = getattr(radial, "shower_classes", None)
+        #: shower classes of the radial maps (calibration.ShowerClasses): by depth and/or
+        #: visible fraction, in this order; their trends a + b ln E and inner edges
+        self.class_depth = classes is not None and "depth" in classes.kinds
+        self.class_visible = classes is not None and "visible" in classes.kinds
+        self.radial_layer_groups = int(radial.n_layer_groups) if radial is not None else 1
+        for kind in ("depth", "visible"):
+            used = classes is not None and kind in classes.kinds
+            at = classes.kinds.index(kind) if used else 0
+            trend = list(classes.trends[at]) if used else [0.0, 0.0]
+            edges = list(classes.edges[at]) if used else [0.0]
+            self.register_buffer(f"class_{kind}_trend", torch.tensor(trend, dtype=torch.float64))
+            self.register_buffer(f"class_{kind}_edges", torch.tensor(edges, dtype=torch.float64))
         if radial is not None:
             k = radial.log_r_gen.shape[-1]
-            self.radial_groups = int(radial.n_layer_groups)
+            self.radial_groups = int(radial.n_groups)
             self.radial_energy_bins = int(radial.n_energy_bins)
             knots = np.concatenate([r.log_r_gen.reshape(-1, k) for r in radials])
             data_knots = np.concatenate([r.log_r_data.reshape(-1, k) for r in radials])
@@ -515,6 +523,27 @@ class ShowerPipeline(nn.Module):
             depth = torch.where(e_sum > 0, torch.round(mean), middle)
             layer64 = layer64 - depth[:, None] + self.middle_layer
         group = (layer64[..., None] >= self.radial_l_inner).sum(-1)
+        if self.class_depth or self.class_visible:  # calibration.ShowerClasses.classify
+            e = point_energy.to(torch.float64).clamp_min(0.0)
+            e_sum = e.sum(1)
+            log_e = torch.log(energy.to(torch.float64))
+            index = torch.zeros_like(e_bin)
+            if self.class_depth:
+                mean = (e * layer.to(torch.float64)).sum(1) / torch.where(
+                    e_sum > 0, e_sum, torch.ones_like(e_sum)
+                )
+                depth = torch.where(e_sum > 0, mean, torch.full_like(mean, self.middle_layer))
+                trend = self.class_depth_trend[0] + self.class_depth_trend[1] * log_e
+                residual = depth - trend
+                above = (residual[:, None] >= self.class_depth_edges[None, :]).sum(1)
+                index = index * (self.class_depth_edges.shape[0] + 1) + above
+            if self.class_visible:
+                fraction = e_sum / energy.to(torch.float64)
+                trend = self.class_visible_trend[0] + self.class_visible_trend[1] * log_e
+                residual = fraction - trend
+                above = (residual[:, None] >= self.class_visible_edges[None, :]).sum(1)
+                index = index * (self.class_visible_edges.shape[0] + 1) + above
+            group = group + self.radial_layer_groups * index[:, None]
         x = points[..., 0].to(torch.float64)
         y = points[..., 1].to(torch.float64)
         r = torch.sqrt(x * x + y * y)

@@ -191,7 +191,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="CaloClouds II: radial maps of their own for three classes of showers by the "
         "residual of the shower depth ('depth') and/or of the visible fraction E_vis/E "
         "('visible') from their trend in ln E (Geant4's core share rises with depth and "
-        "falls with E_vis; docs/default_model.md). Not exported yet (default: one class)",
+        "falls with E_vis; docs/default_model.md). (default: one class)",
     )
     q.set_defaults(func=_fit_occupancy)
 

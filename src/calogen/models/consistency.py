@@ -64,12 +64,34 @@ class ConsistencyFunction(nn.Module):
         sigma = _as_tensor(sigma, x)
         if sigma.numel() == 1 and float(sigma) <= self.sigma_min:
             return x
-        c_skip, c_out, c_in, c_noise = consistency_scalings(sigma, self.sigma_min, self.sigma_data)
+        c_skip, c_out, c_in, c_noise = self._scalings(sigma)
         out = c_skip * x + c_out * self.net(c_in * x, c_noise, cond)
         at_min = sigma <= self.sigma_min
         if bool(at_min.any()):
             out = torch.where(at_min, x, out)
         return out
+
+    def _scalings(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """:func:`consistency_scalings` of ``sigma``; for one σ without gradients cached per
+        value (the same tensors, computed once: sampling uses a handful of fixed σ)."""
+        if sigma.numel() != 1 or sigma.requires_grad:
+            return consistency_scalings(sigma, self.sigma_min, self.sigma_data)
+        key = (
+            float(sigma),
+            sigma.dtype,
+            sigma.device,
+            tuple(sigma.shape),
+            self.sigma_min,
+            self.sigma_data,
+            torch.is_inference_mode_enabled(),  # inference tensors must not enter autograd
+        )
+        cache = self.__dict__.setdefault("_scalings_cache", {})
+        found = cache.get(key)
+        if found is None:
+            if len(cache) > 64:
+                cache.clear()
+            found = cache[key] = consistency_scalings(sigma, self.sigma_min, self.sigma_data)
+        return found
 
 
 def consistency_sigmas(
