@@ -497,3 +497,40 @@ def test_rotate_by_draws_keeps_radius_and_spreads_azimuth() -> None:
     phi = np.arctan2(points[select, 1], points[select, 0])
     assert kstest(phi, "uniform", args=(-np.pi, 2 * np.pi)).pvalue > 1e-3
     np.testing.assert_array_equal(points[:, 2:], before[:, 2:])
+
+
+def test_radial_shower_classes_across_angle_bins(fixtures, inclined_file, tmp_path) -> None:
+    """Radial maps per shower class (``--radial-classes``): one set of classes for all
+    angle bins (their maps are blended), stored in model.json, and the DDML export makes
+    the Python model's showers."""
+    data = [str(fixtures / "g4_photons_subset.h5"), str(inclined_file)]
+    out = tmp_path / "c"
+    config = str(_yaml(tmp_path, angle_config(iterations=4)))
+    cli_main(
+        ["train", "caloclouds2", "--config", config, "--data", *data, "-o", str(out), "--quiet"]
+    )
+    thetas = angles_from_directions(read_showers(inclined_file).directions)[0]
+    edge = round(float(np.median(thetas)), 3)
+    cc2.fit_occupancy(
+        out, data, n_showers=20, refine_iterations=1, min_bin_showers=4,
+        theta_edges_deg=(0.5, edge), radial_layers="relative",
+        radial_classes=("depth", "visible"),
+    )  # fmt: skip
+    gen = load_generator(out)
+    maps = [gen.model.radial] + [rad for _, rad in gen.model.binned]
+    assert all(m is not None and m.shower_classes is not None for m in maps)
+    assert len({m.binning for m in maps}) == 1  # the same classes in every angle bin
+    assert maps[0].shower_classes.n_classes == 9 and maps[0].n_groups == 9 * 6
+    info = json.loads((out / "model.json").read_text())
+    assert info["radial_correction"]["shower_classes"]["kinds"] == ["depth", "visible"]
+    from calogen.export import DDMLShower, ShowerPipeline
+    from test_export_ddml import _assert_same_shower, _python_shower
+
+    ddml = DDMLShower(ShowerPipeline(gen.model).eval(), slab().layer_z_mm).eval()
+    for seed, energy, theta64 in ((3, 20.0, 0.0), (4, 70.0, edge + 3.0)):
+        theta = float(np.float32(theta64))
+        ref = _python_shower(gen.model, energy, theta, 30.0, seed)
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            row = ddml(*(torch.tensor([v]) for v in (energy, theta, 30.0))).numpy()
+        _assert_same_shower(row, ref)

@@ -312,6 +312,7 @@ def test_radial_correction_in_the_pipeline_matches_numpy(
         showers(4.0, 100, energies),
         depth_relative=depth_relative,
         shower_classes=classes,
+        theta_deg=rng.uniform(0.0, 60.0, 100),  # the classes' trend in 1 / cos(theta) - 1
     )
     if classes:
         assert synthetic.shower_classes is not None and synthetic.n_groups == 6 * (
@@ -330,17 +331,21 @@ def test_radial_correction_in_the_pipeline_matches_numpy(
     points[5:10, :2] *= 1e-4  # below the first quantile
     points[10:15, :2] *= 1e3  # beyond the last
     points = points.astype(np.float32)
+    theta = rng.uniform(0.0, 60.0, 6)
     if classes:  # the six showers fall into more than one class
-        assert np.unique(synthetic.shower_classes.classify(points, shower, energies[:6])).size > 1
+        found = synthetic.shower_classes.classify(points, shower, energies[:6], theta)
+        assert np.unique(found).size > 1
     got = pipe._radial(
         torch.as_tensor(points.reshape(6, 300, 4)),
         torch.as_tensor(points[:, 2].reshape(6, 300)),
         torch.as_tensor(energies[:6], dtype=torch.float32),
-        pipe._angle_weights(torch.zeros(6)),  # theta 0 (no angle bins)
+        pipe._angle_weights(torch.zeros(6)),  # no angle bins
         torch.as_tensor(points[:, 3].reshape(6, 300)),
+        torch.as_tensor(theta, dtype=torch.float32),
     ).numpy()
     expected = points.copy()
-    synthetic.apply(expected, shower, energies[:6].astype(np.float32))
+    theta32 = theta.astype(np.float32).astype(np.float64)  # as the exported module gets it
+    synthetic.apply(expected, shower, energies[:6].astype(np.float32), theta32)
     np.testing.assert_allclose(got.reshape(-1, 4), expected, rtol=1e-5, atol=1e-5)
     pipe.onnx = True  # the ONNX form (comparisons instead of searchsorted): the same map
     got_onnx = pipe._radial(
@@ -349,5 +354,6 @@ def test_radial_correction_in_the_pipeline_matches_numpy(
         torch.as_tensor(energies[:6], dtype=torch.float32),
         pipe._angle_weights(torch.zeros(6)),
         torch.as_tensor(points[:, 3].reshape(6, 300)),
+        torch.as_tensor(theta, dtype=torch.float32),
     ).numpy()
     np.testing.assert_allclose(got_onnx.reshape(-1, 4), expected, rtol=1e-5, atol=1e-5)

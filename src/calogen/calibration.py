@@ -441,20 +441,25 @@ SHOWER_CLASS_KINDS = ("depth", "visible")
 class ShowerClasses:
     """Classes of showers for :class:`RadialCorrection`: by the residual of the shower depth
     (:func:`shower_depth`, in layers) and/or of the visible fraction ``E_vis / E`` from their
-    linear trend in ``ln E``, each cut at quantiles of the Geant4 fit showers.
+    linear trend ``a + b ln E + c (1 / cos theta - 1)`` (theta: the polar angle of incidence;
+    an inclined shower crosses its layers at a slant, so it reaches its depth in fewer
+    layers and leaves more of its energy in the silicon), each cut at quantiles of the
+    Geant4 fit showers.
 
     Geant4's share of energy near the axis rises with the depth of a shower and falls with
     its visible energy, and a one-step model gets these correlations wrong
     (docs/default_model.md); a radial map per class restores each class's radial profile.
+    One set of classes serves every polar-angle bin of a model (their maps are blended).
 
     Attributes:
-        kinds: the quantities, in the order of the class index (the last varies fastest).
-        trends: ``(a, b)`` of ``a + b ln E`` per kind.
+        kinds: the quantities, in the order of :data:`SHOWER_CLASS_KINDS` (the last varies
+            fastest in the class index).
+        trends: ``(a, b, c)`` per kind.
         edges: inner edges of the residual per kind (increasing).
     """
 
     kinds: tuple[str, ...]
-    trends: list[tuple[float, float]]
+    trends: list[tuple[float, float, float]]
     edges: list[list[float]]
 
     @property
@@ -479,6 +484,19 @@ class ShowerClasses:
         e_layer = np.bincount(key, weights=e, minlength=n_showers * N_LAYERS)
         return shower_depth(e_layer.reshape(n_showers, N_LAYERS))
 
+    @staticmethod
+    def _regressors(
+        energies: NDArray[np.floating], theta_deg: NDArray[np.floating] | None
+    ) -> NDArray[np.float64]:
+        """``[S, 3]``: 1, ln E, 1 / cos theta - 1."""
+        energies = np.asarray(energies, np.float64).reshape(-1)
+        slant = (
+            np.zeros_like(energies)
+            if theta_deg is None
+            else 1.0 / np.cos(np.radians(np.asarray(theta_deg, np.float64).reshape(-1))) - 1.0
+        )
+        return np.stack([np.ones_like(energies), np.log(energies), slant], 1)
+
     @classmethod
     def residuals(
         cls,
@@ -486,19 +504,23 @@ class ShowerClasses:
         shower: NDArray[np.integer],
         energies: NDArray[np.floating],
         kind: str,
-        trend: tuple[float, float] | None = None,
-    ) -> tuple[NDArray[np.float64], tuple[float, float]]:
-        """Residual ``[S]`` of ``kind`` from ``a + b ln E`` (fitted when ``trend`` is None;
-        the visible energy as the fraction ``E_vis / E``) and the trend."""
+        trend: tuple[float, float, float] | None = None,
+        theta_deg: NDArray[np.floating] | None = None,
+    ) -> tuple[NDArray[np.float64], tuple[float, float, float]]:
+        """Residual ``[S]`` of ``kind`` from its trend (fitted by least squares when
+        ``trend`` is None; the visible energy as the fraction ``E_vis / E``) and the trend."""
         energies = np.asarray(energies, np.float64).reshape(-1)
         value = cls.values(points, shower, energies.size, kind)
         if kind == "visible":
             value = value / energies
-        log_e = np.log(energies)
+        design = cls._regressors(energies, theta_deg)
         if trend is None:
-            b, a = np.polyfit(log_e, value, 1) if np.ptp(log_e) > 0 else (0.0, value.mean())
-            trend = (float(a), float(b))
-        return value - (trend[0] + trend[1] * log_e), trend
+            used = np.ptp(design, axis=0) > 0  # a constant column (one energy, one angle)
+            used[0] = True
+            coef = np.zeros(3)
+            coef[used] = np.linalg.lstsq(design[:, used], value, rcond=None)[0]
+            trend = (float(coef[0]), float(coef[1]), float(coef[2]))
+        return value - design @ np.asarray(trend, np.float64), trend
 
     @classmethod
     def fit(
@@ -507,14 +529,16 @@ class ShowerClasses:
         shower: NDArray[np.integer],
         energies: NDArray[np.floating],
         *,
-        kinds: tuple[str, ...] = ("depth",),
+        kinds: Sequence[str] = ("depth",),
         n_bins: int = 3,
+        theta_deg: NDArray[np.floating] | None = None,
     ) -> ShowerClasses:
         """Trends and quantile edges from (Geant4) showers, ``n_bins`` classes per kind."""
         unknown = set(kinds) - set(SHOWER_CLASS_KINDS)
         if unknown or not kinds or len(set(kinds)) != len(kinds):
             raise UsageError(
-                f"shower classes must be some of {', '.join(SHOWER_CLASS_KINDS)}, got {kinds}"
+                f"shower classes must be some of {', '.join(SHOWER_CLASS_KINDS)}, got "
+                f"{tuple(kinds)}"
             )
         if n_bins < 2:
             raise UsageError(f"shower classes need at least 2 bins per kind, got {n_bins}")
@@ -522,21 +546,23 @@ class ShowerClasses:
         trends, edges = [], []
         levels = np.arange(1, n_bins) / n_bins
         for kind in kinds:
-            residual, trend = cls.residuals(points, shower, energies, kind)
+            residual, trend = cls.residuals(points, shower, energies, kind, None, theta_deg)
             trends.append(trend)
             edges.append([float(v) for v in np.quantile(residual, levels)])
-        return cls(tuple(kinds), trends, edges)
+        return cls(kinds, trends, edges)
 
     def classify(
         self,
         points: NDArray[np.floating],
         shower: NDArray[np.integer],
         energies: NDArray[np.floating],
+        theta_deg: NDArray[np.floating] | None = None,
     ) -> NDArray[np.int64]:
-        """Class of each shower ``[S]`` of packed ``points`` (layers assigned)."""
+        """Class of each shower ``[S]`` of packed ``points`` (layers assigned; polar angles
+        ``theta_deg [S]``, ``None``: normal incidence)."""
         index = np.zeros(np.asarray(energies).size, np.int64)
         for kind, trend, edges in zip(self.kinds, self.trends, self.edges, strict=True):
-            residual, _ = self.residuals(points, shower, energies, kind, tuple(trend))
+            residual, _ = self.residuals(points, shower, energies, kind, trend, theta_deg)
             index = index * (len(edges) + 1) + np.searchsorted(edges, residual, side="right")
         return index
 
@@ -550,7 +576,7 @@ class ShowerClasses:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ShowerClasses:
         kinds = tuple(str(k) for k in data["kinds"])
-        trends = [(float(a), float(b)) for a, b in data["trends"]]
+        trends = [(float(a), float(b), float(c)) for a, b, c in data["trends"]]
         edges = [[float(v) for v in e] for e in data["edges"]]
         if kinds != tuple(k for k in SHOWER_CLASS_KINDS if k in kinds) or not (
             len(kinds) == len(trends) == len(edges)
@@ -667,12 +693,14 @@ class RadialCorrection:
         points: NDArray[np.floating],
         shower: NDArray[np.integer],
         energies: NDArray[np.floating] | None = None,
+        theta_deg: NDArray[np.floating] | None = None,
     ) -> NDArray[np.int64]:
         """Group of each point of packed ``points [P, 4]`` (layers assigned) with ``shower
         [P]``: its layer group, by layer index or with :attr:`depth_relative` by the layer
         relative to the shower's depth (:func:`relative_layers`); with
         :attr:`shower_classes` plus ``n_layer_groups`` times its shower's class (which needs
-        the incident ``energies [S]`` in GeV)."""
+        the incident ``energies [S]`` in GeV, and the polar angles ``theta_deg [S]`` of
+        inclined showers)."""
         if self.depth_relative:
             group = self.layer_group(relative_layers(points, shower))
         else:
@@ -681,7 +709,7 @@ class RadialCorrection:
             return group
         if energies is None:
             raise UsageError("a radial map with shower classes needs the incident energies")
-        classes = self.shower_classes.classify(points, shower, energies)
+        classes = self.shower_classes.classify(points, shower, energies, theta_deg)
         return group + self.n_layer_groups * classes[np.asarray(shower, np.int64)]
 
     @classmethod
@@ -694,22 +722,28 @@ class RadialCorrection:
         layer_edges: tuple[int, ...] = (0, 5, 10, 15, 20, 25, 30),
         min_points: int = 200,
         depth_relative: bool = False,
-        shower_classes: Sequence[str] = (),
+        shower_classes: Sequence[str] | ShowerClasses = (),
         n_class_bins: int = 3,
+        theta_deg: NDArray[np.floating] | None = None,
     ) -> RadialCorrection:
         """Fit from ``(points [P, 4], shower [P], incident energy [S])`` of Geant4 and of
         generated showers (packed, physical units; the axis at x = y = 0).
 
-        ``shower_classes``: any of ``"depth"``, ``"visible"`` (:class:`ShowerClasses`, each
-        split into ``n_class_bins`` classes at the Geant4 showers' quantiles). A bin with
-        fewer than ``min_points`` points in either sample is left unchanged.
+        ``shower_classes``: fitted :class:`ShowerClasses`, or any of ``"depth"``,
+        ``"visible"`` (fitted here on ``data``, each split into ``n_class_bins`` classes at
+        its quantiles); ``theta_deg [S]``: the polar angles of both samples' showers (the
+        same directions; ``None``: normal incidence). A bin with fewer than ``min_points``
+        points in either sample is left unchanged.
         """
         levels = np.asarray(RADIAL_LEVELS)
-        classes = (
-            ShowerClasses.fit(*data, kinds=tuple(shower_classes), n_bins=n_class_bins)
-            if shower_classes
-            else None
-        )
+        if isinstance(shower_classes, ShowerClasses):
+            classes: ShowerClasses | None = shower_classes
+        elif shower_classes:
+            classes = ShowerClasses.fit(
+                *data, kinds=tuple(shower_classes), n_bins=n_class_bins, theta_deg=theta_deg
+            )
+        else:
+            classes = None
         n_e = len(energy_edges_gev) - 1
         n_l = (len(layer_edges) - 1) * (classes.n_classes if classes is not None else 1)
         shape = (n_e, n_l, len(levels))
@@ -728,7 +762,7 @@ class RadialCorrection:
             pts, sh = pts[keep], np.asarray(shower)[keep]
             energies = np.asarray(energies, np.float64).reshape(-1)
             e_bin = out.energy_bin(energies)[sh]
-            group = out.point_groups(pts, sh, energies)
+            group = out.point_groups(pts, sh, energies, theta_deg)
             r = np.maximum(np.hypot(pts[:, 0], pts[:, 1]), 1e-3)
             q = np.full(shape, np.nan)
             for i in range(n_e):
@@ -751,23 +785,26 @@ class RadialCorrection:
         points: NDArray[np.floating],
         shower: NDArray[np.integer],
         energies: NDArray[np.floating],
+        theta_deg: NDArray[np.floating] | None = None,
     ) -> NDArray[np.floating]:
-        """Map the radius of every point in place; ``points [P, 4]`` with layers assigned."""
+        """Map the radius of every point in place; ``points [P, 4]`` with layers assigned
+        (``theta_deg [S]``: polar angles, for :attr:`shower_classes`)."""
         if points.shape[0] == 0:
             return points
-        return scale_radius(points, *self.mapped_log_radius(points, shower, energies))
+        return scale_radius(points, *self.mapped_log_radius(points, shower, energies, theta_deg))
 
     def mapped_log_radius(
         self,
         points: NDArray[np.floating],
         shower: NDArray[np.integer],
         energies: NDArray[np.floating],
+        theta_deg: NDArray[np.floating] | None = None,
     ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
         """``(r, ln r, mapped ln r)`` of every point ``[P]`` (r in mm from x = y = 0; points
         ``[P, 4]`` with layers assigned, ``P > 0``)."""
         energies = np.asarray(energies, np.float64).reshape(-1)
         e_bin = self.energy_bin(energies)[shower]
-        cell = e_bin * self.n_groups + self.point_groups(points, shower, energies)
+        cell = e_bin * self.n_groups + self.point_groups(points, shower, energies, theta_deg)
         r = radius_mm(points)
         log_r = np.log(np.maximum(r, 1e-6))
         knots_gen = self.log_r_gen.reshape(-1, self.log_r_gen.shape[-1])

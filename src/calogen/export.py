@@ -204,7 +204,7 @@ class ShowerPipeline(nn.Module):
         for kind in ("depth", "visible"):
             used = classes is not None and kind in classes.kinds
             at = classes.kinds.index(kind) if used else 0
-            trend = list(classes.trends[at]) if used else [0.0, 0.0]
+            trend = list(classes.trends[at]) if used else [0.0, 0.0, 0.0]
             edges = list(classes.edges[at]) if used else [0.0]
             self.register_buffer(f"class_{kind}_trend", torch.tensor(trend, dtype=torch.float64))
             self.register_buffer(f"class_{kind}_edges", torch.tensor(edges, dtype=torch.float64))
@@ -506,13 +506,14 @@ class ShowerPipeline(nn.Module):
         energy: Tensor,
         weights: tuple[Tensor, Tensor, Tensor],
         point_energy: Tensor,
+        theta: Tensor,
     ) -> Tensor:
         """The radial quantile map of :class:`~calogen.calibration.RadialCorrection` on
         ``points [B, M, 4]`` with layers ``layer [B, M]`` (float64 inside); with angle bins,
         each shower's bins' maps blended by ``weights`` (:meth:`_angle_weights`);
         ``point_energy [B, M]``: the points' calibrated energies (0 for padding), for maps
         whose layer groups follow each shower's depth (:func:`~calogen.calibration.
-        relative_layers`)."""
+        relative_layers`) and shower classes; ``theta [B]``: polar angles (deg)."""
         e_bin = (energy.to(torch.float64)[:, None] >= self.radial_e_inner[None, :]).sum(1)
         layer64 = layer.to(torch.float64)
         if self.radial_depth_relative:
@@ -527,19 +528,30 @@ class ShowerPipeline(nn.Module):
             e = point_energy.to(torch.float64).clamp_min(0.0)
             e_sum = e.sum(1)
             log_e = torch.log(energy.to(torch.float64))
+            slant = torch.zeros_like(log_e)
+            if self.takes_theta:  # 1 / cos(theta) - 1 (ShowerClasses._regressors)
+                slant = 1.0 / torch.cos(torch.deg2rad(theta.to(torch.float64))) - 1.0
             index = torch.zeros_like(e_bin)
             if self.class_depth:
                 mean = (e * layer.to(torch.float64)).sum(1) / torch.where(
                     e_sum > 0, e_sum, torch.ones_like(e_sum)
                 )
                 depth = torch.where(e_sum > 0, mean, torch.full_like(mean, self.middle_layer))
-                trend = self.class_depth_trend[0] + self.class_depth_trend[1] * log_e
+                trend = (
+                    self.class_depth_trend[0]
+                    + self.class_depth_trend[1] * log_e
+                    + self.class_depth_trend[2] * slant
+                )
                 residual = depth - trend
                 above = (residual[:, None] >= self.class_depth_edges[None, :]).sum(1)
                 index = index * (self.class_depth_edges.shape[0] + 1) + above
             if self.class_visible:
                 fraction = e_sum / energy.to(torch.float64)
-                trend = self.class_visible_trend[0] + self.class_visible_trend[1] * log_e
+                trend = (
+                    self.class_visible_trend[0]
+                    + self.class_visible_trend[1] * log_e
+                    + self.class_visible_trend[2] * slant
+                )
                 residual = fraction - trend
                 above = (residual[:, None] >= self.class_visible_edges[None, :]).sum(1)
                 index = index * (self.class_visible_edges.shape[0] + 1) + above
@@ -821,7 +833,7 @@ class ShowerPipeline(nn.Module):
         e32 = torch.where(valid, new, torch.zeros_like(new)).to(torch.float32)
 
         if self.has_radial:  # radial quantile correction (layers assigned, before the shift)
-            points = self._radial(points, layer, energy, weights, e32)
+            points = self._radial(points, layer, energy, weights, e32, theta)
 
         # centre of gravity (x, y), of the core within CORE_COG_RADIUS_MM where the Shower Flow
         # gives the core's (all points for showers without energy in the core), to the flow's

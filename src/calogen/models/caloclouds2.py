@@ -51,6 +51,7 @@ from calogen.calibration import (
     AxisShiftCorrection,
     OccupancyCorrection,
     RadialCorrection,
+    ShowerClasses,
     calibrate,
     distribute_counts,
     map_log_radius,
@@ -734,6 +735,7 @@ class CaloClouds2(nn.Module):
         k0: NDArray[np.int64],
         k1: NDArray[np.int64],
         w: NDArray[np.float64],
+        theta_deg: NDArray[np.floating] | None = None,
     ) -> None:
         """Radial maps of each shower (packed ``points``, layers assigned), in place: those
         of its angle bins ``k0``, ``k1`` blended in ln r with weights ``1 - w`` and ``w``,
@@ -784,7 +786,7 @@ class CaloClouds2(nn.Module):
         values[..., -1] = values[..., -2] + (high - knots[..., -2])
         span = high - low + 1.0  # tables moved apart so that all knots increase together
         offset = np.arange(n_showers * n_groups) * span
-        cell = shower * n_groups + ref.point_groups(points, shower, energies)
+        cell = shower * n_groups + ref.point_groups(points, shower, energies, theta_deg)
         knots += offset.reshape(n_showers, n_groups, 1)
         values += offset.reshape(n_showers, n_groups, 1)
         new = np.interp(log_r + offset[cell], knots.ravel(), values.ravel()) - offset[cell]
@@ -955,9 +957,9 @@ class CaloClouds2(nn.Module):
         if blend and any(self.corrections_for(b)[1] for b in range(len(self.binned) + 1)):
             # the radial maps of each shower's bins (two, blended in ln r, between the bins'
             # angles); needs the layers assigned, before the CoG shift
-            self._blend_radial(points_out, shower, energies, k0, k1, w)
+            self._blend_radial(points_out, shower, energies, k0, k1, w, theta)
         elif self.radial is not None:  # needs the layers assigned, before the CoG shift
-            self.radial.apply(points_out, shower, energies)
+            self.radial.apply(points_out, shower, energies, theta)
         shift_cog(
             points_out,
             shower,
@@ -1676,6 +1678,15 @@ def fit_occupancy(
         groups = [np.flatnonzero(bins == b) for b in range(len(edges) + 1)]
     else:
         groups = [np.arange(n_all)]
+    classes = None
+    if radial and radial_classes:  # one set of classes for every angle bin (blended maps)
+        classes = ShowerClasses.fit(
+            straighten_points(ref.packed.points, ref.packed.counts, dirs),
+            ref.packed.shower,
+            ref.energies,
+            kinds=tuple(radial_classes),
+            theta_deg=theta,
+        )
     fits: list[_GroupFit | None] = [
         _fit_group(
             model,
@@ -1684,7 +1695,7 @@ def fit_occupancy(
             radial,
             refine_iterations,
             depth_relative=radial_layers == "relative",
-            shower_classes=tuple(radial_classes),
+            shower_classes=classes,
         )
         if g.size >= min_bin_showers or (len(groups) == 1 and g.size > 0)
         else None
@@ -1822,7 +1833,7 @@ def _fit_group(
     radial: bool,
     refine_iterations: int,
     depth_relative: bool = False,
-    shower_classes: tuple[str, ...] = (),
+    shower_classes: ShowerClasses | None = None,
 ) -> _GroupFit:
     """Steps 0-2 of :func:`fit_occupancy` on the showers of ``ref``; ``model`` must have no
     binned corrections (its ``occupancy`` and ``radial`` are set while fitting)."""
@@ -1851,7 +1862,8 @@ def _fit_group(
             (real_points, ref.packed.shower, energies),
             (straighten_points(packed.points, packed.counts, dirs), packed.shower, energies),
             depth_relative=depth_relative,
-            shower_classes=shower_classes,
+            shower_classes=shower_classes or (),
+            theta_deg=theta,
         )
 
     model.radial = None
