@@ -443,8 +443,9 @@ class ShowerClasses:
     (:func:`shower_depth`, in layers) and/or of the visible fraction ``E_vis / E`` from their
     linear trend ``a + b ln E + c (1 / cos theta - 1)`` (theta: the polar angle of incidence;
     an inclined shower crosses its layers at a slant, so it reaches its depth in fewer
-    layers and leaves more of its energy in the silicon), each cut at quantiles of the
-    Geant4 fit showers.
+    layers and leaves more of its energy in the silicon), in units of its typical size at
+    that energy (the mean absolute residual, ``d + f ln E``: fluctuations shrink with E, and
+    every energy should fill every class), each cut at quantiles of the Geant4 fit showers.
 
     Geant4's share of energy near the axis rises with the depth of a shower and falls with
     its visible energy, and a one-step model gets these correlations wrong
@@ -455,12 +456,14 @@ class ShowerClasses:
         kinds: the quantities, in the order of :data:`SHOWER_CLASS_KINDS` (the last varies
             fastest in the class index).
         trends: ``(a, b, c)`` per kind.
-        edges: inner edges of the residual per kind (increasing).
+        edges: inner edges of the scaled residual per kind (increasing).
+        spreads: ``(d, f)`` of the mean absolute residual ``d + f ln E`` per kind.
     """
 
     kinds: tuple[str, ...]
     trends: list[tuple[float, float, float]]
     edges: list[list[float]]
+    spreads: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def n_classes(self) -> int:
@@ -468,7 +471,19 @@ class ShowerClasses:
 
     @property
     def key(self) -> tuple[Any, ...]:
-        return (self.kinds, tuple(map(tuple, self.trends)), tuple(map(tuple, self.edges)))
+        return (
+            self.kinds,
+            tuple(map(tuple, self.trends)),
+            tuple(map(tuple, self.edges)),
+            tuple(map(tuple, self.spreads)),
+        )
+
+    @staticmethod
+    def scale(spread: tuple[float, float], energies: NDArray[np.floating]) -> NDArray[np.float64]:
+        """The typical residual ``[S]`` at incident energies (GeV): ``d + f ln E``, kept
+        above ``1e-3 |d|`` (never zero)."""
+        log_e = np.log(np.asarray(energies, np.float64).reshape(-1))
+        return np.maximum(spread[0] + spread[1] * log_e, abs(spread[0]) * 1e-3 + 1e-12)
 
     @staticmethod
     def values(
@@ -543,13 +558,22 @@ class ShowerClasses:
         if n_bins < 2:
             raise UsageError(f"shower classes need at least 2 bins per kind, got {n_bins}")
         kinds = tuple(k for k in SHOWER_CLASS_KINDS if k in kinds)  # one order (the export's)
-        trends, edges = [], []
+        trends, edges, spreads = [], [], []
         levels = np.arange(1, n_bins) / n_bins
+        log_e = np.log(np.asarray(energies, np.float64).reshape(-1))
         for kind in kinds:
             residual, trend = cls.residuals(points, shower, energies, kind, None, theta_deg)
+            size = np.abs(residual)
+            if np.ptp(log_e) > 0:
+                f, d = np.polyfit(log_e, size, 1)
+            else:
+                f, d = 0.0, float(size.mean())
+            spread = (float(d), float(f))
+            scaled = residual / cls.scale(spread, energies)
             trends.append(trend)
-            edges.append([float(v) for v in np.quantile(residual, levels)])
-        return cls(kinds, trends, edges)
+            spreads.append(spread)
+            edges.append([float(v) for v in np.quantile(scaled, levels)])
+        return cls(kinds, trends, edges, spreads)
 
     def classify(
         self,
@@ -561,9 +585,13 @@ class ShowerClasses:
         """Class of each shower ``[S]`` of packed ``points`` (layers assigned; polar angles
         ``theta_deg [S]``, ``None``: normal incidence)."""
         index = np.zeros(np.asarray(energies).size, np.int64)
-        for kind, trend, edges in zip(self.kinds, self.trends, self.edges, strict=True):
+        spreads = self.spreads or [(1.0, 0.0)] * len(self.kinds)
+        for kind, trend, edges, spread in zip(
+            self.kinds, self.trends, self.edges, spreads, strict=True
+        ):
             residual, _ = self.residuals(points, shower, energies, kind, trend, theta_deg)
-            index = index * (len(edges) + 1) + np.searchsorted(edges, residual, side="right")
+            scaled = residual / self.scale(spread, energies)
+            index = index * (len(edges) + 1) + np.searchsorted(edges, scaled, side="right")
         return index
 
     def to_dict(self) -> dict[str, Any]:
@@ -571,6 +599,7 @@ class ShowerClasses:
             "kinds": list(self.kinds),
             "trends": [list(t) for t in self.trends],
             "edges": [list(e) for e in self.edges],
+            "spreads": [list(v) for v in self.spreads],
         }
 
     @classmethod
@@ -578,13 +607,16 @@ class ShowerClasses:
         kinds = tuple(str(k) for k in data["kinds"])
         trends = [(float(a), float(b), float(c)) for a, b, c in data["trends"]]
         edges = [[float(v) for v in e] for e in data["edges"]]
+        spreads = [(float(d), float(f)) for d, f in data.get("spreads", [])]
         if kinds != tuple(k for k in SHOWER_CLASS_KINDS if k in kinds) or not (
             len(kinds) == len(trends) == len(edges)
         ):
             raise ValueError(f"shower classes: unknown kinds, order or lengths ({kinds})")
         if any(np.any(np.diff(e) <= 0) for e in edges):
             raise ValueError("shower classes: edges must increase")
-        return cls(kinds, trends, edges)
+        if spreads and len(spreads) != len(kinds):
+            raise ValueError("shower classes: one spread per kind")
+        return cls(kinds, trends, edges, spreads)
 
 
 @dataclass

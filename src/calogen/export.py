@@ -206,6 +206,8 @@ class ShowerPipeline(nn.Module):
             at = classes.kinds.index(kind) if used else 0
             trend = list(classes.trends[at]) if used else [0.0, 0.0, 0.0]
             edges = list(classes.edges[at]) if used else [0.0]
+            spread = list(classes.spreads[at]) if used and classes.spreads else [1.0, 0.0]
+            self.register_buffer(f"class_{kind}_spread", torch.tensor(spread, dtype=torch.float64))
             self.register_buffer(f"class_{kind}_trend", torch.tensor(trend, dtype=torch.float64))
             self.register_buffer(f"class_{kind}_edges", torch.tensor(edges, dtype=torch.float64))
         if radial is not None:
@@ -542,7 +544,7 @@ class ShowerPipeline(nn.Module):
                     + self.class_depth_trend[1] * log_e
                     + self.class_depth_trend[2] * slant
                 )
-                residual = depth - trend
+                residual = (depth - trend) / self._class_scale(self.class_depth_spread, log_e)
                 above = (residual[:, None] >= self.class_depth_edges[None, :]).sum(1)
                 index = index * (self.class_depth_edges.shape[0] + 1) + above
             if self.class_visible:
@@ -552,7 +554,7 @@ class ShowerPipeline(nn.Module):
                     + self.class_visible_trend[1] * log_e
                     + self.class_visible_trend[2] * slant
                 )
-                residual = fraction - trend
+                residual = (fraction - trend) / self._class_scale(self.class_visible_spread, log_e)
                 above = (residual[:, None] >= self.class_visible_edges[None, :]).sum(1)
                 index = index * (self.class_visible_edges.shape[0] + 1) + above
             group = group + self.radial_layer_groups * index[:, None]
@@ -575,6 +577,11 @@ class ShowerPipeline(nn.Module):
             ],
             -1,
         )
+
+    def _class_scale(self, spread: Tensor, log_e: Tensor) -> Tensor:
+        """:meth:`calibration.ShowerClasses.scale`: ``d + f ln E``, above ``1e-3 |d|``."""
+        floor = torch.abs(spread[0]) * 1e-3 + 1e-12
+        return torch.maximum(spread[0] + spread[1] * log_e, floor)
 
     def _mapped_log_r(
         self,
