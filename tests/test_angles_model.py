@@ -534,3 +534,20 @@ def test_radial_shower_classes_across_angle_bins(fixtures, inclined_file, tmp_pa
         with torch.inference_mode():
             row = ddml(*(torch.tensor([v]) for v in (energy, theta, 30.0))).numpy()
         _assert_same_shower(row, ref)
+
+
+def test_training_ends_with_the_relative_radial_map_for_angle_aware_models(
+    fixtures, inclined_file, tmp_path
+) -> None:
+    """The corrections at the end of training (``fit_corrections``): an angle-aware model's
+    radial map groups layers relative to each shower's depth, a normal-incidence model's by
+    layer index."""
+    data = [str(fixtures / "g4_photons_subset.h5"), str(inclined_file)]
+    angled, plain = tmp_path / "angled", tmp_path / "plain"
+    cli_main(["train", "caloclouds2", "--config", str(_yaml(tmp_path, angle_config(4))),
+              "--data", *data, "-o", str(angled), "--quiet"])  # fmt: skip
+    normal_config = {**tiny_config(4), "base": "small"}
+    cli_main(["train", "caloclouds2", "--config", str(_yaml(tmp_path, normal_config)),
+              "--data", data[0], "-o", str(plain), "--quiet"])  # fmt: skip
+    assert load_generator(angled).model.radial.depth_relative
+    assert not load_generator(plain).model.radial.depth_relative
