@@ -338,7 +338,10 @@ class ShowerFlow(nn.Module):
         """
         c = self.condition(np.asarray(energies), theta_deg)
         z = torch.randn((c.shape[0], self.dim), generator=generator)
-        layers = self._inverse_layers_numpy()
+        # a few showers (full simulation calls one at a time): numpy, whose per-call cost is
+        # a third of torch's; more: torch, which honours torch.set_num_threads (numpy's BLAS
+        # may thread larger matmuls on its own)
+        layers = self._inverse_layers_numpy() if c.shape[0] <= NUMPY_INVERSE_MAX_ROWS else None
         if layers is None:
             x = self.inverse(c, z).numpy()
         else:
@@ -491,6 +494,9 @@ class ShowerFlow(nn.Module):
             losses.append(float(loss.detach()))
         return losses
 
+
+#: largest batch whose Shower Flow inverse runs in numpy when sampling (:func:`_inverse_numpy`)
+NUMPY_INVERSE_MAX_ROWS = 16
 
 #: ``log`` of the minimum slope of zuko's ``MonotonicAffineTransform`` (default 1e-3)
 _LOG_MIN_SLOPE = math.log(1e-3)
