@@ -551,3 +551,21 @@ def test_training_ends_with_the_relative_radial_map_for_angle_aware_models(
               "--data", data[0], "-o", str(plain), "--quiet"])  # fmt: skip
     assert load_generator(angled).model.radial.depth_relative
     assert not load_generator(plain).model.radial.depth_relative
+
+
+def test_auto_angle_classes(capsys) -> None:  # type: ignore[no-untyped-def]
+    """``--angle-edges auto``: up to four inclined classes equal in tan theta, each with
+    enough inclined fit showers; one inclined class for few."""
+    from calogen.models.caloclouds2 import auto_theta_edges, tan_equal_theta_edges
+
+    assert tan_equal_theta_edges(60.0) == (0.5, 23.4, 40.9, 52.4)  # the shipped default's
+    rng = np.random.default_rng(0)
+    many = np.r_[np.zeros(500), rng.uniform(0.0, 60.0, 3000)]
+    assert auto_theta_edges(many) == tan_equal_theta_edges(float(many.max()))
+    assert auto_theta_edges(np.r_[np.zeros(500), rng.uniform(0.0, 60.0, 1200)]) == (
+        tan_equal_theta_edges(60.0, 2)[:1] + (pytest.approx(40.9, abs=0.2),)
+    )
+    assert auto_theta_edges(rng.uniform(0.0, 60.0, 400)) == (0.5,)
+    assert auto_theta_edges(None) == (0.5,)
+    assert cli_main(["fit-occupancy", "--model", "x", "--data", "y", "--angle-edges", "a"]) == 2
+    assert "angles in deg or 'auto'" in capsys.readouterr().err

@@ -1290,10 +1290,14 @@ def fit_corrections(out: Path, data: Any, seed: int, n_showers: int) -> dict[str
     An angle-aware model's radial map groups its layers relative to each shower's depth (as
     the shipped default's: on the angle-aware one-step models measured so far it lowers the
     classifier AUC at every test condition; on models trained at normal incidence only it
-    made 90 GeV worse, so they keep the map by layer index; docs/default_model.md)."""
+    made 90 GeV worse, so they keep the map by layer index), and its angle classes are up to
+    four, equal in tan theta (:func:`auto_theta_edges`; docs/default_model.md)."""
     angled = bool(read_model_info(out).get("config", {}).get("directions", False))
-    layers = "relative" if angled else "absolute"
-    return fit_occupancy(out, data, n_showers=n_showers, seed=seed, radial_layers=layers)
+    if not angled:
+        return fit_occupancy(out, data, n_showers=n_showers, seed=seed)
+    return fit_occupancy(
+        out, data, n_showers=n_showers, seed=seed, radial_layers="relative", theta_edges_deg="auto"
+    )
 
 
 def _trainer(
@@ -1617,7 +1621,7 @@ def fit_occupancy(
     axis: bool = True,
     by_angle: bool = True,
     min_bin_showers: int = 50,
-    theta_edges_deg: Sequence[float] | None = None,
+    theta_edges_deg: Sequence[float] | str | None = None,
     interpolate: bool = True,
     radial_energy: str | None = "interpolate",
     radial_layers: str = "absolute",
@@ -1674,6 +1678,10 @@ def fit_occupancy(
         # (None: as the model has it; "interpolate" by default: docs/default_model.md, the
         # radial map interpolated in the incident energy)
         model.radial_energy = check_radial_energy(radial_energy)
+    if isinstance(theta_edges_deg, str):
+        if theta_edges_deg != "auto":
+            raise UsageError(f"theta edges: a list of angles or 'auto', got {theta_edges_deg!r}")
+        theta_edges_deg = auto_theta_edges(theta)
     edges = check_theta_edges(
         THETA_CORRECTION_EDGES_DEG if theta_edges_deg is None else theta_edges_deg
     )
@@ -1798,6 +1806,38 @@ def fit_occupancy(
 #: 0.5-20, 20-40 and 40-60 deg, fitted on 330 showers each, were worse at 60 deg than one:
 #: occupancy W1 246 against 43, radial 213 against 146 at 50 GeV; docs/angles.md.)
 THETA_CORRECTION_EDGES_DEG = (0.5,)
+
+
+#: inclined fit showers per angle class that ``theta_edges_deg="auto"`` asks for
+AUTO_CLASS_SHOWERS = 500
+
+
+def auto_theta_edges(theta_deg: NDArray[np.floating] | None) -> tuple[float, ...]:
+    """Angle classes for fit showers at ``theta_deg``: up to four inclined classes of equal
+    steps in tan theta (:func:`tan_equal_theta_edges`), as many as have
+    :data:`AUTO_CLASS_SHOWERS` inclined showers each (fewer showers per class made the
+    corrections at 30 deg worse: docs/default_model.md); one inclined class otherwise."""
+    if theta_deg is None:
+        return THETA_CORRECTION_EDGES_DEG
+    theta = np.asarray(theta_deg, np.float64)
+    inclined = theta >= THETA_CORRECTION_EDGES_DEG[0]
+    n_classes = min(4, int(inclined.sum()) // AUTO_CLASS_SHOWERS)
+    if n_classes < 2:
+        return THETA_CORRECTION_EDGES_DEG
+    return tan_equal_theta_edges(float(theta.max()), n_classes)
+
+
+def tan_equal_theta_edges(theta_max_deg: float, n_inclined: int = 4) -> tuple[float, ...]:
+    """Angle-class edges (deg): normal incidence below 0.5 deg, then ``n_inclined`` classes
+    of equal steps in tan theta up to ``theta_max_deg`` (the shipped default's 0.5, 23.4,
+    40.9, 52.4 for 60 deg: the axis offset grows with tan theta)."""
+    if not 0.5 < theta_max_deg < 90.0 or n_inclined < 1:
+        raise UsageError(
+            f"tan-equal angle classes need 0.5 < theta_max < 90 deg, got {theta_max_deg}"
+        )
+    step = math.tan(math.radians(theta_max_deg)) / n_inclined
+    inner = [math.degrees(math.atan(k * step)) for k in range(1, n_inclined)]
+    return (0.5, *(round(v, 1) for v in inner if v > 0.5))
 
 
 def check_theta_edges(edges: Sequence[float]) -> tuple[float, ...]:

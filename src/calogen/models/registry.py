@@ -253,7 +253,7 @@ def fit_occupancy(
     radial: bool = True,
     axis: bool = True,
     by_angle: bool = True,
-    theta_edges_deg: list[float] | None = None,
+    theta_edges_deg: list[float] | str | None = None,
     radial_energy: str | None = "interpolate",
     radial_layers: str = "absolute",
     radial_classes: list[str] | None = None,

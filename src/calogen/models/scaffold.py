@@ -49,6 +49,9 @@ FitCorrections = Callable[[Path, Any, int, int], dict[str, Any]]
 
 #: Training showers (the first ones of the file) that the corrections are fitted on.
 CORRECTION_SHOWERS = 1000
+#: ... of an angle-aware model (per file): its corrections come in classes of polar angle,
+#: each needing a few hundred inclined showers (docs/default_model.md)
+CORRECTION_SHOWERS_ANGLED = 3000
 M = TypeVar("M", bound=nn.Module)
 
 #: Incident energies (GeV) a model folder without ``energy_range_gev`` was trained on.
@@ -129,10 +132,14 @@ def data_label(data: Any) -> str:
 
 def correction_showers(config: Any, n_train: int) -> int:
     """How many of the first showers of each training file the corrections are fitted on:
-    :data:`CORRECTION_SHOWERS`, at most the showers trained on (``max_showers`` per file,
+    :data:`CORRECTION_SHOWERS` (:data:`CORRECTION_SHOWERS_ANGLED` for angle-aware models), at
+    most the showers trained on (``max_showers`` per file,
     ``n_train`` in all), so that they are all training showers."""
     per_file = getattr(config, "max_showers", None)
-    return int(min(CORRECTION_SHOWERS, n_train, per_file or n_train))
+    wanted = (
+        CORRECTION_SHOWERS_ANGLED if getattr(config, "directions", False) else CORRECTION_SHOWERS
+    )
+    return int(min(wanted, n_train, per_file or n_train))
 
 
 def stored_checkpoint(out: str | os.PathLike[str]) -> dict[str, Any]:
