@@ -290,6 +290,11 @@ class OccupancyCorrection:
     n_range: tuple[float, float] = (1.0, 1e9)
     factor_range: tuple[float, float] = (0.2, 2.0)
     p_refine: list[float] = field(default_factory=lambda: [0.0])
+    #: the two fits in ``ln``: ``ln hits = p_data(ln N)`` and ``ln N = p_gen(ln hits)``
+    #: (quadratics; hits grow as a power of the points, so these stay monotone where cubics
+    #: in N swung at the ends of the range and moved the hits at 10 and 90 GeV by up to 20 %
+    #: from one fit seed to the next: docs/default_model.md)
+    log_space: bool = False
 
     @classmethod
     def identity(cls) -> OccupancyCorrection:
@@ -304,23 +309,48 @@ class OccupancyCorrection:
         n_gen: NDArray,
         occupancy_gen: NDArray,
         degree: int = 3,
+        *,
+        log_space: bool = False,
+        n_cap: float | None = None,
     ) -> OccupancyCorrection:
-        """Fit from per-shower (points, hits) of Geant4 and of generated showers."""
+        """Fit from per-shower (points, hits) of Geant4 and of generated showers.
+
+        ``log_space``: quadratic fits of the logarithms (:attr:`log_space`; ``degree`` is then
+        2); ``n_cap``: the generator's largest number of points: generated showers that hit it
+        are left out of the fit (their points are the cap, not the model's relation).
+        """
         n_data = np.asarray(n_data, np.float64)
         n_gen = np.asarray(n_gen, np.float64)
+        occ_data = np.maximum(np.asarray(occupancy_data, np.float64), 1.0)
+        occ_gen = np.maximum(np.asarray(occupancy_gen, np.float64), 1.0)
+        if n_cap is not None:
+            free = n_gen < n_cap
+            if free.sum() > degree:
+                n_gen, occ_gen = n_gen[free], occ_gen[free]
+        degree = 2 if log_space else degree
         if n_data.size < degree + 1 or n_gen.size < degree + 1:
             raise UsageError(f"occupancy fit needs at least {degree + 1} showers of each kind")
-        p_data = np.polyfit(n_data, np.asarray(occupancy_data, np.float64), degree)
-        p_gen = np.polyfit(np.asarray(occupancy_gen, np.float64), n_gen, degree)
+        if log_space:
+            n_data, n_gen = np.maximum(n_data, 1.0), np.maximum(n_gen, 1.0)
+            p_data = np.polyfit(np.log(n_data), np.log(occ_data), degree)
+            p_gen = np.polyfit(np.log(occ_gen), np.log(n_gen), degree)
+        else:
+            p_data = np.polyfit(n_data, occ_data, degree)
+            p_gen = np.polyfit(occ_gen, n_gen, degree)
         lo = float(min(n_data.min(), n_gen.min()))
         hi = float(max(n_data.max(), n_gen.max()))
-        return cls(p_data=p_data.tolist(), p_gen=p_gen.tolist(), n_range=(lo, hi))
+        return cls(
+            p_data=p_data.tolist(), p_gen=p_gen.tolist(), n_range=(lo, hi), log_space=log_space
+        )
 
     def factor(self, n_points: NDArray) -> NDArray[np.float64]:
         """``c_N`` for numbers of points ``N``."""
         n = np.clip(np.asarray(n_points, np.float64), *self.n_range)
         n = np.maximum(n, 1.0)
-        corrected = np.polyval(self.p_gen, np.polyval(self.p_data, n))
+        if self.log_space:
+            corrected = np.exp(np.polyval(self.p_gen, np.polyval(self.p_data, np.log(n))))
+        else:
+            corrected = np.polyval(self.p_gen, np.polyval(self.p_data, n))
         # clipped before exp: beyond +-50 the factor is clipped to factor_range anyway
         refine = np.exp(np.clip(np.polyval(self.p_refine, n / 1000.0), -50.0, 50.0))
         return np.clip(corrected / n * refine, *self.factor_range)
@@ -328,6 +358,8 @@ class OccupancyCorrection:
     def target_hits(self, n_points: NDArray) -> NDArray[np.float64]:
         """Geant4 occupancy ``p_data(N)`` expected for showers of ``N`` points."""
         n = np.clip(np.asarray(n_points, np.float64), *self.n_range)
+        if self.log_space:
+            return np.exp(np.polyval(self.p_data, np.log(np.maximum(n, 1.0))))
         return np.polyval(self.p_data, n)
 
     def refine(
@@ -359,6 +391,7 @@ class OccupancyCorrection:
             n_range=self.n_range,
             factor_range=self.factor_range,
             p_refine=[float(v) for v in new],
+            log_space=self.log_space,
         )
 
     def apply(self, counts_per_layer: NDArray[np.integer]) -> NDArray[np.int64]:
@@ -376,6 +409,7 @@ class OccupancyCorrection:
             "n_range": [float(v) for v in self.n_range],
             "factor_range": [float(v) for v in self.factor_range],
             "p_refine": [float(v) for v in self.p_refine],
+            **({"log_space": True} if self.log_space else {}),
         }
 
     @classmethod
@@ -387,6 +421,7 @@ class OccupancyCorrection:
                 n_range=tuple(float(v) for v in data["n_range"]),  # type: ignore[arg-type]
                 factor_range=tuple(float(v) for v in data.get("factor_range", (0.5, 2.0))),  # type: ignore[arg-type]
                 p_refine=[float(v) for v in data.get("p_refine", [0.0])],
+                log_space=bool(data.get("log_space", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise UsageError(f"invalid occupancy correction: {exc}") from None

@@ -315,6 +315,10 @@ class ShowerPipeline(nn.Module):
         ):
             self.register_buffer(name, table(rows))
         self.occ_refined = any(any(float(v) for v in getattr(o, "p_refine", [0.0])) for o in occs)
+        #: bins whose fits are in logarithms (OccupancyCorrection.log_space): [n_bins, 1]
+        logs = [[bool(getattr(o, "log_space", False))] for o in occs]
+        self.register_buffer("occ_log_space", torch.tensor(logs, dtype=torch.bool))
+        self.occ_any_log = any(row[0] for row in logs)
 
     def _register_radial_pairs(self, model: Any, radials: list[Any]) -> None:
         """Radial maps as one table per combination of the angle bins ``(k0, k1)`` and the
@@ -461,6 +465,11 @@ class ShowerPipeline(nn.Module):
         lo, hi = self.occ_n_range[:, :1], self.occ_n_range[:, 1:]
         n = torch.clamp_min(torch.minimum(torch.maximum(total[None, :], lo), hi), 1.0)
         factor = _polyval_rows(self.occ_p_gen, _polyval_rows(self.occ_p_data, n)) / n
+        if self.occ_any_log:  # ln N -> ln hits -> ln N' for those bins
+            in_logs = torch.exp(
+                _polyval_rows(self.occ_p_gen, _polyval_rows(self.occ_p_data, n.log()))
+            )
+            factor = torch.where(self.occ_log_space, in_logs / n, factor)
         if self.occ_refined:  # closed-loop refinement exp(polyval(p_refine, N / 1000))
             factor = factor * torch.exp(_polyval_rows(self.occ_p_refine, n / 1000.0))
         low, high = self.occ_factor_range[:, :1], self.occ_factor_range[:, 1:]

@@ -1917,7 +1917,9 @@ def _fit_group(
     if radial:
         fit_radial(OccupancyCorrection.identity())
     n_gen, occ_gen = generate(OccupancyCorrection.identity())  # the Shower Flow's own N
-    corr = OccupancyCorrection.fit(n_data, occ_data, n_gen, occ_gen)
+    corr = OccupancyCorrection.fit(
+        n_data, occ_data, n_gen, occ_gen, log_space=True, n_cap=model.config.max_points
+    )
     target = corr.target_hits(n_gen)
     history = [{"mean_hits": float(occ_gen.mean()), "mean_points": float(n_gen.mean())}]
 
