@@ -381,7 +381,16 @@ class OccupancyCorrection:
         achieved = np.maximum(np.asarray(hits_achieved, np.float64), 1.0)
         target = np.maximum(self.target_hits(n_flow), 1.0)
         step = np.log(target / achieved) / float(np.clip(elasticity, 0.1, 1.0))
-        fit = np.polyfit(n_flow / 1000.0, step, degree)
+        x = n_flow / 1000.0
+        if self.log_space and x.size >= 10 * (degree + 1):
+            # robust: the median step in ten bins of N with equal numbers of showers (a few
+            # showers far off, e.g. at the point cap, moved the least-squares quadratic at
+            # the ends of the range)
+            order = np.argsort(x, kind="stable")
+            bins = np.array_split(order, 10)
+            x = np.array([np.median(x[b]) for b in bins])
+            step = np.array([np.median(step[b]) for b in bins])
+        fit = np.polyfit(x, step, degree)
         width = max(len(self.p_refine), len(fit))
         old = np.pad(np.asarray(self.p_refine, np.float64), (width - len(self.p_refine), 0))
         new = old + np.pad(fit, (width - len(fit), 0))
