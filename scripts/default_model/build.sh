@@ -2,8 +2,7 @@
 # Rebuild, ship and evaluate the default model: the angle-aware CaloClouds II (CM), small
 # widths, one network evaluation per shower (issue 15; docs/default_model.md, docs/angles.md).
 # Usage: bash scripts/default_model/build.sh [RUNS_DIR]
-#   about 30 core-minutes of Geant4 (skipped when RUNS_DIR/merged_gt40.npz exists), then
-#   about 75 min of training on one CPU core; every stage resumes after a kill.
+#   about 45 min of training on one CPU core; run again after a kill, it continues.
 # The model of 2026-11-23 (normal incidence only) was built by this script's earlier version
 # (git log -- scripts/default_model/build.sh).
 set -euo pipefail
@@ -12,35 +11,23 @@ SHARED=${CALOGEN_SHARED_DATA:-../shared/data}
 DATA=$SHARED/g4_photons_10-90GeV_train.h5
 ANGLES=$SHARED/g4_photons_angles_train.h5
 RUNS=${1:-runs}
-G4PY=${G4PY:-python}   # the Python that runs the Geant4 tool (its venv)
 mkdir -p "$RUNS"
 
-# 1. training data: showers 0-8999 of the normal-incidence file, the 6,000 of the angles file,
-#    and the 2,161 showers above 40 deg of 6,600 more made with the Geant4 tool (fixed seeds)
-[ -f "$RUNS/merged_gt40.npz" ] || python scripts/default_model/make_training_cache.py \
-    --shared "$SHARED" --g4 "$G4PY" --work "$RUNS/g4_angled" -o "$RUNS/merged_gt40.npz"
-
-# 2. teacher (EDM, 25,000 iterations) and consistency distillation from the cache,
-#    'small-angles' presets, seed 7, the distillation run for 80,000 iterations instead of the
-#    preset's 40,000 (the one-step student keeps gaining: docs/default_model.md); then the
-#    corrections (radial map, occupancy, axis shift) per polar-angle class, interpolated in
-#    theta (and the radial map in the incident energy, its layers grouped relative to each
-#    shower's depth), fitted on 3,000 + 3,000 training showers
+# 1.-2. the README's "Train your own" command, as written (seed 0): the angle-aware teacher
+#    (EDM, 25,000 iterations), its consistency distillation (40,000 iterations) and the
+#    corrections (radial map by layers relative to each shower's depth, occupancy fitted in
+#    logarithms, axis shift; four polar-angle classes equal in tan theta, interpolated in
+#    theta; fitted on the first 3,000 showers of each file) on showers 0-8,999 of the
+#    normal-incidence file and the 6,000 of the angles file; about 45 min of one core.
+#    The default of 2026-11-30 morning (17,161 showers incl. 2,161 made with the Geant4
+#    tool above 40 deg, 80,000 distillation iterations): this script's earlier version
+#    (git log -- scripts/default_model/build.sh).
 R=$RUNS/default_angles
-resume() { [ -d "$1/checkpoints" ] && echo --resume || true; }
-[ -f "$R/teacher.done" ] || { calogen train caloclouds2 --config small-angles \
-    --data "$RUNS/merged_gt40.npz" -o "$R/teacher" --seed 7 --threads 1 --no-corrections \
-    $(resume "$R/teacher") && touch "$R/teacher.done"; }
-[ -f "$R/student.done" ] || { calogen distill --teacher "$R/teacher" --config small-angles \
-    --data "$RUNS/merged_gt40.npz" -o "$R/student" --seed 7 --threads 1 --no-corrections \
-    --iterations 80000 \
-    $(resume "$R/student") && touch "$R/student.done"; }
-calogen fit-occupancy --model "$R/student" --data "$DATA" "$ANGLES" -n 3000 --seed 7 \
-    --threads 1 --angle-edges 0.5 23.4 40.9 52.4 --radial-energy interpolate --radial-layers relative
+calogen train caloclouds2-cm --config small-angles --data "$DATA" "$ANGLES" -n 9000 \
+    -o "$R/cm" --seed 0 --threads 1
 
 # 3. ship it: the model folder's files go into the package
-cp "$R/student/model.json" "$R/student/model.safetensors" "$R/student/occupancy.json" \
-    src/calogen/default_model/
+cp "$R/cm/model.json" "$R/cm/model.safetensors" "$R/cm/occupancy.json" src/calogen/default_model/
 
 # 4. held-out test split (showers 9000-9999) and the evaluation beside GFlash
 python - "$DATA" "$RUNS/g4_test_split.h5" <<'PY'
