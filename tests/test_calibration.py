@@ -449,3 +449,21 @@ def test_occupancy_fit_in_logarithms_ignores_capped_showers() -> None:
     assert not OccupancyCorrection.from_dict(
         {k: v for k, v in corr.to_dict().items() if k != "log_space"}
     ).log_space  # files written before: cubic fits in N
+
+
+def test_log_space_refinement_is_not_moved_by_a_few_far_off_showers() -> None:
+    """The closed-loop step of a log-space fit follows the median in bins of N: 2 % of the
+    showers at ten times their target (e.g. capped ones) leave it where it was."""
+    from calogen.calibration import OccupancyCorrection
+
+    rng = np.random.default_rng(3)
+    n_flow = rng.uniform(400, 4000, 2000)
+    corr = OccupancyCorrection(
+        p_data=[0.0, 0.8, np.log(2.0)], p_gen=[0.0, 1.0, 0.0], n_range=(400.0, 4000.0),
+        log_space=True,
+    )  # fmt: skip
+    achieved = corr.target_hits(n_flow) * rng.lognormal(0.0, 0.02, n_flow.size)
+    achieved[rng.choice(n_flow.size, 40, replace=False)] *= 10.0
+    refined = corr.refine(n_flow, achieved, elasticity=0.7)
+    n = np.array([400.0, 1000.0, 2500.0, 4000.0])
+    np.testing.assert_allclose(refined.factor(n) / corr.factor(n), 1.0, atol=0.02)
