@@ -84,6 +84,7 @@ from calogen.models.edm import (
     fourier_features,
     heun_evaluations,
     heun_sample,
+    per_noise_level,
     sample_training_sigma,
 )
 from calogen.models.shower_flow import (
@@ -469,20 +470,13 @@ class CaloClouds2Net(nn.Module):
         gradients cached per value (sampling uses a handful of fixed σ)."""
         if torch.is_grad_enabled() and c_noise.requires_grad:
             return fourier_features(c_noise.reshape(1), self.time_features)
-        key = (
-            float(c_noise),
-            c_noise.dtype,
-            c_noise.device,
-            self.time_features,
-            torch.is_inference_mode_enabled(),  # inference tensors must not enter autograd
+        return per_noise_level(
+            self,
+            "_fourier_cache",
+            c_noise,
+            (self.time_features,),
+            lambda: fourier_features(c_noise.detach().reshape(1), self.time_features),
         )
-        cache = self.__dict__.setdefault("_fourier_cache", {})
-        tf = cache.get(key)
-        if tf is None:
-            if len(cache) > 64:
-                cache.clear()
-            tf = cache[key] = fourier_features(c_noise.detach().reshape(1), self.time_features)
-        return tf
 
     def forward(self, x_in: Tensor, c_noise: Tensor, cond: Conditioning) -> Tensor:
         values, index = cond.values, cond.index

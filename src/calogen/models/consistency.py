@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from calogen.models.edm import _as_tensor, ema_update_, karras_sigmas
+from calogen.models.edm import _as_tensor, ema_update_, karras_sigmas, per_noise_level
 
 Denoiser = Callable[[Tensor, Tensor, object], Tensor]
 
@@ -76,22 +76,13 @@ class ConsistencyFunction(nn.Module):
         value (the same tensors, computed once: sampling uses a handful of fixed σ)."""
         if sigma.numel() != 1 or sigma.requires_grad:
             return consistency_scalings(sigma, self.sigma_min, self.sigma_data)
-        key = (
-            float(sigma),
-            sigma.dtype,
-            sigma.device,
-            tuple(sigma.shape),
-            self.sigma_min,
-            self.sigma_data,
-            torch.is_inference_mode_enabled(),  # inference tensors must not enter autograd
+        return per_noise_level(
+            self,
+            "_scalings_cache",
+            sigma,
+            (self.sigma_min, self.sigma_data),
+            lambda: consistency_scalings(sigma, self.sigma_min, self.sigma_data),
         )
-        cache = self.__dict__.setdefault("_scalings_cache", {})
-        found = cache.get(key)
-        if found is None:
-            if len(cache) > 64:
-                cache.clear()
-            found = cache[key] = consistency_scalings(sigma, self.sigma_min, self.sigma_data)
-        return found
 
 
 def consistency_sigmas(

@@ -30,11 +30,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from calogen.models.training import EMA
+
+T = TypeVar("T")
 
 #: Network callable ``net(x_in, c_noise, cond) -> tensor shaped like x_in``.
 Net = Callable[[Tensor, Tensor, object], Tensor]
@@ -250,6 +253,24 @@ def ema_update_(target: nn.Module, source: nn.Module, decay: float) -> None:
         t.copy_(s)
 
 
+def per_noise_level(
+    owner: object, name: str, level: Tensor, extra: tuple[Any, ...], make: Callable[[], T]
+) -> T:
+    """``make()`` for one noise level ``level`` (a one-element tensor), cached on ``owner``
+    under ``name`` per value, dtype, device, ``extra`` and inference mode (inference
+    tensors must not enter autograd): sampling calls with a handful of fixed sigma, and
+    the few tensor operations per call cost more than the network at batch 1."""
+    key = (float(level), level.dtype, level.device, tuple(level.shape), *extra,
+           torch.is_inference_mode_enabled())  # fmt: skip
+    cache = owner.__dict__.setdefault(name, {})
+    found = cache.get(key)
+    if found is None:
+        if len(cache) > 64:
+            cache.clear()
+        found = cache[key] = make()
+    return found
+
+
 def fourier_features(c_noise: Tensor, n_features: int, scale: float = 1.0) -> Tensor:
     """Deterministic Fourier features of the noise level for the network's time input.
 
@@ -270,17 +291,18 @@ def fourier_features(c_noise: Tensor, n_features: int, scale: float = 1.0) -> Te
 
 __all__ = [
     "EMA",
-    "EDMConfig",
-    "EDMDenoiser",
-    "Net",
     "edm_loss",
     "edm_loss_weight",
     "edm_scalings",
+    "EDMConfig",
+    "EDMDenoiser",
     "ema_update_",
     "ema_warmup_decay",
     "fourier_features",
     "heun_evaluations",
     "heun_sample",
     "karras_sigmas",
+    "Net",
+    "per_noise_level",
     "sample_training_sigma",
 ]
