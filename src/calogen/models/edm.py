@@ -291,18 +291,18 @@ def fourier_features(c_noise: Tensor, n_features: int, scale: float = 1.0) -> Te
 
 __all__ = [
     "EMA",
+    "EDMConfig",
+    "EDMDenoiser",
+    "Net",
     "edm_loss",
     "edm_loss_weight",
     "edm_scalings",
-    "EDMConfig",
-    "EDMDenoiser",
     "ema_update_",
     "ema_warmup_decay",
     "fourier_features",
     "heun_evaluations",
     "heun_sample",
     "karras_sigmas",
-    "Net",
     "per_noise_level",
     "sample_training_sigma",
 ]
