@@ -568,3 +568,16 @@ def test_auto_angle_classes(capsys) -> None:  # type: ignore[no-untyped-def]
     assert auto_theta_edges(None) == (0.5,)
     assert cli_main(["fit-occupancy", "--model", "x", "--data", "y", "--angle-edges", "a"]) == 2
     assert "angles in deg or 'auto'" in capsys.readouterr().err
+
+
+def test_angle_aware_corrections_use_3000_showers_per_file() -> None:
+    """The corrections of an angle-aware model are fitted on 3,000 showers per file (four
+    angle classes need them), also after a distillation, whose own config has no angles."""
+    from calogen.models import pipeline, scaffold
+
+    teacher, distill = pipeline.pipeline_configs("small-angles")
+    assert teacher.directions and not hasattr(distill, "directions")
+    assert scaffold.correction_showers(teacher, 20000) == 3000
+    assert scaffold.correction_showers(distill, 20000, angled=teacher.directions) == 3000
+    assert scaffold.correction_showers(distill, 20000) == 1000  # normal incidence
+    assert scaffold.correction_showers(distill, 500, angled=True) == 500  # training showers only

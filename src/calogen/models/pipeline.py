@@ -220,7 +220,9 @@ def train(
             desc=f"2/{len(STAGES)} distillation",
         )
         mark("distillation", summary)
-    n_fit = scaffold.correction_showers(dcfg, int(done["distillation"]["training_showers"]))
+    n_fit = scaffold.correction_showers(
+        dcfg, int(done["distillation"]["training_showers"]), angled=tcfg.directions
+    )
     what = f"radial map and occupancy on the first {n_fit} training showers of each file"
     announce(3, "corrections", what if settings["corrections"] else "off (--no-corrections)")
     if "corrections" not in done:

@@ -130,15 +130,16 @@ def data_label(data: Any) -> str:
     return ", ".join(data_paths(data))
 
 
-def correction_showers(config: Any, n_train: int) -> int:
+def correction_showers(config: Any, n_train: int, angled: bool | None = None) -> int:
     """How many of the first showers of each training file the corrections are fitted on:
-    :data:`CORRECTION_SHOWERS` (:data:`CORRECTION_SHOWERS_ANGLED` for angle-aware models), at
-    most the showers trained on (``max_showers`` per file,
-    ``n_train`` in all), so that they are all training showers."""
+    :data:`CORRECTION_SHOWERS` (:data:`CORRECTION_SHOWERS_ANGLED` for angle-aware models:
+    ``angled``, by default the config's ``directions``; a distillation config has none, its
+    teacher's says), at most the showers trained on (``max_showers`` per file, ``n_train``
+    in all), so that they are all training showers."""
     per_file = getattr(config, "max_showers", None)
-    wanted = (
-        CORRECTION_SHOWERS_ANGLED if getattr(config, "directions", False) else CORRECTION_SHOWERS
-    )
+    if angled is None:
+        angled = bool(getattr(config, "directions", False))
+    wanted = CORRECTION_SHOWERS_ANGLED if angled else CORRECTION_SHOWERS
     return int(min(wanted, n_train, per_file or n_train))
 
 
@@ -266,7 +267,9 @@ def train_model(
         finished = summary["iterations"] >= cfg.iterations  # type: ignore[attr-defined]
     if fit_corrections is not None and finished and is_main_process():
         if corrections:
-            n_fit = correction_showers(cfg, int(trainer.data.n_showers))  # type: ignore[attr-defined]
+            teacher = getattr(trainer, "teacher_model", None)  # a distillation: its teacher's
+            angled = getattr(getattr(teacher, "config", None), "directions", None)
+            n_fit = correction_showers(cfg, int(trainer.data.n_showers), angled)  # type: ignore[attr-defined]
             if progress:
                 print(
                     f"{name}: fitting the corrections on {n_fit} training showers "
