@@ -539,9 +539,7 @@ class ShowerClasses:
         if kind == "visible":
             return np.bincount(shower, weights=e, minlength=n_showers)
         layer = np.clip(np.rint(np.asarray(points[:, 2], np.float64)), 0, N_LAYERS - 1)
-        key = shower * N_LAYERS + layer.astype(np.int64)
-        e_layer = np.bincount(key, weights=e, minlength=n_showers * N_LAYERS)
-        return shower_depth(e_layer.reshape(n_showers, N_LAYERS))
+        return _points_depth(layer, e, shower, n_showers, N_LAYERS)
 
     @staticmethod
     def _regressors(
@@ -958,11 +956,23 @@ def relative_layers(
     layer = np.rint(np.asarray(points[:, 2], np.float64))
     n = int(shower.max()) + 1 if shower.size else 0
     n_layers = int(layer.max()) + 1 if layer.size else 1
-    key = shower * n_layers + layer.astype(np.int64)
     e = np.clip(np.asarray(points[:, 3], np.float64), 0.0, None)
-    e_layer = np.bincount(key, weights=e, minlength=n * n_layers)
-    depth = np.rint(shower_depth(e_layer.reshape(n, n_layers)))
+    depth = np.rint(_points_depth(layer, e, shower, n, n_layers))
     return layer - depth[shower] + RELATIVE_DEPTH_LAYER
+
+
+def _points_depth(
+    layer: NDArray[np.float64],
+    e: NDArray[np.float64],
+    shower: NDArray[np.int64],
+    n_showers: int,
+    n_layers: int,
+) -> NDArray[np.float64]:
+    """:func:`shower_depth` ``[S]`` of packed points: their layer indices ``layer [P]``
+    (integers in ``0 .. n_layers - 1``) and energies ``e [P]`` (>= 0) summed per layer."""
+    key = shower * n_layers + layer.astype(np.int64)
+    e_layer = np.bincount(key, weights=e, minlength=n_showers * n_layers)
+    return shower_depth(e_layer.reshape(n_showers, n_layers))
 
 
 def map_log_radius(

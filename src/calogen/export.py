@@ -527,45 +527,32 @@ class ShowerPipeline(nn.Module):
         relative_layers`) and shower classes; ``theta [B]``: polar angles (deg)."""
         e_bin = (energy.to(torch.float64)[:, None] >= self.radial_e_inner[None, :]).sum(1)
         layer64 = layer.to(torch.float64)
+        # each shower's visible energy and depth (its energy-weighted mean layer; the middle
+        # layer for a shower without energy: calibration.shower_depth)
+        e = point_energy.to(torch.float64).clamp_min(0.0)
+        e_sum = e.sum(1)
+        mean = (e * layer64).sum(1) / torch.where(e_sum > 0, e_sum, torch.ones_like(e_sum))
+        depth = torch.where(e_sum > 0, mean, torch.full_like(mean, self.middle_layer))
         if self.radial_depth_relative:
-            e = point_energy.to(torch.float64).clamp_min(0.0)
-            e_sum = e.sum(1)
-            mean = (e * layer64).sum(1) / torch.where(e_sum > 0, e_sum, torch.ones_like(e_sum))
-            middle = torch.full_like(mean, self.middle_layer)
-            depth = torch.where(e_sum > 0, torch.round(mean), middle)
-            layer64 = layer64 - depth[:, None] + self.middle_layer
+            layer64 = layer64 - torch.round(depth)[:, None] + self.middle_layer
         group = (layer64[..., None] >= self.radial_l_inner).sum(-1)
         if self.class_depth or self.class_visible:  # calibration.ShowerClasses.classify
-            e = point_energy.to(torch.float64).clamp_min(0.0)
-            e_sum = e.sum(1)
             log_e = torch.log(energy.to(torch.float64))
             slant = torch.zeros_like(log_e)
             if self.takes_theta:  # 1 / cos(theta) - 1 (ShowerClasses._regressors)
                 slant = 1.0 / torch.cos(torch.deg2rad(theta.to(torch.float64))) - 1.0
             index = torch.zeros_like(e_bin)
             if self.class_depth:
-                mean = (e * layer.to(torch.float64)).sum(1) / torch.where(
-                    e_sum > 0, e_sum, torch.ones_like(e_sum)
-                )
-                depth = torch.where(e_sum > 0, mean, torch.full_like(mean, self.middle_layer))
-                trend = (
-                    self.class_depth_trend[0]
-                    + self.class_depth_trend[1] * log_e
-                    + self.class_depth_trend[2] * slant
-                )
-                residual = (depth - trend) / self._class_scale(self.class_depth_spread, log_e)
-                above = (residual[:, None] >= self.class_depth_edges[None, :]).sum(1)
-                index = index * (self.class_depth_edges.shape[0] + 1) + above
+                index = self._class_index(
+                    index, depth, log_e, slant,
+                    self.class_depth_trend, self.class_depth_spread, self.class_depth_edges,
+                )  # fmt: skip
             if self.class_visible:
-                fraction = e_sum / energy.to(torch.float64)
-                trend = (
-                    self.class_visible_trend[0]
-                    + self.class_visible_trend[1] * log_e
-                    + self.class_visible_trend[2] * slant
-                )
-                residual = (fraction - trend) / self._class_scale(self.class_visible_spread, log_e)
-                above = (residual[:, None] >= self.class_visible_edges[None, :]).sum(1)
-                index = index * (self.class_visible_edges.shape[0] + 1) + above
+                index = self._class_index(
+                    index, e_sum / energy.to(torch.float64), log_e, slant,
+                    self.class_visible_trend, self.class_visible_spread,
+                    self.class_visible_edges,
+                )  # fmt: skip
             group = group + self.radial_layer_groups * index[:, None]
         x = points[..., 0].to(torch.float64)
         y = points[..., 1].to(torch.float64)
@@ -587,10 +574,23 @@ class ShowerPipeline(nn.Module):
             -1,
         )
 
-    def _class_scale(self, spread: Tensor, log_e: Tensor) -> Tensor:
-        """:meth:`calibration.ShowerClasses.scale`: ``d + f ln E``, above ``1e-3 |d|``."""
-        floor = torch.abs(spread[0]) * 1e-3 + 1e-12
-        return torch.maximum(spread[0] + spread[1] * log_e, floor)
+    def _class_index(
+        self,
+        index: Tensor,
+        value: Tensor,
+        log_e: Tensor,
+        slant: Tensor,
+        trend: Tensor,
+        spread: Tensor,
+        edges: Tensor,
+    ) -> Tensor:
+        """One quantity's step of :meth:`calibration.ShowerClasses.classify`: ``index``
+        times its number of classes plus the class of ``value [B]`` (its residual from
+        ``a + b ln E + c slant`` over ``d + f ln E``, kept above ``1e-3 |d|``)."""
+        expected = trend[0] + trend[1] * log_e + trend[2] * slant
+        scale = torch.maximum(spread[0] + spread[1] * log_e, torch.abs(spread[0]) * 1e-3 + 1e-12)
+        above = (((value - expected) / scale)[:, None] >= edges[None, :]).sum(1)
+        return index * (edges.shape[0] + 1) + above
 
     def _mapped_log_r(
         self,
