@@ -160,16 +160,12 @@ def test_train_distill_generate_at_angles(fixtures, inclined_file, tmp_path) -> 
     # the DDML export applies the same corrections, the axis shift included
     from calogen.export import DDMLShower, ShowerPipeline
     from calogen.geometry import slab
-    from test_export_ddml import _assert_same_shower, _python_shower
+    from test_export_ddml import _assert_ddml_is_python
 
     ddml = DDMLShower(ShowerPipeline(gen.model).eval(), slab().layer_z_mm).eval()
     cases = ((3, (40.0, 30.0, 10.0)), (4, (75.0, 55.0, -100.0)), (6, (60.0, 0.0, 0.0)))
     for seed, (energy, theta, phi) in cases:
-        ref = _python_shower(gen.model, energy, theta, phi, seed)
-        torch.manual_seed(seed)
-        with torch.inference_mode():
-            row = ddml(*(torch.tensor([v]) for v in (energy, theta, phi))).numpy()
-        _assert_same_shower(row, ref)
+        _assert_ddml_is_python(ddml, gen.model, energy, theta, phi, seed)
     # the noise-as-input flavour (normal incidence) with the same noise as Python, the
     # per-point mirror signs in its last point-noise tensor
     from test_export import _compare, python_noise
@@ -315,7 +311,7 @@ def test_angle_class_edges_are_part_of_the_model(fixtures, inclined_file, tmp_pa
     info = json.loads((out / "model.json").read_text())
     assert info["directional_corrections"]["theta_edges_deg"] == [0.5, round(edge, 3)]
     from calogen.export import DDMLShower, ShowerPipeline
-    from test_export_ddml import _assert_same_shower, _python_shower
+    from test_export_ddml import _assert_ddml_is_python, _python_shower
 
     pipe = ShowerPipeline(gen.model).eval()
     assert pipe.angle_edges == [0.5, round(edge, 3)]
@@ -339,22 +335,13 @@ def test_angle_class_edges_are_part_of_the_model(fixtures, inclined_file, tmp_pa
     ddml = DDMLShower(pipe, slab().layer_z_mm).eval()
     for seed, theta64 in ((8, mid), (9, beyond)):
         theta = float(np.float32(theta64))  # DDML takes float32: the same angle in both
-        ref = _python_shower(gen.model, 50.0, theta, 30.0, seed)
-        torch.manual_seed(seed)
-        with torch.inference_mode():
-            row = ddml(*(torch.tensor([v]) for v in (50.0, theta, 30.0))).numpy()
-        _assert_same_shower(row, ref)
+        _assert_ddml_is_python(ddml, gen.model, 50.0, theta, 30.0, seed)
     # the radial maps interpolated in the incident energy: Python and the export agree
     # between the energy bins' centres and beyond the outer ones
     gen.model.radial_energy = "interpolate"
     ddml = DDMLShower(ShowerPipeline(gen.model).eval(), slab().layer_z_mm).eval()
     for seed, energy, theta64 in ((10, 12.0, mid), (11, 57.0, 0.0), (12, 88.0, beyond)):
-        theta = float(np.float32(theta64))
-        ref = _python_shower(gen.model, energy, theta, 30.0, seed)
-        torch.manual_seed(seed)
-        with torch.inference_mode():
-            row = ddml(*(torch.tensor([v]) for v in (energy, theta, 30.0))).numpy()
-        _assert_same_shower(row, ref)
+        _assert_ddml_is_python(ddml, gen.model, energy, float(np.float32(theta64)), 30.0, seed)
     interpolated = _python_shower(gen.model, 57.0, 0.0, 30.0, 11)
     gen.model.radial_energy = "bins"  # the interpolation moved the points
     binned = _python_shower(gen.model, 57.0, 0.0, 30.0, 11)
@@ -367,11 +354,7 @@ def test_angle_class_edges_are_part_of_the_model(fixtures, inclined_file, tmp_pa
     gen.model.config = replace(config, rotate_points=True)
     ddml = DDMLShower(ShowerPipeline(gen.model).eval(), slab().layer_z_mm).eval()
     for seed, theta in ((13, 0.0), (14, float(np.float32(mid)))):
-        ref = _python_shower(gen.model, 40.0, theta, 30.0, seed)
-        torch.manual_seed(seed)
-        with torch.inference_mode():
-            row = ddml(*(torch.tensor([v]) for v in (40.0, theta, 30.0))).numpy()
-        _assert_same_shower(row, ref)
+        _assert_ddml_is_python(ddml, gen.model, 40.0, theta, 30.0, seed)
     rotated = _python_shower(gen.model, 40.0, 0.0, 0.0, 13)
     gen.model.config = replace(config, rotate_points=False)
     mirrored = _python_shower(gen.model, 40.0, 0.0, 0.0, 13)
@@ -524,16 +507,11 @@ def test_radial_shower_classes_across_angle_bins(fixtures, inclined_file, tmp_pa
     info = json.loads((out / "model.json").read_text())
     assert info["radial_correction"]["shower_classes"]["kinds"] == ["depth", "visible"]
     from calogen.export import DDMLShower, ShowerPipeline
-    from test_export_ddml import _assert_same_shower, _python_shower
+    from test_export_ddml import _assert_ddml_is_python
 
     ddml = DDMLShower(ShowerPipeline(gen.model).eval(), slab().layer_z_mm).eval()
     for seed, energy, theta64 in ((3, 20.0, 0.0), (4, 70.0, edge + 3.0)):
-        theta = float(np.float32(theta64))
-        ref = _python_shower(gen.model, energy, theta, 30.0, seed)
-        torch.manual_seed(seed)
-        with torch.inference_mode():
-            row = ddml(*(torch.tensor([v]) for v in (energy, theta, 30.0))).numpy()
-        _assert_same_shower(row, ref)
+        _assert_ddml_is_python(ddml, gen.model, energy, float(np.float32(theta64)), 30.0, seed)
 
 
 def test_training_ends_with_the_relative_radial_map_for_angle_aware_models(

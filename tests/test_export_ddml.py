@@ -219,6 +219,18 @@ def _assert_same_shower(row: np.ndarray, ref: np.ndarray) -> None:
     np.testing.assert_allclose(points[:, 3].sum(), ref[:, 3].sum() * 1e3, rtol=1e-5)
 
 
+def _assert_ddml_is_python(  # type: ignore[no-untyped-def]
+    ddml, model, energy: float, theta: float, phi: float, seed: int
+) -> None:
+    """One DDML call (``torch.manual_seed(seed)``, energy GeV, theta and phi deg) makes the
+    shower of the Python model with the same seed (:func:`_assert_same_shower`)."""
+    ref = _python_shower(model, energy, theta, phi, seed)
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        row = ddml(*(torch.tensor([v]) for v in (energy, theta, phi))).numpy()
+    _assert_same_shower(row, ref)
+
+
 def test_ddml_wrapper_with_a_multi_step_sampler():
     """Three consistency steps (the noise of the later steps drawn inside as well): a seeded
     call of the (eager) wrapper is still the Python model's shower with that seed."""
