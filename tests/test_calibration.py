@@ -11,6 +11,8 @@ from calogen.calibration import (
     calibrate,
     clip_negative_energies,
     distribute_counts,
+    equalise_core_azimuth,
+    pseudo_azimuth,
     rescale_energy,
     rescale_layer_energies,
     shift_cog,
@@ -467,3 +469,58 @@ def test_log_space_refinement_is_not_moved_by_a_few_far_off_showers() -> None:
     refined = corr.refine(n_flow, achieved, elasticity=0.7)
     n = np.array([400.0, 1000.0, 2500.0, 4000.0])
     np.testing.assert_allclose(refined.factor(n) / corr.factor(n), 1.0, atol=0.02)
+
+
+def test_pseudo_azimuth_orders_points_as_their_azimuth():
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(2, 2000))
+    x[:4], y[:4] = [1.0, 0.0, -1.0, 0.0], [0.0, 1.0, 0.0, -1.0]  # on the axes: 0, 1, 2, 3
+    a = pseudo_azimuth(x, y)
+    np.testing.assert_array_equal(a[:4], [0.0, 1.0, 2.0, 3.0])
+    assert np.all((a >= 0) & (a < 4))
+    phi = np.mod(np.arctan2(y, x), 2 * np.pi)
+    np.testing.assert_array_equal(np.argsort(a), np.argsort(phi))
+    assert pseudo_azimuth(np.zeros(1), np.zeros(1))[0] == 0.0
+
+
+def test_equalise_core_azimuth_spreads_the_core_evenly_in_energy():
+    """Equal energies at one radius end evenly spaced (their centroid on the axis); the
+    azimuth order, radii, layers and energies stay; points outside the core, without energy
+    or in other layers are untouched; each shower's layers are treated apart."""
+    rng = np.random.default_rng(6)
+    n = 12
+    phi = np.sort(rng.uniform(0.0, 2 * np.pi, n))
+    core = np.c_[2.0 * np.cos(phi), 2.0 * np.sin(phi), np.full(n, 4.0), np.full(n, 1e-3)]
+    outside = np.array([[5.0, 1.0, 4.0, 1e-3], [0.5, 0.5, 4.0, 0.0]])  # beyond 3 mm; no energy
+    other = np.c_[rng.normal(0.0, 1.0, (6, 2)), np.full(6, 7.0), np.full(6, 2e-3)]
+    points = np.concatenate([core, outside, other, core]).astype(np.float32)
+    shower = np.repeat([0, 0, 0, 1], [n, 2, 6, n])  # shower 1: the same core again
+    out = equalise_core_azimuth(points.copy(), shower, 3.0)
+    np.testing.assert_array_equal(out[n : n + 2], points[n : n + 2])
+    np.testing.assert_array_equal(out[:, 2:], points[:, 2:])
+    np.testing.assert_allclose(
+        np.hypot(out[:, 0], out[:, 1]), np.hypot(points[:, 0], points[:, 1]), rtol=1e-6
+    )
+    for rows in (slice(0, n), slice(n + 8, None)):
+        new = np.mod(np.arctan2(out[rows, 1], out[rows, 0]), 2 * np.pi)
+        gaps = np.diff(np.sort(new))
+        np.testing.assert_allclose(gaps, 2 * np.pi / n, atol=1e-5)
+        np.testing.assert_allclose(out[rows, :2].mean(0), 0.0, atol=1e-6)
+    np.testing.assert_array_equal(
+        out[n:], np.concatenate([points[n : n + 2], out[n + 2 : n + 8], out[:n]])
+    )
+    # a heavy point takes its share of the circle: energies 3, 1, 1, 1 -> half a turn for it
+    four = np.array(
+        [[1.0, 0.0, 0, 3e-3], [0.0, 1.0, 0, 1e-3], [-1.0, 0.0, 0, 1e-3], [0.0, -1.0, 0, 1e-3]],
+        np.float32,
+    )
+    out = equalise_core_azimuth(four.copy(), np.zeros(4, np.int64), 3.0)
+    turned = np.mod(np.arctan2(out[:, 1], out[:, 0]), 2 * np.pi)
+    np.testing.assert_allclose(
+        turned,
+        [np.pi * 3 / 6, 2 * np.pi * 3.5 / 6, 2 * np.pi * 4.5 / 6, 2 * np.pi * 5.5 / 6],
+        atol=1e-6,
+    )
+    assert (
+        equalise_core_azimuth(four.copy(), np.zeros(4, np.int64), 0.0).tobytes() == four.tobytes()
+    )

@@ -441,6 +441,64 @@ def test_fit_occupancy_with_radial_correction(trained, tmp_path) -> None:
     fit_occupancy(folder, trained["data"], n_showers=40, seed=1, radial=False)
     assert "radial_correction" not in json.loads((folder / "model.json").read_text())
     assert load_generator(folder).model.radial is None
+    # the core's azimuths: spread evenly as fits end (stored), off with 0 (not stored)
+    from calogen.calibration import CORE_AZIMUTH_RADIUS_MM
+
+    assert info["core_azimuth_radius_mm"] == CORE_AZIMUTH_RADIUS_MM
+    assert gen.model.core_azimuth_radius_mm == CORE_AZIMUTH_RADIUS_MM
+    fit_occupancy(folder, trained["data"], n_showers=40, seed=1, core_azimuth_mm=0.0)
+    assert "core_azimuth_radius_mm" not in json.loads((folder / "model.json").read_text())
+    assert load_generator(folder).model.core_azimuth_radius_mm == 0.0
+
+
+def test_core_azimuth_in_generation(tmp_path) -> None:
+    """With ``core_azimuth_radius_mm`` the shipped default's showers differ from those without
+    only in the azimuths of their core points (same seed: same radii, layers, energies), and the
+    core's energy-weighted centre in each layer lies closer to the axis; a bad value in
+    model.json is one clear error."""
+    import shutil
+
+    from calogen.calibration import shift_cog
+    from calogen.errors import UsageError
+    from calogen.models.registry import DEFAULT_MODEL_DIR
+
+    model = load_generator(None).model
+    energies = np.full(20, 50.0)
+
+    def showers(radius: float):  # type: ignore[no-untyped-def]
+        model.core_azimuth_radius_mm = radius
+        packed, _ = model.generate(energies, torch.Generator().manual_seed(7))
+        # undo the CoG shift (the same target for both; it moves every point of a shower)
+        points = packed.points.copy()
+        shift_cog(points, packed.shower, np.zeros((20, 2)), 20, core_radius_mm=10.0)
+        return points, packed.shower
+
+    try:
+        off, shower = showers(0.0)
+        on, shower_on = showers(3.0)
+    finally:
+        model.core_azimuth_radius_mm = 0.0
+    np.testing.assert_array_equal(shower, shower_on)
+    np.testing.assert_array_equal(on[:, 2:], off[:, 2:])
+
+    def hottest_quadrant(points):  # type: ignore[no-untyped-def]
+        """Mean energy share of the richest quadrant of each layer's core (r < 3 mm)."""
+        core = np.hypot(points[:, 0], points[:, 1]) < 3.0
+        quadrant = (points[core, 0] > 0) * 2 + (points[core, 1] > 0)
+        key = (shower[core] * 30 + points[core, 2].astype(int)) * 4 + quadrant
+        e = np.bincount(key, points[core, 3].astype(float), minlength=20 * 30 * 4)
+        e = e.reshape(-1, 4)
+        ok = e.sum(1) > 2e-3
+        return (e[ok].max(1) / e[ok].sum(1)).mean()
+
+    assert hottest_quadrant(on) < hottest_quadrant(off) - 0.05
+    folder = tmp_path / "bad"
+    shutil.copytree(DEFAULT_MODEL_DIR, folder)
+    info = json.loads((folder / "model.json").read_text())
+    info["core_azimuth_radius_mm"] = -1
+    (folder / "model.json").write_text(json.dumps(info))
+    with pytest.raises(UsageError, match="core azimuth radius"):
+        load_generator(folder)
 
 
 def test_cli_generate_sampler_options(trained, tmp_path, capsys) -> None:

@@ -239,8 +239,9 @@ def test_cli_export_errors(tmp_path, capsys):
 
 
 def test_export_follows_normalisation_and_occupancy_options(tmp_path):
-    """A model with the radial (asinh) normalisation and a refined occupancy correction, where
-    this calogen has them: the exported ONNX graph still gives the Python showers."""
+    """A model with the radial (asinh) normalisation, a refined occupancy correction and the
+    core's azimuths spread evenly in energy: the exported ONNX graph still gives the Python
+    showers."""
     ort = pytest.importorskip("onnxruntime")
     import dataclasses
     import shutil
@@ -257,6 +258,7 @@ def test_export_follows_normalisation_and_occupancy_options(tmp_path):
         info["config"]["core_radius_mm"] = 5.0
     if "p_refine" in {f.name for f in dataclasses.fields(OccupancyCorrection)}:
         info["occupancy"]["p_refine"] = [0.01, -0.05, 0.02]
+    info["core_azimuth_radius_mm"] = 3.0  # the core's azimuths spread evenly in energy
     (folder / "model.json").write_text(json.dumps(info))
 
     energies = np.array([15.0, 80.0])
@@ -357,3 +359,42 @@ def test_radial_correction_in_the_pipeline_matches_numpy(
         torch.as_tensor(theta, dtype=torch.float32),
     ).numpy()
     np.testing.assert_allclose(got_onnx.reshape(-1, 4), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_core_azimuth_in_the_pipeline_matches_numpy() -> None:
+    """The exported even spread of the core's azimuths equals
+    :func:`~calogen.calibration.equalise_core_azimuth` (sort-based and ONNX forms), and it
+    leaves radii, layers, energies and the points outside the core as they were."""
+    from calogen.calibration import equalise_core_azimuth
+    from calogen.export import ShowerPipeline
+    from calogen.models.registry import load_generator
+
+    rng = np.random.default_rng(4)
+    n, m = 5, 400
+    points = np.zeros((n * m, 4), np.float32)
+    points[:, :2] = rng.normal(0.0, 3.0, (n * m, 2))
+    points[:, 2] = np.sort(rng.integers(0, N_LAYERS, (n, m)), 1).ravel()
+    points[:, 3] = rng.exponential(1e-3, n * m)
+    points[::7, 3] = 0.0  # without energy (padding): left alone
+    shower = np.repeat(np.arange(n), m)
+    expected = equalise_core_azimuth(points.copy(), shower, 3.0)
+    r_before, r_after = (
+        np.hypot(points[:, 0], points[:, 1]),
+        np.hypot(expected[:, 0], expected[:, 1]),
+    )
+    np.testing.assert_allclose(r_after, r_before, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(expected[:, 2:], points[:, 2:])
+    moved = np.any(expected[:, :2] != points[:, :2], axis=1)
+    assert np.all((r_before < 3.0) & (points[:, 3] > 0) | ~moved) and moved.mean() > 0.3
+    model = load_generator(None).model
+    model.core_azimuth_radius_mm = 3.0
+    pipe = ShowerPipeline(model, max_points=m)
+    args = (
+        torch.as_tensor(points.reshape(n, m, 4)),
+        torch.as_tensor(points[:, 2].reshape(n, m)).long(),
+        torch.as_tensor(points[:, 3].reshape(n, m)),
+    )
+    for onnx in (False, True):
+        pipe.onnx = onnx
+        got = pipe._equalise_core_azimuth(*args).numpy().reshape(-1, 4)
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)

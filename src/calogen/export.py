@@ -290,6 +290,9 @@ class ShowerPipeline(nn.Module):
         from calogen.models.shower_flow import CORE_COG_RADIUS_MM
 
         self.core_radius_mm = float(CORE_COG_RADIUS_MM)
+        #: radius (mm) of the core whose azimuths are spread evenly in energy (0: off;
+        #: calibration.equalise_core_azimuth)
+        self.core_azimuth_mm = float(getattr(model, "core_azimuth_radius_mm", 0.0))
         self.cog_prefix = "core_cog" if self.core_cog else "cog"
         missing = {"n_per_layer", "e_per_layer", f"{self.cog_prefix}_x", f"{self.cog_prefix}_y"}
         missing -= set(self.slices)
@@ -574,6 +577,51 @@ class ShowerPipeline(nn.Module):
             -1,
         )
 
+    def _equalise_core_azimuth(self, points: Tensor, layer: Tensor, energy: Tensor) -> Tensor:
+        """:func:`~calogen.calibration.equalise_core_azimuth` on ``points [B, M, 4]`` with
+        layers ``layer [B, M]`` and calibrated energies ``energy [B, M]`` (0 for padding)."""
+        x = points[..., 0].to(torch.float64)
+        y = points[..., 1].to(torch.float64)
+        r = torch.sqrt(x * x + y * y)
+        core = (r < self.core_azimuth_mm) & (energy > 0)
+        # calibration.pseudo_azimuth (no atan2: ONNX Runtime has no float64 Atan)
+        s = x.abs() + y.abs()
+        s = torch.where(s > 0, s, torch.ones_like(s))
+        upper = torch.where(x >= 0, y / s, 1.0 - x / s)
+        lower = torch.where(x < 0, 2.0 - y / s, 3.0 + x / s)
+        azimuth = torch.where(y >= 0, upper, lower)
+        # order: by layer, then azimuth (< 4 < 8); the points outside the core last
+        key = torch.where(core, layer.to(torch.float64) * 8.0 + azimuth, torch.full_like(r, 1e9))
+        order = self._argsort(key)
+        e = torch.where(core, energy.to(torch.float64), torch.zeros_like(r))
+        e_s = torch.gather(e, 1, order)
+        layer_s = torch.gather(layer, 1, order)
+        cum = torch.cumsum(e_s, 1)
+        # each layer's core: its energy and the sorted index of its first point
+        total = torch.zeros((e.shape[0], N_LAYERS), dtype=e.dtype).scatter_add(1, layer, e)
+        count = torch.zeros_like(total).scatter_add(1, layer, core.to(torch.float64))
+        first = (torch.cumsum(count, 1) - count).to(torch.int64)
+        first_s = torch.gather(first, 1, layer_s).clamp_max(e.shape[1] - 1)
+        before = torch.gather(cum - e_s, 1, first_s)  # energy of the earlier layers' cores
+        total_s = torch.gather(total, 1, layer_s)
+        safe = torch.where(total_s > 0, total_s, torch.ones_like(total_s))
+        turn = 2.0 * np.pi * (cum - before - 0.5 * e_s) / safe  # from the first point's azimuth
+        first_row = torch.gather(order, 1, first_s)
+        r_first = torch.gather(r, 1, first_row)
+        has = r_first > 0
+        r_safe = torch.where(has, r_first, torch.ones_like(r_first))
+        cos_first = torch.where(has, torch.gather(x, 1, first_row) / r_safe, torch.ones_like(r))
+        sin_first = torch.where(has, torch.gather(y, 1, first_row) / r_safe, torch.zeros_like(r))
+        cos_turn, sin_turn = torch.cos(turn), torch.sin(turn)
+        cos_new = cos_first * cos_turn - sin_first * sin_turn
+        sin_new = sin_first * cos_turn + cos_first * sin_turn
+        # back to the rows
+        cos_new = torch.zeros_like(cos_new).scatter(1, order, cos_new)
+        sin_new = torch.zeros_like(sin_new).scatter(1, order, sin_new)
+        new_x = torch.where(core, (r * cos_new).to(points.dtype), points[..., 0])
+        new_y = torch.where(core, (r * sin_new).to(points.dtype), points[..., 1])
+        return torch.stack([new_x, new_y, points[..., 2], points[..., 3]], -1)
+
     def _class_index(
         self,
         index: Tensor,
@@ -850,6 +898,8 @@ class ShowerPipeline(nn.Module):
 
         if self.has_radial:  # radial quantile correction (layers assigned, before the shift)
             points = self._radial(points, layer, energy, weights, e32, theta)
+        if self.core_azimuth_mm > 0:  # the core's energy evenly around the axis
+            points = self._equalise_core_azimuth(points, layer, e32)
 
         # centre of gravity (x, y), of the core within CORE_COG_RADIUS_MM where the Shower Flow
         # gives the core's (all points for showers without energy in the core), to the flow's

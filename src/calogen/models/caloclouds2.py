@@ -48,12 +48,14 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 
 from calogen.calibration import (
+    CORE_AZIMUTH_RADIUS_MM,
     AxisShiftCorrection,
     OccupancyCorrection,
     RadialCorrection,
     ShowerClasses,
     calibrate,
     distribute_counts,
+    equalise_core_azimuth,
     map_log_radius,
     radius_mm,
     scale_radius,
@@ -556,6 +558,9 @@ class CaloClouds2(nn.Module):
         #: of its bin; ``"interpolate"``, linearly in E between the bins' centres (extrapolated
         #: to the outer edges, constant beyond: RadialCorrection.energy_weights)
         self.radial_energy: str = "bins"
+        #: radius (mm) of the core whose azimuths are spread evenly in energy in each layer
+        #: (calibration.equalise_core_azimuth; 0: off, as models fitted before it)
+        self.core_azimuth_radius_mm: float = 0.0
         self.consistency = bool(consistency)
         self.cm_sigmas = tuple(cm_sigmas) if cm_sigmas else (float(config.sigma_max),)
         self.net = CaloClouds2Net(
@@ -629,6 +634,11 @@ class CaloClouds2(nn.Module):
             **(
                 {"radial_energy": self.radial_energy}
                 if self.radial_energy != "bins" and (self.radial or self.binned)
+                else {}
+            ),
+            **(
+                {"core_azimuth_radius_mm": self.core_azimuth_radius_mm}
+                if self.core_azimuth_radius_mm > 0
                 else {}
             ),
         }
@@ -954,6 +964,8 @@ class CaloClouds2(nn.Module):
             self._blend_radial(points_out, shower, energies, k0, k1, w, theta)
         elif self.radial is not None:  # needs the layers assigned, before the CoG shift
             self.radial.apply(points_out, shower, energies, theta)
+        # the core's energy evenly around the axis (radii final), before the CoG shift
+        equalise_core_azimuth(points_out, shower, self.core_azimuth_radius_mm)
         shift_cog(
             points_out,
             shower,
@@ -1405,6 +1417,7 @@ class CaloClouds2DistillTrainer(scaffold.TrainerBase):
         info.pop("axis_shift", None)
         info.pop("directional_corrections", None)
         info.pop("radial_energy", None)
+        info.pop("core_azimuth_radius_mm", None)
         info.update(
             {
                 "cm_sigmas": list(self.config.sample_sigmas),
@@ -1541,6 +1554,17 @@ def check_radial_energy(mode: str) -> str:
     return mode
 
 
+def check_core_azimuth(radius_mm: Any) -> float:
+    """A valid :attr:`CaloClouds2.core_azimuth_radius_mm` (one-line error otherwise)."""
+    try:
+        value = float(radius_mm)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not np.isfinite(value) or value < 0:
+        raise UsageError(f"core azimuth radius must be a number of mm >= 0, got {radius_mm!r}")
+    return value
+
+
 def _build(info: dict[str, Any]) -> CaloClouds2:
     cfg = CaloClouds2Config.from_dict(info["config"])
     occupancy = info.get("occupancy")
@@ -1557,6 +1581,7 @@ def _build(info: dict[str, Any]) -> CaloClouds2:
         cm_sigmas=tuple(float(s) for s in info.get("cm_sigmas", (cfg.sigma_max,))),
     )
     model.radial_energy = check_radial_energy(info.get("radial_energy", "bins"))
+    model.core_azimuth_radius_mm = check_core_azimuth(info.get("core_azimuth_radius_mm", 0.0))
     binned = info.get("directional_corrections")
     if binned:
         edges = check_theta_edges(binned.get("theta_edges_deg", ()))
@@ -1620,6 +1645,7 @@ def fit_occupancy(
     radial_energy: str | None = "interpolate",
     radial_layers: str = "absolute",
     radial_classes: Sequence[str] = (),
+    core_azimuth_mm: float | None = CORE_AZIMUTH_RADIUS_MM,
 ) -> dict[str, Any]:
     """Fit ``c_N`` from data and generated showers, then refine it in closed loop.
 
@@ -1650,7 +1676,8 @@ def fit_occupancy(
     radial maps' layers relative to each shower's depth
     (:attr:`~calogen.calibration.RadialCorrection.depth_relative`); ``radial_classes``
     (``"depth"``, ``"visible"``) gives classes of showers maps of their own
-    (:class:`~calogen.calibration.ShowerClasses`).
+    (:class:`~calogen.calibration.ShowerClasses`). ``core_azimuth_mm`` (``None``: as the model
+    has it) sets :attr:`CaloClouds2.core_azimuth_radius_mm` before the fits, which see it.
     """
     if radial_layers not in RADIAL_LAYER_MODES:
         raise UsageError(
@@ -1668,6 +1695,8 @@ def fit_occupancy(
     dirs = ref.directions if model.config.directions else None
     theta = angles_from_directions(dirs)[0] if dirs is not None else None
     model.binned = []  # each fit below uses the plain corrections
+    if core_azimuth_mm is not None:  # applied while fitting: the occupancy fit sees it
+        model.core_azimuth_radius_mm = check_core_azimuth(core_azimuth_mm)
     if radial_energy is not None:  # applied while fitting: the occupancy fit sees it
         # (None: as the model has it; "interpolate" by default: docs/default_model.md, the
         # radial map interpolated in the incident energy)
@@ -1764,6 +1793,7 @@ def fit_occupancy(
     info.pop("axis_shift", None)
     info.pop("directional_corrections", None)
     info.pop("radial_energy", None)
+    info.pop("core_azimuth_radius_mm", None)
     info.update(model.model_info())
     info.pop("occupancy")  # save_occupancy writes it
     summary = scaffold.save_occupancy(

@@ -257,6 +257,7 @@ def fit_occupancy(
     radial_energy: str | None = "interpolate",
     radial_layers: str = "absolute",
     radial_classes: list[str] | None = None,
+    core_azimuth_mm: float | None = None,
 ) -> dict[str, Any]:
     """Fit and store the occupancy correction of a model folder; returns a summary.
 
@@ -268,7 +269,10 @@ def fit_occupancy(
     shower its bin's map; "interpolate", linearly between the bins' centres; ``None``: as
     the model has it); ``radial_layers``: their radial maps' layer groups by layer index
     ("absolute") or relative to each shower's depth ("relative"); ``radial_classes``: maps
-    of their own for classes of showers by depth and/or visible energy ("depth", "visible").
+    of their own for classes of showers by depth and/or visible energy ("depth", "visible");
+    ``core_azimuth_mm``: the radius (mm) of the core whose azimuths are spread evenly in
+    energy (0: off; ``None``: what CaloClouds II fits end with,
+    :data:`~calogen.calibration.CORE_AZIMUTH_RADIUS_MM`).
     """
     from calogen.data.io import ShowerFile
     from calogen.models.training import read_model_info
@@ -294,10 +298,14 @@ def fit_occupancy(
         kwargs["radial_energy"] = radial_energy
         kwargs["radial_layers"] = radial_layers
         kwargs["radial_classes"] = tuple(radial_classes or ())
+        if core_azimuth_mm is not None:
+            kwargs["core_azimuth_mm"] = core_azimuth_mm
     elif radial_classes:
         raise UsageError("--radial-classes: only CaloClouds II models have a radial map")
     elif theta_edges_deg is not None:
         raise UsageError("--angle-edges: only angle-aware CaloClouds II models have angle classes")
+    elif core_azimuth_mm:
+        raise UsageError("--core-azimuth: only CaloClouds II models have it")
     return _with_model_errors(model_dir, info, func, Path(model_dir), data, **kwargs)
 
 
