@@ -10,6 +10,7 @@ from calogen.calibration import (
     assign_layers,
     calibrate,
     clip_negative_energies,
+    clump_halo_azimuth,
     distribute_counts,
     equalise_core_azimuth,
     pseudo_azimuth,
@@ -524,3 +525,31 @@ def test_equalise_core_azimuth_spreads_the_core_evenly_in_energy():
     assert (
         equalise_core_azimuth(four.copy(), np.zeros(4, np.int64), 0.0).tobytes() == four.tobytes()
     )
+
+
+def test_clump_halo_azimuth_groups_halo_points_in_row_order():
+    """Groups of ``size`` halo points of a layer (in row order) take the azimuth of their
+    first; radii, layers, energies, core points, points without energy and other showers'
+    layers are kept apart."""
+    rng = np.random.default_rng(7)
+    n = 3000
+    points = np.zeros((n, 4), np.float32)
+    points[:, :2] = rng.normal(0.0, 8.0, (n, 2))
+    points[:, 2] = rng.integers(0, 30, n)
+    points[:, 3] = rng.exponential(1e-3, n)
+    points[::11, 3] = 0.0
+    shower = rng.integers(0, 4, n)
+    out = clump_halo_azimuth(points.copy(), shower, 3.0, 3)
+    r = np.hypot(points[:, 0], points[:, 1])
+    halo = (r >= 3.0) & (points[:, 3] > 0)
+    np.testing.assert_array_equal(out[~halo], points[~halo])
+    np.testing.assert_array_equal(out[:, 2:], points[:, 2:])
+    np.testing.assert_allclose(np.hypot(out[:, 0], out[:, 1]), r, rtol=1e-5)
+    phi_in = np.arctan2(points[:, 1], points[:, 0])
+    phi_out = np.arctan2(out[:, 1], out[:, 0])
+    for s in range(4):
+        for layer in (0, 13, 29):
+            rows = np.flatnonzero(halo & (shower == s) & (points[:, 2] == layer))
+            lead = rows[(np.arange(rows.size) // 3) * 3]
+            np.testing.assert_allclose(phi_out[rows], phi_in[lead], atol=1e-5)
+    assert clump_halo_azimuth(points.copy(), shower, 3.0, 1).tobytes() == points.tobytes()

@@ -442,13 +442,16 @@ def test_fit_occupancy_with_radial_correction(trained, tmp_path) -> None:
     assert "radial_correction" not in json.loads((folder / "model.json").read_text())
     assert load_generator(folder).model.radial is None
     # the core's azimuths: spread evenly as fits end (stored), off with 0 (not stored)
-    from calogen.calibration import CORE_AZIMUTH_RADIUS_MM
+    from calogen.calibration import CORE_AZIMUTH_RADIUS_MM, HALO_CLUMP_POINTS
 
     assert info["core_azimuth_radius_mm"] == CORE_AZIMUTH_RADIUS_MM
     assert gen.model.core_azimuth_radius_mm == CORE_AZIMUTH_RADIUS_MM
-    fit_occupancy(folder, trained["data"], n_showers=40, seed=1, core_azimuth_mm=0.0)
-    assert "core_azimuth_radius_mm" not in json.loads((folder / "model.json").read_text())
+    assert info["halo_clump"] == HALO_CLUMP_POINTS == gen.model.halo_clump
+    fit_occupancy(folder, trained["data"], n_showers=40, seed=1, core_azimuth_mm=0.0, halo_clump=0)
+    info = json.loads((folder / "model.json").read_text())
+    assert "core_azimuth_radius_mm" not in info and "halo_clump" not in info
     assert load_generator(folder).model.core_azimuth_radius_mm == 0.0
+    assert load_generator(folder).model.halo_clump == 0
 
 
 def test_core_azimuth_in_generation(tmp_path) -> None:
@@ -498,6 +501,11 @@ def test_core_azimuth_in_generation(tmp_path) -> None:
     info["core_azimuth_radius_mm"] = -1
     (folder / "model.json").write_text(json.dumps(info))
     with pytest.raises(UsageError, match="core azimuth radius"):
+        load_generator(folder)
+    info["core_azimuth_radius_mm"] = 3.0
+    info["halo_clump"] = 2.5
+    (folder / "model.json").write_text(json.dumps(info))
+    with pytest.raises(UsageError, match="halo clump size"):
         load_generator(folder)
 
 

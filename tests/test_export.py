@@ -239,9 +239,9 @@ def test_cli_export_errors(tmp_path, capsys):
 
 
 def test_export_follows_normalisation_and_occupancy_options(tmp_path):
-    """A model with the radial (asinh) normalisation, a refined occupancy correction and the
-    core's azimuths spread evenly in energy: the exported ONNX graph still gives the Python
-    showers."""
+    """A model with the radial (asinh) normalisation, a refined occupancy correction, the
+    core's azimuths spread evenly in energy and clumps in the halo: the exported ONNX graph
+    still gives the Python showers."""
     ort = pytest.importorskip("onnxruntime")
     import dataclasses
     import shutil
@@ -259,6 +259,7 @@ def test_export_follows_normalisation_and_occupancy_options(tmp_path):
     if "p_refine" in {f.name for f in dataclasses.fields(OccupancyCorrection)}:
         info["occupancy"]["p_refine"] = [0.01, -0.05, 0.02]
     info["core_azimuth_radius_mm"] = 3.0  # the core's azimuths spread evenly in energy
+    info["halo_clump"] = 3  # groups of three halo points share an azimuth
     (folder / "model.json").write_text(json.dumps(info))
 
     energies = np.array([15.0, 80.0])

@@ -293,6 +293,12 @@ class ShowerPipeline(nn.Module):
         #: radius (mm) of the core whose azimuths are spread evenly in energy (0: off;
         #: calibration.equalise_core_azimuth)
         self.core_azimuth_mm = float(getattr(model, "core_azimuth_radius_mm", 0.0))
+        #: groups of this many halo points share an azimuth beyond halo_clump_mm (0 or 1:
+        #: off; calibration.clump_halo_azimuth)
+        self.halo_clump = int(getattr(model, "halo_clump", 0))
+        self.halo_clump_mm = float(getattr(model, "halo_clump_radius_mm", 3.0))
+        if self.halo_clump > 1 and int(max_points or cfg.max_points) >= 1 << 16:
+            raise UsageError("export: at most 65,535 points per shower (_clump_halo_azimuth)")
         self.cog_prefix = "core_cog" if self.core_cog else "cog"
         missing = {"n_per_layer", "e_per_layer", f"{self.cog_prefix}_x", f"{self.cog_prefix}_y"}
         missing -= set(self.slices)
@@ -598,7 +604,7 @@ class ShowerPipeline(nn.Module):
         layer_s = torch.gather(layer, 1, order)
         cum = torch.cumsum(e_s, 1)
         # each layer's core: its energy and the sorted index of its first point
-        total = torch.zeros((e.shape[0], N_LAYERS), dtype=e.dtype).scatter_add(1, layer, e)
+        total = torch.zeros_like(e[:, :1]).repeat(1, N_LAYERS).scatter_add(1, layer, e)
         count = torch.zeros_like(total).scatter_add(1, layer, core.to(torch.float64))
         first = (torch.cumsum(count, 1) - count).to(torch.int64)
         first_s = torch.gather(first, 1, layer_s).clamp_max(e.shape[1] - 1)
@@ -620,6 +626,38 @@ class ShowerPipeline(nn.Module):
         sin_new = torch.zeros_like(sin_new).scatter(1, order, sin_new)
         new_x = torch.where(core, (r * cos_new).to(points.dtype), points[..., 0])
         new_y = torch.where(core, (r * sin_new).to(points.dtype), points[..., 1])
+        return torch.stack([new_x, new_y, points[..., 2], points[..., 3]], -1)
+
+    def _clump_halo_azimuth(
+        self, points: Tensor, layer: Tensor, energy: Tensor, network_row: Tensor, row: Tensor
+    ) -> Tensor:
+        """:func:`~calogen.calibration.clump_halo_azimuth` on ``points [B, M, 4]`` with layers
+        ``layer [B, M]``, calibrated energies ``energy [B, M]`` (0 for padding) and the row of
+        each point in the network's output ``network_row [B, M]`` (the Python sampler's row
+        order, which makes the groups); ``row [M]``: 0 ... M - 1."""
+        x = points[..., 0].to(torch.float64)
+        y = points[..., 1].to(torch.float64)
+        r = torch.sqrt(x * x + y * y)
+        halo = (r >= self.halo_clump_mm) & (energy > 0)
+        # by layer, then network row (< 2^16); the points outside the halo last
+        key = layer.to(torch.float64) * 65536.0 + network_row.to(torch.float64)
+        rows = self._argsort(torch.where(halo, key, torch.full_like(key, float("inf"))))
+        count = (
+            torch.zeros_like(x[:, :1])
+            .repeat(1, N_LAYERS)
+            .scatter_add(1, layer, halo.to(torch.float64))
+        )
+        before = torch.cumsum(count, 1) - count  # halo points of the earlier layers
+        position = row.to(torch.float64)[None, :]
+        rank = position - torch.gather(before, 1, torch.gather(layer, 1, rows))
+        lead_at = (position - torch.remainder(rank, float(self.halo_clump))).clamp_min(0.0)
+        lead_sorted = torch.gather(rows, 1, lead_at.to(torch.int64).expand_as(rows))
+        lead = torch.zeros_like(rows).scatter(1, rows, lead_sorted)  # back to the rows
+        x_lead, y_lead = torch.gather(x, 1, lead), torch.gather(y, 1, lead)
+        r_lead = torch.gather(r, 1, lead)
+        scale = r / torch.where(r_lead > 0, r_lead, torch.ones_like(r_lead))
+        new_x = torch.where(halo, (x_lead * scale).to(points.dtype), points[..., 0])
+        new_y = torch.where(halo, (y_lead * scale).to(points.dtype), points[..., 1])
         return torch.stack([new_x, new_y, points[..., 2], points[..., 3]], -1)
 
     def _class_index(
@@ -900,6 +938,8 @@ class ShowerPipeline(nn.Module):
             points = self._radial(points, layer, energy, weights, e32, theta)
         if self.core_azimuth_mm > 0:  # the core's energy evenly around the axis
             points = self._equalise_core_azimuth(points, layer, e32)
+        if self.halo_clump > 1:  # groups of halo points share an azimuth
+            points = self._clump_halo_azimuth(points, layer, e32, order, position)
 
         # centre of gravity (x, y), of the core within CORE_COG_RADIUS_MM where the Shower Flow
         # gives the core's (all points for showers without energy in the core), to the flow's

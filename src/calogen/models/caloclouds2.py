@@ -49,11 +49,14 @@ from torch import Tensor, nn
 
 from calogen.calibration import (
     CORE_AZIMUTH_RADIUS_MM,
+    HALO_CLUMP_POINTS,
+    HALO_CLUMP_RADIUS_MM,
     AxisShiftCorrection,
     OccupancyCorrection,
     RadialCorrection,
     ShowerClasses,
     calibrate,
+    clump_halo_azimuth,
     distribute_counts,
     equalise_core_azimuth,
     map_log_radius,
@@ -561,6 +564,10 @@ class CaloClouds2(nn.Module):
         #: radius (mm) of the core whose azimuths are spread evenly in energy in each layer
         #: (calibration.equalise_core_azimuth; 0: off, as models fitted before it)
         self.core_azimuth_radius_mm: float = 0.0
+        #: groups of this many halo points share an azimuth (calibration.clump_halo_azimuth;
+        #: 0 or 1: off, as models fitted before it) beyond halo_clump_radius_mm
+        self.halo_clump: int = 0
+        self.halo_clump_radius_mm: float = HALO_CLUMP_RADIUS_MM
         self.consistency = bool(consistency)
         self.cm_sigmas = tuple(cm_sigmas) if cm_sigmas else (float(config.sigma_max),)
         self.net = CaloClouds2Net(
@@ -639,6 +646,11 @@ class CaloClouds2(nn.Module):
             **(
                 {"core_azimuth_radius_mm": self.core_azimuth_radius_mm}
                 if self.core_azimuth_radius_mm > 0
+                else {}
+            ),
+            **(
+                {"halo_clump": self.halo_clump, "halo_clump_radius_mm": self.halo_clump_radius_mm}
+                if self.halo_clump > 1
                 else {}
             ),
         }
@@ -966,6 +978,8 @@ class CaloClouds2(nn.Module):
             self.radial.apply(points_out, shower, energies, theta)
         # the core's energy evenly around the axis (radii final), before the CoG shift
         equalise_core_azimuth(points_out, shower, self.core_azimuth_radius_mm)
+        if self.halo_clump > 1:
+            clump_halo_azimuth(points_out, shower, self.halo_clump_radius_mm, self.halo_clump)
         shift_cog(
             points_out,
             shower,
@@ -1565,6 +1579,13 @@ def check_core_azimuth(radius_mm: Any) -> float:
     return value
 
 
+def check_halo_clump(points: Any) -> int:
+    """A valid :attr:`CaloClouds2.halo_clump` (one-line error otherwise)."""
+    if isinstance(points, bool) or not isinstance(points, int | np.integer) or points < 0:
+        raise UsageError(f"halo clump size must be a whole number >= 0, got {points!r}")
+    return int(points)
+
+
 def _build(info: dict[str, Any]) -> CaloClouds2:
     cfg = CaloClouds2Config.from_dict(info["config"])
     occupancy = info.get("occupancy")
@@ -1582,6 +1603,10 @@ def _build(info: dict[str, Any]) -> CaloClouds2:
     )
     model.radial_energy = check_radial_energy(info.get("radial_energy", "bins"))
     model.core_azimuth_radius_mm = check_core_azimuth(info.get("core_azimuth_radius_mm", 0.0))
+    model.halo_clump = check_halo_clump(info.get("halo_clump", 0))
+    model.halo_clump_radius_mm = check_core_azimuth(
+        info.get("halo_clump_radius_mm", HALO_CLUMP_RADIUS_MM)
+    )
     binned = info.get("directional_corrections")
     if binned:
         edges = check_theta_edges(binned.get("theta_edges_deg", ()))
@@ -1646,6 +1671,7 @@ def fit_occupancy(
     radial_layers: str = "absolute",
     radial_classes: Sequence[str] = (),
     core_azimuth_mm: float | None = CORE_AZIMUTH_RADIUS_MM,
+    halo_clump: int | None = HALO_CLUMP_POINTS,
 ) -> dict[str, Any]:
     """Fit ``c_N`` from data and generated showers, then refine it in closed loop.
 
@@ -1677,7 +1703,8 @@ def fit_occupancy(
     (:attr:`~calogen.calibration.RadialCorrection.depth_relative`); ``radial_classes``
     (``"depth"``, ``"visible"``) gives classes of showers maps of their own
     (:class:`~calogen.calibration.ShowerClasses`). ``core_azimuth_mm`` (``None``: as the model
-    has it) sets :attr:`CaloClouds2.core_azimuth_radius_mm` before the fits, which see it.
+    has it) sets :attr:`CaloClouds2.core_azimuth_radius_mm` before the fits, which see it;
+    ``halo_clump`` (``None``: as the model has it) likewise :attr:`CaloClouds2.halo_clump`.
     """
     if radial_layers not in RADIAL_LAYER_MODES:
         raise UsageError(
@@ -1697,6 +1724,9 @@ def fit_occupancy(
     model.binned = []  # each fit below uses the plain corrections
     if core_azimuth_mm is not None:  # applied while fitting: the occupancy fit sees it
         model.core_azimuth_radius_mm = check_core_azimuth(core_azimuth_mm)
+    if halo_clump is not None:  # applied while fitting: the occupancy fit sees it
+        model.halo_clump = check_halo_clump(halo_clump)
+        model.halo_clump_radius_mm = HALO_CLUMP_RADIUS_MM
     if radial_energy is not None:  # applied while fitting: the occupancy fit sees it
         # (None: as the model has it; "interpolate" by default: docs/default_model.md, the
         # radial map interpolated in the incident energy)
@@ -1794,6 +1824,8 @@ def fit_occupancy(
     info.pop("directional_corrections", None)
     info.pop("radial_energy", None)
     info.pop("core_azimuth_radius_mm", None)
+    info.pop("halo_clump", None)
+    info.pop("halo_clump_radius_mm", None)
     info.update(model.model_info())
     info.pop("occupancy")  # save_occupancy writes it
     summary = scaffold.save_occupancy(

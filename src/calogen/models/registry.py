@@ -258,6 +258,7 @@ def fit_occupancy(
     radial_layers: str = "absolute",
     radial_classes: list[str] | None = None,
     core_azimuth_mm: float | None = None,
+    halo_clump: int | None = None,
 ) -> dict[str, Any]:
     """Fit and store the occupancy correction of a model folder; returns a summary.
 
@@ -272,7 +273,9 @@ def fit_occupancy(
     of their own for classes of showers by depth and/or visible energy ("depth", "visible");
     ``core_azimuth_mm``: the radius (mm) of the core whose azimuths are spread evenly in
     energy (0: off; ``None``: what CaloClouds II fits end with,
-    :data:`~calogen.calibration.CORE_AZIMUTH_RADIUS_MM`).
+    :data:`~calogen.calibration.CORE_AZIMUTH_RADIUS_MM`); ``halo_clump``: halo points per
+    group sharing an azimuth (0 or 1: off; ``None``: :data:`~calogen.calibration.
+    HALO_CLUMP_POINTS`).
     """
     from calogen.data.io import ShowerFile
     from calogen.models.training import read_model_info
@@ -300,12 +303,14 @@ def fit_occupancy(
         kwargs["radial_classes"] = tuple(radial_classes or ())
         if core_azimuth_mm is not None:
             kwargs["core_azimuth_mm"] = core_azimuth_mm
+        if halo_clump is not None:
+            kwargs["halo_clump"] = halo_clump
     elif radial_classes:
         raise UsageError("--radial-classes: only CaloClouds II models have a radial map")
     elif theta_edges_deg is not None:
         raise UsageError("--angle-edges: only angle-aware CaloClouds II models have angle classes")
-    elif core_azimuth_mm:
-        raise UsageError("--core-azimuth: only CaloClouds II models have it")
+    elif core_azimuth_mm or halo_clump:
+        raise UsageError("--core-azimuth, --halo-clump: only CaloClouds II models have them")
     return _with_model_errors(model_dir, info, func, Path(model_dir), data, **kwargs)
 
 
