@@ -481,7 +481,7 @@ def test_pseudo_azimuth_orders_points_as_their_azimuth():
     assert np.all((a >= 0) & (a < 4))
     phi = np.mod(np.arctan2(y, x), 2 * np.pi)
     np.testing.assert_array_equal(np.argsort(a), np.argsort(phi))
-    assert pseudo_azimuth(np.zeros(1), np.zeros(1))[0] == 0.0
+    assert pseudo_azimuth(np.zeros(1), np.zeros(1))[0] == 1.0
 
 
 def test_equalise_core_azimuth_spreads_the_core_evenly_in_energy():

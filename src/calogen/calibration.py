@@ -216,15 +216,13 @@ CORE_AZIMUTH_RADIUS_MM = 3.0
 
 
 def pseudo_azimuth(x: NDArray[np.float64], y: NDArray[np.float64]) -> NDArray[np.float64]:
-    """A monotone stand-in for the azimuth of ``(x, y)`` in ``[0, 4)`` (0 on the +x axis,
-    1 on +y, 2 on -x, 3 on -y; 0 at the origin): ordering points by it orders them by their
-    azimuth in ``[0, 2 pi)``, without ``atan2`` (which the exported ONNX graph cannot run in
-    float64)."""
+    """A monotone stand-in for the azimuth of ``(x, y)`` in ``[0, 4)``: 0 on the +x axis, 1 on
+    +y (and at the origin), 2 on -x, 3 on -y; ``1 - t`` above the x axis and ``3 + t`` below,
+    ``t = x / (|x| + |y|)``. Ordering points by it orders them by their azimuth in
+    ``[0, 2 pi)``, without ``atan2`` (which the exported ONNX graph cannot run in float64)."""
     s = np.abs(x) + np.abs(y)
-    safe = np.where(s > 0, s, 1.0)
-    upper = np.where(x >= 0, y / safe, 1.0 - x / safe)
-    lower = np.where(x < 0, 2.0 - y / safe, 3.0 + x / safe)
-    return np.where(y >= 0, upper, lower)
+    t = x / np.where(s > 0, s, 1.0)
+    return np.where(y >= 0, 1.0 - t, 3.0 + t)
 
 
 def equalise_core_azimuth(
@@ -283,7 +281,7 @@ def equalise_core_azimuth(
 #: halo points per group that share an azimuth (:func:`clump_halo_azimuth`; what fits end
 #: with) and the radius (mm) where the halo begins (that of the core whose azimuths
 #: :func:`equalise_core_azimuth` spreads): docs/default_model.md "Clumps in the halo"
-HALO_CLUMP_POINTS = 3
+HALO_CLUMP_POINTS = 2
 HALO_CLUMP_RADIUS_MM = CORE_AZIMUTH_RADIUS_MM
 
 

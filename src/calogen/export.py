@@ -592,10 +592,8 @@ class ShowerPipeline(nn.Module):
         core = (r < self.core_azimuth_mm) & (energy > 0)
         # calibration.pseudo_azimuth (no atan2: ONNX Runtime has no float64 Atan)
         s = x.abs() + y.abs()
-        s = torch.where(s > 0, s, torch.ones_like(s))
-        upper = torch.where(x >= 0, y / s, 1.0 - x / s)
-        lower = torch.where(x < 0, 2.0 - y / s, 3.0 + x / s)
-        azimuth = torch.where(y >= 0, upper, lower)
+        t = x / torch.where(s > 0, s, torch.ones_like(s))
+        azimuth = torch.where(y >= 0, 1.0 - t, 3.0 + t)
         # order: by layer, then azimuth (< 4 < 8); the points outside the core last
         key = torch.where(core, layer.to(torch.float64) * 8.0 + azimuth, torch.full_like(r, 1e9))
         order = self._argsort(key)

@@ -214,7 +214,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "radius, 3 mm) share one azimuth (Geant4's halo comes from a few particles, each "
         "depositing in a clump: with independent points each layer's halo centre fluctuates "
         "20 %% less and the fitted shower axis is too straight; docs/default_model.md); "
-        "0 or 1: off; stored in the model (default: 3)",
+        "0 or 1: off; stored in the model (default: 2)",
     )
     q.set_defaults(func=_fit_occupancy)
 
