@@ -377,6 +377,8 @@ def test_core_azimuth_in_the_pipeline_matches_numpy() -> None:
     points[:, 2] = np.sort(rng.integers(0, N_LAYERS, (n, m)), 1).ravel()
     points[:, 3] = rng.exponential(1e-3, n * m)
     points[::7, 3] = 0.0  # without energy (padding): left alone
+    tie = np.arange(0, n * m - 1, 9)
+    points[tie + 1, :2] = points[tie, :2] * 0.5  # ties in azimuth (the same direction)
     shower = np.repeat(np.arange(n), m)
     expected = equalise_core_azimuth(points.copy(), shower, 3.0)
     r_before, r_after = (
@@ -390,12 +392,18 @@ def test_core_azimuth_in_the_pipeline_matches_numpy() -> None:
     model = load_generator(None).model
     model.core_azimuth_radius_mm = 3.0
     pipe = ShowerPipeline(model, max_points=m)
+    # the export's rows come in another order (by depth): each carries its row in the
+    # network's output, which breaks ties in azimuth as the Python rows do
+    perm = np.argsort(rng.random((n, m)), axis=1)
+    rows = (perm + (np.arange(n) * m)[:, None]).reshape(-1)
     args = (
-        torch.as_tensor(points.reshape(n, m, 4)),
-        torch.as_tensor(points[:, 2].reshape(n, m)).long(),
-        torch.as_tensor(points[:, 3].reshape(n, m)),
+        torch.as_tensor(points[rows].reshape(n, m, 4)),
+        torch.as_tensor(points[rows, 2].reshape(n, m)).long(),
+        torch.as_tensor(points[rows, 3].reshape(n, m)),
+        torch.as_tensor(perm),
     )
     for onnx in (False, True):
         pipe.onnx = onnx
-        got = pipe._equalise_core_azimuth(*args).numpy().reshape(-1, 4)
+        got = np.empty_like(expected)
+        got[rows] = pipe._equalise_core_azimuth(*args).numpy().reshape(-1, 4)
         np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)

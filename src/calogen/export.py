@@ -297,8 +297,10 @@ class ShowerPipeline(nn.Module):
         #: off; calibration.clump_halo_azimuth)
         self.halo_clump = int(getattr(model, "halo_clump", 0))
         self.halo_clump_mm = float(getattr(model, "halo_clump_radius_mm", 3.0))
-        if self.halo_clump > 1 and int(max_points or cfg.max_points) >= 1 << 16:
-            raise UsageError("export: at most 65,535 points per shower (_clump_halo_azimuth)")
+        if (self.halo_clump > 1 or self.core_azimuth_mm > 0) and int(
+            max_points or cfg.max_points
+        ) >= 1 << 16:  # their sort keys hold the network's row in 16 bits
+            raise UsageError("export: at most 65,535 points per shower with the core azimuth")
         self.cog_prefix = "core_cog" if self.core_cog else "cog"
         missing = {"n_per_layer", "e_per_layer", f"{self.cog_prefix}_x", f"{self.cog_prefix}_y"}
         missing -= set(self.slices)
@@ -583,9 +585,15 @@ class ShowerPipeline(nn.Module):
             -1,
         )
 
-    def _equalise_core_azimuth(self, points: Tensor, layer: Tensor, energy: Tensor) -> Tensor:
+    def _equalise_core_azimuth(
+        self, points: Tensor, layer: Tensor, energy: Tensor, network_row: Tensor
+    ) -> Tensor:
         """:func:`~calogen.calibration.equalise_core_azimuth` on ``points [B, M, 4]`` with
-        layers ``layer [B, M]`` and calibrated energies ``energy [B, M]`` (0 for padding)."""
+        layers ``layer [B, M]``, calibrated energies ``energy [B, M]`` (0 for padding) and the
+        row of each point in the network's output ``network_row [B, M]`` (ties in azimuth go
+        in the Python sampler's row order)."""
+        from calogen.calibration import AZIMUTH_STEPS
+
         x = points[..., 0].to(torch.float64)
         y = points[..., 1].to(torch.float64)
         r = torch.sqrt(x * x + y * y)
@@ -594,8 +602,12 @@ class ShowerPipeline(nn.Module):
         s = x.abs() + y.abs()
         t = x / torch.where(s > 0, s, torch.ones_like(s))
         azimuth = torch.where(y >= 0, 1.0 - t, 3.0 + t)
-        # order: by layer, then azimuth (< 4 < 8); the points outside the core last
-        key = torch.where(core, layer.to(torch.float64) * 8.0 + azimuth, torch.full_like(r, 1e9))
+        steps = float(AZIMUTH_STEPS)
+        step = torch.floor(azimuth * (steps / 4.0)).clamp_max(steps - 1.0)
+        # order: by layer, then azimuth step, then network row (< 2^16; exact in float64);
+        # the points outside the core last
+        key = (layer.to(torch.float64) * steps + step) * 65536.0 + network_row.to(torch.float64)
+        key = torch.where(core, key, torch.full_like(r, float("inf")))
         order = self._argsort(key)
         e = torch.where(core, energy.to(torch.float64), torch.zeros_like(r))
         e_s = torch.gather(e, 1, order)
@@ -935,7 +947,7 @@ class ShowerPipeline(nn.Module):
         if self.has_radial:  # radial quantile correction (layers assigned, before the shift)
             points = self._radial(points, layer, energy, weights, e32, theta)
         if self.core_azimuth_mm > 0:  # the core's energy evenly around the axis
-            points = self._equalise_core_azimuth(points, layer, e32)
+            points = self._equalise_core_azimuth(points, layer, e32, order)
         if self.halo_clump > 1:  # groups of halo points share an azimuth
             points = self._clump_halo_azimuth(points, layer, e32, order, position)
 

@@ -948,14 +948,18 @@ class CaloClouds2(nn.Module):
         if cfg.mirror_points:  # signs of one more normal draw per point (4 values, as the
             # exported models take it: one more point-noise tensor), after the points' noise
             draws = torch.randn((total, 4), generator=generator)[:, :2].numpy()
-            flip = draws < 0
             normal = np.ones(total, bool) if theta is None else theta[shower] <= 0
-            if theta is not None:  # inclined in the x-z plane: only y -> -y is a symmetry
-                flip[:, 0] &= normal
-            if cfg.rotate_points:  # normal incidence: rotated by a uniform azimuth instead
-                flip &= ~normal[:, None]
-            # x -> -x by the sign bit: exact, and cheaper than a multiplication
-            points_out.view(np.uint32)[:, :2] ^= flip.astype(np.uint32) << np.uint32(31)
+            bits = points_out.view(np.uint32)
+            sign = draws.view(np.uint32) & np.uint32(1 << 31)  # x -> -x by the sign bit:
+            # exact, and cheaper than a multiplication
+            if cfg.rotate_points:  # normal incidence: rotated by a uniform azimuth instead;
+                # inclined in the x-z plane: only y -> -y is a symmetry
+                bits[:, 1] ^= sign[:, 1] * (~normal).astype(np.uint32)
+            else:
+                flip = draws < 0
+                if theta is not None:  # inclined in the x-z plane: only y -> -y
+                    flip[:, 0] &= normal
+                bits[:, :2] ^= flip.astype(np.uint32) << np.uint32(31)
             if cfg.rotate_points and normal.any():
                 rotate_by_draws(points_out, draws, normal)
         core = "core_cog_x" in flow_out  # feature set caloclouds2_core: shift the core
