@@ -16,8 +16,9 @@ mkdir -p "$RUNS"
 # 1.-2. the README's "Train your own" command, as written (seed 0): the angle-aware teacher
 #    (EDM, 25,000 iterations), its consistency distillation (40,000 iterations) and the
 #    corrections (radial map by layers relative to each shower's depth, occupancy fitted in
-#    logarithms, axis shift; four polar-angle classes equal in tan theta, interpolated in
-#    theta; fitted on the first 3,000 showers of each file) on showers 0-8,999 of the
+#    logarithms, axis shift, each layer's core spread evenly in azimuth, the halo in clumps
+#    of two; four polar-angle classes equal in tan theta, interpolated in theta; fitted on
+#    the first 3,000 showers of each file) on showers 0-8,999 of the
 #    normal-incidence file and the 6,000 of the angles file; about 45 min of one core.
 #    The default of 2026-11-30 morning (17,161 showers incl. 2,161 made with the Geant4
 #    tool above 40 deg, 80,000 distillation iterations): this script's earlier version
