@@ -230,6 +230,29 @@ def pseudo_azimuth(x: NDArray[np.float64], y: NDArray[np.float64]) -> NDArray[np
     return np.where(y >= 0, 1.0 - t, 3.0 + t)
 
 
+def _points_by_radius(
+    points: NDArray[np.floating], shower: NDArray[np.integer], radius_mm: float, beyond: bool
+) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64], NDArray[np.float64],
+           NDArray[np.int64]]:  # fmt: skip
+    """``(rows, x, y, r, key)`` of the points with energy > 0 within ``radius_mm`` of the axis
+    (``beyond``: at ``radius_mm`` or more): x, y, r in mm (float64) and the key ``shower *
+    n_layers + layer`` of each (layers assigned). A cheap float32 cut first."""
+    x32, y32 = points[:, 0], points[:, 1]
+    r2 = x32 * x32 + y32 * y32
+    if beyond:
+        rows = np.flatnonzero((r2 >= np.float32(0.9 * radius_mm) ** 2) & (points[:, 3] > 0))
+    else:
+        rows = np.flatnonzero((r2 < np.float32(1.5 * radius_mm) ** 2) & (points[:, 3] > 0))
+    x = points[rows, 0].astype(np.float64)
+    y = points[rows, 1].astype(np.float64)
+    r = np.sqrt(x * x + y * y)
+    keep = r >= radius_mm if beyond else r < radius_mm
+    rows, x, y, r = rows[keep], x[keep], y[keep], r[keep]
+    layer = points[rows, 2].astype(np.int64)  # whole numbers once assigned
+    n_layers = int(layer.max()) + 1 if layer.size else 1
+    return rows, x, y, r, np.asarray(shower, np.int64)[rows] * n_layers + layer
+
+
 def equalise_core_azimuth(
     points: NDArray[np.floating],
     shower: NDArray[np.integer],
@@ -251,18 +274,9 @@ def equalise_core_azimuth(
     """
     if radius_mm <= 0 or points.shape[0] == 0:
         return points
-    x32, y32 = points[:, 0], points[:, 1]
-    near = np.flatnonzero(x32 * x32 + y32 * y32 < np.float32(1.5 * radius_mm) ** 2)  # cheap cut
-    x = points[near, 0].astype(np.float64)
-    y = points[near, 1].astype(np.float64)
-    r = np.sqrt(x * x + y * y)
-    inside = (r < radius_mm) & (points[near, 3] > 0)
-    core = near[inside]
+    core, x, y, r, key = _points_by_radius(points, shower, radius_mm, beyond=False)
     if core.size == 0:
         return points
-    x, y, r = x[inside], y[inside], r[inside]
-    layer = points[core, 2].astype(np.int64)  # whole numbers once assigned
-    key = np.asarray(shower, np.int64)[core] * (int(layer.max()) + 1) + layer
     # by layer of each shower, then azimuth in steps of 2 pi / 65,536, then row
     # (:data:`AZIMUTH_STEPS`): two radix sorts of 16-bit keys where the keys fit
     step = np.minimum(np.floor(pseudo_azimuth(x, y) * (AZIMUTH_STEPS / 4)), AZIMUTH_STEPS - 1)
@@ -314,19 +328,9 @@ def clump_halo_azimuth(
     """
     if size <= 1 or points.shape[0] == 0:
         return points
-    x32, y32 = points[:, 0], points[:, 1]
-    cut = np.float32(0.9 * inner_radius_mm) ** 2  # a cheap cut first
-    far = np.flatnonzero((x32 * x32 + y32 * y32 >= cut) & (points[:, 3] > 0))
-    x = points[far, 0].astype(np.float64)
-    y = points[far, 1].astype(np.float64)
-    r = np.sqrt(x * x + y * y)
-    inside = r >= inner_radius_mm
-    halo = far[inside]
+    halo, x, y, r, key = _points_by_radius(points, shower, inner_radius_mm, beyond=True)
     if halo.size == 0:
         return points
-    x, y, r = x[inside], y[inside], r[inside]
-    layer = points[halo, 2].astype(np.int64)  # whole numbers once assigned
-    key = np.asarray(shower, np.int64)[halo] * (int(layer.max()) + 1) + layer
     if key.max() < 1 << 16:  # a radix sort: ~10x faster than the general stable sort
         key = key.astype(np.uint16)
     order = np.argsort(key, kind="stable")  # by layer of each shower, then row
