@@ -553,3 +553,10 @@ def test_clump_halo_azimuth_groups_halo_points_in_row_order():
             lead = rows[(np.arange(rows.size) // 3) * 3]
             np.testing.assert_allclose(phi_out[rows], phi_in[lead], atol=1e-5)
     assert clump_halo_azimuth(points.copy(), shower, 3.0, 1).tobytes() == points.tobytes()
+    # a mean size of 2.5: groups of 3 and 2 in turn
+    out = clump_halo_azimuth(points.copy(), shower, 3.0, 2.5)
+    phi_out = np.arctan2(out[:, 1], out[:, 0])
+    rows = np.flatnonzero(halo & (shower == 1) & (points[:, 2] == 13))
+    assert rows.size >= 6
+    first = np.array([0, 0, 0, 3, 3, 5, 5, 5, 8, 8, 10, 10, 10, 13, 13])[: rows.size]
+    np.testing.assert_allclose(phi_out[rows[: first.size]], phi_in[rows[first]], atol=1e-5)

@@ -503,7 +503,7 @@ def test_core_azimuth_in_generation(tmp_path) -> None:
     with pytest.raises(UsageError, match="core azimuth radius"):
         load_generator(folder)
     info["core_azimuth_radius_mm"] = 3.0
-    info["halo_clump"] = 2.5
+    info["halo_clump"] = "three"
     (folder / "model.json").write_text(json.dumps(info))
     with pytest.raises(UsageError, match="halo clump size"):
         load_generator(folder)

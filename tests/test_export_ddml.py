@@ -417,13 +417,15 @@ def test_ddml_wrapper_of_an_angle_aware_model(shower_conditions: bool):
 
 
 def test_ddml_with_core_azimuth_and_halo_clumps():
-    """The core's azimuths spread evenly in energy and clumps of three halo points: a seeded
-    DDML call is still the Python model's shower (normal incidence and inclined)."""
+    """The core's azimuths spread evenly in energy and clumps of three (or of 2.5 on average)
+    halo points: a seeded DDML call is still the Python model's shower (normal incidence and
+    inclined)."""
     from calogen.export import DDMLShower, ShowerPipeline
     from calogen.models.registry import load_generator
 
     model = load_generator(None).model
-    model.core_azimuth_radius_mm, model.halo_clump = 3.0, 3
-    shower = DDMLShower(ShowerPipeline(model).eval(), slab().layer_z_mm).eval()
-    for seed, (energy, theta, phi) in ((5, (20.0, 0.0, 0.0)), (6, (85.0, 50.0, 120.0))):
-        _assert_ddml_is_python(shower, model, energy, theta, phi, seed)
+    for size in (3, 2.5):  # 2.5: groups of 3 and 2 in turn
+        model.core_azimuth_radius_mm, model.halo_clump = 3.0, size
+        shower = DDMLShower(ShowerPipeline(model).eval(), slab().layer_z_mm).eval()
+        for seed, (energy, theta, phi) in ((5, (20.0, 0.0, 0.0)), (6, (85.0, 50.0, 120.0))):
+            _assert_ddml_is_python(shower, model, energy, theta, phi, seed)

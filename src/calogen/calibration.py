@@ -314,7 +314,7 @@ def clump_halo_azimuth(
     points: NDArray[np.floating],
     shower: NDArray[np.integer],
     inner_radius_mm: float,
-    size: int,
+    size: float,
 ) -> NDArray[np.floating]:
     """Give groups of ``size`` halo points of a layer one azimuth, in place (radii unchanged).
 
@@ -337,7 +337,10 @@ def clump_halo_azimuth(
     key = key[order]
     first = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
     rank = np.arange(halo.size) - np.repeat(first, np.diff(np.append(first, halo.size)))
-    lead = order[np.arange(halo.size) - rank % size]  # indices into the halo arrays
+    # groups of rank [ceil(g size), ceil((g + 1) size)): all of size K for a whole K,
+    # alternating 2 and 3 for 2.5
+    lead_rank = np.ceil(np.floor(rank / size) * size).astype(np.int64)
+    lead = order[np.arange(halo.size) - rank + lead_rank]  # indices into the halo arrays
     scale = r[order] / r[lead]
     rows = halo[order]
     points[rows, 0] = (x[lead] * scale).astype(points.dtype)

@@ -295,7 +295,7 @@ class ShowerPipeline(nn.Module):
         self.core_azimuth_mm = float(getattr(model, "core_azimuth_radius_mm", 0.0))
         #: groups of this many halo points share an azimuth beyond halo_clump_mm (0 or 1:
         #: off; calibration.clump_halo_azimuth)
-        self.halo_clump = int(getattr(model, "halo_clump", 0))
+        self.halo_clump = float(getattr(model, "halo_clump", 0))
         self.halo_clump_mm = float(getattr(model, "halo_clump_radius_mm", 3.0))
         if (self.halo_clump > 1 or self.core_azimuth_mm > 0) and int(
             max_points or cfg.max_points
@@ -660,7 +660,8 @@ class ShowerPipeline(nn.Module):
         before = torch.cumsum(count, 1) - count  # halo points of the earlier layers
         position = row.to(torch.float64)[None, :]
         rank = position - torch.gather(before, 1, torch.gather(layer, 1, rows))
-        lead_at = (position - torch.remainder(rank, float(self.halo_clump))).clamp_min(0.0)
+        size = float(self.halo_clump)  # calibration.clump_halo_azimuth's groups
+        lead_at = (position - rank + torch.ceil(torch.floor(rank / size) * size)).clamp_min(0.0)
         lead_sorted = torch.gather(rows, 1, lead_at.to(torch.int64).expand_as(rows))
         lead = torch.zeros_like(rows).scatter(1, rows, lead_sorted)  # back to the rows
         x_lead, y_lead = torch.gather(x, 1, lead), torch.gather(y, 1, lead)

@@ -207,11 +207,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     q.add_argument(
         "--halo-clump",
-        type=int,
+        type=float,
         default=None,
         metavar="K",
-        help="CaloClouds II: groups of K points of a layer's halo (beyond the --core-azimuth "
-        "radius, 3 mm) share one azimuth (Geant4's halo comes from a few particles, each "
+        help="CaloClouds II: groups of K points of a layer's halo (beyond 3 mm) share one "
+        "azimuth (a fractional K mixes groups of the two whole sizes around it, 2.5: 3 and 2 "
+        "in turn) (Geant4's halo comes from a few particles, each "
         "depositing in a clump: with independent points each layer's halo centre fluctuates "
         "20 %% less and the fitted shower axis is too straight; docs/default_model.md); "
         "0 or 1: off; stored in the model (default: 2)",

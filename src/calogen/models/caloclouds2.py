@@ -566,7 +566,7 @@ class CaloClouds2(nn.Module):
         self.core_azimuth_radius_mm: float = 0.0
         #: groups of this many halo points share an azimuth (calibration.clump_halo_azimuth;
         #: 0 or 1: off, as models fitted before it) beyond halo_clump_radius_mm
-        self.halo_clump: int = 0
+        self.halo_clump: float = 0
         self.halo_clump_radius_mm: float = HALO_CLUMP_RADIUS_MM
         self.consistency = bool(consistency)
         self.cm_sigmas = tuple(cm_sigmas) if cm_sigmas else (float(config.sigma_max),)
@@ -1583,11 +1583,15 @@ def check_core_azimuth(radius_mm: Any) -> float:
     return value
 
 
-def check_halo_clump(points: Any) -> int:
-    """A valid :attr:`CaloClouds2.halo_clump` (one-line error otherwise)."""
-    if isinstance(points, bool) or not isinstance(points, int | np.integer) or points < 0:
-        raise UsageError(f"halo clump size must be a whole number >= 0, got {points!r}")
-    return int(points)
+def check_halo_clump(points: Any) -> float | int:
+    """A valid :attr:`CaloClouds2.halo_clump`: a number >= 0 (a whole one as an int; one-line
+    error otherwise)."""
+    if isinstance(points, bool) or not isinstance(points, int | float | np.integer | np.floating):
+        raise UsageError(f"halo clump size must be a number >= 0, got {points!r}")
+    value = float(points)
+    if not np.isfinite(value) or value < 0:
+        raise UsageError(f"halo clump size must be a number >= 0, got {points!r}")
+    return int(value) if value.is_integer() else value
 
 
 def _build(info: dict[str, Any]) -> CaloClouds2:
@@ -1675,7 +1679,7 @@ def fit_occupancy(
     radial_layers: str = "absolute",
     radial_classes: Sequence[str] = (),
     core_azimuth_mm: float | None = CORE_AZIMUTH_RADIUS_MM,
-    halo_clump: int | None = HALO_CLUMP_POINTS,
+    halo_clump: float | None = HALO_CLUMP_POINTS,
 ) -> dict[str, Any]:
     """Fit ``c_N`` from data and generated showers, then refine it in closed loop.
 

@@ -258,7 +258,7 @@ def fit_occupancy(
     radial_layers: str = "absolute",
     radial_classes: list[str] | None = None,
     core_azimuth_mm: float | None = None,
-    halo_clump: int | None = None,
+    halo_clump: float | None = None,
 ) -> dict[str, Any]:
     """Fit and store the occupancy correction of a model folder; returns a summary.
 
