@@ -330,6 +330,23 @@ def test_student_starts_from_ema_teacher(trained, tmp_path) -> None:
     s = load_tensors(out / "model.safetensors")
     for key, value in t.items():
         assert torch.allclose(value, s[key]), key
+    # the teacher's fitted corrections are not inherited (the student fits its own)
+    import shutil
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(trained["teacher"], teacher)
+    info = json.loads((teacher / "model.json").read_text())
+    info.update(core_azimuth_radius_mm=3.0, halo_clump=2, halo_clump_radius_mm=3.0)
+    (teacher / "model.json").write_text(json.dumps(info))
+    out = tmp_path / "bare"
+    cc2.distill(
+        teacher=teacher, config=cfg, data=trained["data"], out=out, progress=False,
+        corrections=False,
+    )  # fmt: skip
+    student = json.loads((out / "model.json").read_text())
+    inherited = {"core_azimuth_radius_mm", "halo_clump", "halo_clump_radius_mm"}
+    assert not inherited & set(student)
+    assert not set(cc2.FITTED_CORRECTION_KEYS) & set(student)
 
 
 @pytest.mark.slow
@@ -506,6 +523,11 @@ def test_core_azimuth_in_generation(tmp_path) -> None:
     info["halo_clump"] = "three"
     (folder / "model.json").write_text(json.dumps(info))
     with pytest.raises(UsageError, match="halo clump size"):
+        load_generator(folder)
+    info["halo_clump"] = 2
+    info["halo_clump_radius_mm"] = -2.0
+    (folder / "model.json").write_text(json.dumps(info))
+    with pytest.raises(UsageError, match="halo clump radius"):
         load_generator(folder)
 
 

@@ -1431,11 +1431,8 @@ class CaloClouds2DistillTrainer(scaffold.TrainerBase):
         # the student's corrections are its own, fitted when the distillation ends: none
         # inherited from the teacher (whose sampler spreads points differently)
         info["occupancy"] = OccupancyCorrection.identity().to_dict()
-        info.pop("radial_correction", None)
-        info.pop("axis_shift", None)
-        info.pop("directional_corrections", None)
-        info.pop("radial_energy", None)
-        info.pop("core_azimuth_radius_mm", None)
+        for key in FITTED_CORRECTION_KEYS:
+            info.pop(key, None)
         info.update(
             {
                 "cm_sigmas": list(self.config.sample_sigmas),
@@ -1572,14 +1569,28 @@ def check_radial_energy(mode: str) -> str:
     return mode
 
 
-def check_core_azimuth(radius_mm: Any) -> float:
-    """A valid :attr:`CaloClouds2.core_azimuth_radius_mm` (one-line error otherwise)."""
+#: model.json entries of the corrections that a fit writes (besides the occupancy): removed
+#: before a fit stores its own, and not inherited by a distilled student from its teacher
+FITTED_CORRECTION_KEYS = (
+    "radial_correction",
+    "axis_shift",
+    "directional_corrections",
+    "radial_energy",
+    "core_azimuth_radius_mm",
+    "halo_clump",
+    "halo_clump_radius_mm",
+)
+
+
+def check_core_azimuth(radius_mm: Any, what: str = "core azimuth radius") -> float:
+    """A valid :attr:`CaloClouds2.core_azimuth_radius_mm` (or another radius ``what``) in mm:
+    a number >= 0 (one-line error otherwise)."""
     try:
         value = float(radius_mm)
     except (TypeError, ValueError):
         value = float("nan")
     if not np.isfinite(value) or value < 0:
-        raise UsageError(f"core azimuth radius must be a number of mm >= 0, got {radius_mm!r}")
+        raise UsageError(f"{what} must be a number of mm >= 0, got {radius_mm!r}")
     return value
 
 
@@ -1613,7 +1624,7 @@ def _build(info: dict[str, Any]) -> CaloClouds2:
     model.core_azimuth_radius_mm = check_core_azimuth(info.get("core_azimuth_radius_mm", 0.0))
     model.halo_clump = check_halo_clump(info.get("halo_clump", 0))
     model.halo_clump_radius_mm = check_core_azimuth(
-        info.get("halo_clump_radius_mm", HALO_CLUMP_RADIUS_MM)
+        info.get("halo_clump_radius_mm", HALO_CLUMP_RADIUS_MM), "halo clump radius"
     )
     binned = info.get("directional_corrections")
     if binned:
@@ -1827,13 +1838,8 @@ def fit_occupancy(
     done = [f for f in fits if f is not None]
     n_gen = np.concatenate([f.n_gen for f in done])
     occ_gen = np.concatenate([f.occ_gen for f in done])
-    info.pop("radial_correction", None)
-    info.pop("axis_shift", None)
-    info.pop("directional_corrections", None)
-    info.pop("radial_energy", None)
-    info.pop("core_azimuth_radius_mm", None)
-    info.pop("halo_clump", None)
-    info.pop("halo_clump_radius_mm", None)
+    for key in FITTED_CORRECTION_KEYS:
+        info.pop(key, None)
     info.update(model.model_info())
     info.pop("occupancy")  # save_occupancy writes it
     summary = scaffold.save_occupancy(
