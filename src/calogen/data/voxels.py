@@ -210,8 +210,11 @@ class SparseVoxels:
         chunk_size: int = 500,
         *,
         straighten: bool = False,
+        start: int = 0,
     ) -> SparseVoxels:
-        """Voxelise a shower file chunk by chunk (memory: one chunk of points at a time).
+        """Voxelise a shower file chunk by chunk (memory: one chunk of points at a time):
+        showers ``start`` (default the first) up to ``max_showers`` (an index, exclusive;
+        default the end of the file).
 
         With ``straighten`` inclined showers are voxelised in their axis frame
         (:func:`calogen.directions.straighten_points`: the axis along z through x = y = 0,
@@ -220,7 +223,7 @@ class SparseVoxels:
         parts = []
         with ShowerFile(path) as f:
             stop = len(f) if max_showers is None else min(len(f), int(max_showers))
-            for chunk in f.iter_chunks(chunk_size, 0, stop):
+            for chunk in f.iter_chunks(chunk_size, int(start), stop):
                 parts.append(_sparse_chunk(chunk, grid, straighten))
         if not parts:
             raise UsageError(f"{path}: no showers")

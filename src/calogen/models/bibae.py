@@ -108,8 +108,16 @@ DECODERS = ("transposed", "upsample")
 
 
 @dataclass
-class BIBAEConfig(scaffold.ModelConfig):
-    """Hyperparameters of the BIB-AE (JSON-serialisable; see :data:`PRESETS`)."""
+class BIBAEConfig(scaffold.ValidationTraining):
+    """Hyperparameters of the BIB-AE (JSON-serialisable; see :data:`PRESETS`).
+
+    ``validation_showers`` / ``validate_every`` (:class:`~calogen.models.scaffold.
+    ValidationTraining`): N held-out showers of each training file (those right after its
+    ``max_showers`` training showers, or its last N without ``max_showers``) whose
+    :func:`validation_losses` (``val_loss``: ``w_rec`` x reconstruction + ``w_kld`` x KLD,
+    the training's ``vae_loss``) is logged every ``validate_every`` iterations; 0 (default)
+    is off.
+    """
 
     LABEL: ClassVar[str] = "BIB-AE"
 
@@ -203,6 +211,7 @@ class BIBAEConfig(scaffold.ModelConfig):
             "generation_batch",
         )
         self.check_positive(positive, "BIB-AE config")
+        self.check_validation("BIB-AE config")
         if not self.channels or len(self.channels) != len(self.critic_channels):
             raise UsageError("BIB-AE config: 'channels' and 'critic_channels' need equal length")
         if self.decoder not in DECODERS:
@@ -846,7 +855,12 @@ class BIBAETrainer(scaffold.TrainerBase):
                 list(model.encoder.parameters()) + list(model.decoder.parameters()), cfg.grad_clip
             )
         self.opt_ae.step()
-        out.update(loss=float(rec.detach()), kld=float(kld.detach()), mmd_z=float(mmd_z.detach()))
+        out.update(
+            loss=float(rec.detach()),
+            kld=float(kld.detach()),
+            mmd_z=float(mmd_z.detach()),
+            vae_loss=float((cfg.w_rec * rec + cfg.w_kld * kld).detach()),
+        )
 
         # -- post-processor ---------------------------------------------------------------------
         if iteration >= int(cfg.pp_start * cfg.iterations):
@@ -875,6 +889,58 @@ class BIBAETrainer(scaffold.TrainerBase):
         self.opt_flows.step()
         out.update(nll_evis=float(nll_evis.detach()), nll_latent=float(nll_latent.detach()))
         return out
+
+    def validation_losses(self) -> dict[str, float]:
+        return validation_losses(self.model, self.validation)
+
+
+@torch.no_grad()
+def validation_losses(
+    model: BIBAE,
+    voxels: SparseVoxels,
+    *,
+    seed: int = scaffold.VALIDATION_SEED,
+    batch_size: int = scaffold.VALIDATION_BATCH,
+) -> dict[str, float]:
+    """The deterministic (critic-free) part of the generator loss on held-out showers.
+
+    In eval mode, each shower is encoded and decoded (latent drawn from the encoder's
+    posterior with a generator seeded by ``seed``; showers in order, ``batch_size`` at a
+    time), as in the autoencoder step of training. Means over the showers of ``voxels``:
+    ``val_rec`` (sum over voxels of ``(y_rec - y)^2``, the training's ``loss``), ``val_kld``
+    (the training's ``kld``) and ``val_loss = w_rec * val_rec + w_kld * val_kld`` (the
+    training's ``vae_loss``). The critic, latent-MMD and post-processor terms are left out:
+    they compare with the critics or with batch statistics, not with each shower.
+    """
+    was_training = model.training
+    model.eval()
+    cfg = model.config
+    gen = torch.Generator().manual_seed(int(seed))
+    slopes = model.condition_slopes(voxels.directions, len(voxels))
+    evis = _grid_sums(voxels)
+    n = len(voxels)
+    sum_rec = sum_kld = 0.0
+    try:
+        for first in range(0, n, int(batch_size)):
+            rows = np.arange(first, min(first + int(batch_size), n))
+            y = model.to_network(voxels.dense(rows))
+            base = model.base_condition(voxels.incident[rows], slopes[rows])
+            cond = torch.cat([base, model.evis_code(voxels.incident[rows], evis[rows])], 1)
+            xyz = model.coordinates(cond)
+            mu, logvar = model.encoder(y, cond, xyz)
+            z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen)
+            y_rec = model.decoder(z, cond, xyz)
+            sum_rec += float((y_rec - y).pow(2).flatten(1).sum(1).double().sum())
+            kld = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(1)
+            sum_kld += float(kld.double().sum())
+    finally:
+        model.train(was_training)
+    rec, kld_mean = sum_rec / n, sum_kld / n
+    return {
+        "val_loss": cfg.w_rec * rec + cfg.w_kld * kld_mean,
+        "val_rec": rec,
+        "val_kld": kld_mean,
+    }
 
 
 def _grid_sums(data: SparseVoxels) -> NDArray[np.float64]:
@@ -951,4 +1017,5 @@ __all__ = [
     "mmd",
     "sorted_energies",
     "train",
+    "validation_losses",
 ]

@@ -67,8 +67,15 @@ MODEL_NAME = "l2lflows"
 
 
 @dataclass
-class L2LFlowsConfig(scaffold.ModelConfig):
-    """Hyperparameters of L2LFlows (JSON-serialisable; see :data:`PRESETS`)."""
+class L2LFlowsConfig(scaffold.ValidationTraining):
+    """Hyperparameters of L2LFlows (JSON-serialisable; see :data:`PRESETS`).
+
+    ``validation_showers`` / ``validate_every`` (:class:`~calogen.models.scaffold.
+    ValidationTraining`): N held-out showers (those right after the ``max_showers`` training
+    showers of the file, or its last N without ``max_showers``) whose
+    :func:`validation_losses` (``val_loss``: the NLL of both flows, the training loss) is
+    logged every ``validate_every`` iterations; 0 (default) is off.
+    """
 
     LABEL: ClassVar[str] = "L2LFlows"
     TUPLES: ClassVar[dict[str, type]] = {
@@ -131,6 +138,7 @@ class L2LFlowsConfig(scaffold.ModelConfig):
             "stats_showers",
         )
         self.check_positive(positive, "L2LFlows config")
+        self.check_validation("L2LFlows config")
         if self.context_layers < 0:
             raise UsageError("L2LFlows config 'context_layers' must be >= 0")
         if not 0 < self.alpha < 0.5:
@@ -444,6 +452,46 @@ class L2LFlowsTrainer(scaffold.TrainerBase):
             "nll_voxels": float(nll_v.detach()) / model.n_layers,
         }
 
+    def validation_losses(self) -> dict[str, float]:
+        return validation_losses(self.model, self.validation)
+
+
+@torch.no_grad()
+def validation_losses(
+    model: L2LFlows,
+    voxels: SparseVoxels,
+    *,
+    seed: int = scaffold.VALIDATION_SEED,
+    batch_size: int = scaffold.VALIDATION_BATCH,
+) -> dict[str, float]:
+    """The training loss on held-out showers, in eval mode with fixed noise.
+
+    ``val_loss``: energy-flow NLL per layer plus the sum over layers of the per-voxel
+    layer-flow NLLs (nats), averaged over the showers of ``voxels``, as the training's
+    ``loss``; ``val_nll_energy`` and ``val_nll_voxels`` (per layer) as ``nll_energy`` and
+    ``nll_voxels``. The dequantisation noise comes from ``seed`` and the showers are taken in
+    order, ``batch_size`` at a time, so the result is a function of the weights alone.
+    """
+    was_training = model.training
+    model.eval()
+    rng = np.random.default_rng([int(seed), 2**32 - 1])
+    n = len(voxels)
+    sum_e = sum_v = 0.0
+    try:
+        for first in range(0, n, int(batch_size)):
+            rows = np.arange(first, min(first + int(batch_size), n))
+            c, x_e, y = model.preprocess(voxels.dense(rows), voxels.incident[rows], rng)
+            nll_e, nll_v = model.nll(c, x_e, y)
+            sum_e += float(nll_e) * len(rows)
+            sum_v += float(nll_v) * len(rows)
+    finally:
+        model.train(was_training)
+    return {
+        "val_loss": (sum_e + sum_v) / n,
+        "val_nll_energy": sum_e / n,
+        "val_nll_voxels": sum_v / n / model.n_layers,
+    }
+
 
 def _training_info(data: SparseVoxels, path: str, seed: int) -> dict[str, Any]:
     return scaffold.training_info(
@@ -511,4 +559,5 @@ __all__ = [
     "load_model",
     "make_maf",
     "train",
+    "validation_losses",
 ]

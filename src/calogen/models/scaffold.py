@@ -57,6 +57,12 @@ M = TypeVar("M", bound=nn.Module)
 #: Incident energies (GeV) a model folder without ``energy_range_gev`` was trained on.
 DEFAULT_ENERGY_RANGE_GEV = (10.0, 90.0)
 
+#: Seed of the noise of a validation loss (dequantisation, latent draws): the same for every
+#: evaluation and every run, so that validation losses compare between them.
+VALIDATION_SEED = 0
+#: Showers per batch of a validation loss (the noise depends on the batching: keep it fixed).
+VALIDATION_BATCH = 128
+
 
 # ---------------------------------------------------------------------------------------------
 # configs
@@ -105,9 +111,57 @@ class ModelConfig:
                 raise UsageError(f"{what} '{key}' must be > 0")
 
 
+@dataclass
+class ValidationTraining(ModelConfig):
+    """Config fields of a validation loss during training (the voxel models).
+
+    ``validation_showers`` (0: off): N showers of each training file held out from training;
+    their loss (the model module's ``validation_losses``) is computed every
+    ``validate_every`` iterations and after the last one, and logged as ``val_loss``
+    (:func:`~calogen.models.training.run_training`). The held-out showers of a file are the
+    N right after the training showers: with ``max_showers`` M, showers ``M`` to ``M + N - 1``
+    (the file must hold them); without ``max_showers``, the last N of the file, and training
+    uses the ones before (see :func:`validation_split`).
+    """
+
+    validation_showers: int = 0
+    validate_every: int = 200
+
+    def check_validation(self, what: str) -> None:
+        """``validation_showers`` >= 0 and ``validate_every`` > 0 (``UsageError``)."""
+        if int(self.validation_showers) < 0:
+            raise UsageError(f"{what} 'validation_showers' must be >= 0")
+        self.check_positive(("validate_every",), what)
+
+
 # ---------------------------------------------------------------------------------------------
 # training
 # ---------------------------------------------------------------------------------------------
+
+
+def validation_split(
+    n_file: int, max_showers: int | None, n_validation: int, path: str = "data"
+) -> tuple[int, int, int]:
+    """``(train_stop, first, last)`` for a file of ``n_file`` showers: training on showers
+    ``[0, train_stop)``, validation on ``[first, last)`` (see :class:`ValidationTraining`).
+
+    With ``max_showers`` M the validation showers are ``[M, M + n_validation)``; without it,
+    the last ``n_validation`` of the file. Too few showers is a :class:`UsageError`.
+    """
+    n_val = int(n_validation)
+    if max_showers is None:
+        if n_val >= n_file:
+            raise UsageError(
+                f"{path}: {n_file} showers; 'validation_showers' {n_val} leaves none to train on"
+            )
+        return n_file - n_val, n_file - n_val, n_file
+    m = int(max_showers)
+    if m + n_val > n_file:
+        raise UsageError(
+            f"{path}: {n_file} showers; 'validation_showers' {n_val} after the {m} training "
+            f"showers ('max_showers') need {m + n_val}"
+        )
+    return m, m, m + n_val
 
 
 def data_paths(data: Any) -> list[str]:
@@ -261,6 +315,8 @@ def train_model(
         t0=t0,
         desc=desc,
     )
+    if getattr(trainer, "validation", None) is not None:
+        summary["validation"] = trainer.validation_info()  # type: ignore[attr-defined]
     n_data = getattr(getattr(trainer, "data", None), "n_showers", None)
     if n_data is not None:
         summary["training_showers"] = int(n_data)
@@ -297,7 +353,11 @@ def run_model_training(
     desc: str | None = None,
 ) -> dict[str, Any]:
     """Run ``trainer`` for ``config.iterations`` (checkpoints every ``config.checkpoint_every``)
-    into ``out``; the summary every ``train`` returns (iterations, seconds, last losses)."""
+    into ``out``; the summary every ``train`` returns (iterations, seconds, last losses, and
+    ``best_val_loss`` when the trainer has validation showers: :class:`ValidationTraining`)."""
+    validate = None
+    if getattr(trainer, "validation", None) is not None:
+        validate = trainer.validation_losses  # type: ignore[attr-defined]
     result = run_training(
         trainer,
         Path(out),
@@ -308,9 +368,11 @@ def run_model_training(
         log_every=min(50, config.checkpoint_every),
         stop_after=stop_after,
         desc=desc or name,
+        validate=validate,
+        validate_every=int(getattr(config, "validate_every", 0)),
     )
     history = result["history"]
-    return {
+    summary = {
         "model": name,
         "out": str(out),
         "iterations": result["iteration"],
@@ -318,6 +380,9 @@ def run_model_training(
         "wall_seconds": round(time.perf_counter() - t0, 1),
         "final": history[-1] if history else {},
     }
+    if result.get("best_val_loss") is not None:
+        summary["best_val_loss"] = result["best_val_loss"]
+    return summary
 
 
 def training_info(
@@ -344,6 +409,29 @@ class TrainerBase:
         self.data = data
         self.seed = int(seed)
         self.data_path = data_path
+        #: held-out showers of the validation loss (``None``: off); see :meth:`set_validation`
+        self.validation: Any = None
+        self.validation_ranges: list[tuple[str, int, int]] = []
+
+    def set_validation(self, data: Any, ranges: Sequence[tuple[str, int, int]]) -> None:
+        """Held-out showers ``data`` for :meth:`validation_losses`: showers
+        ``[first, last)`` of each ``(path, first, last)`` of ``ranges``."""
+        self.validation = data
+        self.validation_ranges = [(str(p), int(a), int(b)) for p, a, b in ranges]
+
+    def validation_info(self) -> dict[str, Any]:
+        """Which showers the validation loss is computed on (for the JSON files)."""
+        return {
+            "showers": sum(b - a for _, a, b in self.validation_ranges),
+            "ranges": [[p, a, b] for p, a, b in self.validation_ranges],
+            "seed": VALIDATION_SEED,
+            "batch": VALIDATION_BATCH,
+        }
+
+    def validation_losses(self) -> dict[str, float]:
+        """``{"val_loss": ..., <components>}`` of the current weights on :attr:`validation`
+        (models with a validation loss override this)."""
+        raise UsageError(f"'{self.name}' has no validation loss")
 
     def generators(self) -> dict[str, Any]:
         return {}  # all randomness is derived from (seed, iteration)
@@ -355,12 +443,15 @@ class TrainerBase:
 
     def checkpoint_json(self) -> dict[str, Any]:
         info = self.model.model_info() if hasattr(self.model, "model_info") else {}
-        return {
+        out = {
             "model": self.name,
             "config": self.model.config.to_dict(),
             "seed": self.seed,
             **info,
         }
+        if self.validation is not None:
+            out["validation"] = self.validation_info()
+        return out
 
 
 @dataclass
@@ -485,15 +576,72 @@ def voxel_trainer(
     from calogen.data.voxels import SparseVoxels
 
     def make(config: Any, data: Any, seed: int, stored: dict[str, Any] | None) -> Trainer:
+        from calogen.data.io import ShowerFile
+
         straighten = bool(getattr(config, "axis_frame", False))
-        parts = [
-            SparseVoxels.from_file(path, config.grid, config.max_showers, straighten=straighten)
-            for path in data_paths(data)
-        ]
+        n_val = int(getattr(config, "validation_showers", 0))
+        parts, held_out, ranges = [], [], []
+        for path in data_paths(data):
+            stop = config.max_showers
+            if n_val:
+                with ShowerFile(path) as f:
+                    n_file = len(f)
+                stop, first, last = validation_split(n_file, config.max_showers, n_val, path)
+                held_out.append(
+                    SparseVoxels.from_file(
+                        path, config.grid, last, straighten=straighten, start=first
+                    )
+                )
+                ranges.append((path, first, last))
+            parts.append(SparseVoxels.from_file(path, config.grid, stop, straighten=straighten))
         voxels = SparseVoxels.concatenate(parts, config.grid)
-        return trainer_cls(build_model(config, voxels, seed), voxels, seed, data_label(data))
+        trainer = trainer_cls(build_model(config, voxels, seed), voxels, seed, data_label(data))
+        if n_val:
+            trainer.set_validation(SparseVoxels.concatenate(held_out, config.grid), ranges)
+        return trainer
 
     return make
+
+
+def validation_loss(
+    model_dir: str | os.PathLike[str],
+    data_path: str | os.PathLike[str],
+    first: int,
+    last: int,
+    *,
+    seed: int = VALIDATION_SEED,
+    batch_size: int = VALIDATION_BATCH,
+) -> float:
+    """The validation loss (``val_loss`` of the training log) of a saved voxel model (a folder
+    with ``model.json`` + ``model.safetensors``: L2LFlows or BIB-AE) on showers
+    ``[first, last)`` of the file ``data_path``, voxelised on the model's grid.
+
+    With the default ``seed`` and ``batch_size`` (those of training) it equals the value
+    logged in training for the same weights and showers.
+    """
+    from calogen.data.voxels import SparseVoxels
+    from calogen.models.registry import get_entry
+
+    info = read_model_info(model_dir)
+    kind = str(info.get("calogen_model"))
+    module = get_entry(kind).import_module()
+    if not hasattr(module, "validation_losses"):
+        raise UsageError(f"{model_dir}: a '{kind}' model has no validation loss")
+    if not 0 <= int(first) < int(last):
+        raise UsageError(f"validation showers [{first}, {last}): need 0 <= first < last")
+    model = module.load_model(model_dir, info)
+    cfg = model.config
+    voxels = SparseVoxels.from_file(
+        data_path,
+        cfg.grid,
+        int(last),
+        straighten=bool(getattr(cfg, "axis_frame", False)),
+        start=int(first),
+    )
+    if len(voxels) != int(last) - int(first):
+        raise UsageError(f"{data_path}: holds fewer than {last} showers")
+    losses = module.validation_losses(model, voxels, seed=seed, batch_size=batch_size)
+    return float(losses["val_loss"])
 
 
 def energy_range(info: dict[str, Any]) -> tuple[float, float]:
@@ -645,12 +793,15 @@ class GeneratorBase:
 __all__ = [
     "CORRECTION_SHOWERS",
     "DEFAULT_ENERGY_RANGE_GEV",
+    "VALIDATION_BATCH",
+    "VALIDATION_SEED",
     "FitCorrections",
     "GeneratorBase",
     "ModelConfig",
     "OccupancyReference",
     "ShowerFlowTraining",
     "TrainerBase",
+    "ValidationTraining",
     "correction_showers",
     "data_label",
     "data_paths",
@@ -666,5 +817,7 @@ __all__ = [
     "train_model",
     "training_config",
     "training_info",
+    "validation_loss",
+    "validation_split",
     "voxel_trainer",
 ]

@@ -11,7 +11,7 @@ Layout of a training output folder ``OUT``::
     OUT/model.json, OUT/model.safetensors     the usable model (updated at each checkpoint)
     OUT/checkpoints/ckpt-00001000.safetensors  tensors of the latest complete checkpoint
     OUT/checkpoints/ckpt-00001000.json         its JSON part (written last = commit marker)
-    OUT/train_log.json                         loss history
+    OUT/train_log.json                         loss history (+ validation losses, if on)
 
 Files are written under a temporary name and renamed, so a run killed while writing leaves
 the previous complete checkpoint in place. Older checkpoints are deleted after a newer one is
@@ -780,6 +780,8 @@ def run_training(
     log_every: int = 50,
     stop_after: int | None = None,
     desc: str = "train",
+    validate: Callable[[], dict[str, float]] | None = None,
+    validate_every: int = 0,
 ) -> dict[str, Any]:
     """Run (or resume) a training loop with tqdm progress and periodic atomic checkpoints.
 
@@ -817,16 +819,29 @@ def run_training(
         log_every: iterations between entries of the loss history.
         stop_after: stop (with a checkpoint) after this iteration — simulates an interrupted
             run in tests.
+        validate: the validation losses of the current weights on held-out showers
+            (``{"val_loss": ..., <more>}``; must not touch the training's randomness), called
+            on rank 0 every ``validate_every`` iterations and after the last one
+            (``iterations``; not at ``stop_after``, so an interrupted and resumed run
+            validates at the same iterations as an uninterrupted one). Those iterations
+            always get a history entry, which holds the validation losses beside the means
+            of the training losses; the lowest finite ``val_loss`` and its iteration are kept
+            as ``best_val_loss`` (``{"iteration", "val_loss"}``) in every checkpoint (so a
+            resume keeps it) and in ``train_log.json``.
 
     Returns:
-        ``{"iteration", "history", "seconds"}`` where history is a list of
-        ``{"iteration": i, <loss>: mean over the interval}``.
+        ``{"iteration", "history", "seconds", "best_val_loss"}`` where history is a list of
+        ``{"iteration": i, <loss>: mean over the interval}`` (plus the ``val_*`` losses at
+        validation iterations) and ``best_val_loss`` is ``None`` without validation.
     """
     out = check_run_folder(out)
     ckpt_dir = out / CHECKPOINT_DIR
     start = 0
     history: list[dict[str, float]] = []
     elapsed_before = 0.0
+    best_val: dict[str, float] | None = None
+    if validate is not None and int(validate_every) <= 0:
+        raise UsageError("validate_every must be > 0")
     if resume:
         latest = latest_checkpoint(ckpt_dir)
         if latest is None:
@@ -840,6 +855,7 @@ def run_training(
         start = int(meta["iteration"])
         history = list(meta["extra"].get("history", []))
         elapsed_before = float(meta["extra"].get("seconds", 0.0))
+        best_val = meta["extra"].get("best_val_loss")
     elif list_checkpoints(ckpt_dir):
         raise UsageError(
             f"{out}: holds checkpoints of an earlier run (use --resume or a new --out)"
@@ -859,6 +875,8 @@ def run_training(
         extra = dict(trainer.checkpoint_json())
         extra["history"] = history
         extra["seconds"] = elapsed_before + time.perf_counter() - t0
+        if best_val is not None:
+            extra["best_val_loss"] = best_val
         # the model first: a complete checkpoint implies a usable model in ``out``
         trainer.export(out)
         save_checkpoint(
@@ -871,7 +889,12 @@ def run_training(
         )
         write_json(
             out / "train_log.json",
-            {"iteration": iteration, "history": history, "seconds": extra["seconds"]},
+            {
+                "iteration": iteration,
+                "history": history,
+                "seconds": extra["seconds"],
+                **{k: extra[k] for k in ("best_val_loss", "validation") if k in extra},
+            },
         )
 
     from tqdm import tqdm
@@ -896,8 +919,14 @@ def run_training(
                 sums[key] = sums.get(key, 0.0) + float(value)
             count += 1
             done = iteration + 1
-            if done % log_every == 0 or done == last:
+            validating = validate is not None and (done % validate_every == 0 or done == iterations)
+            if done % log_every == 0 or done == last or validating:
                 entry = {"iteration": done, **{k: v / count for k, v in sums.items()}}
+                if validating and is_main:
+                    entry.update({k: float(v) for k, v in validate().items()})  # type: ignore[misc]
+                    val = entry["val_loss"]
+                    if math.isfinite(val) and (best_val is None or val < best_val["val_loss"]):
+                        best_val = {"iteration": done, "val_loss": val}
                 history.append(entry)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in entry.items() if k != "iteration"})
                 sums, count = {}, 0
@@ -919,6 +948,7 @@ def run_training(
         "iteration": last,
         "history": history,
         "seconds": elapsed_before + time.perf_counter() - t0,
+        "best_val_loss": best_val,
     }
 
 
