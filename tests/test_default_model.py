@@ -123,3 +123,18 @@ def test_missing_model_dir_is_one_line(tmp_path: Path, capsys) -> None:
     assert len(err) == 1
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
+
+
+def test_energy_range_ends_are_not_extrapolations() -> None:
+    """The default's range is its training showers' extreme energies (10.005-89.986 GeV for
+    showers drawn in 10-90 GeV): 10 and 90 GeV pass without a warning, 80 MeV below the
+    range's width's 1 % does not."""
+    from calogen.generation import check_energy_range
+
+    gen = load_generator(DEFAULT_MODEL_DIR)
+    lo, hi = gen.energy_range_gev
+    assert 10.0 < lo < 10.1 and 89.9 < hi < 90.0  # the premise: not the drawn range's ends
+    assert check_energy_range(gen, np.array([10.0, 50.0, 90.0]), strict=True) is None
+    margin = 0.01 * (hi - lo)
+    message = check_energy_range(gen, np.array([lo - 1.1 * margin, 50.0]))
+    assert message is not None and message.startswith("1 of 2 energies lie outside")

@@ -106,12 +106,21 @@ def directions_for_model(
     )
 
 
+#: energies this fraction of a model's energy range beyond either end still count as inside:
+#: the range is the smallest and largest energy of the training showers, which fall short
+#: of the ends of the range they were drawn from (10.005-89.986 GeV for the default's 15,000
+#: showers drawn in 10-90 GeV), and a request at 10 or 90 GeV is no extrapolation
+ENERGY_RANGE_TOLERANCE = 0.01
+
+
 def check_energy_range(
     generator: Generator, energies: NDArray[np.floating], strict: bool = False
 ) -> str | None:
-    """Message if energies leave the generator's range (raise instead when ``strict``)."""
+    """Message if energies leave the generator's range (raise instead when ``strict``); within
+    :data:`ENERGY_RANGE_TOLERANCE` of the range's width beyond its ends counts as inside."""
     lo, hi = generator.energy_range_gev
-    outside = (energies < lo) | (energies > hi)
+    margin = ENERGY_RANGE_TOLERANCE * max(hi - lo, 0.0)
+    outside = (energies < lo - margin) | (energies > hi + margin)
     if not outside.any():
         return None
     message = (
