@@ -560,3 +560,38 @@ def test_clump_halo_azimuth_groups_halo_points_in_row_order():
     assert rows.size >= 6
     first = np.array([0, 0, 0, 3, 3, 5, 5, 5, 8, 8, 10, 10, 10, 13, 13])[: rows.size]
     np.testing.assert_allclose(phi_out[rows[: first.size]], phi_in[rows[first]], atol=1e-5)
+    # sizes by layer: pairs before layer 18, groups of 4 from it on; the same as one size
+    # wherever the sizes are equal
+    from calogen.calibration import parse_halo_clump
+
+    sizes = parse_halo_clump("2,18:4")
+    out = clump_halo_azimuth(points.copy(), shower, 3.0, sizes)
+    phi_out = np.arctan2(out[:, 1], out[:, 0])
+    for layer, size in ((5, 2), (17, 2), (18, 4), (29, 4)):
+        rows = np.flatnonzero(halo & (shower == 2) & (points[:, 2] == layer))
+        lead = rows[(np.arange(rows.size) // size) * size]
+        np.testing.assert_allclose(phi_out[rows], phi_in[lead], atol=1e-5)
+    same = clump_halo_azimuth(points.copy(), shower, 3.0, (2,) * 30)
+    assert same.tobytes() == clump_halo_azimuth(points.copy(), shower, 3.0, 2).tobytes()
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [("2", 2), (2.5, 2.5), ([3] * 30, 3), ("0", 0), ("2,18:4", (2,) * 18 + (4,) * 12),
+     ("1,5:2.5,20:3", (1,) * 5 + (2.5,) * 15 + (3,) * 10)],
+)  # fmt: skip
+def test_parse_halo_clump(spec, expected) -> None:
+    from calogen.calibration import parse_halo_clump
+
+    assert parse_halo_clump(spec) == expected
+
+
+@pytest.mark.parametrize(
+    "spec", ["x", "2,40:4", "2,18:4,10:3", "2,18", "-1", [2] * 29, True, "2,18:nan", None]
+)
+def test_parse_halo_clump_refuses_with_one_line(spec) -> None:
+    from calogen.calibration import parse_halo_clump
+    from calogen.errors import UsageError
+
+    with pytest.raises(UsageError, match="halo clump size must be"):
+        parse_halo_clump(spec)

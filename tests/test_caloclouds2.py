@@ -459,11 +459,16 @@ def test_fit_occupancy_with_radial_correction(trained, tmp_path) -> None:
     assert "radial_correction" not in json.loads((folder / "model.json").read_text())
     assert load_generator(folder).model.radial is None
     # the core's azimuths: spread evenly as fits end (stored), off with 0 (not stored)
-    from calogen.calibration import CORE_AZIMUTH_RADIUS_MM, HALO_CLUMP_POINTS
+    from calogen.calibration import CORE_AZIMUTH_RADIUS_MM, HALO_CLUMP_SPEC, parse_halo_clump
 
     assert info["core_azimuth_radius_mm"] == CORE_AZIMUTH_RADIUS_MM
     assert gen.model.core_azimuth_radius_mm == CORE_AZIMUTH_RADIUS_MM
-    assert info["halo_clump"] == HALO_CLUMP_POINTS == gen.model.halo_clump
+    assert info["halo_clump"] == parse_halo_clump(HALO_CLUMP_SPEC) == 2 == gen.model.halo_clump
+    # sizes by layer are stored as a list of 30 and load back
+    fit_occupancy(folder, trained["data"], n_showers=40, seed=1, halo_clump="2,18:4")
+    info = json.loads((folder / "model.json").read_text())
+    assert info["halo_clump"] == [2] * 18 + [4] * 12
+    assert load_generator(folder).model.halo_clump == (2,) * 18 + (4,) * 12
     fit_occupancy(folder, trained["data"], n_showers=40, seed=1, core_azimuth_mm=0.0, halo_clump=0)
     info = json.loads((folder / "model.json").read_text())
     assert "core_azimuth_radius_mm" not in info and "halo_clump" not in info

@@ -259,7 +259,8 @@ def test_export_follows_normalisation_and_occupancy_options(tmp_path):
     if "p_refine" in {f.name for f in dataclasses.fields(OccupancyCorrection)}:
         info["occupancy"]["p_refine"] = [0.01, -0.05, 0.02]
     info["core_azimuth_radius_mm"] = 3.0  # the core's azimuths spread evenly in energy
-    info["halo_clump"] = 3  # groups of three halo points share an azimuth
+    # groups of three halo points share an azimuth, of five from layer 18 on
+    info["halo_clump"] = [3] * 18 + [5] * 12
     (folder / "model.json").write_text(json.dumps(info))
 
     energies = np.array([15.0, 80.0])

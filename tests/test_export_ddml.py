@@ -417,14 +417,16 @@ def test_ddml_wrapper_of_an_angle_aware_model(shower_conditions: bool):
 
 
 def test_ddml_with_core_azimuth_and_halo_clumps():
-    """The core's azimuths spread evenly in energy and clumps of three (or of 2.5 on average)
-    halo points: a seeded DDML call is still the Python model's shower (normal incidence and
-    inclined)."""
+    """The core's azimuths spread evenly in energy and clumps of three (or of 2.5 on average,
+    or sizes by layer) halo points: a seeded DDML call is still the Python model's shower
+    (normal incidence and inclined)."""
+    from calogen.calibration import parse_halo_clump
     from calogen.export import DDMLShower, ShowerPipeline
     from calogen.models.registry import load_generator
 
     model = load_generator(None).model
-    for size in (3, 2.5):  # 2.5: groups of 3 and 2 in turn
+    # 2.5: groups of 3 and 2 in turn; by layer: pairs, then 2.5, then groups of 4
+    for size in (3, 2.5, parse_halo_clump("2,10:2.5,18:4")):
         model.core_azimuth_radius_mm, model.halo_clump = 3.0, size
         shower = DDMLShower(ShowerPipeline(model).eval(), slab().layer_z_mm).eval()
         for seed, (energy, theta, phi) in ((5, (20.0, 0.0, 0.0)), (6, (85.0, 50.0, 120.0))):

@@ -294,8 +294,15 @@ class ShowerPipeline(nn.Module):
         #: calibration.equalise_core_azimuth)
         self.core_azimuth_mm = float(getattr(model, "core_azimuth_radius_mm", 0.0))
         #: groups of this many halo points share an azimuth beyond halo_clump_mm (0 or 1:
-        #: off; calibration.clump_halo_azimuth)
-        self.halo_clump = float(getattr(model, "halo_clump", 0))
+        #: off; calibration.clump_halo_azimuth): the largest size of any layer, and with
+        #: sizes per layer (calibration.parse_halo_clump) the buffer of the 30 sizes
+        clump_sizes = np.maximum(np.asarray(getattr(model, "halo_clump", 0), np.float64), 1.0)
+        self.halo_clump = float(clump_sizes.max())
+        self.halo_clump_per_layer = bool(clump_sizes.ndim) and len(set(clump_sizes.tolist())) > 1
+        if self.halo_clump_per_layer:
+            sizes = np.resize(clump_sizes, N_LAYERS)  # the last repeated (a list of 30 here)
+            sizes[clump_sizes.size :] = clump_sizes[-1]
+            self.register_buffer("halo_clump_sizes", torch.as_tensor(sizes, dtype=torch.float64))
         self.halo_clump_mm = float(getattr(model, "halo_clump_radius_mm", 3.0))
         if (self.halo_clump > 1 or self.core_azimuth_mm > 0) and int(
             max_points or cfg.max_points
@@ -660,8 +667,13 @@ class ShowerPipeline(nn.Module):
         before = torch.cumsum(count, 1) - count  # halo points of the earlier layers
         position = row.to(torch.float64)[None, :]
         rank = position - torch.gather(before, 1, torch.gather(layer, 1, rows))
-        size = float(self.halo_clump)  # calibration.clump_halo_azimuth's groups
-        lead_at = (position - rank + torch.ceil(torch.floor(rank / size) * size)).clamp_min(0.0)
+        if self.halo_clump_per_layer:  # the size of each sorted point's layer
+            size = self.halo_clump_sizes[torch.gather(layer, 1, rows)]
+            lead_at = position - rank + torch.ceil(torch.floor(rank / size) * size)
+        else:  # calibration.clump_halo_azimuth's groups
+            size_all = float(self.halo_clump)
+            lead_at = position - rank + torch.ceil(torch.floor(rank / size_all) * size_all)
+        lead_at = lead_at.clamp_min(0.0)
         lead_sorted = torch.gather(rows, 1, lead_at.to(torch.int64).expand_as(rows))
         lead = torch.zeros_like(rows).scatter(1, rows, lead_sorted)  # back to the rows
         x_lead, y_lead = torch.gather(x, 1, lead), torch.gather(y, 1, lead)

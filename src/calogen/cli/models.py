@@ -207,15 +207,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     q.add_argument(
         "--halo-clump",
-        type=float,
         default=None,
-        metavar="K",
+        metavar="K[,L:K2...]",
         help="CaloClouds II: groups of K points of a layer's halo (beyond 3 mm) share one "
         "azimuth (a fractional K mixes groups of the two whole sizes around it, 2.5: 3 and 2 "
-        "in turn) (Geant4's halo comes from a few particles, each "
-        "depositing in a clump: with independent points each layer's halo centre fluctuates "
-        "20 %% less and the fitted shower axis is too straight; docs/default_model.md); "
-        "0 or 1: off; stored in the model (default: 2)",
+        "in turn); 'K,L:K2' takes K2 from layer L on (Geant4's halo comes from a few "
+        "particles, each depositing in a clump, fewer and more energetic in the shower's "
+        "tail: with independent points each layer's halo centre fluctuates 20 %% less and "
+        "the fitted shower axis is too straight; docs/default_model.md); 0 or 1: off; "
+        "stored in the model (default: 2)",
     )
     q.set_defaults(func=_fit_occupancy)
 

@@ -49,8 +49,8 @@ from torch import Tensor, nn
 
 from calogen.calibration import (
     CORE_AZIMUTH_RADIUS_MM,
-    HALO_CLUMP_POINTS,
     HALO_CLUMP_RADIUS_MM,
+    HALO_CLUMP_SPEC,
     AxisShiftCorrection,
     OccupancyCorrection,
     RadialCorrection,
@@ -59,7 +59,9 @@ from calogen.calibration import (
     clump_halo_azimuth,
     distribute_counts,
     equalise_core_azimuth,
+    halo_clumps_on,
     map_log_radius,
+    parse_halo_clump,
     radius_mm,
     scale_radius,
     shift_cog,
@@ -565,8 +567,9 @@ class CaloClouds2(nn.Module):
         #: (calibration.equalise_core_azimuth; 0: off, as models fitted before it)
         self.core_azimuth_radius_mm: float = 0.0
         #: groups of this many halo points share an azimuth (calibration.clump_halo_azimuth;
-        #: 0 or 1: off, as models fitted before it) beyond halo_clump_radius_mm
-        self.halo_clump: float = 0
+        #: 0 or 1: off, as models fitted before it) beyond halo_clump_radius_mm: one number,
+        #: or one per layer index (calibration.parse_halo_clump)
+        self.halo_clump: float | tuple[float, ...] = 0
         self.halo_clump_radius_mm: float = HALO_CLUMP_RADIUS_MM
         self.consistency = bool(consistency)
         self.cm_sigmas = tuple(cm_sigmas) if cm_sigmas else (float(config.sigma_max),)
@@ -649,8 +652,13 @@ class CaloClouds2(nn.Module):
                 else {}
             ),
             **(
-                {"halo_clump": self.halo_clump, "halo_clump_radius_mm": self.halo_clump_radius_mm}
-                if self.halo_clump > 1
+                {
+                    "halo_clump": list(self.halo_clump)
+                    if isinstance(self.halo_clump, tuple)
+                    else self.halo_clump,
+                    "halo_clump_radius_mm": self.halo_clump_radius_mm,
+                }
+                if halo_clumps_on(self.halo_clump)
                 else {}
             ),
         }
@@ -982,7 +990,7 @@ class CaloClouds2(nn.Module):
             self.radial.apply(points_out, shower, energies, theta)
         # the core's energy evenly around the axis (radii final), before the CoG shift
         equalise_core_azimuth(points_out, shower, self.core_azimuth_radius_mm)
-        if self.halo_clump > 1:
+        if halo_clumps_on(self.halo_clump):
             clump_halo_azimuth(points_out, shower, self.halo_clump_radius_mm, self.halo_clump)
         shift_cog(
             points_out,
@@ -1594,15 +1602,11 @@ def check_core_azimuth(radius_mm: Any, what: str = "core azimuth radius") -> flo
     return value
 
 
-def check_halo_clump(points: Any) -> float | int:
-    """A valid :attr:`CaloClouds2.halo_clump`: a number >= 0 (a whole one as an int; one-line
-    error otherwise)."""
-    if isinstance(points, bool) or not isinstance(points, int | float | np.integer | np.floating):
-        raise UsageError(f"halo clump size must be a number >= 0, got {points!r}")
-    value = float(points)
-    if not np.isfinite(value) or value < 0:
-        raise UsageError(f"halo clump size must be a number >= 0, got {points!r}")
-    return int(value) if value.is_integer() else value
+def check_halo_clump(points: Any) -> float | tuple[float, ...]:
+    """A valid :attr:`CaloClouds2.halo_clump`: a number >= 0 (a whole one as an int), one per
+    layer, or their text form ``"K,L:K2"`` (:func:`~calogen.calibration.parse_halo_clump`;
+    one-line error otherwise)."""
+    return parse_halo_clump(points)
 
 
 def _build(info: dict[str, Any]) -> CaloClouds2:
@@ -1690,7 +1694,7 @@ def fit_occupancy(
     radial_layers: str = "absolute",
     radial_classes: Sequence[str] = (),
     core_azimuth_mm: float | None = CORE_AZIMUTH_RADIUS_MM,
-    halo_clump: float | None = HALO_CLUMP_POINTS,
+    halo_clump: float | str | Sequence[float] | None = HALO_CLUMP_SPEC,
 ) -> dict[str, Any]:
     """Fit ``c_N`` from data and generated showers, then refine it in closed loop.
 

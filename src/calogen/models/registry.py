@@ -258,7 +258,7 @@ def fit_occupancy(
     radial_layers: str = "absolute",
     radial_classes: list[str] | None = None,
     core_azimuth_mm: float | None = None,
-    halo_clump: float | None = None,
+    halo_clump: float | str | None = None,
 ) -> dict[str, Any]:
     """Fit and store the occupancy correction of a model folder; returns a summary.
 
@@ -274,8 +274,8 @@ def fit_occupancy(
     ``core_azimuth_mm``: the radius (mm) of the core whose azimuths are spread evenly in
     energy (0: off; ``None``: what CaloClouds II fits end with,
     :data:`~calogen.calibration.CORE_AZIMUTH_RADIUS_MM`); ``halo_clump``: halo points per
-    group sharing an azimuth (0 or 1: off; ``None``: :data:`~calogen.calibration.
-    HALO_CLUMP_POINTS`).
+    group sharing an azimuth, one number or ``"K,L:K2"`` (K2 from layer L on; 0 or 1: off;
+    ``None``: :data:`~calogen.calibration.HALO_CLUMP_SPEC`).
     """
     from calogen.data.io import ShowerFile
     from calogen.models.training import read_model_info
