@@ -19,46 +19,21 @@ from calogen.models.scaffold import (
     validation_split,
     voxel_trainer,
 )
+from test_bibae import TINY as BIBAE_BASE
+from test_l2lflows import TINY as L2L_BASE
 
-#: 80 showers in the fixture: train on 0-15, validate on 16-23
+#: the tiny configs of the models' own tests, with a validation loss; 80 showers in the
+#: fixture: L2LFlows trains on 0-15 and validates on 16-23, the BIB-AE on 0-11 and 12-17
 L2L_TINY = {
-    "base": "small",
-    "energy_transforms": 1,
-    "energy_hidden": [8],
+    **{k: v for k, v in L2L_BASE.items() if k != "generation_batch"},
     "layer_transforms": 1,
-    "layer_hidden": [8],
-    "layer_bins": 4,
-    "embedding_hidden": [8],
-    "embedding_dim": 3,
-    "iterations": 4,
-    "batch_size": 6,
     "checkpoint_every": 4,
-    "max_showers": 16,
-    "stats_showers": 16,
     "validation_showers": 8,
     "validate_every": 3,
 }
-
 BIBAE_TINY = {
-    "base": "small",
-    "nx": 12,
-    "ny": 12,
-    "channels": [2, 4],
-    "critic_channels": [2, 4],
-    "hidden": 8,
-    "critic_hidden": 8,
-    "latent_dim": 4,
-    "latent_critic_hidden": [8],
-    "pp_channels": [4],
-    "latent_flow_transforms": 1,
-    "latent_flow_hidden": [8],
-    "evis_flow_transforms": 1,
-    "evis_flow_hidden": [8],
-    "sorted_top_k": 50,
+    **{k: v for k, v in BIBAE_BASE.items() if k not in ("pp_start", "generation_batch")},
     "iterations": 2,
-    "batch_size": 4,
-    "checkpoint_every": 2,
-    "max_showers": 12,
     "validation_showers": 6,
     "validate_every": 1,
 }
