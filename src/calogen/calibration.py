@@ -303,12 +303,11 @@ def equalise_core_azimuth(
     return points
 
 
-#: halo points per group that share an azimuth (:func:`clump_halo_azimuth`) and the radius
-#: (mm) where the halo begins (that of the core whose azimuths :func:`equalise_core_azimuth`
-#: spreads): docs/default_model.md "Clumps in the halo"
-HALO_CLUMP_POINTS = 2
+#: the radius (mm) where the halo of :func:`clump_halo_azimuth` begins (that of the core
+#: whose azimuths :func:`equalise_core_azimuth` spreads): docs/default_model.md "Clumps in
+#: the halo"
 HALO_CLUMP_RADIUS_MM = CORE_AZIMUTH_RADIUS_MM
-#: the clump sizes fits end with, as :func:`parse_halo_clump` reads them: pairs in every
+#: the halo clump sizes fits end with, as :func:`parse_halo_clump` reads them: pairs in every
 #: layer. Sizes by layer ("2,18:4": groups of 4 from layer 18 on, the shower's tail) give the
 #: fitted shower axis at normal incidence Geant4's spread (2 everywhere: 12-14 % too
 #: straight), but cost 3.5 % more points for a classifier AUC no better over two seeds

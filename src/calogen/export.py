@@ -299,10 +299,12 @@ class ShowerPipeline(nn.Module):
         clump_sizes = np.maximum(np.asarray(getattr(model, "halo_clump", 0), np.float64), 1.0)
         self.halo_clump = float(clump_sizes.max())
         self.halo_clump_per_layer = bool(clump_sizes.ndim) and len(set(clump_sizes.tolist())) > 1
-        if self.halo_clump_per_layer:
-            sizes = np.resize(clump_sizes, N_LAYERS)  # the last repeated (a list of 30 here)
-            sizes[clump_sizes.size :] = clump_sizes[-1]
-            self.register_buffer("halo_clump_sizes", torch.as_tensor(sizes, dtype=torch.float64))
+        if self.halo_clump_per_layer:  # one per layer (parse_halo_clump gives N_LAYERS)
+            if clump_sizes.size != N_LAYERS:
+                raise UsageError(
+                    f"export needs {N_LAYERS} halo clump sizes, got {clump_sizes.size}"
+                )
+            self.register_buffer("halo_clump_sizes", torch.as_tensor(clump_sizes))
         self.halo_clump_mm = float(getattr(model, "halo_clump_radius_mm", 3.0))
         if (self.halo_clump > 1 or self.core_azimuth_mm > 0) and int(
             max_points or cfg.max_points
