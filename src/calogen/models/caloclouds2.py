@@ -1602,13 +1602,6 @@ def check_core_azimuth(radius_mm: Any, what: str = "core azimuth radius") -> flo
     return value
 
 
-def check_halo_clump(points: Any) -> float | tuple[float, ...]:
-    """A valid :attr:`CaloClouds2.halo_clump`: a number >= 0 (a whole one as an int), one per
-    layer, or their text form ``"K,L:K2"`` (:func:`~calogen.calibration.parse_halo_clump`;
-    one-line error otherwise)."""
-    return parse_halo_clump(points)
-
-
 def _build(info: dict[str, Any]) -> CaloClouds2:
     cfg = CaloClouds2Config.from_dict(info["config"])
     occupancy = info.get("occupancy")
@@ -1626,7 +1619,7 @@ def _build(info: dict[str, Any]) -> CaloClouds2:
     )
     model.radial_energy = check_radial_energy(info.get("radial_energy", "bins"))
     model.core_azimuth_radius_mm = check_core_azimuth(info.get("core_azimuth_radius_mm", 0.0))
-    model.halo_clump = check_halo_clump(info.get("halo_clump", 0))
+    model.halo_clump = parse_halo_clump(info.get("halo_clump", 0))
     model.halo_clump_radius_mm = check_core_azimuth(
         info.get("halo_clump_radius_mm", HALO_CLUMP_RADIUS_MM), "halo clump radius"
     )
@@ -1748,7 +1741,7 @@ def fit_occupancy(
     if core_azimuth_mm is not None:  # applied while fitting: the occupancy fit sees it
         model.core_azimuth_radius_mm = check_core_azimuth(core_azimuth_mm)
     if halo_clump is not None:  # applied while fitting: the occupancy fit sees it
-        model.halo_clump = check_halo_clump(halo_clump)
+        model.halo_clump = parse_halo_clump(halo_clump)
         model.halo_clump_radius_mm = HALO_CLUMP_RADIUS_MM
     if radial_energy is not None:  # applied while fitting: the occupancy fit sees it
         # (None: as the model has it; "interpolate" by default: docs/default_model.md, the
