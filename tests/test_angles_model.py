@@ -254,6 +254,7 @@ def test_mirror_points_flips_single_points(fixtures, inclined_file, tmp_path) ->
     )
     model = load_generator(out).model
     model.axis_shift = None
+    model.axis_tilt = None  # a per-shower tilt, not a rigid shift
     model.core_azimuth_radius_mm = 0.0  # it moves mirrored core points on
     model.config.rotate_points = False  # the mirror alone (rotation: the test below)
     energies = np.array([30.0, 70.0])

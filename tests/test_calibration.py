@@ -595,3 +595,87 @@ def test_parse_halo_clump_refuses_with_one_line(spec) -> None:
 
     with pytest.raises(UsageError, match="halo clump size must be"):
         parse_halo_clump(spec)
+
+
+# ---------------------------------------------------------------------------------------------
+# axis tilt
+# ---------------------------------------------------------------------------------------------
+
+
+def _layer_centroid_slopes(points, shower, n_showers, depth):  # type: ignore[no-untyped-def]
+    """Slopes [S, 2] of the axis fitted to each shower's energy-weighted layer centroids."""
+    from calogen.directions import fit_axis
+
+    layer = points[:, 2].astype(np.int64)
+    e = points[:, 3].astype(np.float64)
+    cell = shower * 30 + layer
+    w = np.bincount(cell, e, n_showers * 30).reshape(n_showers, 30)
+    norm = np.where(w > 0, w, 1.0)
+    cx = np.bincount(cell, e * points[:, 0], n_showers * 30).reshape(n_showers, 30) / norm
+    cy = np.bincount(cell, e * points[:, 1], n_showers * 30).reshape(n_showers, 30) / norm
+    axis = fit_axis(cx, cy, w, depth)
+    return np.stack([axis["slope_x"], axis["slope_y"]], 1)
+
+
+def test_axis_tilt_adds_its_slope_and_keeps_the_centre_of_gravity() -> None:
+    from calogen.calibration import AxisTilt, axis_tilt_cogs
+
+    rng = np.random.default_rng(3)
+    n_showers, depth = 6, np.arange(30) * 2.6 + 2.35
+    counts = rng.integers(200, 400, n_showers)
+    shower = np.repeat(np.arange(n_showers), counts)
+    points = np.zeros((shower.size, 4), np.float32)
+    points[:, :2] = rng.normal(0.3, 5.0, (shower.size, 2))
+    points[:, 2] = rng.integers(0, 30, shower.size)
+    points[:, 3] = rng.exponential(1e-3, shower.size)
+    energies = rng.uniform(10, 90, n_showers)
+    normals = rng.standard_normal((n_showers, 2))
+    tilt = AxisTilt(np.array([20.0, 80.0]), np.array([0.03, 0.01]), np.array([0.004, 0.002]))
+    cog_before = axis_tilt_cogs(points, shower, n_showers)
+    slopes_before = _layer_centroid_slopes(points, shower, n_showers, depth)
+    tilted = points.copy()
+    tilt.apply(tilted, shower, energies, normals, depth)
+    # the centre of gravity stays; the layer centroids lean by k(E) * cog + sigma(E) * n
+    np.testing.assert_allclose(axis_tilt_cogs(tilted, shower, n_showers), cog_before, atol=2e-5)
+    k, sigma = tilt.parameters(energies)
+    np.testing.assert_allclose(k, np.interp(energies, [20.0, 80.0], [0.03, 0.01]))
+    expected = k[:, None] * cog_before + sigma[:, None] * normals
+    added = _layer_centroid_slopes(tilted, shower, n_showers, depth) - slopes_before
+    np.testing.assert_allclose(added, expected, atol=1e-5)
+    np.testing.assert_array_equal(tilted[:, 2:], points[:, 2:])  # layers and energies kept
+    # constant beyond the outer nodes
+    k_out, _ = tilt.parameters(np.array([5.0, 200.0]))
+    np.testing.assert_allclose(k_out, [0.03, 0.01])
+
+
+def test_axis_tilt_round_trip_and_bad_tables() -> None:
+    from calogen.calibration import AxisTilt
+
+    tilt = AxisTilt(np.array([20.0, 40.0]), np.array([0.02, 0.018]), np.array([0.004, 0.0]))
+    again = AxisTilt.from_dict(tilt.to_dict())
+    np.testing.assert_allclose(again.k_per_mm, tilt.k_per_mm)
+    bad = [
+        {"energy_nodes_gev": [40.0, 20.0], "k_per_mm": [0, 0], "sigma": [0, 0]},
+        {"energy_nodes_gev": [20.0, 40.0], "k_per_mm": [0], "sigma": [0, 0]},
+        {"energy_nodes_gev": [20.0], "k_per_mm": [0.01], "sigma": [-1.0]},
+        {"energy_nodes_gev": [20.0], "k_per_mm": [float("nan")], "sigma": [0.0]},
+        {"k_per_mm": [0.01], "sigma": [0.0]},
+    ]
+    for entry in bad:
+        with pytest.raises(UsageError, match="axis tilt"):
+            AxisTilt.from_dict(entry)
+
+
+def test_hit_axis_relation_recovers_a_known_regression() -> None:
+    from calogen.calibration import hit_axis_relation
+
+    rng = np.random.default_rng(0)
+    energies = rng.uniform(10, 90, 4000)
+    cog = rng.normal(0, 0.2, (4000, 2))
+    slope = 0.02 * cog + rng.normal(0, 0.01, (4000, 2))
+    k, variance = hit_axis_relation(cog, slope, energies)
+    assert k.shape == (4,)
+    np.testing.assert_allclose(k, 0.02, atol=0.003)
+    np.testing.assert_allclose(variance, 1e-4, rtol=0.1)
+    k_few, _ = hit_axis_relation(cog[:30], slope[:30], energies[:30])
+    assert np.all(np.isnan(k_few))  # too few showers in every bin

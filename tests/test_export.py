@@ -130,6 +130,20 @@ def test_distribute_counts_matches_numpy():
     np.testing.assert_array_equal(got.numpy().astype(np.int64), expected)
 
 
+def test_the_default_exports_its_axis_tilt(pipeline):
+    """The parity tests below cover the axis tilt: the shipped default has one, with centre-
+    of-gravity offsets for inclined showers (their DDML twins in tests/test_export_ddml.py),
+    and the pipeline's interpolation is np.interp's."""
+    from calogen.models.registry import load_generator
+
+    tilt = load_generator(None).model.axis_tilt
+    assert pipeline.has_axis_tilt and tilt is not None and tilt.theta_nodes_deg.size > 1
+    energy = torch.tensor([5.0, 10.0, 33.3, 50.0, 79.9, 95.0])
+    got = pipeline._interpolate(energy, pipeline.tilt_nodes, pipeline.tilt_widths, pipeline.tilt_k)
+    want = np.interp(energy.double().numpy(), tilt.energy_nodes_gev, tilt.k_per_mm)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-12)
+
+
 def test_eager_pipeline_is_the_python_sampler(pipeline, reference):
     inputs, showers = reference
     with torch.no_grad():

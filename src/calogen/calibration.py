@@ -1339,6 +1339,202 @@ class AxisShiftCorrection:
         return out
 
 
+#: incident-energy bins (GeV) in which :class:`AxisTilt` is fitted; its parameters sit at the
+#: bins' centres and are interpolated linearly in between (constant beyond the outer centres)
+AXIS_TILT_ENERGY_EDGES_GEV = (10.0, 30.0, 50.0, 70.0, 90.0)
+
+
+@dataclass
+class AxisTilt:
+    """Random tilt of each shower's axis, correlated with its centre of gravity.
+
+    A Geant4 photon shower that drifts sideways drifts more the deeper it goes (it starts on
+    the incident axis), so its centre of gravity and the slope of its layer centroids against
+    depth are correlated: on the normal-incidence training showers the fitted-axis slope
+    regresses on the centre of gravity with about 17-24 (1e-3 per mm) and a correlation of
+    0.25-0.32 (cell level). Generated points are independent given the conditions and the
+    centre-of-gravity calibration (:func:`shift_cog`) moves a shower as a whole, so the
+    model had the spread of the centre of gravity but almost none of that correlation (0.02-
+    0.06) and a 10-15 % narrower distribution of the fitted axis (docs/default_model.md
+    "The axis tilt"). This correction gives each shower the slope (dx/dz, per axis)
+
+        ``s = k(E) * cog + sigma(E) * n``, ``n`` a standard normal per shower and axis,
+
+    applied about the shower's energy-weighted depth ``z_mean``:
+    ``x += s_x (z_layer - z_mean)`` (and y), so that the centre of gravity stays where the
+    Shower Flow put it. ``cog`` (mm) is the shower's energy-weighted centre of gravity
+    after :func:`shift_cog`, in the axis frame (before an inclined shower is tilted by its
+    angle), measured from its mean: an inclined shower's centre of gravity in the axis frame
+    sits 0.1-0.7 mm down the inclination on average (its halo leans), which ``k`` must not
+    turn into a tilt of every shower (that biased the fitted axis at 30 deg: W1 2x its
+    floor), so ``cog_offset_mm``, the model's own mean offset along the inclination at the
+    polar angles ``theta_nodes_deg``, is subtracted from x for inclined showers (normal
+    incidence is symmetric). The same ``k`` and ``sigma`` apply at every angle. ``k`` and
+    ``sigma`` are fitted on training showers at normal incidence so that the cell-level
+    relation matches Geant4's, the offsets on generated inclined showers
+    (:func:`calogen.models.caloclouds2.fit_tilt`).
+
+    Attributes:
+        energy_nodes_gev: ``[K]`` increasing incident energies (GeV).
+        k_per_mm: ``[K]`` slope added per mm of centre of gravity (1/mm).
+        sigma: ``[K]`` standard deviation of the random part of the slope (dimensionless).
+        theta_nodes_deg: ``[T]`` increasing polar angles (deg), may be empty (no offset).
+        cog_offset_mm: ``[T]`` mean x of the centre of gravity there (mm, axis frame).
+    """
+
+    energy_nodes_gev: NDArray[np.float64]
+    k_per_mm: NDArray[np.float64]
+    sigma: NDArray[np.float64]
+    theta_nodes_deg: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
+    cog_offset_mm: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
+
+    def parameters(self, energies: NDArray[np.floating]) -> tuple[NDArray, NDArray]:
+        """``(k [S], sigma [S])`` at the incident energies ``[S]`` (GeV)."""
+        e = np.asarray(energies, np.float64).reshape(-1)
+        return (
+            np.interp(e, self.energy_nodes_gev, self.k_per_mm),
+            np.interp(e, self.energy_nodes_gev, self.sigma),
+        )
+
+    def cog_offsets(self, theta_deg: NDArray[np.floating] | None, n_showers: int) -> NDArray:
+        """Mean x ``[S]`` (mm) of the centre of gravity at ``theta_deg [S]`` (0 at normal
+        incidence, ``None``: all normal; linear between the nodes, constant beyond)."""
+        if theta_deg is None or self.theta_nodes_deg.size == 0:
+            return np.zeros(n_showers)
+        theta = np.asarray(theta_deg, np.float64).reshape(-1)
+        return np.where(theta > 0, np.interp(theta, self.theta_nodes_deg, self.cog_offset_mm), 0.0)
+
+    def apply(
+        self,
+        points: NDArray[np.floating],
+        shower: NDArray[np.integer],
+        energies: NDArray[np.floating],
+        normals: NDArray[np.floating],
+        layer_depth_mm: NDArray[np.floating],
+        theta_deg: NDArray[np.floating] | None = None,
+    ) -> None:
+        """Tilt ``points [P, 4]`` (x, y in mm, layer index, energy; axis frame) in place;
+        ``energies [S]`` (GeV), ``normals [S, 2]`` (standard normal draws) and ``theta_deg
+        [S]`` (deg, ``None``: normal incidence) per shower, ``shower [P]`` the shower of each
+        point, ``layer_depth_mm [n_layers]`` the depth of each layer."""
+        n_showers = int(np.asarray(energies).size)
+        k, sigma = self.parameters(energies)
+        cog = axis_tilt_cogs(points, shower, n_showers)
+        cog[:, 0] -= self.cog_offsets(theta_deg, n_showers)
+        slopes = k[:, None] * cog + sigma[:, None] * (
+            np.asarray(normals, np.float64).reshape(n_showers, 2)
+        )
+        add_axis_slopes(points, shower, slopes, layer_depth_mm)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "axis_tilt",
+            "energy_nodes_gev": np.round(self.energy_nodes_gev, 4).tolist(),
+            "k_per_mm": np.round(self.k_per_mm, 6).tolist(),
+            "sigma": np.round(self.sigma, 6).tolist(),
+            "theta_nodes_deg": np.round(self.theta_nodes_deg, 4).tolist(),
+            "cog_offset_mm": np.round(self.cog_offset_mm, 4).tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AxisTilt:
+        try:
+            out = cls(
+                np.asarray(data["energy_nodes_gev"], np.float64).reshape(-1),
+                np.asarray(data["k_per_mm"], np.float64).reshape(-1),
+                np.asarray(data["sigma"], np.float64).reshape(-1),
+                np.asarray(data.get("theta_nodes_deg", []), np.float64).reshape(-1),
+                np.asarray(data.get("cog_offset_mm", []), np.float64).reshape(-1),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UsageError(f"invalid axis tilt: {exc}") from None
+        t = out.theta_nodes_deg
+        if (
+            t.size != out.cog_offset_mm.size
+            or np.any(np.diff(t) <= 0)
+            or not np.all(np.isfinite(out.cog_offset_mm))
+        ):
+            raise UsageError("invalid axis tilt: theta nodes must increase, one offset each")
+        n = out.energy_nodes_gev.size
+        if (
+            n < 1
+            or out.k_per_mm.size != n
+            or out.sigma.size != n
+            or np.any(np.diff(out.energy_nodes_gev) <= 0)
+            or not np.all(np.isfinite(out.k_per_mm))
+            or not np.all(np.isfinite(out.sigma))
+            or np.any(out.sigma < 0)
+        ):
+            raise UsageError(
+                "invalid axis tilt: energy nodes must increase, one k and one sigma >= 0 each"
+            )
+        return out
+
+
+def axis_tilt_cogs(
+    points: NDArray[np.floating], shower: NDArray[np.integer], n_showers: int
+) -> NDArray[np.float64]:
+    """Energy-weighted centre of gravity ``[S, 2]`` (mm, x and y) of every shower's points
+    (0 for a shower without energy)."""
+    e = np.maximum(points[:, 3].astype(np.float64), 0.0)
+    total = _segment_sum(e, shower, n_showers)
+    safe = np.where(total > 0, total, 1.0)
+    return np.stack(
+        [
+            _segment_sum(e * points[:, a].astype(np.float64), shower, n_showers) / safe
+            for a in (0, 1)
+        ],
+        axis=1,
+    )
+
+
+def add_axis_slopes(
+    points: NDArray[np.floating],
+    shower: NDArray[np.integer],
+    slopes: NDArray[np.floating],
+    layer_depth_mm: NDArray[np.floating],
+) -> None:
+    """Add ``slopes [S, 2]`` (dx/dz, dy/dz) to every shower of ``points [P, 4]`` in place,
+    about its energy-weighted depth (its centre of gravity does not move)."""
+    n_showers = slopes.shape[0]
+    depth_table = np.asarray(layer_depth_mm, np.float64)
+    layer = np.clip(np.rint(points[:, 2]).astype(np.int64), 0, depth_table.size - 1)
+    depth = depth_table[layer]
+    e = np.maximum(points[:, 3].astype(np.float64), 0.0)
+    total = _segment_sum(e, shower, n_showers)
+    mean = _segment_sum(e * depth, shower, n_showers) / np.where(total > 0, total, 1.0)
+    lever = depth - mean[shower]
+    for a in (0, 1):
+        points[:, a] = (points[:, a] + slopes[shower, a] * lever).astype(points.dtype)
+
+
+def hit_axis_relation(
+    cog_mm: NDArray[np.floating],
+    slope: NDArray[np.floating],
+    energies: NDArray[np.floating],
+    edges_gev: Sequence[float] = AXIS_TILT_ENERGY_EDGES_GEV,
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Per incident-energy bin, x and y pooled: the regression slope ``k`` (1/mm) of the
+    fitted-axis slope on the centre of gravity, and the residual variance; each ``[n_bins]``
+    (NaN for a bin with fewer than 20 showers). ``cog_mm`` and ``slope`` are ``[S, 2]``."""
+    e = np.asarray(energies, np.float64).reshape(-1)
+    ks, variances = [], []
+    for b in range(len(edges_gev) - 1):
+        last = b == len(edges_gev) - 2
+        sel = (e >= edges_gev[b]) & ((e <= edges_gev[b + 1]) if last else (e < edges_gev[b + 1]))
+        c, q = cog_mm[sel].reshape(-1), slope[sel].reshape(-1)
+        ok = np.isfinite(c) & np.isfinite(q)
+        c, q = c[ok], q[ok]
+        if c.size < 40 or c.var() <= 0:
+            ks.append(np.nan)
+            variances.append(np.nan)
+            continue
+        k = float(np.mean((c - c.mean()) * (q - q.mean())) / c.var())
+        ks.append(k)
+        variances.append(float(np.var(q - k * c)))
+    return np.asarray(ks), np.asarray(variances)
+
+
 def _layer_x_means(
     points: NDArray,
     shower: NDArray,

@@ -246,6 +246,32 @@ class ShowerPipeline(nn.Module):
         #: ... and at normal incidence rotate each point by the azimuth of those two draws
         self.rotate_points = self.mirror_points and bool(getattr(cfg, "rotate_points", False))
         self.mirror = bool(getattr(cfg, "mirror", False)) and not self.mirror_points
+        axis_tilt = getattr(model, "axis_tilt", None)
+        #: random tilt of each shower's axis correlated with its centre of gravity
+        #: (calogen.calibration.AxisTilt); its two normals per shower are columns 2 and 3 of
+        #: the first row of the last point-noise tensor (the mirror draws), as in Python
+        self.has_axis_tilt = axis_tilt is not None
+        if axis_tilt is not None:
+            if not self.mirror_points:
+                raise UsageError("export: an axis tilt needs a model with mirror_points")
+            from calogen.geometry import slab
+
+            nodes = np.asarray(axis_tilt.energy_nodes_gev, np.float64)
+            angles = np.asarray(axis_tilt.theta_nodes_deg, np.float64)
+            offsets = np.asarray(axis_tilt.cog_offset_mm, np.float64)
+            if angles.size == 0:  # no offsets: zero everywhere
+                angles, offsets = np.array([0.0]), np.array([0.0])
+            for name, values in (
+                ("tilt_nodes", nodes[:-1]),
+                ("tilt_widths", np.diff(nodes)),
+                ("tilt_k", np.asarray(axis_tilt.k_per_mm, np.float64)),
+                ("tilt_sigma", np.asarray(axis_tilt.sigma, np.float64)),
+                ("tilt_theta_nodes", angles[:-1]),
+                ("tilt_theta_widths", np.diff(angles)),
+                ("tilt_offsets", offsets),
+                ("tilt_depth", np.asarray(slab().layer_z_mm, np.float64)[:N_LAYERS]),
+            ):
+                self.register_buffer(name, torch.as_tensor(values, dtype=torch.float64))
         #: an angle-aware model (config ``directions``): the point network and the Shower Flow
         #: take the polar angle theta as a condition (``theta / ANGLE_SCALE_DEG - 1``), the
         #: points come out around the shower axis, and only y is mirrored for theta > 0;
@@ -793,6 +819,47 @@ class ShowerPipeline(nn.Module):
         s1 = torch.gather(table[k + 1], 1, ell)
         return ((1.0 - w) * s0 + w * s1).to(torch.float32)
 
+    def _interpolate(self, x: Tensor, nodes: Tensor, widths: Tensor, values: Tensor) -> Tensor:
+        """``values [K]`` at the nodes ``nodes[:-1]`` (given without the last; ``widths``
+        their spacings) interpolated linearly at ``x [B]`` (constant beyond the outer nodes,
+        as ``np.interp``), float64 ``[B]``."""
+        run = torch.minimum((x.to(torch.float64)[:, None] - nodes[None, :]).clamp_min(0.0), widths)
+        slopes = (values[1:] - values[:-1]) / widths
+        return values[0] + (run * slopes[None, :]).sum(1)
+
+    def _axis_tilt(
+        self,
+        xy: list[Tensor],
+        normals: Tensor,
+        e32: Tensor,
+        layer: Tensor,
+        energy: Tensor,
+        theta: Tensor,
+    ) -> list[Tensor]:
+        """x and y ``[B, M]`` (float32, axis frame) of every shower tilted by
+        ``k(E) * (cog - offset(theta)) + sigma(E) * normals`` about its energy-weighted depth
+        (calogen.calibration.AxisTilt.apply); ``normals [B, 2]``, ``theta [B]`` in deg."""
+        k = self._interpolate(energy, self.tilt_nodes, self.tilt_widths, self.tilt_k)
+        sigma = self._interpolate(energy, self.tilt_nodes, self.tilt_widths, self.tilt_sigma)
+        offset = self._interpolate(
+            theta, self.tilt_theta_nodes, self.tilt_theta_widths, self.tilt_offsets
+        )
+        offset = torch.where(theta > 0, offset, torch.zeros_like(offset))
+        e = e32.to(torch.float64).clamp_min(0.0)
+        total = e.sum(1)
+        safe = torch.where(total > 0, total, torch.ones_like(total))
+        depth = self.tilt_depth[layer.clamp(0, N_LAYERS - 1)]
+        lever = depth - ((e * depth).sum(1) / safe)[:, None]
+        out = []
+        for axis in (0, 1):
+            coord = xy[axis].to(torch.float64)
+            cog = (coord * e).sum(1) / safe
+            if axis == 0:
+                cog = cog - offset
+            slope = k * cog + sigma * normals[:, axis].to(torch.float64)
+            out.append((coord + slope[:, None] * lever).to(torch.float32))
+        return out
+
     def _sample(self, point_noise: Tensor, values: Tensor) -> Tensor:
         from calogen.models.caloclouds2 import Conditioning
         from calogen.models.consistency import consistency_sample
@@ -986,6 +1053,8 @@ class ShowerPipeline(nn.Module):
             centre = (coord * e64).sum(1) / safe
             shift = torch.where(has_energy, cog[:, axis] - centre, torch.zeros_like(centre))
             shifted.append((coord + shift[:, None]).to(torch.float32))
+        if self.has_axis_tilt:  # a random tilt correlated with the centre of gravity
+            shifted = self._axis_tilt(shifted, noise[-1][:, 0, 2:4], e32, layer, energy, theta)
         if self.has_axis_shift:  # the lean of each layer (AxisShiftCorrection.shift)
             shifted[0] = shifted[0] + self._axis_shift(theta, layer)
         if self.mirror:  # mirror in x and y by the signs of the last two flow-noise columns

@@ -217,6 +217,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the fitted shower axis is too straight; docs/default_model.md); 0 or 1: off; "
         "stored in the model (default: 2)",
     )
+    q.add_argument(
+        "--no-axis-tilt",
+        dest="axis_tilt",
+        action="store_false",
+        help="CaloClouds II: do not fit the random tilt of each shower's axis (Geant4's "
+        "showers drift sideways more the deeper they go, so their centre of gravity and the "
+        "slope of their layer centroids are correlated; the tilt, slope = k(E) * cog + "
+        "sigma(E) * normal draw, is fitted on the normal-incidence showers of --data so that "
+        "the cell-level relation matches; docs/default_model.md)",
+    )
+    q.add_argument(
+        "--only-axis-tilt",
+        action="store_true",
+        help="CaloClouds II: fit the axis tilt alone on the first N normal-incidence showers "
+        "of --data, keeping the model's other corrections",
+    )
     q.set_defaults(func=_fit_occupancy)
 
     _register_distill(subparsers)
@@ -399,6 +415,8 @@ def _fit_occupancy(args: argparse.Namespace) -> int:
             radial_classes=args.radial_classes,
             core_azimuth_mm=args.core_azimuth,
             halo_clump=args.halo_clump,
+            axis_tilt=args.axis_tilt,
+            only_axis_tilt=args.only_axis_tilt,
         )
     print(json.dumps(summary, indent=2))
     return 0

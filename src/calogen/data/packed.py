@@ -31,6 +31,19 @@ class PackedPoints:
     def offsets(self) -> NDArray[np.int64]:
         return np.concatenate(([0], np.cumsum(self.counts))).astype(np.int64)
 
+    def select(self, showers: NDArray[np.integer]) -> PackedPoints:
+        """The showers ``showers`` (indices, in that order; contiguous blocks of points as
+        stored shower after shower), renumbered 0 … len(showers) − 1."""
+        showers = np.asarray(showers, np.int64)
+        counts = self.counts[showers]
+        first = np.cumsum(counts) - counts
+        idx = np.repeat(self.offsets[showers] - first, counts) + np.arange(int(counts.sum()))
+        return PackedPoints(
+            points=self.points[idx],
+            shower=np.repeat(np.arange(len(showers), dtype=np.int64), counts),
+            counts=counts,
+        )
+
 
 def pack(showers: showerdata.Showers) -> PackedPoints:
     """Pack end-padded showers into one point array (drops padding)."""

@@ -52,6 +52,7 @@ from calogen.calibration import (
     HALO_CLUMP_RADIUS_MM,
     HALO_CLUMP_SPEC,
     AxisShiftCorrection,
+    AxisTilt,
     OccupancyCorrection,
     RadialCorrection,
     ShowerClasses,
@@ -101,6 +102,7 @@ from calogen.models.shower_flow import (
     ShowerFlowConfig,
 )
 from calogen.models.training import (
+    MODEL_JSON,
     lr_schedule,
     read_model_info,
     save_model,
@@ -571,6 +573,10 @@ class CaloClouds2(nn.Module):
         #: or one per layer index (calibration.parse_halo_clump)
         self.halo_clump: float | tuple[float, ...] = 0
         self.halo_clump_radius_mm: float = HALO_CLUMP_RADIUS_MM
+        #: random tilt of each shower's axis, correlated with its centre of gravity
+        #: (calibration.AxisTilt; None: off, as models fitted before it); needs
+        #: ``mirror_points`` (its normal draws are the mirror draws' unused columns)
+        self.axis_tilt: AxisTilt | None = None
         self.consistency = bool(consistency)
         self.cm_sigmas = tuple(cm_sigmas) if cm_sigmas else (float(config.sigma_max),)
         self.net = CaloClouds2Net(
@@ -661,6 +667,7 @@ class CaloClouds2(nn.Module):
                 if halo_clumps_on(self.halo_clump)
                 else {}
             ),
+            **({"axis_tilt": self.axis_tilt.to_dict()} if self.axis_tilt is not None else {}),
         }
 
     def _binned_dict(self) -> dict[str, Any]:
@@ -955,7 +962,10 @@ class CaloClouds2(nn.Module):
         shower = np.repeat(np.arange(n_showers), counts)
         if cfg.mirror_points:  # signs of one more normal draw per point (4 values, as the
             # exported models take it: one more point-noise tensor), after the points' noise
-            draws = torch.randn((total, 4), generator=generator)[:, :2].numpy()
+            draws_all = torch.randn((total, 4), generator=generator).numpy()
+            draws = draws_all[:, :2]
+            # the axis tilt's two normals per shower: the unused columns of its first point
+            tilt_normals = draws_all[offsets[:-1], 2:4]
             normal = np.ones(total, bool) if theta is None else theta[shower] <= 0
             bits = points_out.view(np.uint32)
             sign = draws.view(np.uint32) & np.uint32(1 << 31)  # x -> -x by the sign bit:
@@ -999,6 +1009,10 @@ class CaloClouds2(nn.Module):
             n_showers,
             core_radius_mm=CORE_COG_RADIUS_MM if core else 0.0,
         )
+        if self.axis_tilt is not None:  # a random tilt correlated with the centre of gravity
+            if not cfg.mirror_points:
+                raise UsageError("an axis tilt needs a model with mirror_points (its noise)")
+            self.axis_tilt.apply(points_out, shower, energies, tilt_normals, LAYER_DEPTH_MM, theta)
         if theta is not None and self.axis_shift is not None:  # the lean of each layer
             self.axis_shift.apply(points_out, theta, shower)
         signs = np.ones((n_showers, 2), np.float32)
@@ -1587,6 +1601,7 @@ FITTED_CORRECTION_KEYS = (
     "core_azimuth_radius_mm",
     "halo_clump",
     "halo_clump_radius_mm",
+    "axis_tilt",
 )
 
 
@@ -1623,6 +1638,10 @@ def _build(info: dict[str, Any]) -> CaloClouds2:
     model.halo_clump_radius_mm = check_core_azimuth(
         info.get("halo_clump_radius_mm", HALO_CLUMP_RADIUS_MM), "halo clump radius"
     )
+    if info.get("axis_tilt"):
+        if not cfg.mirror_points:
+            raise UsageError("an axis tilt needs a model with mirror_points (its noise)")
+        model.axis_tilt = AxisTilt.from_dict(info["axis_tilt"])
     binned = info.get("directional_corrections")
     if binned:
         edges = check_theta_edges(binned.get("theta_edges_deg", ()))
@@ -1688,6 +1707,7 @@ def fit_occupancy(
     radial_classes: Sequence[str] = (),
     core_azimuth_mm: float | None = CORE_AZIMUTH_RADIUS_MM,
     halo_clump: float | str | Sequence[float] | None = HALO_CLUMP_SPEC,
+    axis_tilt: bool = True,
 ) -> dict[str, Any]:
     """Fit ``c_N`` from data and generated showers, then refine it in closed loop.
 
@@ -1704,7 +1724,10 @@ def fit_occupancy(
        (:meth:`~calogen.calibration.OccupancyCorrection.refine`);
     3. if ``axis`` and the model is angle-aware and the data hold inclined showers: the
        per-layer axis shift (:class:`~calogen.calibration.AxisShiftCorrection`) from the
-       Geant4 showers and showers generated with all the corrections above.
+       Geant4 showers and showers generated with all the corrections above;
+    4. if ``axis_tilt`` and the model mirrors points: the random axis tilt
+       (:class:`~calogen.calibration.AxisTilt`, :func:`fit_tilt`) from the normal-incidence
+       showers among the data and the finished showers generated at their energies.
 
     An angle-aware model with inclined showers in ``data`` (and ``by_angle``) gets steps 0-2
     for each polar-angle bin of ``theta_edges_deg`` (default
@@ -1756,6 +1779,7 @@ def fit_occupancy(
     )
     model.theta_edges_deg = edges
     model.axis_shift = None
+    model.axis_tilt = None
     n_all = len(ref.energies)
     if by_angle and theta is not None and np.any(theta >= edges[0]):
         bins = correction_bins(theta, n_all, edges)
@@ -1832,6 +1856,26 @@ def fit_occupancy(
 
     final = run()
     hits_final = project(unpack(final, ref.energies), ref.calorimeter).hits_per_shower()
+    tilt_summary: dict[str, Any] | str = "off"
+    normal = np.flatnonzero(normal_incidence(dirs, n_all))
+    if axis_tilt and model.config.mirror_points and normal.size:
+        inclined = np.flatnonzero(~normal_incidence(dirs, n_all))
+        offsets = None
+        if inclined.size and dirs is not None and theta is not None:
+            offsets = tilt_cog_offsets(
+                final.select(inclined), theta[inclined], dirs[inclined], model.axis_shift
+            )
+        try:
+            model.axis_tilt, tilt_summary = fit_tilt(
+                ref.packed.select(normal),
+                final.select(normal),
+                ref.energies[normal],
+                ref.calorimeter,
+                seed,
+                offsets=offsets,
+            )
+        except UsageError as exc:  # too few normal-incidence showers: no tilt
+            tilt_summary = f"not fitted: {exc}"
     done = [f for f in fits if f is not None]
     n_gen = np.concatenate([f.n_gen for f in done])
     occ_gen = np.concatenate([f.occ_gen for f in done])
@@ -1851,6 +1895,7 @@ def fit_occupancy(
         refinement=[f.history for f in done] if len(groups) > 1 else done[0].history,
         radial_correction=model.radial is not None,
         axis_shift=model.axis_shift is not None,
+        axis_tilt=tilt_summary,
     )
     if len(groups) > 1:
         summary["angle_bins"] = {
@@ -1866,6 +1911,193 @@ def fit_occupancy(
             ],
         }
     return summary
+
+
+#: rounds of :func:`fit_tilt` (each: tilt, project, measure, update; 4 agree with 8 to a
+#: few % of k and sigma on the default)
+AXIS_TILT_ROUNDS = 5
+
+
+def hit_axis_observables(hits: Any) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Per shower of projected ``hits`` (:class:`~calogen.geometry.CellHits`): the energy-
+    weighted centre of gravity ``[S, 2]`` (mm) and the slopes ``[S, 2]`` (dx/dz, dy/dz) of the
+    axis fitted to the layer centroids (:func:`calogen.directions.fit_axis`, weighted by the
+    layers' energies), as ``calogen evaluate`` measures them."""
+    from calogen.directions import fit_axis
+
+    n, n_layers = hits.n_showers, hits.n_layers
+    e = hits.energy_mev.astype(np.float64)
+    x, y = hits.x_mm.astype(np.float64), hits.y_mm.astype(np.float64)
+    total = np.bincount(hits.shower, e, n)
+    safe = np.where(total > 0, total, 1.0)
+    cog = np.stack([np.bincount(hits.shower, e * v, n) / safe for v in (x, y)], 1)
+    cell = hits.shower * n_layers + hits.layer
+    e_layer = np.bincount(cell, e, n * n_layers).reshape(n, n_layers)
+    norm = np.where(e_layer > 0, e_layer, 1.0)
+    cx = np.bincount(cell, e * x, n * n_layers).reshape(n, n_layers) / norm
+    cy = np.bincount(cell, e * y, n * n_layers).reshape(n, n_layers) / norm
+    axis = fit_axis(cx, cy, e_layer, np.asarray(LAYER_DEPTH_MM)[:n_layers])
+    return cog, np.stack([axis["slope_x"], axis["slope_y"]], 1)
+
+
+#: polar-angle bins (deg) of the axis tilt's centre-of-gravity offsets (AxisTilt.cog_offset_mm)
+AXIS_TILT_THETA_EDGES_DEG = (0.5, 10.0, 20.0, 30.0, 40.0, 50.0, 90.0)
+
+
+def tilt_cog_offsets(
+    generated: PackedPoints,
+    theta_deg: NDArray[np.floating],
+    directions: NDArray[np.floating],
+    axis_shift: AxisShiftCorrection | None,
+    min_showers: int = 20,
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """``(theta nodes [T], offsets [T])``: the mean x (mm) of the centre of gravity of
+    inclined ``generated`` showers (made without an axis tilt) in the axis frame where the
+    tilt applies (straightened, the axis shift taken off), per bin of
+    :data:`AXIS_TILT_THETA_EDGES_DEG` with at least ``min_showers`` showers; nodes at the
+    bins' mean angles."""
+    from calogen.calibration import axis_tilt_cogs
+
+    theta = np.asarray(theta_deg, np.float64).reshape(-1)
+    points = straighten_points(generated.points, generated.counts, directions)
+    if axis_shift is not None:
+        points[:, 0] -= axis_shift.shift(theta[generated.shower], points[:, 2]).astype(points.dtype)
+    cog = axis_tilt_cogs(points, generated.shower, generated.n_showers)[:, 0]
+    nodes, offsets = [], []
+    edges = AXIS_TILT_THETA_EDGES_DEG
+    for lo, hi in itertools.pairwise(edges):
+        sel = (theta >= lo) & (theta < hi)
+        if sel.sum() >= min_showers:
+            nodes.append(float(theta[sel].mean()))
+            offsets.append(float(cog[sel].mean()))
+    return np.asarray(nodes), np.asarray(offsets)
+
+
+def fit_tilt(
+    data_points: PackedPoints,
+    generated: PackedPoints,
+    energies: NDArray[np.floating],
+    calorimeter: Any,
+    seed: int = 0,
+    rounds: int = AXIS_TILT_ROUNDS,
+    offsets: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None,
+) -> tuple[AxisTilt, dict[str, Any]]:
+    """The :class:`~calogen.calibration.AxisTilt` that gives ``generated`` (showers made
+    without it, normal incidence) the cell-level relation of ``data_points`` (Geant4, the
+    same incident ``energies [S]`` in GeV): per incident-energy bin of
+    :data:`~calogen.calibration.AXIS_TILT_ENERGY_EDGES_GEV` the regression slope of the
+    fitted-axis slope on the centre of gravity and the residual variance
+    (:func:`~calogen.calibration.hit_axis_relation`).
+
+    The tilt is applied to the finished generated showers (at normal incidence the same as
+    within generation, up to the axis shift's small normal-incidence row), projected and
+    measured; ``k`` moves by the remaining difference and ``sigma`` scales with the ratio of
+    the missing to the added variance, ``rounds`` times, with fixed normal draws
+    (``seed``). ``offsets``: the centre-of-gravity offsets of inclined showers
+    (:func:`tilt_cog_offsets`; none: the tilt centres no inclined shower)."""
+    from calogen.calibration import AXIS_TILT_ENERGY_EDGES_GEV, hit_axis_relation
+    from calogen.geometry import project
+
+    energies = np.asarray(energies, np.float64).reshape(-1)
+    edges = AXIS_TILT_ENERGY_EDGES_GEV
+    nodes = 0.5 * (np.asarray(edges[:-1]) + np.asarray(edges[1:]))
+
+    def relation(packed: PackedPoints) -> tuple[NDArray, NDArray]:
+        cog, slope = hit_axis_observables(project(unpack(packed, energies), calorimeter))
+        return hit_axis_relation(cog, slope, energies, edges)
+
+    k_data, v_data = relation(data_points)
+    k_gen, v_gen = relation(generated)
+    usable = np.isfinite(k_data) & np.isfinite(k_gen)
+    if not usable.any():
+        raise UsageError(
+            "axis tilt: too few normal-incidence showers per energy bin "
+            f"({', '.join(f'{a:g}' for a in edges)} GeV) to fit it"
+        )
+    normals = np.random.default_rng(seed).standard_normal((energies.size, 2))
+    k = np.where(usable, k_data - k_gen, 0.0)
+    missing = np.where(usable, np.maximum(v_data - v_gen, 0.0), 0.0)
+    sigma = np.sqrt(missing) / 2.0  # the cell-level slope answers about twice as strongly
+    history = []
+    for _ in range(rounds):
+        tilt = AxisTilt(nodes, _fill(k, usable), _fill(sigma, usable))
+        points = generated.points.copy()
+        tilt.apply(points, generated.shower, energies, normals, LAYER_DEPTH_MM)
+        k_now, v_now = relation(PackedPoints(points, generated.shower, generated.counts))
+        history.append({"k_per_mm": k_now.tolist(), "residual_variance": v_now.tolist()})
+        ok = usable & np.isfinite(k_now)
+        k = np.where(ok, k + (k_data - k_now), k)
+        added = v_now - v_gen
+        scale = np.where(ok & (added > 1e-12), missing / np.maximum(added, 1e-12), 1.0)
+        sigma = np.where(ok, sigma * np.sqrt(np.clip(scale, 0.25, 4.0)), sigma)
+    tilt = AxisTilt(nodes, _fill(k, usable), _fill(sigma, usable))
+    if offsets is not None and len(offsets[0]):
+        tilt.theta_nodes_deg, tilt.cog_offset_mm = offsets
+    return tilt, {
+        "energy_nodes_gev": nodes.tolist(),
+        "data": {"k_per_mm": k_data.tolist(), "residual_variance": v_data.tolist()},
+        "generated_without": {"k_per_mm": k_gen.tolist(), "residual_variance": v_gen.tolist()},
+        "rounds": history,
+        "axis_tilt": tilt.to_dict(),
+    }
+
+
+def _fill(values: NDArray[np.float64], usable: NDArray[np.bool_]) -> NDArray[np.float64]:
+    """``values`` with the unusable bins' entries taken from the nearest usable bin."""
+    good = np.flatnonzero(usable)
+    nearest = good[np.abs(np.arange(values.size)[:, None] - good[None, :]).argmin(1)]
+    return np.asarray(values, np.float64)[nearest]
+
+
+def normal_incidence(directions: NDArray[np.floating] | None, n: int) -> NDArray[np.bool_]:
+    """``[n]`` mask of the showers at normal incidence (polar angle below 0.5 deg; all of
+    them without ``directions``)."""
+    if directions is None:
+        return np.ones(n, bool)
+    return angles_from_directions(directions)[0] < 0.5
+
+
+def fit_axis_tilt(
+    model_dir: str | os.PathLike[str],
+    data: Any,
+    *,
+    n_showers: int = 3000,
+    seed: int = 0,
+    geometry: str = "slab",
+) -> dict[str, Any]:
+    """Fit the model's :class:`~calogen.calibration.AxisTilt` alone (:func:`fit_tilt`) on the
+    normal-incidence showers among the first ``n_showers`` of each file of ``data`` and
+    showers generated with the model's other corrections at their energies; stored in
+    ``model.json`` (the other corrections are kept). Returns the fit's summary."""
+    from calogen.models.training import write_json
+
+    model_dir = Path(model_dir)
+    info = read_model_info(model_dir)
+    model = load_model(model_dir, info)
+    if not model.config.mirror_points:
+        raise UsageError(f"{model_dir}: an axis tilt needs a model with mirror_points")
+    ref = scaffold.occupancy_reference(data, n_showers, geometry)
+    normal = np.flatnonzero(normal_incidence(ref.directions, len(ref.energies)))
+    ref = ref.subset(normal)
+    model.axis_tilt = None
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+    generated = model.generate(ref.energies, gen)[0]
+    offsets = None
+    if model.config.directions:  # inclined showers over the model's angles, phi = 0
+        top = float(info.get("theta_range_deg", [0.0, 60.0])[1])
+        theta = rng.uniform(AXIS_TILT_THETA_EDGES_DEG[0], max(top, 1.0), ref.energies.size)
+        phi = np.zeros_like(theta)
+        inclined = model.generate(ref.energies, gen, theta_deg=theta, phi_deg=phi)[0]
+        t = np.radians(theta)
+        dirs = np.stack([np.sin(t), np.zeros_like(t), np.cos(t)], 1)
+        offsets = tilt_cog_offsets(inclined, theta, dirs, model.axis_shift)
+    tilt, summary = fit_tilt(
+        ref.packed, generated, ref.energies, ref.calorimeter, seed, offsets=offsets
+    )
+    info["axis_tilt"] = tilt.to_dict()
+    write_json(model_dir / MODEL_JSON, info)
+    return {"model": str(model_dir), "showers": int(normal.size), **summary}
 
 
 #: polar-angle bin edges (deg) of an angle-aware model's occupancy and radial corrections:

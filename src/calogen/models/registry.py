@@ -259,6 +259,8 @@ def fit_occupancy(
     radial_classes: list[str] | None = None,
     core_azimuth_mm: float | None = None,
     halo_clump: float | str | None = None,
+    axis_tilt: bool = True,
+    only_axis_tilt: bool = False,
 ) -> dict[str, Any]:
     """Fit and store the occupancy correction of a model folder; returns a summary.
 
@@ -275,7 +277,9 @@ def fit_occupancy(
     energy (0: off; ``None``: what CaloClouds II fits end with,
     :data:`~calogen.calibration.CORE_AZIMUTH_RADIUS_MM`); ``halo_clump``: halo points per
     group sharing an azimuth, one number or ``"K,L:K2"`` (K2 from layer L on; 0 or 1: off;
-    ``None``: :data:`~calogen.calibration.HALO_CLUMP_SPEC`).
+    ``None``: :data:`~calogen.calibration.HALO_CLUMP_SPEC`); ``axis_tilt``: CaloClouds II
+    models that mirror points fit the random axis tilt last (on the normal-incidence showers
+    of ``data``); ``only_axis_tilt``: fit that tilt alone, keeping the other corrections.
     """
     from calogen.data.io import ShowerFile
     from calogen.models.training import read_model_info
@@ -305,6 +309,22 @@ def fit_occupancy(
             kwargs["core_azimuth_mm"] = core_azimuth_mm
         if halo_clump is not None:
             kwargs["halo_clump"] = halo_clump
+        kwargs["axis_tilt"] = axis_tilt
+        if only_axis_tilt:
+            from calogen.models.caloclouds2 import fit_axis_tilt
+
+            return _with_model_errors(
+                model_dir,
+                info,
+                fit_axis_tilt,
+                Path(model_dir),
+                data,
+                n_showers=n_showers,
+                seed=seed,
+                geometry=geometry,
+            )
+    elif only_axis_tilt:
+        raise UsageError("--only-axis-tilt: only CaloClouds II models have an axis tilt")
     elif radial_classes:
         raise UsageError("--radial-classes: only CaloClouds II models have a radial map")
     elif theta_edges_deg is not None:

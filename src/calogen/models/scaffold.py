@@ -663,21 +663,10 @@ class OccupancyReference:
 
     def subset(self, showers: NDArray[np.integer]) -> OccupancyReference:
         """The same reference restricted to ``showers`` (indices, in that order)."""
-        from calogen.data.packed import PackedPoints
-
         showers = np.asarray(showers, np.int64)
-        counts = self.packed.counts[showers]
-        starts = np.concatenate(([0], np.cumsum(self.packed.counts)))[showers]
-        first = np.cumsum(counts) - counts
-        idx = np.repeat(starts - first, counts) + np.arange(int(counts.sum()))
-        packed = PackedPoints(
-            points=self.packed.points[idx],
-            shower=np.repeat(np.arange(len(showers), dtype=np.int64), counts),
-            counts=counts,
-        )
         return OccupancyReference(
             calorimeter=self.calorimeter,
-            packed=packed,
+            packed=self.packed.select(showers),
             n_points=self.n_points[showers],
             hits=self.hits[showers],
             energies=self.energies[showers],
