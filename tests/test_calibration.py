@@ -635,6 +635,12 @@ def test_axis_tilt_adds_its_slope_and_keeps_the_centre_of_gravity() -> None:
     slopes_before = _layer_centroid_slopes(points, shower, n_showers, depth)
     tilted = points.copy()
     tilt.apply(tilted, shower, energies, normals, depth)
+    contiguous = points.copy()  # the generators' layout: counts instead of scatter/gather
+    tilt.apply(contiguous, shower, energies, normals, depth, counts=counts)
+    np.testing.assert_allclose(contiguous, tilted, atol=1e-5)
+    uneven = points.copy()  # unequally spaced layers: the depth table is gathered
+    tilt.apply(uneven, shower, energies, normals, depth + 0.01 * np.arange(30) ** 2)
+    assert not np.allclose(uneven, tilted, atol=1e-3)
     # the centre of gravity stays; the layer centroids lean by k(E) * cog + sigma(E) * n
     np.testing.assert_allclose(axis_tilt_cogs(tilted, shower, n_showers), cog_before, atol=2e-5)
     k, sigma = tilt.parameters(energies)

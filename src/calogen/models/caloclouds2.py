@@ -1012,7 +1012,9 @@ class CaloClouds2(nn.Module):
         if self.axis_tilt is not None:  # a random tilt correlated with the centre of gravity
             if not cfg.mirror_points:
                 raise UsageError("an axis tilt needs a model with mirror_points (its noise)")
-            self.axis_tilt.apply(points_out, shower, energies, tilt_normals, LAYER_DEPTH_MM, theta)
+            self.axis_tilt.apply(
+                points_out, shower, energies, tilt_normals, LAYER_DEPTH_MM, theta, counts
+            )
         if theta is not None and self.axis_shift is not None:  # the lean of each layer
             self.axis_shift.apply(points_out, theta, shower)
         signs = np.ones((n_showers, 2), np.float32)
