@@ -61,6 +61,7 @@ import torch
 from torch import Tensor, nn
 
 from calogen.errors import CalogenError, UsageError
+from calogen.models.shower_flow import FLOW_SUPPORT_Z
 
 FORMATS = ("torchscript", "onnx", "ddml")
 N_LAYERS = 30
@@ -534,7 +535,13 @@ class ShowerPipeline(nn.Module):
         if self.flow_angle:  # ShowerFlow.condition: theta / scale - 1 in float64, then float32
             t = theta.to(torch.float64).reshape(-1, 1) / self.angle_scale_deg - 1.0
             c = torch.cat([c, t.to(torch.float32)], 1)
-        x = flow.inverse(c, flow_noise[:, : flow.dim])
+        z = flow_noise[:, : flow.dim]
+        x = flow.inverse(c, z)
+        # beyond the training showers: again from the noise halved, then clipped
+        # (shower_flow.FLOW_SUPPORT_Z; the second inverse only on those rows)
+        rows = torch.nonzero(x.abs().amax(1) > FLOW_SUPPORT_Z).reshape(-1)
+        again = flow.inverse(c.index_select(0, rows), z.index_select(0, rows) * 0.5)
+        x = x.index_copy(0, rows, again).clamp(-FLOW_SUPPORT_Z, FLOW_SUPPORT_Z)
         pre = (x * flow.std + flow.mean).double()
         counts = torch.floor(self._expm1(self._feature(pre, "n_per_layer").clamp(0.0, 20.0)))
         counts = torch.clamp_min(counts, 0.0)
