@@ -109,8 +109,10 @@ def _compare(flat: np.ndarray, showers: list[np.ndarray], atol_mm: float, rtol_e
     for (counts, points), ref in zip(decode(flat), showers, strict=True):
         ref_counts = np.bincount(ref[:, 2].astype(int), minlength=N_LAYERS)
         np.testing.assert_array_equal(counts, ref_counts)
-        tree = cKDTree(np.c_[points[:, :2], points[:, 2] * 1e4])
-        dist, idx = tree.query(np.c_[ref[:, :2], ref[:, 2] * 1e4])
+        # the energy (GeV x 100) is a coordinate too: the halo's clumps can put two points
+        # within 1e-6 mm of each other, and only their energies tell their twins apart
+        tree = cKDTree(np.c_[points[:, :2], points[:, 2] * 1e4, points[:, 3] * 1e2])
+        dist, idx = tree.query(np.c_[ref[:, :2], ref[:, 2] * 1e4, ref[:, 3] * 1e2])
         matched = dist <= atol_mm
         assert matched.mean() >= 0.998
         assert len(np.unique(idx[matched])) == matched.sum()
