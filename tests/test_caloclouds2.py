@@ -599,3 +599,18 @@ def test_fit_tilt_recovers_a_known_tilt() -> None:
         np.subtract(summary["generated_without"]["k_per_mm"], summary["data"]["k_per_mm"])
     )
     assert np.all(np.abs(np.subtract(last, summary["data"]["k_per_mm"])) < gap_before)
+
+
+def test_tilt_parameters_are_smoothed_in_log_energy() -> None:
+    from calogen.models.caloclouds2 import _smooth_in_log_energy
+
+    nodes = np.array([20.0, 40.0, 60.0, 80.0])
+    line = 0.05 - 0.008 * np.log(nodes)
+    usable = np.ones(4, bool)
+    np.testing.assert_allclose(_smooth_in_log_energy(nodes, line, usable), line)
+    noisy = line + np.array([0.0, 0.0, 0.006, 0.0])  # one bin off: pulled towards the line
+    smooth = _smooth_in_log_energy(nodes, noisy, usable)
+    assert abs(smooth[2] - line[2]) < 0.5 * 0.006
+    few = np.array([True, False, False, True])  # fewer than three bins: their mean
+    np.testing.assert_allclose(_smooth_in_log_energy(nodes, noisy, few), noisy[[0, 3]].mean())
+    assert np.all(_smooth_in_log_energy(nodes, np.array([-1.0, 0, 0, 0]), usable, 0.0) >= 0.0)
