@@ -1920,28 +1920,6 @@ def fit_occupancy(
 AXIS_TILT_ROUNDS = 5
 
 
-def hit_axis_observables(hits: Any) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Per shower of projected ``hits`` (:class:`~calogen.geometry.CellHits`): the energy-
-    weighted centre of gravity ``[S, 2]`` (mm) and the slopes ``[S, 2]`` (dx/dz, dy/dz) of the
-    axis fitted to the layer centroids (:func:`calogen.directions.fit_axis`, weighted by the
-    layers' energies), as ``calogen evaluate`` measures them."""
-    from calogen.directions import fit_axis
-
-    n, n_layers = hits.n_showers, hits.n_layers
-    e = hits.energy_mev.astype(np.float64)
-    x, y = hits.x_mm.astype(np.float64), hits.y_mm.astype(np.float64)
-    total = np.bincount(hits.shower, e, n)
-    safe = np.where(total > 0, total, 1.0)
-    cog = np.stack([np.bincount(hits.shower, e * v, n) / safe for v in (x, y)], 1)
-    cell = hits.shower * n_layers + hits.layer
-    e_layer = np.bincount(cell, e, n * n_layers).reshape(n, n_layers)
-    norm = np.where(e_layer > 0, e_layer, 1.0)
-    cx = np.bincount(cell, e * x, n * n_layers).reshape(n, n_layers) / norm
-    cy = np.bincount(cell, e * y, n * n_layers).reshape(n, n_layers) / norm
-    axis = fit_axis(cx, cy, e_layer, np.asarray(LAYER_DEPTH_MM)[:n_layers])
-    return cog, np.stack([axis["slope_x"], axis["slope_y"]], 1)
-
-
 #: polar-angle bins (deg) of the axis tilt's centre-of-gravity offsets (AxisTilt.cog_offset_mm)
 AXIS_TILT_THETA_EDGES_DEG = (0.5, 10.0, 20.0, 30.0, 40.0, 50.0, 90.0)
 
@@ -1998,6 +1976,7 @@ def fit_tilt(
     (``seed``). ``offsets``: the centre-of-gravity offsets of inclined showers
     (:func:`tilt_cog_offsets`; none: the tilt centres no inclined shower)."""
     from calogen.calibration import AXIS_TILT_ENERGY_EDGES_GEV, hit_axis_relation
+    from calogen.evaluation.observables import shower_features
     from calogen.geometry import project
 
     energies = np.asarray(energies, np.float64).reshape(-1)
@@ -2005,7 +1984,10 @@ def fit_tilt(
     nodes = 0.5 * (np.asarray(edges[:-1]) + np.asarray(edges[1:]))
 
     def relation(packed: PackedPoints) -> tuple[NDArray, NDArray]:
-        cog, slope = hit_axis_observables(project(unpack(packed, energies), calorimeter))
+        # the centre of gravity and the fitted axis as `calogen evaluate` measures them
+        f = shower_features(project(unpack(packed, energies), calorimeter), calorimeter)
+        cog = np.stack([f.cog_x_mm, f.cog_y_mm], 1)
+        slope = np.stack([f.axis_slope_x, f.axis_slope_y], 1)
         return hit_axis_relation(cog, slope, energies, edges)
 
     k_data, v_data = relation(data_points)
