@@ -672,6 +672,79 @@ def test_axis_tilt_round_trip_and_bad_tables() -> None:
             AxisTilt.from_dict(entry)
 
 
+def _profiles(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gamma-shaped longitudinal profiles [n, 30] (GeV) with random starts, and counts."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(30.0)[None, :] - rng.normal(0.0, 1.5, (n, 1))
+    shape = np.clip(t, 0.0, None) ** 3 * np.exp(-np.clip(t, 0.0, None) / 3.0)
+    energy = 1e-3 * shape / shape.sum(1, keepdims=True) * rng.uniform(0.9, 1.1, (n, 1))
+    return energy, np.rint(5e5 * energy).astype(np.int64)
+
+
+def test_depth_stretch_of_one_changes_nothing() -> None:
+    from calogen.calibration import DepthStretch
+    from calogen.geometry import slab
+
+    e, n = _profiles(50, 0)
+    stretch = DepthStretch(slab().layer_z_mm, np.array([0.0]), np.array([1.0]), np.zeros(6))
+    e2, n2 = stretch.apply(e, n, np.full(50, 50.0))
+    np.testing.assert_allclose(e2, e, rtol=1e-12, atol=0)
+    np.testing.assert_array_equal(n2, n)
+
+
+def test_depth_stretch_moves_profiles_with_their_depth() -> None:
+    """s = 1.5 about a mean depth of 40 mm: a deep shower goes deeper by half its distance
+    from the mean (the shift in mm is the energy-weighted depth's, before resampling), loses
+    energy to the sparser back layers and the leakage, and a shallow one comes forward."""
+    from calogen.calibration import DepthStretch, depth_stretch_features
+    from calogen.geometry import slab
+
+    z = slab().layer_z_mm
+    e, n = _profiles(400, 1)
+    trend = np.zeros(6)
+    trend[0] = 40.0
+    assert depth_stretch_features(np.array([50.0]), np.array([0.0])).shape == (1, 6)
+    stretch = DepthStretch(z, np.array([0.0, 60.0]), np.array([1.5, 1.5]), trend)
+    energies = np.full(400, 50.0)
+    shift = stretch.shifts(e, energies, None)
+    depth = stretch.depth(e)
+    np.testing.assert_allclose(shift, 0.5 * (depth - 40.0))
+    e2, n2 = stretch.apply(e, n, energies, np.zeros(400))
+    moved = stretch.depth(e2)
+    deep, shallow = np.argmax(depth), np.argmin(depth)
+    assert moved[deep] > depth[deep] + 0.5 * shift[deep]
+    # forward: what would lie in front of the calorimeter is cut, so it moves less
+    assert moved[shallow] < depth[shallow] + 0.25 * shift[shallow] < depth[shallow]
+    assert e2[deep].sum() < e[deep].sum()  # further into the back layers
+    assert np.std(moved) > 1.3 * np.std(depth)
+    assert np.all(e2 >= 0) and n2.dtype == np.int64 and np.all(n2 >= 0)
+    assert abs(n2.sum(1) / e2.sum(1) / 5e5 - 1).max() < 0.05  # counts follow the energies
+
+
+def test_depth_stretch_round_trip_and_bad_tables() -> None:
+    from calogen.calibration import DepthStretch
+    from calogen.geometry import slab
+
+    z = slab().layer_z_mm
+    stretch = DepthStretch(z, np.array([0.0, 30.0]), np.array([1.1, 1.25]), np.arange(6.0))
+    again = DepthStretch.from_dict(stretch.to_dict())
+    np.testing.assert_allclose(again.stretch, stretch.stretch)
+    np.testing.assert_allclose(again.trend, stretch.trend)
+    good = stretch.to_dict()
+    bad = [
+        {**good, "theta_nodes_deg": [30.0, 0.0]},
+        {**good, "stretch": [1.1]},
+        {**good, "stretch": [1.1, -1.0]},
+        {**good, "trend": [0.0] * 5},
+        {**good, "layer_z_mm": [1.0]},
+        {**good, "trend": [float("nan")] * 6},
+        {key: value for key, value in good.items() if key != "trend"},
+    ]
+    for entry in bad:
+        with pytest.raises(UsageError, match="depth stretch"):
+            DepthStretch.from_dict(entry)
+
+
 def test_hit_axis_relation_recovers_a_known_regression() -> None:
     from calogen.calibration import hit_axis_relation
 

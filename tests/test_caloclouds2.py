@@ -198,8 +198,12 @@ def _check_calibrated(model: cc2.CaloClouds2, energies: np.ndarray, **kwargs) ->
 
 
 def info_e_per_layer(model: cc2.CaloClouds2, energies: np.ndarray) -> np.ndarray:
-    """The Shower Flow draw that :meth:`generate` makes first with the same generator."""
-    return model.shower_flow.sample(energies, torch.Generator().manual_seed(3))["e_per_layer"]
+    """The Shower Flow draw that :meth:`generate` makes first with the same generator (moved
+    by the model's depth stretch, if it has one)."""
+    flow = model.shower_flow.sample(energies, torch.Generator().manual_seed(3))
+    if model.depth_stretch is not None:
+        return model.depth_stretch.apply(flow["e_per_layer"], flow["n_per_layer"], energies)[0]
+    return flow["e_per_layer"]
 
 
 @pytest.mark.slow
@@ -599,6 +603,42 @@ def test_fit_tilt_recovers_a_known_tilt() -> None:
         np.subtract(summary["generated_without"]["k_per_mm"], summary["data"]["k_per_mm"])
     )
     assert np.all(np.abs(np.subtract(last, summary["data"]["k_per_mm"])) < gap_before)
+
+
+def test_fit_depth_stretch_recovers_a_known_stretch() -> None:
+    """The shipped model's Shower Flow, its profiles stretched by a known DepthStretch
+    (s = 1.3), is the 'Geant4' side: the fit finds a factor near 1.3 and reaches the data's
+    spread of the depth."""
+    from calogen.calibration import DepthStretch
+    from calogen.data.packed import PackedPoints
+    from calogen.geometry import slab
+    from calogen.models.caloclouds2 import fit_depth_stretch
+
+    model = load_generator(None).model
+    z = slab().layer_z_mm
+    rng = np.random.default_rng(0)
+    n = 1500
+    energies = rng.uniform(10, 90, n)
+    theta = np.zeros(n)
+    flow = model.shower_flow.sample(energies, torch.Generator().manual_seed(3), theta)
+    e_flow = np.asarray(flow["e_per_layer"], np.float64)
+    probe = DepthStretch(z, np.zeros(1), np.ones(1), np.zeros(6))
+    x = np.stack([np.ones(n), np.log(energies), np.log(energies) ** 2, theta, theta, theta], 1)
+    trend = np.linalg.lstsq(x, probe.depth(e_flow), rcond=None)[0]
+    truth = DepthStretch(z, np.zeros(1), np.array([1.3]), trend)
+    e_data, _ = truth.apply(e_flow, flow["n_per_layer"], energies, theta)
+    # one point per layer carrying the layer's energy
+    layer = np.tile(np.arange(30.0), n)
+    points = np.stack([np.zeros(30 * n), np.zeros(30 * n), layer, e_data.reshape(-1)], 1)
+    data = PackedPoints(points.astype(np.float32), np.repeat(np.arange(n), 30), np.full(n, 30))
+    stretch, summary = fit_depth_stretch(model, data, energies, theta, z, seed=1)
+    (row,) = summary["classes"]
+    assert row["showers"] == n and row["theta_deg"] == 0.0
+    assert abs(stretch.stretch[0] - 1.3) < 0.1, stretch.stretch
+    wanted = row["depth_std_mm_geant4"] / row["depth_std_mm_flow"]
+    assert wanted > 1.2
+    assert abs(row["depth_std_ratio_reached"] - wanted) < 0.02
+    assert DepthStretch.from_dict(summary["stretch"]).trend.shape == (6,)
 
 
 def test_tilt_parameters_are_smoothed_in_log_energy() -> None:

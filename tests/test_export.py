@@ -424,3 +424,40 @@ def test_core_azimuth_in_the_pipeline_matches_numpy() -> None:
         got = np.empty_like(expected)
         got[rows] = pipe._equalise_core_azimuth(*args).numpy().reshape(-1, 4)
         np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_depth_stretch_in_the_pipeline_matches_numpy() -> None:
+    """The exported pipeline moves each profile as calibration.DepthStretch.apply does
+    (counts exactly, energies to float rounding), at normal incidence and at angles."""
+    import copy
+
+    from calogen.calibration import DepthStretch
+    from calogen.export import ShowerPipeline
+    from calogen.geometry import slab
+    from calogen.models.registry import load_generator
+
+    torch.set_num_threads(1)
+    model = copy.deepcopy(load_generator(None).model)
+    trend = np.array([30.0, 3.0, 0.4, -0.3, 0.001, 0.01])
+    stretch = DepthStretch(
+        slab().layer_z_mm, np.array([0.0, 20.0, 45.0]), np.array([1.1, 1.3, 1.2]), trend
+    )
+    model.depth_stretch = stretch
+    pipe = ShowerPipeline(model).eval()
+    rng = np.random.default_rng(4)
+    n = 300
+    start = rng.normal(0.0, 2.0, (n, 1))
+    t = np.clip(np.arange(30.0)[None, :] - start, 0.0, None)
+    e = 1e-3 * t**3 * np.exp(-t / 3.0) * rng.uniform(0.5, 2.0, (n, 1))
+    e[0] = 0.0  # a shower without energy
+    counts = np.rint(e * 2e3)
+    energies = rng.uniform(10, 90, n).astype(np.float32)
+    theta = np.where(rng.random(n) < 0.3, 0.0, rng.uniform(0, 60, n)).astype(np.float32)
+    want_e, want_n = stretch.apply(e, counts.astype(np.int64), energies, theta)
+    got_n, got_e = pipe._depth_stretch(
+        torch.as_tensor(counts), torch.as_tensor(e), torch.as_tensor(energies),
+        torch.as_tensor(theta),
+    )  # fmt: skip
+    np.testing.assert_allclose(got_e.numpy(), want_e, rtol=1e-9, atol=1e-15)
+    np.testing.assert_array_equal(got_n.numpy().astype(np.int64), want_n)
+    assert np.abs(want_e - e).max() > 1e-3 * e.max()  # it did move the profiles

@@ -317,9 +317,11 @@ def test_ddml_agrees_with_calogen_generate(ddml_run, tmp_path, name):
         [np.cos(np.radians(phi)), np.sin(np.radians(phi))]
     )
     # the fitted axis follows the requested direction (a normal-incidence shower moved along
-    # it by the wrapper, or an angle-aware model's own)
+    # it by the wrapper, or an angle-aware model's own); fitted on layer centroids it falls
+    # short of the requested angle, for Geant4 as for the model (27.5 deg at 30 deg,
+    # docs/angles.md: per slope component about 0.37 against 0.41), hence the tolerance
     fitted = np.array([np.median(axis_ddml["slope_x"]), np.median(axis_ddml["slope_y"])])
-    np.testing.assert_allclose(fitted, slopes, atol=0.05)
+    np.testing.assert_allclose(fitted, slopes, atol=0.08)
 
 
 def test_ddml_edge_inputs(ddml_run):

@@ -60,6 +60,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from calogen.calibration import DEPTH_STRETCH_TAIL_KNOTS
 from calogen.errors import CalogenError, UsageError
 from calogen.models.shower_flow import FLOW_SUPPORT_Z
 
@@ -272,6 +273,22 @@ class ShowerPipeline(nn.Module):
                 ("tilt_offsets", offsets),
                 ("tilt_depth", np.asarray(slab().layer_z_mm, np.float64)[:N_LAYERS]),
             ):
+                self.register_buffer(name, torch.as_tensor(values, dtype=torch.float64))
+        depth_stretch = getattr(model, "depth_stretch", None)
+        #: the Shower Flow's depth spread widened about its mean (calibration.DepthStretch)
+        self.has_depth_stretch = depth_stretch is not None
+        if depth_stretch is not None:
+            z = np.asarray(depth_stretch.layer_z_mm, np.float64)
+            beyond = np.arange(1, DEPTH_STRETCH_TAIL_KNOTS + 1)
+            angles = np.asarray(depth_stretch.theta_nodes_deg, np.float64)
+            for name, values in (
+                ("stretch_z", z),
+                ("stretch_knots", np.concatenate([[2 * z[0] - z[1]], z, z[-1] + (z[-1] - z[-2]) * beyond])),
+                ("stretch_theta_nodes", angles[:-1]),
+                ("stretch_theta_widths", np.diff(angles)),
+                ("stretch_values", np.asarray(depth_stretch.stretch, np.float64)),
+                ("stretch_trend", np.asarray(depth_stretch.trend, np.float64)),
+            ):  # fmt: skip
                 self.register_buffer(name, torch.as_tensor(values, dtype=torch.float64))
         #: an angle-aware model (config ``directions``): the point network and the Shower Flow
         #: take the polar angle theta as a condition (``theta / ANGLE_SCALE_DEG - 1``), the
@@ -550,6 +567,8 @@ class ShowerPipeline(nn.Module):
         e_layer = self._expm1(self._feature(pre, "e_per_layer").clamp(0.0, 30.0)) * 1e-3
         prefix = self.cog_prefix
         cog = torch.cat([self._feature(pre, f"{prefix}_x"), self._feature(pre, f"{prefix}_y")], 1)
+        if self.has_depth_stretch:  # each profile moved with its depth's spread
+            counts, e_layer = self._depth_stretch(counts, e_layer, energy, theta)
         # occupancy correction c_N(N) · N_i (of the shower's angle bin), then N clipped to
         # [1, max_points]
         total = counts.sum(1)
@@ -868,6 +887,44 @@ class ShowerPipeline(nn.Module):
             slope = k * cog + sigma * normals[:, axis].to(torch.float64)
             out.append((coord + slope[:, None] * lever).to(torch.float32))
         return out
+
+    def _depth_stretch(
+        self, counts: Tensor, e_layer: Tensor, energy: Tensor, theta: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Per-layer counts and energies ``[B, L]`` (float64) moved by
+        ``(s(theta) - 1) * (depth - mu(E, theta))`` mm (calibration.DepthStretch.apply)."""
+        z = self.stretch_z
+        total = e_layer.sum(1)
+        safe = torch.where(total > 0, total, torch.ones_like(total))
+        depth = torch.where(total > 0, (e_layer * z).sum(1) / safe, torch.zeros_like(total) + z[0])
+        s = self._interpolate(
+            theta, self.stretch_theta_nodes, self.stretch_theta_widths, self.stretch_values
+        )
+        log_e = energy.to(torch.float64).log()
+        t = theta.to(torch.float64)
+        features = torch.stack([torch.ones_like(t), log_e, log_e * log_e, t, t * t, t * log_e], 1)
+        shift = (s - 1.0) * (depth - (features * self.stretch_trend).sum(1))
+        at = z[None, :] - shift[:, None]
+        moved = self._stretch_sample(counts, at)
+        return distribute_counts(moved, moved.sum(1)), self._stretch_sample(e_layer, at)
+
+    def _stretch_sample(self, values: Tensor, at: Tensor) -> Tensor:
+        """``values [B, L]`` (a density at the layers' depths) read at depths ``at [B, L]``
+        (calibration.DepthStretch.sample)."""
+        knots = self.stretch_knots
+        last, prev = values[:, -1], values[:, -2]
+        has = prev > 0
+        ratio = torch.where(
+            has, (last / torch.where(has, prev, torch.ones_like(prev))).clamp(0.0, 1.0),
+            torch.full_like(prev, 0.5),
+        )  # fmt: skip
+        tail = [last * ratio**k for k in range(1, DEPTH_STRETCH_TAIL_KNOTS + 1)]
+        table = torch.cat([torch.zeros_like(last)[:, None], values, torch.stack(tail, 1)], 1)
+        j = ((at[..., None] >= knots).sum(-1) - 1).clamp(0, knots.shape[0] - 2)
+        k0, k1 = knots[j], knots[j + 1]
+        w = ((at - k0) / (k1 - k0)).clamp(0.0, 1.0)
+        out = torch.gather(table, 1, j) * (1.0 - w) + torch.gather(table, 1, j + 1) * w
+        return torch.where(at > knots[-1], torch.zeros_like(out), out.clamp_min(0.0))
 
     def _sample(self, point_noise: Tensor, values: Tensor) -> Tensor:
         from calogen.models.caloclouds2 import Conditioning

@@ -228,6 +228,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the cell-level relation matches; docs/default_model.md)",
     )
     q.add_argument(
+        "--no-depth-stretch",
+        dest="depth_stretch",
+        action="store_false",
+        help="CaloClouds II: do not fit the depth stretch (the Shower Flow's shower depth, the "
+        "energy-weighted mean layer depth in mm, fluctuates 4-27 %% less than Geant4's "
+        "depending on the polar angle; the stretch moves each shower's longitudinal profile "
+        "by (s(theta) - 1) * (its depth - the flow's mean depth), s fitted on --data so that "
+        "the spreads match; docs/default_model.md)",
+    )
+    q.add_argument(
         "--only-axis-tilt",
         action="store_true",
         help="CaloClouds II: fit the axis tilt alone on the first N normal-incidence showers "
@@ -416,6 +426,7 @@ def _fit_occupancy(args: argparse.Namespace) -> int:
             core_azimuth_mm=args.core_azimuth,
             halo_clump=args.halo_clump,
             axis_tilt=args.axis_tilt,
+            depth_stretch=args.depth_stretch,
             only_axis_tilt=args.only_axis_tilt,
         )
     print(json.dumps(summary, indent=2))

@@ -53,11 +53,13 @@ from calogen.calibration import (
     HALO_CLUMP_SPEC,
     AxisShiftCorrection,
     AxisTilt,
+    DepthStretch,
     OccupancyCorrection,
     RadialCorrection,
     ShowerClasses,
     calibrate,
     clump_halo_azimuth,
+    depth_stretch_features,
     distribute_counts,
     equalise_core_azimuth,
     halo_clumps_on,
@@ -577,6 +579,9 @@ class CaloClouds2(nn.Module):
         #: (calibration.AxisTilt; None: off, as models fitted before it); needs
         #: ``mirror_points`` (its normal draws are the mirror draws' unused columns)
         self.axis_tilt: AxisTilt | None = None
+        #: the Shower Flow's depth spread widened about its mean (calibration.DepthStretch;
+        #: None: off, as models fitted before it)
+        self.depth_stretch: DepthStretch | None = None
         self.consistency = bool(consistency)
         self.cm_sigmas = tuple(cm_sigmas) if cm_sigmas else (float(config.sigma_max),)
         self.net = CaloClouds2Net(
@@ -668,6 +673,11 @@ class CaloClouds2(nn.Module):
                 else {}
             ),
             **({"axis_tilt": self.axis_tilt.to_dict()} if self.axis_tilt is not None else {}),
+            **(
+                {"depth_stretch": self.depth_stretch.to_dict()}
+                if self.depth_stretch is not None
+                else {}
+            ),
         }
 
     def _binned_dict(self) -> dict[str, Any]:
@@ -906,6 +916,10 @@ class CaloClouds2(nn.Module):
             flow_out = self.shower_flow.sample(energies, generator, theta)
         else:
             flow_out = self.shower_flow.sample(energies, generator)
+        if self.depth_stretch is not None:  # each profile moved with its depth's spread
+            flow_out["e_per_layer"], flow_out["n_per_layer"] = self.depth_stretch.apply(
+                flow_out["e_per_layer"], flow_out["n_per_layer"], energies, theta
+            )
         k0, k1, w = self.correction_weights(theta, n_showers)
         if self.binned:  # per polar-angle bin, interpolated in theta between two bins
             n_layer_flow = np.asarray(flow_out["n_per_layer"], np.int64)
@@ -1604,6 +1618,7 @@ FITTED_CORRECTION_KEYS = (
     "halo_clump",
     "halo_clump_radius_mm",
     "axis_tilt",
+    "depth_stretch",
 )
 
 
@@ -1644,6 +1659,8 @@ def _build(info: dict[str, Any]) -> CaloClouds2:
         if not cfg.mirror_points:
             raise UsageError("an axis tilt needs a model with mirror_points (its noise)")
         model.axis_tilt = AxisTilt.from_dict(info["axis_tilt"])
+    if info.get("depth_stretch"):
+        model.depth_stretch = DepthStretch.from_dict(info["depth_stretch"])
     binned = info.get("directional_corrections")
     if binned:
         edges = check_theta_edges(binned.get("theta_edges_deg", ()))
@@ -1710,8 +1727,13 @@ def fit_occupancy(
     core_azimuth_mm: float | None = CORE_AZIMUTH_RADIUS_MM,
     halo_clump: float | str | Sequence[float] | None = HALO_CLUMP_SPEC,
     axis_tilt: bool = True,
+    depth_stretch: bool = True,
 ) -> dict[str, Any]:
     """Fit ``c_N`` from data and generated showers, then refine it in closed loop.
+
+    First, if ``depth_stretch``: the spread of the Shower Flow's shower depth
+    (:class:`~calogen.calibration.DepthStretch`, :func:`fit_depth_stretch`) from the data
+    showers and flow samples at their energies and angles; every step below sees it.
 
     0. if ``radial``: the radial quantile correction
        (:class:`~calogen.calibration.RadialCorrection`) from the same Geant4 showers and
@@ -1782,7 +1804,17 @@ def fit_occupancy(
     model.theta_edges_deg = edges
     model.axis_shift = None
     model.axis_tilt = None
+    model.depth_stretch = None
     n_all = len(ref.energies)
+    stretch_summary: dict[str, Any] | str = "off"
+    if depth_stretch:
+        try:
+            model.depth_stretch, stretch_summary = fit_depth_stretch(
+                model, ref.packed, ref.energies, theta, ref.calorimeter.layer_z_mm, seed,
+                theta_edges_deg=edges,
+            )  # fmt: skip
+        except UsageError as exc:  # too few showers in every class: no stretch
+            stretch_summary = f"not fitted: {exc}"
     if by_angle and theta is not None and np.any(theta >= edges[0]):
         bins = correction_bins(theta, n_all, edges)
         groups = [np.flatnonzero(bins == b) for b in range(len(edges) + 1)]
@@ -1899,6 +1931,7 @@ def fit_occupancy(
         axis_shift=model.axis_shift is not None,
         axis_tilt=tilt_summary,
     )
+    summary["depth_stretch"] = stretch_summary
     if len(groups) > 1:
         summary["angle_bins"] = {
             "theta_edges_deg": list(edges),
@@ -1913,6 +1946,116 @@ def fit_occupancy(
             ],
         }
     return summary
+
+
+#: flow draws per data shower in :func:`fit_depth_stretch`, and its rounds of matching the
+#: stretched spread to Geant4's (the resampled profile moves a little more or less than dz)
+DEPTH_STRETCH_DRAWS = 3
+DEPTH_STRETCH_ROUNDS = 3
+
+
+def _depth_residual_std(depth: NDArray, energies: NDArray, theta: NDArray) -> float:
+    """Standard deviation of ``depth`` about its linear fit in (1, ln E, theta)."""
+    x = np.stack([np.ones_like(energies), np.log(energies), theta], 1)
+    coef = np.linalg.lstsq(x, depth, rcond=None)[0]
+    return float(np.std(depth - x @ coef))
+
+
+def fit_depth_stretch(
+    model: CaloClouds2,
+    data: PackedPoints,
+    energies: NDArray[np.floating],
+    theta_deg: NDArray[np.floating] | None,
+    layer_z_mm: NDArray[np.floating],
+    seed: int,
+    *,
+    theta_edges_deg: Sequence[float] = (),
+    min_showers: int = 50,
+) -> tuple[DepthStretch, dict[str, Any]]:
+    """The :class:`~calogen.calibration.DepthStretch` that gives the Shower Flow's depth the
+    spread of the Geant4 showers ``data`` (packed, layers in column 2, energies in column 3)
+    at incident ``energies [S]`` (GeV) and ``theta_deg [S]`` (``None``: normal incidence).
+
+    Depth is the energy-weighted mean of the layers' depths ``layer_z_mm``. The flow is
+    sampled :data:`DEPTH_STRETCH_DRAWS` times at the data's conditions; its mean depth
+    ``mu(E, theta)`` is fitted on those samples (:func:`~calogen.calibration.
+    depth_stretch_features`). In each polar-angle class (normal incidence, then the bins of
+    ``theta_edges_deg``; classes with fewer than ``min_showers`` showers are left out) the
+    factor is chosen so that the standard deviation of the stretched flow's depth about
+    its linear trend in (ln E, theta) matches Geant4's, in :data:`DEPTH_STRETCH_ROUNDS`
+    rounds; the class's node is its mean polar angle (0 for normal incidence).
+    """
+    e = np.asarray(energies, np.float64).reshape(-1)
+    n = e.size
+    theta = np.zeros(n) if theta_deg is None else np.asarray(theta_deg, np.float64).reshape(-1)
+    z = np.asarray(layer_z_mm, np.float64).reshape(-1)
+    n_layers = z.size
+    layer = np.clip(data.points[:, 2].astype(np.int64), 0, n_layers - 1)
+    e_data = np.bincount(
+        data.shower * n_layers + layer,
+        weights=np.maximum(data.points[:, 3], 0.0).astype(np.float64),
+        minlength=n * n_layers,
+    ).reshape(n, n_layers)
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(DEPTH_STRETCH_DRAWS):
+        gen = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+        flow = (
+            model.shower_flow.sample(e, gen, theta)
+            if model.config.directions
+            else model.shower_flow.sample(e, gen)
+        )
+        draws.append(np.asarray(flow["e_per_layer"], np.float64))
+    e_flow = np.concatenate(draws)
+    e_rep, t_rep = np.tile(e, DEPTH_STRETCH_DRAWS), np.tile(theta, DEPTH_STRETCH_DRAWS)
+    probe = DepthStretch(z, np.zeros(1), np.ones(1), np.zeros(6))
+    d_flow, d_data = probe.depth(e_flow), probe.depth(e_data)
+    trend = np.linalg.lstsq(depth_stretch_features(e_rep, t_rep), d_flow, rcond=None)[0]
+    classes = (
+        correction_bins(theta, n, theta_edges_deg) if theta_edges_deg else np.where(theta > 0, 1, 0)
+    )
+    nodes, factors, rows = [], [], []
+    for c in np.unique(classes):
+        sel = np.flatnonzero(classes == c)
+        if sel.size < min_showers:
+            continue
+        node = 0.0 if c == 0 else float(theta[sel].mean())
+        rep = np.concatenate([sel + k * n for k in range(DEPTH_STRETCH_DRAWS)])
+        target = _depth_residual_std(d_data[sel], e[sel], theta[sel])
+        before = _depth_residual_std(d_flow[rep], e_rep[rep], t_rep[rep])
+        wanted = target / before if before > 0 else 1.0
+        factor, reached = wanted, 1.0
+        for _ in range(DEPTH_STRETCH_ROUNDS):
+            one = DepthStretch(z, np.array([node]), np.array([factor]), trend)
+            shift = one.shifts(e_flow[rep], e_rep[rep], t_rep[rep])
+            moved = probe.depth(one.sample(e_flow[rep], shift))
+            reached = _depth_residual_std(moved, e_rep[rep], t_rep[rep]) / before
+            if abs(reached - 1.0) < 1e-6:
+                break
+            factor = float(
+                np.clip(1.0 + (factor - 1.0) * (wanted - 1.0) / (reached - 1.0), 0.5, 2.0)
+            )
+        nodes.append(node)
+        factors.append(factor)
+        rows.append(
+            {
+                "theta_deg": round(node, 3),
+                "showers": int(sel.size),
+                "depth_std_mm_geant4": round(target, 4),
+                "depth_std_mm_flow": round(before, 4),
+                "stretch": round(factor, 5),
+                "depth_std_ratio_reached": round(reached, 4),
+            }
+        )
+    if not nodes:
+        raise UsageError(f"the depth stretch needs at least {min_showers} showers in a class")
+    order = np.argsort(nodes)
+    node_array = np.asarray(nodes)[order]
+    if np.any(np.diff(node_array) <= 0):  # two classes at one mean angle: keep the first
+        keep = np.concatenate(([True], np.diff(node_array) > 0))
+        order = order[keep]
+    stretch = DepthStretch(z, np.asarray(nodes)[order], np.asarray(factors)[order], trend)
+    return stretch, {"classes": rows, "stretch": stretch.to_dict()}
 
 
 #: rounds of :func:`fit_tilt` (each: tilt, project, measure, update; on the default the

@@ -261,6 +261,7 @@ def fit_occupancy(
     halo_clump: float | str | None = None,
     axis_tilt: bool = True,
     only_axis_tilt: bool = False,
+    depth_stretch: bool = True,
 ) -> dict[str, Any]:
     """Fit and store the occupancy correction of a model folder; returns a summary.
 
@@ -279,7 +280,9 @@ def fit_occupancy(
     group sharing an azimuth, one number or ``"K,L:K2"`` (K2 from layer L on; 0 or 1: off;
     ``None``: :data:`~calogen.calibration.HALO_CLUMP_SPEC`); ``axis_tilt``: CaloClouds II
     models that mirror points fit the random axis tilt last (on the normal-incidence showers
-    of ``data``); ``only_axis_tilt``: fit that tilt alone, keeping the other corrections.
+    of ``data``); ``only_axis_tilt``: fit that tilt alone, keeping the other corrections;
+    ``depth_stretch``: CaloClouds II models fit the spread of the Shower Flow's depth first
+    (:class:`~calogen.calibration.DepthStretch`).
     """
     from calogen.data.io import ShowerFile
     from calogen.models.training import read_model_info
@@ -310,6 +313,7 @@ def fit_occupancy(
         if halo_clump is not None:
             kwargs["halo_clump"] = halo_clump
         kwargs["axis_tilt"] = axis_tilt
+        kwargs["depth_stretch"] = depth_stretch
         if only_axis_tilt:
             from calogen.models.caloclouds2 import fit_axis_tilt
 
