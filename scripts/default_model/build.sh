@@ -17,7 +17,8 @@ mkdir -p "$RUNS"
 #    (EDM, 25,000 iterations), its consistency distillation (40,000 iterations) and the
 #    corrections (radial map by layers relative to each shower's depth, occupancy fitted in
 #    logarithms, axis shift, each layer's core spread evenly in azimuth, the halo in clumps
-#    of two, the random axis tilt correlated with the centre of gravity (since 2026-12-01);
+#    of two, the random axis tilt correlated with the centre of gravity (since 2026-12-01),
+#    and first of all the depth stretch of the Shower Flow's profiles (2026-12-01, later);
 #    four polar-angle classes equal in tan theta, interpolated in theta; fitted on
 #    the first 3,000 showers of each file) on showers 0-8,999 of the
 #    normal-incidence file and the 6,000 of the angles file; about 45 min of one core.
