@@ -580,8 +580,9 @@ class ShowerPipeline(nn.Module):
             factor = (1.0 - w) * f0 + w * f1
         else:
             factor = factors[0]
-        counts = distribute_counts(counts, total * factor)
-        counts = distribute_counts(counts, counts.sum(1).clamp(1.0, float(self.max_points)))
+        # to the new total, clipped to [1, max_points] first (one rounding pass, as Python)
+        wanted = torch.round(total * factor).clamp(1.0, float(self.max_points))
+        counts = distribute_counts(counts, wanted)
         return counts, e_layer, cog
 
     def _radial(

@@ -930,7 +930,10 @@ class CaloClouds2(nn.Module):
                     sel = (k == b) & (weight != 0)
                     occ = self.corrections_for(int(b))[0]
                     factor[sel] += weight[sel] * occ.factor(total_flow[sel])
-            counts_layer = distribute_counts(n_layer_flow, total_flow * factor)
+            # the new totals clipped to [1, max_points] before the one rounding pass (the
+            # exports do the same)
+            wanted = np.clip(np.rint(total_flow * factor), 1, cfg.max_points)
+            counts_layer = distribute_counts(n_layer_flow, wanted)
         else:
             counts_layer = self.occupancy.apply(flow_out["n_per_layer"])
         totals = counts_layer.sum(1)
