@@ -2047,6 +2047,7 @@ def fit_depth_stretch(
                 "depth_std_mm_geant4": round(target, 4),
                 "depth_std_mm_flow": round(before, 4),
                 "stretch": round(factor, 5),
+                # of the factor before the last update (the rounds converge well before)
                 "depth_std_ratio_reached": round(reached, 4),
             }
         )
