@@ -1526,6 +1526,17 @@ def depth_stretch_features(
     return np.stack([np.ones_like(log_e), log_e, log_e * log_e, t, t * t, t * log_e], 1)
 
 
+def depth_mm(e_per_layer: NDArray[np.floating], layer_z_mm: NDArray[np.floating]) -> NDArray:
+    """Energy-weighted depth ``[S]`` (mm) of per-layer energies ``[S, L]`` whose layers sit
+    at ``layer_z_mm [L]`` (the first layer's depth for a shower without energy); in mm, where
+    :func:`shower_depth` gives a layer index."""
+    e = np.asarray(e_per_layer, np.float64)
+    z = np.asarray(layer_z_mm, np.float64)
+    total = e.sum(1)
+    mean = (e * z).sum(1) / np.where(total > 0, total, 1.0)
+    return np.where(total > 0, mean, z[0])
+
+
 @dataclass
 class DepthStretch:
     """Widen (or narrow) the spread of the Shower Flow's shower depth, about its mean.
@@ -1559,12 +1570,17 @@ class DepthStretch:
     trend: NDArray[np.float64]
 
     def depth(self, e_per_layer: NDArray[np.floating]) -> NDArray[np.float64]:
-        """Energy-weighted depth ``[S]`` (mm) of per-layer energies ``[S, L]`` (the first
-        layer's depth for a shower without energy)."""
-        e = np.asarray(e_per_layer, np.float64)
-        total = e.sum(1)
-        mean = (e * self.layer_z_mm).sum(1) / np.where(total > 0, total, 1.0)
-        return np.where(total > 0, mean, self.layer_z_mm[0])
+        """:func:`depth_mm` of per-layer energies ``[S, L]`` at this stretch's layers."""
+        return depth_mm(e_per_layer, self.layer_z_mm)
+
+    @property
+    def knots(self) -> NDArray[np.float64]:
+        """Depths (mm) at which :meth:`sample` knows the density: one layer spacing before
+        the first layer (value 0), the layers, then :data:`DEPTH_STRETCH_TAIL_KNOTS` spacings
+        of the last two layers beyond the last."""
+        z = self.layer_z_mm
+        beyond = np.arange(1, DEPTH_STRETCH_TAIL_KNOTS + 1)
+        return np.concatenate([[z[0] - (z[1] - z[0])], z, z[-1] + (z[-1] - z[-2]) * beyond])
 
     def shifts(
         self,
@@ -1588,13 +1604,7 @@ class DepthStretch:
         last, prev = v[:, -1], v[:, -2]
         ratio = np.where(prev > 0, np.clip(last / np.where(prev > 0, prev, 1.0), 0.0, 1.0), 0.5)
         tail = [last * ratio**k for k in range(1, DEPTH_STRETCH_TAIL_KNOTS + 1)]
-        knots = np.concatenate(
-            [
-                [z[0] - (z[1] - z[0])],
-                z,
-                z[-1] + (z[-1] - z[-2]) * np.arange(1, DEPTH_STRETCH_TAIL_KNOTS + 1),
-            ]
-        )
+        knots = self.knots
         table = np.concatenate([np.zeros((n_showers, 1)), v, np.stack(tail, 1)], 1)
         at = z[None, :] - np.asarray(shift_mm, np.float64).reshape(-1, 1)
         j = np.clip(np.searchsorted(knots, at, side="right") - 1, 0, knots.size - 2)

@@ -279,11 +279,10 @@ class ShowerPipeline(nn.Module):
         self.has_depth_stretch = depth_stretch is not None
         if depth_stretch is not None:
             z = np.asarray(depth_stretch.layer_z_mm, np.float64)
-            beyond = np.arange(1, DEPTH_STRETCH_TAIL_KNOTS + 1)
             angles = np.asarray(depth_stretch.theta_nodes_deg, np.float64)
             for name, values in (
                 ("stretch_z", z),
-                ("stretch_knots", np.concatenate([[2 * z[0] - z[1]], z, z[-1] + (z[-1] - z[-2]) * beyond])),
+                ("stretch_knots", depth_stretch.knots),
                 ("stretch_theta_nodes", angles[:-1]),
                 ("stretch_theta_widths", np.diff(angles)),
                 ("stretch_values", np.asarray(depth_stretch.stretch, np.float64)),

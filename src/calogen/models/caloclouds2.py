@@ -59,6 +59,7 @@ from calogen.calibration import (
     ShowerClasses,
     calibrate,
     clump_halo_azimuth,
+    depth_mm,
     depth_stretch_features,
     distribute_counts,
     equalise_core_azimuth,
@@ -2011,8 +2012,7 @@ def fit_depth_stretch(
         draws.append(np.asarray(flow["e_per_layer"], np.float64))
     e_flow = np.concatenate(draws)
     e_rep, t_rep = np.tile(e, DEPTH_STRETCH_DRAWS), np.tile(theta, DEPTH_STRETCH_DRAWS)
-    probe = DepthStretch(z, np.zeros(1), np.ones(1), np.zeros(6))
-    d_flow, d_data = probe.depth(e_flow), probe.depth(e_data)
+    d_flow, d_data = depth_mm(e_flow, z), depth_mm(e_data, z)
     trend = np.linalg.lstsq(depth_stretch_features(e_rep, t_rep), d_flow, rcond=None)[0]
     classes = (
         correction_bins(theta, n, theta_edges_deg) if theta_edges_deg else np.where(theta > 0, 1, 0)
@@ -2031,7 +2031,7 @@ def fit_depth_stretch(
         for _ in range(DEPTH_STRETCH_ROUNDS):
             one = DepthStretch(z, np.array([node]), np.array([factor]), trend)
             shift = one.shifts(e_flow[rep], e_rep[rep], t_rep[rep])
-            moved = probe.depth(one.sample(e_flow[rep], shift))
+            moved = one.depth(one.sample(e_flow[rep], shift))
             reached = _depth_residual_std(moved, e_rep[rep], t_rep[rep]) / before
             if abs(reached - 1.0) < 1e-6:
                 break
