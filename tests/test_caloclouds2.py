@@ -383,6 +383,40 @@ def test_distillation_distance_reaches_the_trainer(trained, tmp_path) -> None:
         assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("net")), other
 
 
+def test_narrower_student(trained, tmp_path) -> None:
+    """``student_widths`` distils into a point network of other widths: stored with the
+    student's config, its weights of those shapes, resumable, loaded and sampled like any
+    student; the teacher's widths keep the teacher-initialised student."""
+    cfg = dict(TINY_DISTILL, iterations=4, student_widths=[8, 16, 8])
+    out = tmp_path / "narrow"
+    kwargs = {"teacher": trained["teacher"], "data": trained["data"], "progress": False}
+    cc2.distill(config=cfg, out=out, corrections=False, **kwargs)
+    info = json.loads((out / "model.json").read_text())
+    assert info["config"]["widths"] == [8, 16, 8]
+    assert info["distillation"]["config"]["student_widths"] == [8, 16, 8]
+    weights = load_tensors(out / "model.safetensors")
+    assert weights["net.pwn.layers.0.layer.weight"].shape == (8, 4)
+    assert weights["net.pwn.layers.1.layer.weight"].shape == (16, 8)
+    teacher = load_tensors(trained["teacher"] / "model.safetensors")
+    assert teacher["net.pwn.layers.0.layer.weight"].shape == (16, 4)
+    # a killed run resumes to the same weights
+    part = tmp_path / "part"
+    cc2.distill(config=cfg, out=part, corrections=False, stop_after=2, **kwargs)
+    cc2.distill(config=cfg, out=part, corrections=False, resume=True, **kwargs)
+    resumed = load_tensors(part / "model.safetensors")
+    assert all(torch.equal(weights[k], resumed[k]) for k in weights)
+    showers = load_generator(out).sample(np.array([20.0, 60.0]), seed=1)
+    assert len(showers) == 2 and showers._num_points.sum() > 0
+    # the teacher's own widths: the student starts from the teacher (a zero-rate step)
+    same = tmp_path / "same"
+    zero = dict(TINY_DISTILL, iterations=1, lr_start=0.0, lr_end=0.0, student_widths=[16, 32, 16])
+    cc2.distill(config=zero, out=same, corrections=False, **kwargs)
+    s = load_tensors(same / "model.safetensors")
+    assert all(torch.allclose(teacher[k], s[k]) for k in teacher)
+    with pytest.raises(cc2.UsageError, match="student_widths"):
+        cc2.get_distill_config({"base": "small", "student_widths": [8, 0]})
+
+
 @pytest.mark.slow
 def test_resume_is_exact(trained, tmp_path) -> None:
     data = trained["data"]

@@ -268,7 +268,11 @@ class DistillConfig(_PointTraining):
     """Hyperparameters of consistency distillation (see :data:`DISTILL_PRESETS`)."""
 
     LABEL: ClassVar[str] = "distillation"
-    TUPLES: ClassVar[dict[str, type]] = {"sample_sigmas": float, "feature_weights": float}
+    TUPLES: ClassVar[dict[str, type]] = {
+        "sample_sigmas": float,
+        "feature_weights": float,
+        "student_widths": int,
+    }
 
     n_grid: int = 18
     target_decay: float = 0.95
@@ -287,9 +291,18 @@ class DistillConfig(_PointTraining):
     #: towards the mean; weighting the energy feature up (1, 1, 1, 4) was measured not to
     #: cure that (docs/default_model.md, "Distilling four times as long")
     feature_weights: tuple[float, ...] | None = None
+    #: hidden widths of the student's point network (``None``: the teacher's, and the student
+    #: starts from the teacher's weights; other widths start from a fresh initialisation).
+    #: A narrower student is the width lever of the speed budget without a narrower teacher
+    #: (a narrow teacher lost fidelity: docs/default_model.md, 2026-12-01)
+    student_widths: tuple[int, ...] | None = None
 
     def validate(self) -> None:
         self.check_positive(("iterations", "batch_size", "checkpoint_every"), "distillation config")
+        if self.student_widths is not None and (
+            not self.student_widths or any(w <= 0 for w in self.student_widths)
+        ):
+            raise UsageError("distillation config 'student_widths' must be positive widths")
         if self.feature_weights is not None and (
             len(self.feature_weights) != 4
             or any(not (w >= 0 and math.isfinite(w)) for w in self.feature_weights)
@@ -1395,9 +1408,11 @@ def train_cm(**kwargs: Any) -> dict[str, Any]:
 
 
 class CaloClouds2DistillTrainer(scaffold.TrainerBase):
-    """Consistency distillation of a teacher into a student of the same architecture.
+    """Consistency distillation of a teacher into a student (the same architecture, or other
+    hidden widths with ``student_widths``).
 
-    Student and target start from the teacher's (EMA) weights; the teacher is frozen. The
+    Student and target start from the teacher's (EMA) weights (a student of other widths from
+    a fresh initialisation); the teacher is frozen. The
     exported student is an EMA (``ema_decay``) of the online student; the Shower Flow and
     normalisation are the teacher's, the corrections its own (fitted after the last iteration).
     """
@@ -1425,8 +1440,15 @@ class CaloClouds2DistillTrainer(scaffold.TrainerBase):
         self.energy_range_gev = energy_range_gev
         self.theta_range_deg = theta_range_deg
         tcfg = teacher.config
-        self.student_net = copy.deepcopy(teacher.net).requires_grad_(True).train()
-        self.target_net = copy.deepcopy(teacher.net)
+        self.student_widths = tuple(config.student_widths or tcfg.widths)
+        if self.student_widths == tuple(tcfg.widths):
+            student = copy.deepcopy(teacher.net)
+        else:  # another architecture: a fresh network (the trainer's seed sets its weights)
+            student = CaloClouds2Net(
+                self.student_widths, tcfg.time_features, tcfg.residual, tcfg.n_conditions
+            )
+        self.student_net = student.requires_grad_(True).train()
+        self.target_net = copy.deepcopy(self.student_net).requires_grad_(False).eval()
         self.ema = EMA(self.student_net, config.ema_decay)
         self.opt = _optimizer(config.optimizer, self.student_net.parameters(), config.lr_start)
         self.distiller = ConsistencyDistiller(
@@ -1494,7 +1516,7 @@ class CaloClouds2DistillTrainer(scaffold.TrainerBase):
             out,
             model_type=CM_NAME,
             modules={"net": self.ema.shadow, "shower_flow": teacher.shower_flow},
-            config=teacher.config.to_dict(),
+            config={**teacher.config.to_dict(), "widths": list(self.student_widths)},
             extra=info,
         )
 
