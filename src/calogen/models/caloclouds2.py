@@ -490,6 +490,11 @@ class CaloClouds2Net(nn.Module):
         #: float32; ``torch.bfloat16`` halves the time on CPUs with bf16 matmul units)
         self.compute_dtype: torch.dtype | None = None
 
+    @classmethod
+    def from_config(cls, config: CaloClouds2Config) -> CaloClouds2Net:
+        """The network of ``config`` (widths, time features, residual, conditions)."""
+        return cls(config.widths, config.time_features, config.residual, config.n_conditions)
+
     def _scalar_fourier_features(self, c_noise: Tensor) -> Tensor:
         """``fourier_features`` of a one-element noise level ``[1, time_features]``; without
         gradients cached per value (sampling uses a handful of fixed σ)."""
@@ -598,9 +603,7 @@ class CaloClouds2(nn.Module):
         self.depth_stretch: DepthStretch | None = None
         self.consistency = bool(consistency)
         self.cm_sigmas = tuple(cm_sigmas) if cm_sigmas else (float(config.sigma_max),)
-        self.net = CaloClouds2Net(
-            config.widths, config.time_features, config.residual, config.n_conditions
-        )
+        self.net = CaloClouds2Net.from_config(config)
         self.shower_flow = ShowerFlow(ShowerFlowConfig.from_dict(config.shower_flow))
         self.device = torch.device("cpu")
 
@@ -1440,13 +1443,12 @@ class CaloClouds2DistillTrainer(scaffold.TrainerBase):
         self.energy_range_gev = energy_range_gev
         self.theta_range_deg = theta_range_deg
         tcfg = teacher.config
-        self.student_widths = tuple(config.student_widths or tcfg.widths)
-        if self.student_widths == tuple(tcfg.widths):
+        #: the student's architecture: the teacher's config with the student's widths
+        self.student_config = replace(tcfg, widths=tuple(config.student_widths or tcfg.widths))
+        if self.student_config.widths == tuple(tcfg.widths):
             student = copy.deepcopy(teacher.net)
         else:  # another architecture: a fresh network (the trainer's seed sets its weights)
-            student = CaloClouds2Net(
-                self.student_widths, tcfg.time_features, tcfg.residual, tcfg.n_conditions
-            )
+            student = CaloClouds2Net.from_config(self.student_config)
         self.student_net = student.requires_grad_(True).train()
         self.target_net = copy.deepcopy(self.student_net).requires_grad_(False).eval()
         self.ema = EMA(self.student_net, config.ema_decay)
@@ -1516,7 +1518,7 @@ class CaloClouds2DistillTrainer(scaffold.TrainerBase):
             out,
             model_type=CM_NAME,
             modules={"net": self.ema.shadow, "shower_flow": teacher.shower_flow},
-            config={**teacher.config.to_dict(), "widths": list(self.student_widths)},
+            config=self.student_config.to_dict(),
             extra=info,
         )
 
