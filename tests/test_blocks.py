@@ -10,6 +10,8 @@ from calogen.models.blocks import (
     EPiCEncoder,
     PointWiseNet,
     count_parameters,
+    hidden_unit_importance,
+    prune_point_network,
 )
 
 
@@ -102,3 +104,31 @@ def test_epic_encoder_shapes_invariance_and_mask() -> None:
     torch.testing.assert_close(mu_m, mu)
     with pytest.raises(ValueError):
         enc(x.reshape(14, 4), cond)
+
+
+def test_pruning_drops_units_that_contribute_nothing() -> None:
+    """Units whose outgoing weights are zero have zero importance; pruning exactly those
+    leaves the network's output unchanged, and the kept weights are the teacher's slices."""
+    torch.manual_seed(0)
+    net = PointWiseNet(4, 3, (8, 12, 8), residual=False)
+    dead = [torch.tensor([1, 5]), torch.tensor([0, 3, 7, 11]), torch.tensor([2, 6])]
+    with torch.no_grad():
+        for i, units in enumerate(dead):
+            net.layers[i + 1].layer.weight[:, units] = 0.0
+    x, ctx = torch.randn(50, 4), torch.randn(50, 3)
+    importance = hidden_unit_importance(net, lambda: net(x, ctx))
+    assert [imp.shape[0] for imp in importance] == [8, 12, 8]
+    for imp, units in zip(importance, dead, strict=True):
+        assert torch.all(imp[units] == 0) and torch.all(imp[imp != 0] > 0)
+        assert int((imp > 0).sum()) == imp.shape[0] - units.numel()
+    keep = [torch.nonzero(imp > 0).flatten() for imp in importance]
+    pruned = prune_point_network(net, keep)
+    assert pruned.widths == (6, 8, 6)
+    assert torch.allclose(pruned(x, ctx), net(x, ctx), atol=1e-6)
+    w0, w1 = net.layers[1].layer.weight, pruned.layers[1].layer.weight
+    assert torch.equal(w1, w0[keep[1]][:, keep[0]])
+    assert torch.equal(pruned.layers[3].hyper_gate.bias, net.layers[3].hyper_gate.bias)
+    with pytest.raises(ValueError, match="width 8"):
+        prune_point_network(net, [torch.tensor([0, 8]), keep[1], keep[2]])
+    with pytest.raises(ValueError, match="never called"):
+        hidden_unit_importance(net, lambda: None)

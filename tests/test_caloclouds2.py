@@ -413,6 +413,26 @@ def test_narrower_student(trained, tmp_path) -> None:
     cc2.distill(config=zero, out=same, corrections=False, **kwargs)
     s = load_tensors(same / "model.safetensors")
     assert all(torch.allclose(teacher[k], s[k]) for k in teacher)
+    # a narrower student of the same depth starts as the pruned teacher: its layers are
+    # slices of the teacher's (rows of the kept units, columns of the previous layer's)
+    pruned = tmp_path / "pruned"
+    cc2.distill(
+        config=dict(zero, student_widths=[8, 16, 8]), out=pruned, corrections=False, **kwargs
+    )
+    p = load_tensors(pruned / "model.safetensors")
+    for name in ("layers.0.hyper_gate.weight", "layers.1.hyper_bias.weight", "layers.3.layer.bias"):
+        rows, full = p[f"net.pwn.{name}"], teacher[f"net.pwn.{name}"]
+        full = full.reshape(full.shape[0], -1)
+        gaps = (
+            torch.cdist(
+                rows.reshape(rows.shape[0], -1), full, compute_mode="donot_use_mm_for_euclid_dist"
+            )
+            .min(dim=1)
+            .values
+        )
+        assert torch.all(gaps < 1e-6), name
+    w1 = p["net.pwn.layers.1.layer.weight"]
+    assert w1.shape == (16, 8)
     with pytest.raises(cc2.UsageError, match="student_widths"):
         cc2.get_distill_config({"base": "small", "student_widths": [8, 0]})
 

@@ -20,7 +20,7 @@ Point layouts accepted everywhere:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -263,6 +263,77 @@ class PointWiseNet(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # EPiC encoder
 # ---------------------------------------------------------------------------------------------
+
+
+def hidden_unit_importance(net: PointWiseNet, run: Callable[[], object]) -> list[Tensor]:
+    """Importance of every hidden unit of ``net`` on the inputs that ``run()`` feeds it.
+
+    The importance of unit ``j`` of hidden layer ``i`` is the mean magnitude of its
+    activation (after the LeakyReLU) times the norm of the weights that carry it into layer
+    ``i + 1``: the size of its contribution to the next layer. Returns one ``[width]`` float
+    tensor per hidden layer. ``run`` calls the network (e.g. on noised training points) any
+    number of times; gradients are not needed.
+    """
+    last = len(net.layers) - 1
+    sums = [torch.zeros(w, dtype=torch.float64) for w in net.widths]
+    counts = [0] * len(net.widths)
+
+    def hook(i: int) -> Callable[[nn.Module, object, Tensor], None]:
+        def record(_module: nn.Module, _inputs: object, out: Tensor) -> None:
+            act = torch.nn.functional.leaky_relu(out.detach(), net.act.negative_slope)
+            flat = act.reshape(-1, act.shape[-1]).abs()
+            sums[i] += flat.sum(0).to(torch.float64).cpu()
+            counts[i] += flat.shape[0]
+
+        return record
+
+    handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(net.layers[:last])]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not all(counts):
+        raise ValueError("hidden_unit_importance: run() never called the network")
+    return [
+        (sums[i] / counts[i]) * net.layers[i + 1].layer.weight.detach().norm(dim=0).cpu().double()
+        for i in range(len(net.widths))
+    ]
+
+
+def prune_point_network(net: PointWiseNet, keep: Sequence[Tensor]) -> PointWiseNet:
+    """A narrower copy of ``net`` that keeps the hidden units ``keep[i]`` (indices into hidden
+    layer ``i``) with their weights: the start of a narrower student that computes nearly
+    what its teacher computes, instead of a fresh initialisation.
+
+    Each ConcatSquash layer keeps the rows of its kept outputs (linear, gate and bias
+    projections) and the columns of the previous layer's kept units.
+    """
+    if len(keep) != len(net.widths):
+        raise ValueError(f"expected {len(net.widths)} index sets, got {len(keep)}")
+    keep = [torch.as_tensor(k, dtype=torch.long).sort().values for k in keep]
+    for k, width in zip(keep, net.widths, strict=True):
+        if k.numel() == 0 or int(k.max()) >= width or k.unique().numel() != k.numel():
+            raise ValueError(f"invalid unit indices for a hidden layer of width {width}")
+    pruned = PointWiseNet(
+        net.point_dim,
+        net.context_dim,
+        [k.numel() for k in keep],
+        net.residual,
+        net.act.negative_slope,
+    )
+    full_in = torch.arange(net.point_dim)
+    rows = [*keep, torch.arange(net.point_dim)]
+    cols = [full_in, *keep]
+    with torch.no_grad():
+        for old, new, r, c in zip(net.layers, pruned.layers, rows, cols, strict=True):
+            new.layer.weight.copy_(old.layer.weight[r][:, c])
+            new.layer.bias.copy_(old.layer.bias[r])
+            new.hyper_gate.weight.copy_(old.hyper_gate.weight[r])
+            new.hyper_gate.bias.copy_(old.hyper_gate.bias[r])
+            new.hyper_bias.weight.copy_(old.hyper_bias.weight[r])
+    return pruned
 
 
 def segment_mean_sum(

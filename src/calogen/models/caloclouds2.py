@@ -78,7 +78,7 @@ from calogen.errors import UsageError
 from calogen.generator import check_directions, check_energies
 from calogen.geometry import slab
 from calogen.models import scaffold
-from calogen.models.blocks import PointWiseNet
+from calogen.models.blocks import PointWiseNet, hidden_unit_importance, prune_point_network
 from calogen.models.caloclouds import TrainingData, load_training_data, point_trainer
 from calogen.models.configs import resolve_config
 from calogen.models.consistency import (
@@ -86,6 +86,7 @@ from calogen.models.consistency import (
     ConsistencyDistiller,
     ConsistencyFunction,
     consistency_sample,
+    consistency_sigmas,
 )
 from calogen.models.edm import (
     EMA,
@@ -292,7 +293,8 @@ class DistillConfig(_PointTraining):
     #: cure that (docs/default_model.md, "Distilling four times as long")
     feature_weights: tuple[float, ...] | None = None
     #: hidden widths of the student's point network (``None``: the teacher's, and the student
-    #: starts from the teacher's weights; other widths start from a fresh initialisation).
+    #: starts from the teacher's weights; narrower widths of the same depth start from the
+    #: teacher's most important units, other shapes from a fresh initialisation).
     #: A narrower student is the width lever of the speed budget without a narrower teacher
     #: (a narrow teacher lost fidelity: docs/default_model.md, 2026-12-01)
     student_widths: tuple[int, ...] | None = None
@@ -1254,6 +1256,49 @@ def _batch(
     return x0, Conditioning(values, owner_t)
 
 
+def _prunable(teacher_widths: Sequence[int], student_widths: Sequence[int]) -> bool:
+    """Whether a student of ``student_widths`` can start as a pruned teacher (same depth,
+    no hidden layer wider than the teacher's)."""
+    return len(teacher_widths) == len(student_widths) and all(
+        s <= t for s, t in zip(student_widths, teacher_widths, strict=True)
+    )
+
+
+#: training batches on which :func:`_units_to_keep` measures the teacher's hidden units
+PRUNE_BATCHES = 8
+
+
+def _units_to_keep(
+    teacher: CaloClouds2,
+    data: TrainingData,
+    config: DistillConfig,
+    seed: int,
+    widths: Sequence[int],
+) -> list[Tensor]:
+    """The hidden units a narrower student keeps of its teacher: per layer the ``widths[i]``
+    most important (:func:`~calogen.models.blocks.hidden_unit_importance`), measured on
+    :data:`PRUNE_BATCHES` distillation batches noised to σ drawn from the distillation grid
+    (so that the units matter where the student is trained and sampled)."""
+    tcfg = teacher.config
+    rng = np.random.default_rng([seed, 0x5EED])
+    gen = torch.Generator().manual_seed(seed + 0x5EED)
+    grid = consistency_sigmas(config.n_grid, tcfg.sigma_min, tcfg.sigma_max, tcfg.rho)
+    function = ConsistencyFunction(teacher.net, tcfg.sigma_min, tcfg.sigma_data)
+
+    def run() -> None:
+        for _ in range(PRUNE_BATCHES):
+            x0, cond = _batch(teacher, data, config.batch_size, config.points_per_shower, rng)
+            index = torch.randint(1, config.n_grid, (x0.shape[0], 1), generator=gen)
+            sigma = grid[index].to(x0.dtype)
+            function(x0 + sigma * torch.randn(x0.shape, generator=gen), sigma, cond)
+
+    importance = hidden_unit_importance(teacher.net.pwn, run)
+    return [
+        torch.topk(imp, int(w)).indices.sort().values
+        for imp, w in zip(importance, widths, strict=True)
+    ]
+
+
 def _optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
     return _OPTIMIZERS[name](params, lr=lr)
 
@@ -1414,8 +1459,9 @@ class CaloClouds2DistillTrainer(scaffold.TrainerBase):
     """Consistency distillation of a teacher into a student (the same architecture, or other
     hidden widths with ``student_widths``).
 
-    Student and target start from the teacher's (EMA) weights (a student of other widths from
-    a fresh initialisation); the teacher is frozen. The
+    Student and target start from the teacher's (EMA) weights (a narrower student of the same
+    depth from the teacher's most important hidden units, other shapes from a fresh
+    initialisation); the teacher is frozen. The
     exported student is an EMA (``ema_decay``) of the online student; the Shower Flow and
     normalisation are the teacher's, the corrections its own (fitted after the last iteration).
     """
@@ -1449,6 +1495,11 @@ class CaloClouds2DistillTrainer(scaffold.TrainerBase):
             student = copy.deepcopy(teacher.net)
         else:  # another architecture: a fresh network (the trainer's seed sets its weights)
             student = CaloClouds2Net.from_config(self.student_config)
+            if _prunable(tcfg.widths, self.student_config.widths):
+                # narrower, same depth: start from the teacher's most important units
+                keep = _units_to_keep(teacher, data, config, seed, self.student_config.widths)
+                pruned = prune_point_network(teacher.net.pwn, keep)
+                student.pwn.load_state_dict(pruned.state_dict())
         self.student_net = student.requires_grad_(True).train()
         self.target_net = copy.deepcopy(self.student_net).requires_grad_(False).eval()
         self.ema = EMA(self.student_net, config.ema_decay)
