@@ -323,9 +323,9 @@ def prune_point_network(net: PointWiseNet, keep: Sequence[Tensor]) -> PointWiseN
         net.residual,
         net.act.negative_slope,
     )
-    full_in = torch.arange(net.point_dim)
-    rows = [*keep, torch.arange(net.point_dim)]
-    cols = [full_in, *keep]
+    points = torch.arange(net.point_dim)  # the input and output features, all kept
+    rows = [*keep, points]
+    cols = [points, *keep]
     with torch.no_grad():
         for old, new, r, c in zip(net.layers, pruned.layers, rows, cols, strict=True):
             new.layer.weight.copy_(old.layer.weight[r][:, c])
