@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -155,3 +157,56 @@ def test_bfloat16_needs_a_caloclouds2_model() -> None:
         set_precision(GFlash(), "bfloat16")
     with pytest.raises(UsageError, match="unknown precision"):
         set_precision(GFlash(), "float64")
+
+
+class _Recorder:
+    """A generator that records its calls (energies, directions, seed) and makes no showers."""
+
+    def __init__(self, name: str, calls: list, supports_direction: bool) -> None:
+        self.name, self.calls, self.supports_direction = name, calls, supports_direction
+
+    def sample(self, energies, directions=None, *, seed=None):  # type: ignore[no-untyped-def]
+        from types import SimpleNamespace
+
+        self.calls.append((self.name, np.array(energies), directions, seed))
+        return SimpleNamespace(_num_points=np.full(len(energies), 7))
+
+
+def test_compare_alternates_with_the_same_inputs() -> None:
+    """``compare`` times A and B round by round in alternating order (A B, B A, ...), with
+    the same energies and seeds for both, directions only for the one that takes them."""
+    from calogen.benchmark import compare
+
+    calls: list = []
+    a, b = _Recorder("A", calls, True), _Recorder("B", calls, False)
+    dirs = np.tile([0.0, 0.5, np.sqrt(0.75)], (6, 1))
+    result = compare((a, b), num=6, batch=4, rounds=3, directions=(dirs, None))
+    # warm-up A, B; then rounds A B, B A, A B; two sample() calls (4 + 2 showers) per run
+    order = [name for name, *_ in calls[::2]]
+    assert order == ["A", "B", "A", "B", "B", "A", "A", "B"]
+    for first, second in zip(calls[0::4], calls[2::4], strict=True):  # the pairs of a round
+        np.testing.assert_array_equal(first[1], second[1])
+        assert first[3] == second[3]
+    assert all(d is not None and d.shape == (len(e), 3) for n, e, d, _ in calls if n == "A")
+    assert all(d is None for n, _, d, _ in calls if n == "B")
+    assert [len(t) for t in result.ms_per_shower] == [3, 3]
+    assert result.ratios == pytest.approx(
+        [x / y for x, y in zip(*result.ms_per_shower, strict=True)]
+    )
+    assert result.mean_points_per_shower == (7.0, 7.0)
+    lines = "\n".join(result.lines())
+    assert "A / B:" in lines and "normal incidence: B" in lines
+    assert result.to_dict()["ratio_median"] == pytest.approx(float(np.median(result.ratios)))
+
+
+def test_bench_against_cli(capsys) -> None:
+    from calogen.cli import main as cli_main
+
+    base = ["bench", "--model", "default", "-n", "2", "--repeats", "2"]
+    assert cli_main([*base, "--against", "gflash", "--theta", "30", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["inclined"] == [True, True] and len(out["ratios"]) == 2
+    assert out["labels"][1].startswith("gflash")
+    assert cli_main([*base, "--against", "gflash", "--precision", "bfloat16"]) == 2
+    err = capsys.readouterr().err
+    assert "--against" in err and err.count("\n") == 1

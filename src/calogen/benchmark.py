@@ -247,6 +247,129 @@ def benchmark(
     )
 
 
+@dataclass
+class CompareResult:
+    """Result of :func:`compare`: ms per shower of two generators, timed in alternation."""
+
+    labels: tuple[str, str]
+    batch: int
+    num_showers: int
+    threads: int
+    #: ms per shower of each round, per generator (``[2][rounds]``)
+    ms_per_shower: tuple[list[float], list[float]]
+    #: CPU ms per shower of each round (this process), per generator
+    cpu_ms_per_shower: tuple[list[float], list[float]]
+    mean_points_per_shower: tuple[float, float]
+    #: whether each generator was handed the incident directions (else normal incidence)
+    inclined: tuple[bool, bool]
+    machine: str
+
+    @property
+    def ratios(self) -> list[float]:
+        """First over second generator's time, round by round."""
+        a, b = self.ms_per_shower
+        return [x / y for x, y in zip(a, b, strict=True)]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["ratios"] = self.ratios
+        out["ratio_median"] = statistics.median(self.ratios)
+        return out
+
+    def lines(self) -> list[str]:
+        out = [
+            f"compared:         {self.num_showers} showers per round, batch {self.batch}, "
+            f"{self.threads} thread(s), {len(self.ratios)} rounds in alternation (A B, B A, "
+            "...; each round the same energies, directions and seeds for both)"
+        ]
+        for tag, label, times, cpu, points, inclined in zip(
+            "AB",
+            self.labels,
+            self.ms_per_shower,
+            self.cpu_ms_per_shower,
+            self.mean_points_per_shower,
+            self.inclined,
+            strict=True,
+        ):
+            where = "" if inclined else ", normal incidence"
+            out.append(
+                f"{tag}: {statistics.median(times):.3f} ms/shower median (min {min(times):.3f}, "
+                f"max {max(times):.3f}; CPU {statistics.median(cpu):.3f} ms), "
+                f"{points:.0f} points/shower{where}: {label}"
+            )
+        ratios = self.ratios
+        if len(ratios) <= 8:
+            spread = f"rounds: {', '.join(f'{r:.3f}' for r in ratios)}"
+        else:
+            q1, _, q3 = statistics.quantiles(ratios, n=4)
+            spread = f"quartiles {q1:.3f}-{q3:.3f} over {len(ratios)} rounds"
+        out.append(f"A / B:            {statistics.median(ratios):.3f} median ({spread})")
+        out.append(f"machine:          {self.machine}")
+        return out
+
+
+def compare(
+    generators: tuple[Generator, Generator],
+    *,
+    labels: tuple[str, str] | None = None,
+    num: int = 100,
+    batch: int = 1,
+    rounds: int = 5,
+    threads: int = 1,
+    seed: int = 0,
+    directions: tuple[NDArray[np.floating] | None, NDArray[np.floating] | None] = (None, None),
+) -> CompareResult:
+    """Time two generators in alternation in one process: the ratio of their times.
+
+    On a shared machine the pace moves by tens of percent within minutes; a ratio of two
+    generators timed round by round (``num`` showers each, E uniform in 10-90 GeV, the same
+    energies and seeds for both; the order alternates, A then B, B then A) cancels most of
+    it. ``directions[k] [num, 3]``: incident directions of generator ``k`` (``None``: normal
+    incidence). One untimed warm-up round first.
+    """
+    torch.set_num_threads(threads)
+    energies = np.random.default_rng(seed).uniform(10.0, 90.0, num)
+    wall: tuple[list[float], list[float]] = ([], [])
+    cpu: tuple[list[float], list[float]] = ([], [])
+    points = [0, 0]
+
+    def run(k: int) -> tuple[float, float, int]:
+        dirs = directions[k]
+        n_points = 0
+        cpu_start, start = time.thread_time(), time.perf_counter()
+        for first in range(0, num, batch):
+            last = min(first + batch, num)
+            showers = generators[k].sample(
+                energies[first:last],
+                None if dirs is None else dirs[first:last],
+                seed=seed + first,
+            )
+            n_points += int(showers._num_points.sum())
+        return time.perf_counter() - start, time.thread_time() - cpu_start, n_points
+
+    for k in (0, 1):  # warm-up
+        run(k)
+    for r in range(rounds):
+        for k in (0, 1) if r % 2 == 0 else (1, 0):
+            w, c, n_points = run(k)
+            wall[k].append(1e3 * w / num)
+            cpu[k].append(1e3 * c / num)
+            points[k] = n_points
+    names = labels or (generators[0].name, generators[1].name)
+    return CompareResult(
+        labels=(str(names[0]), str(names[1])),
+        batch=batch,
+        num_showers=num,
+        threads=threads,
+        ms_per_shower=wall,
+        cpu_ms_per_shower=cpu,
+        mean_points_per_shower=(points[0] / num, points[1] / num),
+        inclined=(directions[0] is not None, directions[1] is not None),
+        machine=f"{platform.machine()} {_cpu_name()} "
+        f"({os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads)",
+    )
+
+
 def _time_network(generator: Any, device: str) -> tuple[list[float], list[Any]]:
     """Hooks that add the wall time of every forward call of the generator's point network
     (``generator.model.net``, where there is one) to the returned one-element list."""

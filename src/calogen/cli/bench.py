@@ -71,6 +71,15 @@ def register(subparsers: Any) -> None:
         default=None,
         help="azimuth in deg: one value, or MIN MAX drawn uniformly (default 0; needs --theta)",
     )
+    bench.add_argument(
+        "--against",
+        metavar="DIR|default|gflash",
+        default=None,
+        help="time a second model in alternation with --model, round by round (--repeats "
+        "rounds of --num showers each, the same energies and seeds), and report the ratio of "
+        "their times: on a shared machine the ratio is far steadier than either time. A model "
+        "that takes no directions runs at normal incidence",
+    )
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
     bench.set_defaults(func=run_bench)
 
@@ -103,6 +112,8 @@ def run_bench(args: argparse.Namespace) -> int:
     directions = draw_directions(args.theta, args.phi, args.num, args.seed)
     generator = load_for_bench(args.model, args.device)
     directions = directions_for_model(generator, directions)
+    if args.against is not None:
+        return _run_compare(args, generator, directions)
     result = benchmark(
         generator,
         num=args.num,
@@ -113,6 +124,33 @@ def run_bench(args: argparse.Namespace) -> int:
         seed=args.seed,
         precision=args.precision,
         directions=directions,
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print("\n".join(result.lines()))
+    return 0
+
+
+def _run_compare(args: argparse.Namespace, generator: Any, directions: Any) -> int:
+    """``--against``: the two models in alternation (:func:`calogen.benchmark.compare`)."""
+    from calogen.benchmark import compare
+
+    if args.device != "cpu":
+        raise UsageError("--against times models on the CPU only (drop --device)")
+    if args.precision != "float32":
+        raise UsageError("--against times models in float32 only (drop --precision)")
+    other = load_for_bench(args.against, args.device)
+    other_directions = directions if getattr(other, "supports_direction", False) else None
+    result = compare(
+        (generator, other),
+        labels=(f"{args.model} ({generator.name})", f"{args.against} ({other.name})"),
+        num=args.num,
+        batch=args.batch,
+        rounds=args.repeats,
+        threads=args.threads,
+        seed=args.seed,
+        directions=(directions, other_directions),
     )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
