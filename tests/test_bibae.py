@@ -15,9 +15,11 @@ from calogen.generator import Generator
 from calogen.models.bibae import (
     BIBAE,
     BIBAEConfig,
+    BIBAETrainer,
     Resize3d,
     get_config,
     gradient_penalty,
+    mirror_flips,
     mmd,
     sorted_energies,
     train,
@@ -199,6 +201,41 @@ def test_resume_is_exact_and_normal_incidence_generator(subset, tmp_path) -> Non
         options = [p, p[:, ::-1, :], p[:, :, ::-1], p[:, ::-1, ::-1]]
         kinds.append(next(k for k, o in enumerate(options) if np.array_equal(o, m)))
     assert len(set(kinds)) >= 3  # the flips happen, independently in x and y
+
+
+def test_mirror_flips_follow_the_symmetry() -> None:
+    """Both axes at normal incidence, y only for an inclined shower in the axis frame,
+    neither for one inclined in the detector frame."""
+    uniform = np.zeros((3, 2))  # every draw asks for a flip
+    slopes = np.array([[0.0, 0.0], [0.5, 0.0], [0.0, 0.3]])
+    assert mirror_flips(uniform, slopes, axis_frame=True).tolist() == [
+        [True, True], [False, True], [False, True]
+    ]  # fmt: skip
+    assert mirror_flips(uniform, slopes, axis_frame=False).tolist() == [
+        [True, True], [False, False], [False, False]
+    ]  # fmt: skip
+    assert not mirror_flips(np.full((3, 2), 0.7), slopes, axis_frame=False).any()
+
+
+def test_training_batches_are_mirrored(subset) -> None:  # type: ignore[no-untyped-def]
+    """augment_mirror: each training shower as it is, or flipped in x, y or both (the flips
+    independent per shower and axis); refused on a grid not centred on the axis."""
+    from calogen.data.voxels import SparseVoxels
+
+    cfg = get_config({**TINY, "batch_size": 12, "augment_mirror": True})
+    model = BIBAE(cfg)
+    data = SparseVoxels.from_file(subset, cfg.grid, max_showers=12)
+    trainer = BIBAETrainer(model, data, 0, str(subset))
+    y, _, _ = trainer._batch(np.random.default_rng(3))
+    rows = np.random.default_rng(3).choice(len(data), size=12, replace=False)
+    plain = model.to_network(data.dense(rows))
+    kinds = []
+    for p, m in zip(plain, y, strict=True):
+        options = [p, p.flip(2), p.flip(3), p.flip(2).flip(3)]
+        kinds.append(next(k for k, o in enumerate(options) if torch.equal(o, m)))
+    assert len(set(kinds)) >= 3
+    with pytest.raises(UsageError, match="centred on the axis"):
+        get_config({**TINY, "augment_mirror": True, "grid_centre_mm": [0.0, 10.0]})
 
 
 def test_angle_condition_is_used(angled, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -134,6 +134,11 @@ class BIBAEConfig(scaffold.ValidationTraining):
     #: only approximates (its showers' centre of gravity in x is offset by +0.23 mm,
     #: docs/bibae_l2lflows.md). Generation only; the grid must be centred on the axis.
     mirror: bool = False
+    #: Training: mirror each training shower at random in x and y where the symmetry holds
+    #: (the same rules as ``mirror``: :func:`mirror_flips`), so that the decoder sees both
+    #: sides of the axis equally often (four showers' worth of each at normal incidence).
+    #: The grid must be centred on the axis.
+    augment_mirror: bool = False
     energy_unit_mev: float = 0.1
     slope_scale: float = 0.5
     # networks
@@ -221,8 +226,12 @@ class BIBAEConfig(scaffold.ValidationTraining):
         if self.energy_unit_mev <= 0 or self.slope_scale <= 0:
             raise UsageError("BIB-AE config: 'energy_unit_mev' and 'slope_scale' must be > 0")
         shape = (self.n_layers, self.nx, self.ny)
-        if self.mirror and any(float(c) != 0.0 for c in self.grid_centre_mm):
-            raise UsageError("BIB-AE config: mirror needs a grid centred on the axis")
+        if (self.mirror or self.augment_mirror) and any(
+            float(c) != 0.0 for c in self.grid_centre_mm
+        ):
+            raise UsageError(
+                "BIB-AE config: mirror and augment_mirror need a grid centred on the axis"
+            )
         if min(_stage_shapes(shape, len(self.channels))[-1]) < 1:
             raise UsageError(
                 f"BIB-AE config: grid {shape} too small for {len(self.channels)} stages"
@@ -272,6 +281,20 @@ def get_config(spec: str | dict[str, Any] | BIBAEConfig) -> BIBAEConfig:
 # ---------------------------------------------------------------------------------------------
 # networks
 # ---------------------------------------------------------------------------------------------
+
+
+def mirror_flips(uniform: NDArray, slopes: NDArray, axis_frame: bool) -> NDArray[np.bool_]:
+    """``[N, 2]`` whether to mirror each shower in x and in y, from uniform draws
+    ``[N, 2]`` (each axis with probability 1/2) where the shower's symmetry allows it: both
+    axes at normal incidence (direction slopes ``[N, 2]`` zero), y only for an inclined
+    shower in the axis frame (inclined along x), neither for one inclined in the detector
+    frame (any inclination breaks the symmetry of both)."""
+    flips = np.asarray(uniform) < 0.5
+    normal = np.all(np.asarray(slopes, np.float64) == 0.0, axis=1)
+    flips[:, 0] &= normal
+    if not axis_frame:
+        flips[:, 1] &= normal
+    return flips
 
 
 def _stage_shapes(shape: Sequence[int], stages: int) -> list[tuple[int, ...]]:
@@ -657,11 +680,8 @@ class BIBAE(nn.Module):
                 e = e * (target / total)[:, None, None, None]
             out[sl] = e.float().numpy()
             if cfg.mirror:  # one uniform draw per shower and axis, after the shower's own
-                flips = torch.rand((base.shape[0], 2), generator=generator).numpy() < 0.5
-                normal = np.all(np.asarray(slopes[sl], np.float64) == 0.0, axis=1)
-                flips[:, 0] &= normal  # inclined (along x in the axis frame): y only
-                if not cfg.axis_frame:
-                    flips[:, 1] &= normal  # detector frame: any inclination breaks y too
+                draws = torch.rand((base.shape[0], 2), generator=generator).numpy()
+                flips = mirror_flips(draws, slopes[sl], cfg.axis_frame)
                 block = out[sl]
                 block[flips[:, 0]] = block[flips[:, 0]][:, :, ::-1, :]
                 block[flips[:, 1]] = block[flips[:, 1]][:, :, :, ::-1]
@@ -792,6 +812,11 @@ class BIBAETrainer(scaffold.TrainerBase):
         cfg, data, model = self.model.config, self.data, self.model
         rows = rng.choice(len(data), size=min(cfg.batch_size, len(data)), replace=False)
         y = model.to_network(data.dense(rows))
+        if cfg.augment_mirror:  # [B, 1, L, X, Y]: x is dim 3, y dim 4
+            flips = torch.as_tensor(mirror_flips(rng.random((len(rows), 2)), self.slopes[rows],
+                                                 cfg.axis_frame))  # fmt: skip
+            y[flips[:, 0]] = y[flips[:, 0]].flip(3)
+            y[flips[:, 1]] = y[flips[:, 1]].flip(4)
         base = model.base_condition(data.incident[rows], self.slopes[rows])
         evis = model.evis_code(data.incident[rows], self.evis[rows])
         return y, base, torch.cat([base, evis], 1)
