@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from calogen.data.io import write_showers
+from calogen.data.voxels import mirror_flips
 from calogen.errors import UsageError
 from calogen.generator import Generator
 from calogen.models.bibae import (
@@ -19,7 +20,6 @@ from calogen.models.bibae import (
     Resize3d,
     get_config,
     gradient_penalty,
-    mirror_flips,
     mmd,
     sorted_energies,
     train,

@@ -126,6 +126,32 @@ def test_resume_is_exact_and_generator_works(trained, subset, tmp_path) -> None:
     assert info["calogen_model"] == "l2lflows" and info["grid"]["nx"] == 10
 
 
+def test_training_mirror_flips_showers(subset, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """augment_mirror: the flows are trained on each shower as it is or mirrored in x, y or
+    both, independently per shower and axis."""
+    seen = []
+    preprocess = L2LFlows.preprocess
+
+    def spy(self, voxels, incident, rng):  # type: ignore[no-untyped-def]
+        seen.append(np.array(voxels))
+        return preprocess(self, voxels, incident, rng)
+
+    monkeypatch.setattr(L2LFlows, "preprocess", spy)
+    cfg = {**TINY, "augment_mirror": True, "iterations": 2, "batch_size": 16}
+    train(config=cfg, data=subset, out=tmp_path / "m", seed=2, progress=False)
+    assert len(seen) == 2  # one batch per iteration
+    data = SparseVoxels.from_file(subset, get_config(cfg).grid, max_showers=16).dense()
+    kinds = []
+    for shower in np.concatenate(seen):
+        mirrored = [
+            k for f in data for k, o in enumerate((f, f[:, ::-1], f[:, :, ::-1], f[:, ::-1, ::-1]))
+            if np.array_equal(o, shower)
+        ]  # fmt: skip
+        assert mirrored, "a training shower that is no mirror image of a data shower"
+        kinds.append(mirrored[0])
+    assert len(set(kinds)) >= 3
+
+
 @pytest.mark.slow
 def test_cli_train_and_generate(subset, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from calogen.cli import main

@@ -299,6 +299,38 @@ class SparseVoxels:
         )
 
 
+def mirror_flips(uniform: NDArray, slopes: NDArray | None, axis_frame: bool) -> NDArray[np.bool_]:
+    """``[N, 2]`` whether to mirror each shower in x and in y, from uniform draws
+    ``[N, 2]`` (each axis with probability 1/2) where the shower's symmetry allows it: both
+    axes at normal incidence (direction slopes ``[N, 2]`` zero, or ``slopes`` ``None``), y
+    only for an inclined shower in the axis frame (inclined along x), neither for one
+    inclined in the detector frame (any inclination breaks the symmetry of both)."""
+    flips = np.asarray(uniform) < 0.5
+    if slopes is None:
+        return flips
+    normal = np.all(np.asarray(slopes, np.float64) == 0.0, axis=1)
+    flips[:, 0] &= normal
+    if not axis_frame:
+        flips[:, 1] &= normal
+    return flips
+
+
+def mirror_voxels(voxels: NDArray | Any, flips: NDArray[np.bool_]) -> None:
+    """Mirror showers of ``voxels [N, ..., X, Y]`` (numpy array or torch tensor; the last two
+    axes are x and y, centred on the shower axis) in place: shower ``i`` in x where
+    ``flips[i, 0]``, in y where ``flips[i, 1]``."""
+    fx, fy = flips[:, 0], flips[:, 1]
+    if isinstance(voxels, np.ndarray):
+        voxels[fx] = voxels[fx][..., ::-1, :]
+        voxels[fy] = voxels[fy][..., :, ::-1]
+    else:  # torch: no negative strides
+        import torch
+
+        fx, fy = torch.as_tensor(fx), torch.as_tensor(fy)
+        voxels[fx] = voxels[fx].flip(-2)
+        voxels[fy] = voxels[fy].flip(-1)
+
+
 def _sparse_chunk(
     showers: showerdata.Showers, grid: VoxelGrid, straighten: bool = False
 ) -> SparseVoxels:

@@ -83,7 +83,13 @@ import zuko
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
-from calogen.data.voxels import SparseVoxels, VoxelGrid, voxels_to_points
+from calogen.data.voxels import (
+    SparseVoxels,
+    VoxelGrid,
+    mirror_flips,
+    mirror_voxels,
+    voxels_to_points,
+)
 from calogen.directions import axis_slopes
 from calogen.errors import UsageError
 from calogen.generator import as_rng, check_directions, check_energies
@@ -135,9 +141,9 @@ class BIBAEConfig(scaffold.ValidationTraining):
     #: docs/bibae_l2lflows.md). Generation only; the grid must be centred on the axis.
     mirror: bool = False
     #: Training: mirror each training shower at random in x and y where the symmetry holds
-    #: (the same rules as ``mirror``: :func:`mirror_flips`), so that the decoder sees both
-    #: sides of the axis equally often (four showers' worth of each at normal incidence).
-    #: The grid must be centred on the axis.
+    #: (the rules of ``mirror``, :func:`calogen.data.voxels.mirror_flips`), so that the
+    #: decoder sees both sides of the axis equally often (four showers' worth of each at
+    #: normal incidence). The grid must be centred on the axis.
     augment_mirror: bool = False
     energy_unit_mev: float = 0.1
     slope_scale: float = 0.5
@@ -281,20 +287,6 @@ def get_config(spec: str | dict[str, Any] | BIBAEConfig) -> BIBAEConfig:
 # ---------------------------------------------------------------------------------------------
 # networks
 # ---------------------------------------------------------------------------------------------
-
-
-def mirror_flips(uniform: NDArray, slopes: NDArray, axis_frame: bool) -> NDArray[np.bool_]:
-    """``[N, 2]`` whether to mirror each shower in x and in y, from uniform draws
-    ``[N, 2]`` (each axis with probability 1/2) where the shower's symmetry allows it: both
-    axes at normal incidence (direction slopes ``[N, 2]`` zero), y only for an inclined
-    shower in the axis frame (inclined along x), neither for one inclined in the detector
-    frame (any inclination breaks the symmetry of both)."""
-    flips = np.asarray(uniform) < 0.5
-    normal = np.all(np.asarray(slopes, np.float64) == 0.0, axis=1)
-    flips[:, 0] &= normal
-    if not axis_frame:
-        flips[:, 1] &= normal
-    return flips
 
 
 def _stage_shapes(shape: Sequence[int], stages: int) -> list[tuple[int, ...]]:
@@ -681,10 +673,7 @@ class BIBAE(nn.Module):
             out[sl] = e.float().numpy()
             if cfg.mirror:  # one uniform draw per shower and axis, after the shower's own
                 draws = torch.rand((base.shape[0], 2), generator=generator).numpy()
-                flips = mirror_flips(draws, slopes[sl], cfg.axis_frame)
-                block = out[sl]
-                block[flips[:, 0]] = block[flips[:, 0]][:, :, ::-1, :]
-                block[flips[:, 1]] = block[flips[:, 1]][:, :, :, ::-1]
+                mirror_voxels(out[sl], mirror_flips(draws, slopes[sl], cfg.axis_frame))
         return out
 
     def evis_gev(self, incident: NDArray, code: Tensor) -> Tensor:
@@ -812,11 +801,9 @@ class BIBAETrainer(scaffold.TrainerBase):
         cfg, data, model = self.model.config, self.data, self.model
         rows = rng.choice(len(data), size=min(cfg.batch_size, len(data)), replace=False)
         y = model.to_network(data.dense(rows))
-        if cfg.augment_mirror:  # [B, 1, L, X, Y]: x is dim 3, y dim 4
-            flips = torch.as_tensor(mirror_flips(rng.random((len(rows), 2)), self.slopes[rows],
-                                                 cfg.axis_frame))  # fmt: skip
-            y[flips[:, 0]] = y[flips[:, 0]].flip(3)
-            y[flips[:, 1]] = y[flips[:, 1]].flip(4)
+        if cfg.augment_mirror:  # [B, 1, L, X, Y]
+            draws = rng.random((len(rows), 2))
+            mirror_voxels(y, mirror_flips(draws, self.slopes[rows], cfg.axis_frame))
         base = model.base_condition(data.incident[rows], self.slopes[rows])
         evis = model.evis_code(data.incident[rows], self.evis[rows])
         return y, base, torch.cat([base, evis], 1)

@@ -51,7 +51,13 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 from zuko.transforms import MonotonicRQSTransform
 
-from calogen.data.voxels import SparseVoxels, VoxelGrid, voxels_to_points
+from calogen.data.voxels import (
+    SparseVoxels,
+    VoxelGrid,
+    mirror_flips,
+    mirror_voxels,
+    voxels_to_points,
+)
 from calogen.errors import UsageError
 from calogen.generator import as_rng, check_energies
 from calogen.geometry import CELL_SIZE_MM
@@ -116,6 +122,10 @@ class L2LFlowsConfig(scaffold.ValidationTraining):
     checkpoint_every: int = 2000
     max_showers: int | None = None
     stats_showers: int = 10_000
+    #: Mirror each training shower at random in x and in y (the grid is centred on the axis
+    #: and the showers are at normal incidence: both are symmetries of the physics), four
+    #: showers' worth of each (:func:`calogen.data.voxels.mirror_flips`).
+    augment_mirror: bool = False
     # generation
     min_energy_gev: float = 1e-5
     jitter: bool = False
@@ -435,7 +445,10 @@ class L2LFlowsTrainer(scaffold.TrainerBase):
         model.train()
         rng = np.random.default_rng([self.seed, iteration])
         rows = rng.choice(len(data), size=min(cfg.batch_size, len(data)), replace=False)
-        c, x_e, y = model.preprocess(data.dense(rows), data.incident[rows], rng)
+        voxels = data.dense(rows)
+        if cfg.augment_mirror:
+            mirror_voxels(voxels, mirror_flips(rng.random((len(rows), 2)), None, False))
+        c, x_e, y = model.preprocess(voxels, data.incident[rows], rng)
         nll_e, nll_v = model.nll(c, x_e, y)
         loss = nll_e + nll_v
         set_lr(
