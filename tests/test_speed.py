@@ -109,6 +109,12 @@ def test_shower_flow_numpy_inverse_is_the_torch_inverse() -> None:
             got = _inverse_numpy(flow._inverse_layers_numpy(), c.numpy(), z.numpy())
             np.testing.assert_allclose(got, flow.inverse(c, z).numpy(), rtol=1e-4, atol=1e-5)
     first = next(iter(flow.flow.transform.transforms))
+    first.hyper[0].weight = torch.nn.Parameter(first.hyper[0].weight.detach() * 0.5)
+    with torch.no_grad():  # a replaced (not updated) weight is followed too
+        got = _inverse_numpy(flow._inverse_layers_numpy(), c.numpy(), z.numpy())
+        np.testing.assert_allclose(got, flow.inverse(c, z).numpy(), rtol=1e-4, atol=1e-5)
+    zuko_out = flow.flow(c).transform.inv(z).detach().numpy()
+    np.testing.assert_allclose(got, zuko_out, rtol=1e-4, atol=1e-5)
     first.hyper[1] = torch.nn.ELU()  # not a plain affine MAF any more: torch/zuko path
     assert flow._inverse_layers_numpy() is None
     out = flow.sample(np.array([20.0]), torch.Generator().manual_seed(0), np.array([10.0]))
