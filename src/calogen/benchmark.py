@@ -197,12 +197,7 @@ def benchmark(
         _sync(device)
         cpu_start = time.process_time()
         start = time.perf_counter()
-        n_points = 0
-        for first in range(0, num, batch):
-            showers = generator.sample(
-                energies[first : first + batch], dirs(first, first + batch), seed=seed + rep + first
-            )
-            n_points += int(showers._num_points.sum())
+        n_points = _sample_all(generator, energies, directions, batch, seed + rep)
         _sync(device)
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - cpu_start)
@@ -245,6 +240,27 @@ def benchmark(
         precision=precision,
         network_ms_per_shower=1e3 * net_seconds[0] / (repeats * num),
     )
+
+
+def _sample_all(
+    generator: Generator,
+    energies: NDArray[np.floating],
+    directions: NDArray[np.floating] | None,
+    batch: int,
+    seed: int,
+) -> int:
+    """Generate showers for all ``energies`` (GeV) in batches of ``batch`` (batch starting
+    at ``first`` with seed ``seed + first``); returns the number of points made."""
+    n_points = 0
+    for first in range(0, len(energies), batch):
+        last = first + batch
+        showers = generator.sample(
+            energies[first:last],
+            None if directions is None else directions[first:last],
+            seed=seed + first,
+        )
+        n_points += int(showers._num_points.sum())
+    return n_points
 
 
 @dataclass
@@ -334,17 +350,8 @@ def compare(
     points = [0, 0]
 
     def run(k: int) -> tuple[float, float, int]:
-        dirs = directions[k]
-        n_points = 0
         cpu_start, start = time.thread_time(), time.perf_counter()
-        for first in range(0, num, batch):
-            last = min(first + batch, num)
-            showers = generators[k].sample(
-                energies[first:last],
-                None if dirs is None else dirs[first:last],
-                seed=seed + first,
-            )
-            n_points += int(showers._num_points.sum())
+        n_points = _sample_all(generators[k], energies, directions[k], batch, seed)
         return time.perf_counter() - start, time.thread_time() - cpu_start, n_points
 
     for k in (0, 1):  # warm-up
