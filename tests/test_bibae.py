@@ -129,6 +129,42 @@ def test_upsample_decoder_has_no_preferred_side() -> None:
         )
 
 
+def test_padded_grid_is_centred_and_cut_back() -> None:
+    """pad_grid: the networks see the grid padded to a multiple of 2 ** stages, centred;
+    a transposed convolution with a symmetric kernel then commutes with mirroring at every
+    stage (8 -> 16, unlike 7 -> 15 above); generation returns the grid's own shape."""
+    cfg = get_config({**TINY, "nx": 30, "ny": 30, "pad_grid": True})  # two stages: x 4
+    assert cfg.padding == ((1, 1), (1, 1), (1, 1)) and cfg.network_shape == (32, 32, 32)
+    assert get_config({**TINY, "nx": 13, "pad_grid": True}).padding[1] == (1, 2)
+    assert get_config(dict(TINY)).network_shape == (30, 12, 12)  # off by default
+    model = BIBAE(cfg)
+    xyz = model.coordinates(torch.zeros(1, 4))
+    assert tuple(xyz[0].shape[2:]) == (32, 32, 32) and tuple(xyz[2].shape[2:]) == (8, 8, 8)
+    x_map = xyz[0][0, 1, 0, :, 0]  # x of the cell centres / 50 mm, padding included
+    torch.testing.assert_close(x_map, -x_map.flip(0))  # centred on the axis
+    torch.testing.assert_close(x_map[1:3] * 50.0, torch.tensor([-73.78, -68.69]), atol=0.01, rtol=0)
+    depth = model._depth_mm
+    assert depth.shape == (32,) and depth[0] < depth[1] and depth[-1] > depth[-2]
+    vox = np.random.default_rng(0).random((2, 30, 30, 30)).astype(np.float32) * 1e-3
+    y = model.to_network(vox)
+    assert y.shape == (2, 1, 32, 32, 32) and float(y[:, :, 0].abs().sum()) == 0.0
+    np.testing.assert_allclose(model.to_gev(model.crop(y))[:, 0].numpy(), vox, rtol=1e-4)
+    tconv = torch.nn.ConvTranspose3d(1, 1, 4, 2, 1)
+    with torch.no_grad():
+        tconv.weight.copy_(torch.ones(1, 1, 4, 4, 4))
+        x = torch.rand(1, 1, 8, 8, 8)
+        mirror = (3, 4)
+        out = tconv(x, output_size=(16, 16, 16))
+        torch.testing.assert_close(
+            tconv(x.flip(mirror), output_size=(16, 16, 16)), out.flip(mirror)
+        )
+    gen_cfg = {**TINY, "pad_grid": True}
+    voxels = BIBAE(get_config(gen_cfg)).sample_voxels(
+        np.array([20.0, 70.0]), np.zeros((2, 2)), torch.Generator().manual_seed(0)
+    )
+    assert voxels.shape == (2, 30, 12, 12) and np.isfinite(voxels).all()
+
+
 def test_coordinates_follow_the_requested_axis() -> None:
     model = BIBAE(get_config(dict(TINY)))
     cond = torch.zeros(2, 4)
@@ -161,6 +197,58 @@ def test_losses() -> None:
     w = torch.tensor([3.0, 4.0])
     pen = gradient_penalty(lambda x: x @ w, a[:, :2], b[:, :2], gen)
     assert torch.isclose(pen, torch.tensor(16.0))
+
+
+def test_profiles_sum_layers_and_rings_around_the_axis() -> None:
+    """Layer and ring energies of profile_loss: a voxel's energy lands in its layer and in
+    the ring of its distance to the requested axis; the loss is zero for equal images and
+    pulls a reconstruction that drops the halo back towards it."""
+    model = BIBAE(get_config(dict(TINY)))  # 12 x 12 cells of 5.0883 mm, centred on the axis
+    unit = model.config.energy_unit_mev
+    vox = np.zeros((2, 30, 12, 12), np.float32)
+    vox[0, 3, 6, 6] = 5e-3  # 5 MeV in the cell at (+2.5, +2.5) mm: ring 0
+    vox[0, 7, 11, 6] = 1e-3  # 1 MeV at x = +27.98 mm, y = +2.54 mm: 28.1 mm, ring 5
+    vox[1, 0, 0, 0] = 2e-3  # a corner at 39.6 mm: ring 7 (the last ring, 8, is beyond)
+    y = model.to_network(vox)
+    cond = torch.zeros(2, 4)
+    xyz = model.coordinates(cond)[0]
+    prof = torch.expm1(model.profiles(y, xyz)) * unit  # MeV
+    assert prof.shape == (2, 30 + model.n_rings) and model.n_rings == 10
+    layers, rings = prof[:, :30], prof[:, 30:]
+    torch.testing.assert_close(layers[0, 3], torch.tensor(5.0), rtol=1e-4, atol=0.0)
+    torch.testing.assert_close(layers[0, 7], torch.tensor(1.0), rtol=1e-4, atol=0.0)
+    torch.testing.assert_close(rings[0, 0], torch.tensor(5.0), rtol=1e-4, atol=0.0)
+    torch.testing.assert_close(rings[0, 5], torch.tensor(1.0), rtol=1e-4, atol=0.0)
+    torch.testing.assert_close(rings[1, 7], torch.tensor(2.0), rtol=1e-4, atol=0.0)
+    assert float(prof.sum()) == pytest.approx(2 * (5.0 + 1.0 + 2.0), rel=1e-4)
+    # an inclined axis moves the rings: the same corner is nearer the axis at depth
+    tilted = cond.clone()
+    tilted[:, 1] = -0.5 / model.config.slope_scale  # dx/dz = -0.5: the axis moves to -x
+    far = torch.expm1(model.profiles(y, model.coordinates(tilted)[0]))[0, 30:]
+    assert float(far[0]) < float(rings[0, 0]) / unit  # the core cell is off-axis there
+    assert float(model.profile_loss(y, y, xyz)) == 0.0
+    no_halo = y.clone().requires_grad_(True)
+    with torch.no_grad():
+        no_halo[0, 0, 7, 11, 6] = 0.0
+    loss = model.profile_loss(no_halo, y, xyz)
+    loss.backward()
+    assert float(loss.detach()) > 0 and float(no_halo.grad[0, 0, 7, 11, 6]) < 0  # raise it
+
+
+def test_profile_loss_enters_training(subset) -> None:  # type: ignore[no-untyped-def]
+    """w_profile > 0 adds the profile loss to the decoder's and post-processor's steps (here
+    on a padded grid: the training step runs on the networks' shape)."""
+    from calogen.data.voxels import SparseVoxels
+
+    cfg = get_config({**TINY, "w_profile": 1.0, "pad_grid": True})
+    model = BIBAE(cfg)
+    data = SparseVoxels.from_file(subset, cfg.grid, max_showers=12)
+    trainer = BIBAETrainer(model, data, 0, str(subset))
+    logs = trainer.step(cfg.iterations - 1)  # in the post-processor's part
+    assert logs["profile"] > 0 and "pp_rec" in logs
+    assert "profile" not in BIBAETrainer(BIBAE(get_config(dict(TINY))), data, 0, "").step(0)
+    with pytest.raises(UsageError, match="w_profile"):
+        get_config({**TINY, "w_profile": -1.0})
 
 
 def test_resume_is_exact_and_normal_incidence_generator(subset, tmp_path) -> None:  # type: ignore[no-untyped-def]
