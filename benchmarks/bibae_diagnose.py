@@ -78,7 +78,7 @@ def main() -> None:
             ("reconstruction", rec),
             ("reconstruction + pp", model.post(rec, cond, xyz)),
         ):
-            out = model.to_gev(model.crop(y))[:, 0].double().numpy()
+            out = model.to_gev(y)[:, 0].double().numpy()
             print(f"{label:28s}", summary(out, r_mm, x_mm))
     for pp in (False, True):
         out = generator.sample_voxels(incident, seed=args.seed, post_process=pp)

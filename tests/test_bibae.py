@@ -129,42 +129,6 @@ def test_upsample_decoder_has_no_preferred_side() -> None:
         )
 
 
-def test_padded_grid_is_centred_and_cut_back() -> None:
-    """pad_grid: the networks see the grid padded to a multiple of 2 ** stages, centred;
-    a transposed convolution with a symmetric kernel then commutes with mirroring at every
-    stage (8 -> 16, unlike 7 -> 15 above); generation returns the grid's own shape."""
-    cfg = get_config({**TINY, "nx": 30, "ny": 30, "pad_grid": True})  # two stages: x 4
-    assert cfg.padding == ((1, 1), (1, 1), (1, 1)) and cfg.network_shape == (32, 32, 32)
-    assert get_config({**TINY, "nx": 13, "pad_grid": True}).padding[1] == (1, 2)
-    assert get_config(dict(TINY)).network_shape == (30, 12, 12)  # off by default
-    model = BIBAE(cfg)
-    xyz = model.coordinates(torch.zeros(1, 4))
-    assert tuple(xyz[0].shape[2:]) == (32, 32, 32) and tuple(xyz[2].shape[2:]) == (8, 8, 8)
-    x_map = xyz[0][0, 1, 0, :, 0]  # x of the cell centres / 50 mm, padding included
-    torch.testing.assert_close(x_map, -x_map.flip(0))  # centred on the axis
-    torch.testing.assert_close(x_map[1:3] * 50.0, torch.tensor([-73.78, -68.69]), atol=0.01, rtol=0)
-    depth = model._depth_mm
-    assert depth.shape == (32,) and depth[0] < depth[1] and depth[-1] > depth[-2]
-    vox = np.random.default_rng(0).random((2, 30, 30, 30)).astype(np.float32) * 1e-3
-    y = model.to_network(vox)
-    assert y.shape == (2, 1, 32, 32, 32) and float(y[:, :, 0].abs().sum()) == 0.0
-    np.testing.assert_allclose(model.to_gev(model.crop(y))[:, 0].numpy(), vox, rtol=1e-4)
-    tconv = torch.nn.ConvTranspose3d(1, 1, 4, 2, 1)
-    with torch.no_grad():
-        tconv.weight.copy_(torch.ones(1, 1, 4, 4, 4))
-        x = torch.rand(1, 1, 8, 8, 8)
-        mirror = (3, 4)
-        out = tconv(x, output_size=(16, 16, 16))
-        torch.testing.assert_close(
-            tconv(x.flip(mirror), output_size=(16, 16, 16)), out.flip(mirror)
-        )
-    gen_cfg = {**TINY, "pad_grid": True}
-    voxels = BIBAE(get_config(gen_cfg)).sample_voxels(
-        np.array([20.0, 70.0]), np.zeros((2, 2)), torch.Generator().manual_seed(0)
-    )
-    assert voxels.shape == (2, 30, 12, 12) and np.isfinite(voxels).all()
-
-
 def test_coordinates_follow_the_requested_axis() -> None:
     model = BIBAE(get_config(dict(TINY)))
     cond = torch.zeros(2, 4)
@@ -236,11 +200,10 @@ def test_profiles_sum_layers_and_rings_around_the_axis() -> None:
 
 
 def test_profile_loss_enters_training(subset) -> None:  # type: ignore[no-untyped-def]
-    """w_profile > 0 adds the profile loss to the decoder's and post-processor's steps (here
-    on a padded grid: the training step runs on the networks' shape)."""
+    """w_profile > 0 adds the profile loss to the decoder's and post-processor's steps."""
     from calogen.data.voxels import SparseVoxels
 
-    cfg = get_config({**TINY, "w_profile": 1.0, "pad_grid": True})
+    cfg = get_config({**TINY, "w_profile": 1.0})
     model = BIBAE(cfg)
     data = SparseVoxels.from_file(subset, cfg.grid, max_showers=12)
     trainer = BIBAETrainer(model, data, 0, str(subset))

@@ -164,13 +164,6 @@ class BIBAEConfig(scaffold.ValidationTraining):
     #: 3 convolution: no checkerboard and no one-sided padding at odd sizes,
     #: docs/bibae_l2lflows.md).
     decoder: str = "transposed"
-    #: Run the networks on the grid padded with empty voxels, equally on both sides where
-    #: possible, to the next multiple of ``2 ** len(channels)`` in every dimension (30 → 32
-    #: for three stages): every stride-2 stage then halves its input exactly and the coarse
-    #: grids stay centred on the fine one, where 30 → 15 → 7 → 3 drops a row on one side at
-    #: each odd size (our addition, not in the papers; docs/bibae_l2lflows.md). The padding
-    #: is cut off again at generation.
-    pad_grid: bool = False
     # losses
     w_rec: float = 0.05
     w_kld: float = 1.0
@@ -246,7 +239,7 @@ class BIBAEConfig(scaffold.ValidationTraining):
             raise UsageError("BIB-AE config: 'w_profile' must be >= 0")
         if self.energy_unit_mev <= 0 or self.slope_scale <= 0:
             raise UsageError("BIB-AE config: 'energy_unit_mev' and 'slope_scale' must be > 0")
-        shape = self.network_shape
+        shape = (self.n_layers, self.nx, self.ny)
         if (self.mirror or self.augment_mirror) and any(
             float(c) != 0.0 for c in self.grid_centre_mm
         ):
@@ -261,22 +254,6 @@ class BIBAEConfig(scaffold.ValidationTraining):
     @property
     def grid(self) -> VoxelGrid:
         return VoxelGrid(self.n_layers, self.nx, self.ny, self.cell_size_mm, self.grid_centre_mm)
-
-    @property
-    def padding(self) -> tuple[tuple[int, int], ...]:
-        """Empty voxels ``(before, after)`` added to layers, x and y (``pad_grid``)."""
-        step = 2 ** len(self.channels) if self.pad_grid else 1
-        out = []
-        for n in (self.n_layers, self.nx, self.ny):
-            extra = -n % step
-            out.append((extra // 2, extra - extra // 2))
-        return tuple(out)
-
-    @property
-    def network_shape(self) -> tuple[int, int, int]:
-        """``(layers, x, y)`` of the networks' images: the grid plus :attr:`padding`."""
-        n = [self.n_layers, self.nx, self.ny]
-        return tuple(k + a + b for k, (a, b) in zip(n, self.padding, strict=True))  # type: ignore[return-value]
 
 
 #: ``paper``: widths and weights as far as known from the BIB-AE papers (see
@@ -326,18 +303,6 @@ def _stage_shapes(shape: Sequence[int], stages: int) -> list[tuple[int, ...]]:
     for _ in range(stages):
         out.append(tuple(s // 2 for s in out[-1]))
     return out
-
-
-def _extended(centres: NDArray | Sequence[float], pad: tuple[int, int]) -> Tensor:
-    """Positions (mm) of cells ``centres`` continued by ``pad`` cells at the pitch of each
-    end (float32 tensor)."""
-    c = np.asarray(centres, np.float64)
-    before, after = pad
-    if c.size > 1:
-        lo = c[0] - (c[1] - c[0]) * np.arange(before, 0, -1)
-        hi = c[-1] + (c[-1] - c[-2]) * np.arange(1, after + 1)
-        c = np.concatenate([lo, c, hi])
-    return torch.as_tensor(c, dtype=torch.float32)
 
 
 class ConvStack(nn.Module):
@@ -559,7 +524,7 @@ class BIBAE(nn.Module):
     def __init__(self, config: BIBAEConfig) -> None:
         super().__init__()
         self.config = cfg = config
-        shape = cfg.network_shape
+        shape = (cfg.n_layers, cfg.nx, cfg.ny)
         self.encoder = Encoder(shape, cfg.channels, cfg.hidden, cfg.latent_dim)
         self.decoder = Decoder(shape, cfg.channels, cfg.hidden, cfg.latent_dim, cfg.decoder)
         self.critic = ImageCritic(
@@ -581,10 +546,9 @@ class BIBAE(nn.Module):
             depth = slab().layer_z_mm
         else:  # a grid of another depth: evenly spaced layers of the mean pitch
             depth = (np.arange(cfg.n_layers) + 0.5) * float(np.mean(ABSORBER_MM) + SILICON_MM)
-        pads = cfg.padding
-        self._depth_mm = _extended(depth, pads[0])
-        self._x_mm = _extended(grid.x_centres(), pads[1])
-        self._y_mm = _extended(grid.y_centres(), pads[2])
+        self._depth_mm = torch.as_tensor(depth, dtype=torch.float32)
+        self._x_mm = torch.as_tensor(grid.x_centres(), dtype=torch.float32)
+        self._y_mm = torch.as_tensor(grid.y_centres(), dtype=torch.float32)
 
     def coordinates(self, cond: Tensor) -> list[Tensor]:
         """Coordinate channels ``[B, 3, ...]`` at the grid and at every coarser stage.
@@ -609,7 +573,7 @@ class BIBAE(nn.Module):
             self._y_mm[None, None, None, :]
             - slopes[:, 1, None, None, None] * d[None, :, None, None]
         )
-        shape = (b, *self.config.network_shape)
+        shape = (b, self.config.n_layers, self.config.nx, self.config.ny)
         full = torch.stack(
             [
                 depth.expand(shape),
@@ -628,15 +592,7 @@ class BIBAE(nn.Module):
         """``[B, 1, L, X, Y]`` network images ``ln(1 + e / unit)`` from voxels in GeV."""
         v = torch.as_tensor(np.asarray(voxels_gev), dtype=torch.float32).clamp_min(0.0)
         v = v.reshape(v.shape[0], 1, self.config.n_layers, self.config.nx, self.config.ny)
-        if self.config.pad_grid:  # F.pad lists the last dimension first
-            v = nn.functional.pad(v, [k for pair in reversed(self.config.padding) for k in pair])
         return torch.log1p(v * (1000.0 / self.config.energy_unit_mev))
-
-    def crop(self, y: Tensor) -> Tensor:
-        """Images ``[B, 1, ...]`` of the networks cut back to the grid (undoes ``pad_grid``)."""
-        (l0, _), (x0, _), (y0, _) = self.config.padding
-        cfg = self.config
-        return y[:, :, l0 : l0 + cfg.n_layers, x0 : x0 + cfg.nx, y0 : y0 + cfg.ny]
 
     def to_gev(self, y: Tensor) -> Tensor:
         return torch.expm1(y.clamp_min(0.0)) * (self.config.energy_unit_mev / 1000.0)
@@ -657,8 +613,8 @@ class BIBAE(nn.Module):
     @property
     def n_rings(self) -> int:
         """Rings of :meth:`profiles`: one cell pitch wide out to the grid's corner."""
-        _, nx, ny = self.config.network_shape
-        return math.ceil(math.hypot(nx, ny) / 2) + 1
+        cfg = self.config
+        return math.ceil(math.hypot(cfg.nx, cfg.ny) / 2) + 1
 
     def profile_loss(self, y_out: Tensor, y_in: Tensor, coords: Tensor) -> Tensor:
         """Mean over showers of the summed squared differences of :meth:`profiles`."""
@@ -741,7 +697,7 @@ class BIBAE(nn.Module):
             y = self.decoder(z, cond, xyz)
             if post_process:
                 y = self.post(y, cond, xyz)
-            e = self.to_gev(self.crop(y))[:, 0].double()
+            e = self.to_gev(y)[:, 0].double()
             if rescale:
                 target = self.evis_gev(incident[sl], evis)
                 total = e.flatten(1).sum(1).clamp_min(1e-12)
