@@ -28,6 +28,7 @@ import torch
 from calogen.data.voxels import SparseVoxels
 from calogen.models.bibae import BIBAEGenerator, _grid_sums
 from calogen.models.registry import load_generator
+from calogen.models.training import gaussian_kl
 
 HALO_RADII_MM = (23.4, 33.6, 48.5)
 
@@ -72,7 +73,7 @@ def main() -> None:
         cond = torch.cat([base, model.evis_code(incident, _grid_sums(data)[rows])], 1)
         xyz = model.coordinates(cond)
         mu, logvar = model.encoder(model.to_network(vox), cond, xyz)
-        kld = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).mean(0)
+        kld = gaussian_kl(mu, logvar).mean(0)
         rec = model.decoder(mu, cond, xyz)
         for label, y in (
             ("reconstruction", rec),

@@ -190,11 +190,11 @@ def test_profiles_sum_layers_and_rings_around_the_axis() -> None:
     tilted[:, 1] = -0.5 / model.config.slope_scale  # dx/dz = -0.5: the axis moves to -x
     far = torch.expm1(model.profiles(y, model.coordinates(tilted)[0]))[0, 30:]
     assert float(far[0]) < float(rings[0, 0]) / unit  # the core cell is off-axis there
-    assert float(model.profile_loss(y, y, xyz)) == 0.0
+    assert float(model.profile_loss(y, model.profiles(y, xyz), xyz)) == 0.0
     no_halo = y.clone().requires_grad_(True)
     with torch.no_grad():
         no_halo[0, 0, 7, 11, 6] = 0.0
-    loss = model.profile_loss(no_halo, y, xyz)
+    loss = model.profile_loss(no_halo, model.profiles(y, xyz), xyz)
     loss.backward()
     assert float(loss.detach()) > 0 and float(no_halo.grad[0, 0, 7, 11, 6]) < 0  # raise it
 

@@ -98,6 +98,7 @@ from calogen.models import scaffold
 from calogen.models.configs import resolve_config
 from calogen.models.flows import LatentFlow
 from calogen.models.training import (
+    gaussian_kl,
     lr_schedule,
     read_model_info,
     set_lr,
@@ -616,10 +617,10 @@ class BIBAE(nn.Module):
         cfg = self.config
         return math.ceil(math.hypot(cfg.nx, cfg.ny) / 2) + 1
 
-    def profile_loss(self, y_out: Tensor, y_in: Tensor, coords: Tensor) -> Tensor:
-        """Mean over showers of the summed squared differences of :meth:`profiles`."""
-        diff = self.profiles(y_out, coords) - self.profiles(y_in, coords)
-        return diff.pow(2).sum(1).mean()
+    def profile_loss(self, y_out: Tensor, target: Tensor, coords: Tensor) -> Tensor:
+        """Mean over showers of the summed squared differences between the :meth:`profiles`
+        of ``y_out`` and ``target`` (the input's profiles, computed once per step)."""
+        return (self.profiles(y_out, coords) - target).pow(2).sum(1).mean()
 
     def fit_preprocessing(self, incident: NDArray, evis_gev: NDArray) -> None:
         ln_e = np.log(np.asarray(incident, np.float64))
@@ -881,8 +882,9 @@ class BIBAETrainer(scaffold.TrainerBase):
         z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen)
         y_rec = model.decoder(z, cond, xyz)
         rec = (y_rec - y).pow(2).flatten(1).sum(1).mean()
-        kld = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(1).mean()
-        profile = model.profile_loss(y_rec, y, xyz[0]) if cfg.w_profile else rec.new_zeros(())
+        kld = gaussian_kl(mu, logvar).sum(1).mean()
+        target = model.profiles(y, xyz[0]) if cfg.w_profile else None
+        profile = rec.new_zeros(()) if target is None else model.profile_loss(y_rec, target, xyz[0])
         adv_x = -model.critic(y_rec, cond, xyz).mean()
         adv_z = -model.latent_critic(z).mean()
         mmd_z = mmd(z, torch.randn(z.shape, generator=gen), cfg.mmd_bandwidths)
@@ -921,8 +923,8 @@ class BIBAETrainer(scaffold.TrainerBase):
             )
             pp_adv = -model.critic(y_pp, cond, xyz).mean()
             loss_pp = cfg.w_pp_rec * pp_rec + cfg.w_pp_mmd * pp_mmd + cfg.w_pp_critic * pp_adv
-            if cfg.w_profile:
-                loss_pp = loss_pp + cfg.w_profile * model.profile_loss(y_pp, y, xyz[0])
+            if target is not None:
+                loss_pp = loss_pp + cfg.w_profile * model.profile_loss(y_pp, target, xyz[0])
             self.opt_pp.zero_grad(set_to_none=True)
             loss_pp.backward()
             self.opt_pp.step()
@@ -981,7 +983,7 @@ def validation_losses(
             z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen)
             y_rec = model.decoder(z, cond, xyz)
             sum_rec += float((y_rec - y).pow(2).flatten(1).sum(1).double().sum())
-            kld = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(1)
+            kld = gaussian_kl(mu, logvar).sum(1)
             sum_kld += float(kld.double().sum())
     finally:
         model.train(was_training)

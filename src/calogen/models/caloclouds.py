@@ -54,6 +54,7 @@ from calogen.models.ddpm import DDPM
 from calogen.models.flows import LatentFlow
 from calogen.models.shower_flow import ShowerFlow, ShowerFlowConfig, shower_features
 from calogen.models.training import (
+    gaussian_kl,
     lr_schedule,
     read_model_info,
     save_model,
@@ -548,7 +549,7 @@ class CaloCloudsTrainer(scaffold.TrainerBase):
         x_enc = torch.from_numpy(model.normalisation.forward(data.points[enc_idx], rng))
         mu, logvar = model.encoder(x_enc, cond, torch.from_numpy(enc_owner))
         z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen)
-        kld = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(-1).mean()
+        kld = gaussian_kl(mu, logvar).sum(-1).mean()
 
         # diffusion on a random subset of points
         idx, owner = _subsample(data.offsets, showers, cfg.points_per_shower, rng)

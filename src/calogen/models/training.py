@@ -324,6 +324,12 @@ class EMA(nn.Module):
             ema_b.copy_(b)
 
 
+def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL divergence (nats) of ``N(mu, exp(logvar))`` from ``N(0, 1)``, per dimension (same
+    shape as ``mu``): the VAE term of CaloClouds' EPiC encoder and of the BIB-AE."""
+    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp())
+
+
 def lr_schedule(
     iteration: int,
     total: int,
