@@ -172,7 +172,7 @@ def test_profiles_sum_layers_and_rings_around_the_axis() -> None:
     vox = np.zeros((2, 30, 12, 12), np.float32)
     vox[0, 3, 6, 6] = 5e-3  # 5 MeV in the cell at (+2.5, +2.5) mm: ring 0
     vox[0, 7, 11, 6] = 1e-3  # 1 MeV at x = +27.98 mm, y = +2.54 mm: 28.1 mm, ring 5
-    vox[1, 0, 0, 0] = 2e-3  # a corner at 39.6 mm: ring 7 (the last ring, 8, is beyond)
+    vox[1, 0, 0, 0] = 2e-3  # the corner cell, 39.6 mm out: ring 7 (of 10)
     y = model.to_network(vox)
     cond = torch.zeros(2, 4)
     xyz = model.coordinates(cond)[0]

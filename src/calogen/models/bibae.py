@@ -909,7 +909,7 @@ class BIBAETrainer(scaffold.TrainerBase):
             mmd_z=float(mmd_z.detach()),
             vae_loss=float((cfg.w_rec * rec + cfg.w_kld * kld).detach()),
         )
-        if cfg.w_profile:
+        if target is not None:
             out["profile"] = float(profile.detach())
 
         # -- post-processor ---------------------------------------------------------------------
