@@ -9,9 +9,8 @@ Each ``EVAL`` is the ``-o`` folder of one ``calogen evaluate --reference-grid MO
 the model trained for ``ITER`` iterations. From its ``metrics.json`` the script reads the
 comparison within the model's grid (``within_grid``): for each candidate named by
 ``--label`` (one line per label, e.g. the model with and without its generation mirror) the
-sum of the eight W1 groups of :data:`GROUPS` (W1 x 100, the mean over batches of each
-group) and the classifier AUC
-(mean over folds, with its spread as error bar); the ``--baseline`` candidate (GFlash by
+sum of the eight W1 groups of the CaloClouds II table (W1 x 100, the mean over batches of
+each group) and the classifier AUC (mean over folds, with its spread as error bar); the ``--baseline`` candidate (GFlash by
 default) and the floor (the reference's two halves) are drawn as bands over all the runs'
 values. Prints a Markdown table and writes a two-panel figure (``--out``, default
 ``fidelity_trend.png``).
@@ -51,18 +50,15 @@ def within_grid(folder: Path) -> dict[str, Any]:
     return metrics["within_grid"]
 
 
-#: the W1 groups summed: the rows of the CaloClouds II table (the report's axis-angle rows
-#: and its log10 cell-energy row are left out, as in docs/bibae_l2lflows.md)
-GROUPS = W1_ROWS
-
-
 def summary(entry: dict[str, Any]) -> tuple[float, float, float]:
-    """``(W1 sum over GROUPS, AUC mean, AUC std)`` of one candidate (or floor) entry."""
+    """``(W1 sum, AUC mean, AUC std)`` of one candidate (or floor) entry; the sum runs over
+    the rows of the CaloClouds II table (``W1_ROWS``: the report's axis-angle rows and its
+    log10 cell-energy row are left out, as in docs/bibae_l2lflows.md)."""
     rows = entry["w1"]["rows"]
-    missing = [g for g in GROUPS if g not in rows]
+    missing = [g for g in W1_ROWS if g not in rows]
     if missing:
         sys.exit(f"W1 rows missing in metrics.json: {', '.join(missing)}")
-    w1_sum = float(sum(rows[g]["mean"] for g in GROUPS))
+    w1_sum = float(sum(rows[g]["mean"] for g in W1_ROWS))
     clf = entry.get("classifier") or {}
     return w1_sum, float(clf.get("auc_mean", np.nan)), float(clf.get("auc_std", np.nan))
 
